@@ -1,0 +1,65 @@
+/*
+ * agent.h: one run of dmkagent: its configuration, the stores it has
+ * opened, its audit trail, its lock, and how it reports.  The commands
+ * (cmd_*.c, register.c, ...) take a struct agent and nothing global.
+ */
+#ifndef DMK_AGENT_H
+#define DMK_AGENT_H
+
+#include <stdio.h>
+
+#include "dmk.h"
+#include "config.h"
+#include "audit.h"
+
+struct secret;
+struct store;
+struct prov_version;
+
+enum output_mode { OUTPUT_TEXT = 0, OUTPUT_JSON };
+
+struct agent {
+	struct config *cfg;
+	char config_path[4096];
+	struct store *stores;        /* parallel to cfg->stores; opened lazily */
+	int *store_state;            /* 0 closed, 1 open, -1 opening (cycle guard) */
+	struct audit audit;
+	int audit_open;
+	char run_id[33];
+	enum output_mode output;
+	int verbose, quiet;
+	long long wait_seconds;      /* --wait */
+	int lock_fd;
+	FILE *out;                   /* stdout, or a test's stream */
+};
+
+void agent_init(struct agent *a);
+void agent_free(struct agent *a);
+int agent_load_config(struct agent *a, const char *path, struct dmk_err *err);
+
+/* The store named in a reference, opened (authenticated) on first use. */
+int agent_store(struct agent *a, const char *name, struct store **out,
+    struct dmk_err *err);
+
+/*
+ * Resolve a reference to its secret.  ver (may be NULL) gets the store's
+ * version for STORE: references.  allow_env: only for store bootstrap
+ * credentials.
+ */
+int agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
+    struct secret **out, struct prov_version *ver, struct dmk_err *err);
+
+/* Read a file: reference: owner must be us or root, mode 0600 or stricter. */
+int read_secret_file(const char *path, struct secret **out, struct dmk_err *err);
+/* Check a file: reference without reading it. */
+int check_secret_file(const char *path, struct dmk_err *err);
+
+/* Take the run lock and open the audit log (run start record). */
+int agent_begin(struct agent *a, const char *command, struct dmk_err *err);
+/* Run end record, release the lock. */
+void agent_end(struct agent *a, const char *command, int result);
+/* An audit record for one action; failures to audit are reported, once. */
+int agent_audit(struct agent *a, const char *action, const struct audit_target *t,
+    const struct audit_keys *k, const char *outcome, const char *error);
+
+#endif

@@ -1,0 +1,292 @@
+/*
+ * cli.c: dmkagent [global options] COMMAND [options].  Global options are
+ * parsed here; each command parses its own.  An error is printed once, here,
+ * and turned into the documented exit code.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "dmk.h"
+#include "secret.h"
+#include "cli.h"
+
+static const struct command commands[] = {
+	{ "config check", cmd_config_check, 1, "config check",
+	  "validate the configuration and print a summary",
+	  "Checks every section, key and secret reference of the configuration file\n"
+	  "(never reading a secret) and prints the stores, availability groups,\n"
+	  "databases and references.  With --output json, prints the parsed model.\n"
+	  "Exit 0 when valid, 2 otherwise.\n" },
+	{ "audit verify", cmd_audit_verify, 0, "audit verify [--key REF] FILE",
+	  "check the audit log's hash chain and MACs",
+	  "Reads FILE and checks that no record was changed, removed, reordered,\n"
+	  "truncated or forged.  The MACs are checked with --key REF (a reference such\n"
+	  "as file:/etc/dmkagent/audit.key) or, when a configuration is readable, its\n"
+	  "audit_key.  Names the first bad line.  Exit 0 when intact, 1 otherwise.\n" },
+	{ "genpass", cmd_genpass, 0, "genpass --dry-run [--length N] [--avoid CHARS]",
+	  "show the policy generated passwords meet (never a password)",
+	  "Prints the alphabet, length and strength of the passwords dmkagent\n"
+	  "generates for DMKs and backups.  Passwords themselves are never printed:\n"
+	  "they go from the generator to the store and to SQL Server only.\n" },
+	{ "store check", cmd_store_check, 1, "store check [STORE]",
+	  "authenticate to each store and check access to every reference",
+	  "Opens each configured store (or only STORE), authenticates, and checks that\n"
+	  "every reference the configuration makes to it can be read and written.\n" },
+	{ "store put", cmd_store_put, 1, "store put [--overwrite] [--no-policy-check] REF",
+	  "store a password read from a no-echo prompt or standard input",
+	  "Reads the value from a no-echo prompt when standard input is a terminal,\n"
+	  "otherwise from standard input (one trailing newline is removed); never from\n"
+	  "the command line.  Checks SQL Server's password policy.  Creates only\n"
+	  "(check-and-set 0) unless --overwrite.\n" },
+	{ "store show", cmd_store_show, 1, "store show REF",
+	  "list a secret's versions and markers (never the value)",
+	  "Prints each version of REF with its time, state and markers.\n" },
+	{ NULL, NULL, 0, NULL, NULL, NULL },
+};
+
+const struct command *
+cli_find(const char *name)
+{
+	const struct command *c;
+
+	for (c = commands; c->name != NULL; c++)
+		if (strcmp(c->name, name) == 0)
+			return c;
+	return NULL;
+}
+
+static void
+usage(FILE *f)
+{
+	const struct command *c;
+
+	fprintf(f,
+	    "usage: dmkagent [global options] COMMAND [options]\n"
+	    "\n"
+	    "Keeps SQL Server database master key passwords in a secret store and\n"
+	    "registers, verifies and rotates them on every replica of an availability group.\n"
+	    "\n"
+	    "Global options:\n"
+	    "  -c, --config FILE     configuration (default $DMKAGENT_CONFIG or %s)\n"
+	    "  -v, --verbose         more detail (twice: debug)\n"
+	    "  -q, --quiet           errors only\n"
+	    "      --output FORMAT   text (default) or json\n"
+	    "      --log DEST        stderr (default) or syslog\n"
+	    "      --wait SECONDS    wait this long for another run's lock (default 0)\n"
+	    "  -h, --help            this help; COMMAND --help for a command's\n"
+	    "      --version         print the version\n"
+	    "\n"
+	    "Commands:\n", CONF_DEFAULT_PATH);
+	for (c = commands; c->name != NULL; c++)
+		fprintf(f, "  %-14s %s\n", c->name, c->summary);
+	fprintf(f,
+	    "\n"
+	    "Exit codes: 0 done; 1 failed; 2 usage or configuration error (nothing\n"
+	    "changed); 3 incomplete (a replica or database not done, or a gap found);\n"
+	    "4 another run holds the lock; 5 a store or server unreachable (try later).\n"
+	    "See dmkagent(1) and dmkagent.conf(5).\n");
+}
+
+int
+cli_want_help(const struct command *c, int argc, char **argv)
+{
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0)
+			break;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			printf("usage: dmkagent [global options] %s\n\n%s", c->usage, c->help);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+int
+cli_read_secret(const char *prompt, int confirm, struct secret **out, struct dmk_err *err)
+{
+	struct termios old, noecho;
+	struct secret *s = NULL, *s2 = NULL;
+	int tty = isatty(STDIN_FILENO), round, c, r = 0;
+
+	*out = NULL;
+	for (round = 0; round < (tty && confirm ? 2 : 1); round++) {
+		struct secret *cur = secret_new();
+		if (cur == NULL) {
+			r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		if (round == 0)
+			s = cur;
+		else
+			s2 = cur;
+		if (tty) {
+			fprintf(stderr, "%s", round ? "Again: " : prompt);
+			fflush(stderr);
+			if (tcgetattr(STDIN_FILENO, &old) == -1) {
+				r = dmk_errf(err, DMK_ERR_IO, "tcgetattr: %s", strerror(errno));
+				goto out;
+			}
+			noecho = old;
+			noecho.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+			tcsetattr(STDIN_FILENO, TCSAFLUSH, &noecho);
+		}
+		/* Byte by byte through read(2): nothing lands in stdio's buffer. */
+		for (;;) {
+			char ch;
+			ssize_t n = read(STDIN_FILENO, &ch, 1);
+			if (n <= 0 || (tty && ch == '\n'))
+				break;
+			c = secret_append(cur, &ch, 1);
+			ch = 0;
+			if (c != 0) {
+				r = dmk_errf(err, c, "input too long");
+				break;
+			}
+		}
+		if (tty) {
+			tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+			fprintf(stderr, "\n");
+		}
+		if (r != 0)
+			goto out;
+		if (!tty)
+			secret_trim_newline(cur);
+	}
+	if (s2 != NULL && !secret_equal(s, s2)) {
+		r = dmk_errf(err, DMK_ERR_USAGE, "the two entries differ; nothing stored");
+		goto out;
+	}
+	if (secret_len(s) == 0) {
+		r = dmk_errf(err, DMK_ERR_USAGE, "empty input; nothing stored");
+		goto out;
+	}
+	*out = s;
+	s = NULL;
+out:
+	secret_free(s);
+	secret_free(s2);
+	return r;
+}
+
+int
+cli_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "output", required_argument, NULL, 'o' },
+		{ "log", required_argument, NULL, 'l' },
+		{ "wait", required_argument, NULL, 'w' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config = getenv("DMKAGENT_CONFIG");
+	const struct command *cmd = NULL;
+	struct agent a;
+	struct dmk_err err;
+	char name[64];
+	int ch, verbose = 0, quiet = 0, use_syslog = 0, r, cargc;
+	char **cargv;
+	enum output_mode output = OUTPUT_TEXT;
+	long long wait = 0;
+
+	dmk_err_clear(&err);
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "+c:vqh", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			config = optarg;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 'q':
+			quiet = 1;
+			break;
+		case 'o':
+			if (strcmp(optarg, "json") == 0)
+				output = OUTPUT_JSON;
+			else if (strcmp(optarg, "text") == 0)
+				output = OUTPUT_TEXT;
+			else {
+				fprintf(stderr, "dmkagent: --output must be text or json\n");
+				return DMK_EXIT_USAGE;
+			}
+			break;
+		case 'l':
+			if (strcmp(optarg, "syslog") == 0)
+				use_syslog = 1;
+			else if (strcmp(optarg, "stderr") != 0) {
+				fprintf(stderr, "dmkagent: --log must be stderr or syslog\n");
+				return DMK_EXIT_USAGE;
+			}
+			break;
+		case 'w':
+			if (util_parse_duration(optarg, &wait) != 0) {
+				fprintf(stderr, "dmkagent: --wait takes seconds (or 30s, 5m)\n");
+				return DMK_EXIT_USAGE;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			return DMK_EXIT_OK;
+		case 'V':
+			printf("dmkagent %s\n", DMK_VERSION);
+			return DMK_EXIT_OK;
+		default:
+			fprintf(stderr, "dmkagent: unknown option '%s'\n", argv[optind - 1]);
+			usage(stderr);
+			return DMK_EXIT_USAGE;
+		}
+	}
+	log_init("dmkagent", quiet ? LOG_LVL_ERROR : LOG_LVL_WARN + (verbose > 2 ? 2 : verbose),
+	    use_syslog);
+	if (optind >= argc) {
+		usage(stderr);
+		return DMK_EXIT_USAGE;
+	}
+	/* One- or two-word command names. */
+	if (optind + 1 < argc) {
+		snprintf(name, sizeof(name), "%s %s", argv[optind], argv[optind + 1]);
+		if ((cmd = cli_find(name)) != NULL)
+			optind++;
+	}
+	if (cmd == NULL && (cmd = cli_find(argv[optind])) == NULL) {
+		fprintf(stderr, "dmkagent: unknown command '%s'; see dmkagent --help\n",
+		    argv[optind]);
+		return DMK_EXIT_USAGE;
+	}
+	cargc = argc - optind;
+	cargv = argv + optind;
+	if (cli_want_help(cmd, cargc, cargv))
+		return DMK_EXIT_OK;
+
+	agent_init(&a);
+	a.output = output;
+	a.verbose = verbose;
+	a.quiet = quiet;
+	a.wait_seconds = wait;
+	if (config == NULL || *config == '\0')
+		config = CONF_DEFAULT_PATH;
+	util_strlcpy(a.config_path, config, sizeof(a.config_path));
+	r = 0;
+	if (cmd->needs_config)
+		r = agent_load_config(&a, config, &err);
+	if (r == 0) {
+		optind = 1;
+		r = cmd->run(&a, cargc, cargv, &err);
+	}
+	if (r < 0)
+		fprintf(stderr, "dmkagent: %s\n", err.msg[0] ? err.msg : dmk_strerror(r));
+	agent_free(&a);
+	return r < 0 ? dmk_exit_code(r) : r;
+}

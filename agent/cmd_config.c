@@ -1,0 +1,146 @@
+/* cmd_config.c: dmkagent config check. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "dmk.h"
+#include "cli.h"
+#include "../providers/provider.h"
+
+static json_t *
+ref_json(const struct secret_ref *r)
+{
+	return json_string(r->text);   /* a reference, never a secret */
+}
+
+static int
+check_file_refs(struct agent *a, struct dmk_err *err)
+{
+	const struct config *c = a->cfg;
+	size_t i, j;
+	int r;
+
+#define CHK(ref, line) do {                                                      \
+	if ((ref)->kind == REF_FILE && (r = check_secret_file((ref)->path, err)) != 0) \
+		return dmk_err_prefix(err, "%s:%d", c->path, (line));                \
+} while (0)
+	if (c->has_audit_key)
+		CHK(&c->audit_key, 0);
+	for (i = 0; i < c->nstores; i++)
+		for (j = 0; j < c->stores[i].nkv; j++)
+			if (c->stores[i].kv[j].kind == CK_REF)
+				CHK(&c->stores[i].kv[j].ref, c->stores[i].kv[j].line);
+	for (i = 0; i < c->nags; i++) {
+		if (c->ags[i].has_login_password)
+			CHK(&c->ags[i].login_password, c->ags[i].line);
+		if (c->ags[i].has_smk_backup_password)
+			CHK(&c->ags[i].smk_backup_password, c->ags[i].line);
+	}
+	for (i = 0; i < c->ndbs; i++) {
+		CHK(&c->dbs[i].dmk_password, c->dbs[i].line);
+		if (c->dbs[i].has_cert_backup_password)
+			CHK(&c->dbs[i].cert_backup_password, c->dbs[i].line);
+		if (c->dbs[i].has_dmk_backup_password)
+			CHK(&c->dbs[i].dmk_backup_password, c->dbs[i].line);
+	}
+#undef CHK
+	return 0;
+}
+
+int
+cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
+{
+	const struct config *c = a->cfg;
+	size_t i, j;
+	int r;
+
+	if (argc > 1)
+		return dmk_errf(err, DMK_ERR_USAGE, "config check takes no arguments");
+	if ((r = check_file_refs(a, err)) != 0)
+		return r;
+	if (a->output == OUTPUT_JSON) {
+		json_t *root = json_object(), *arr, *o, *kv;
+		char *s;
+
+		o = json_object();
+		json_object_set_new(o, "state_dir", json_string(c->state_dir));
+		json_object_set_new(o, "audit_log", json_string(c->audit_log));
+		json_object_set_new(o, "audit_key", c->has_audit_key ? ref_json(&c->audit_key) : json_null());
+		json_object_set_new(o, "password_length", json_integer(c->password_length));
+		json_object_set_new(o, "lease_ttl", json_integer(c->lease_ttl));
+		json_object_set_new(root, "agent", o);
+		arr = json_array();
+		for (i = 0; i < c->nstores; i++) {
+			o = json_object();
+			json_object_set_new(o, "name", json_string(c->stores[i].name));
+			json_object_set_new(o, "type", json_string(c->stores[i].type));
+			kv = json_object();
+			for (j = 0; j < c->stores[i].nkv; j++)
+				json_object_set_new(kv, c->stores[i].kv[j].key,
+				    json_string(c->stores[i].kv[j].value));
+			json_object_set_new(o, "settings", kv);
+			json_array_append_new(arr, o);
+		}
+		json_object_set_new(root, "stores", arr);
+		arr = json_array();
+		for (i = 0; i < c->nags; i++) {
+			const struct conf_ag *ag = &c->ags[i];
+			json_t *reps = json_array();
+			o = json_object();
+			json_object_set_new(o, "label", json_string(ag->label));
+			json_object_set_new(o, "name", json_string(ag->name));
+			json_object_set_new(o, "listener_host", json_string(ag->listener_host));
+			json_object_set_new(o, "listener_port", json_integer(ag->listener_port));
+			json_object_set_new(o, "login", json_string(ag->login));
+			json_object_set_new(o, "login_password",
+			    ag->has_login_password ? ref_json(&ag->login_password) : json_null());
+			json_object_set_new(o, "ca_file", json_string(ag->ca_file));
+			for (j = 0; j < ag->nreplicas; j++) {
+				json_t *rp = json_object();
+				json_object_set_new(rp, "name", json_string(ag->replicas[j].name));
+				json_object_set_new(rp, "host", json_string(ag->replicas[j].host));
+				json_object_set_new(rp, "port", json_integer(ag->replicas[j].port));
+				json_array_append_new(reps, rp);
+			}
+			json_object_set_new(o, "replica_overrides", reps);
+			json_array_append_new(arr, o);
+		}
+		json_object_set_new(root, "ags", arr);
+		arr = json_array();
+		for (i = 0; i < c->ndbs; i++) {
+			const struct conf_db *db = &c->dbs[i];
+			o = json_object();
+			json_object_set_new(o, "ag", json_string(db->ag));
+			json_object_set_new(o, "name", json_string(db->name));
+			json_object_set_new(o, "dmk_password", ref_json(&db->dmk_password));
+			json_object_set_new(o, "cert_backup_password", db->has_cert_backup_password ?
+			    ref_json(&db->cert_backup_password) : json_null());
+			json_object_set_new(o, "rotate_every", json_integer(db->rotate_every));
+			json_array_append_new(arr, o);
+		}
+		json_object_set_new(root, "databases", arr);
+		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		fprintf(a->out, "%s\n", s);
+		free(s);
+		json_decref(root);
+		return 0;
+	}
+	fprintf(a->out, "%s: valid\n", c->path);
+	fprintf(a->out, "stores: %zu\n", c->nstores);
+	for (i = 0; i < c->nstores; i++)
+		fprintf(a->out, "  %s (%s)\n", c->stores[i].name, c->stores[i].type);
+	fprintf(a->out, "availability groups: %zu\n", c->nags);
+	for (i = 0; i < c->nags; i++)
+		fprintf(a->out, "  %s: listener %s:%d, login %s, %zu replica override(s)\n",
+		    c->ags[i].name, c->ags[i].listener_host, c->ags[i].listener_port,
+		    c->ags[i].login, c->ags[i].nreplicas);
+	fprintf(a->out, "databases: %zu\n", c->ndbs);
+	for (i = 0; i < c->ndbs; i++)
+		fprintf(a->out, "  %s/%s: dmk_password %s%s%s\n", c->dbs[i].ag, c->dbs[i].name,
+		    c->dbs[i].dmk_password.text,
+		    c->dbs[i].has_cert_backup_password ? ", cert_backup_password " : "",
+		    c->dbs[i].has_cert_backup_password ? c->dbs[i].cert_backup_password.text : "");
+	return 0;
+}

@@ -1,0 +1,144 @@
+/*
+ * config.h: the configuration model.  The file names things and points at
+ * secrets; it never holds one.  See dmkagent.conf(5) for the contract.
+ *
+ * Invariants after config_load() returns 0:
+ *  - every [store], [ag] and [database] key is known and well-formed;
+ *  - every key that carries a secret holds a parsed reference, never a
+ *    literal, and every STORE: reference names a defined [store];
+ *  - env: references appear only in [store] sections (bootstrap credentials);
+ *  - every [database AG/DB] names a defined [ag];
+ *  - line numbers are kept so later checks can name FILE:LINE.
+ */
+#ifndef DMK_CONFIG_H
+#define DMK_CONFIG_H
+
+#include <limits.h>
+#include "dmk.h"
+
+#define CONF_NAME_MAX 128        /* sysname: 128 characters */
+#define CONF_NAME_BYTES (CONF_NAME_MAX * 4 + 1)  /* UTF-8 */
+#define CONF_VALUE_MAX 1024
+
+enum ref_kind { REF_STORE = 1, REF_FILE, REF_ENV };
+
+/* STORE:PATH[#FIELD] | file:/absolute/path | env:NAME */
+struct secret_ref {
+	enum ref_kind kind;
+	char store[64];
+	char path[512];
+	char field[128];
+	char text[720];           /* as written; safe to print and audit */
+};
+
+/* Parse; the text is never a secret once it parses as a reference. */
+int ref_parse(const char *s, struct secret_ref *out, struct dmk_err *err);
+
+enum conf_kind {
+	CK_STRING = 1, CK_REF, CK_INT, CK_DURATION, CK_BOOL, CK_HOSTPORT,
+	CK_PATH, CK_URL, CK_ENUM,
+};
+
+struct conf_keydef {
+	const char *name;
+	enum conf_kind kind;
+	int required;
+	const char *choices;      /* CK_ENUM: "a|b|c" */
+	long long min, max;       /* CK_INT bounds (both 0: none) */
+};
+
+struct conf_kv {
+	char *key;
+	char *value;              /* for CK_REF: the reference text */
+	int line;
+	enum conf_kind kind;
+	struct secret_ref ref;    /* CK_REF */
+};
+
+struct prov_ops;
+
+struct conf_store {
+	char name[64];
+	char type[64];
+	const struct prov_ops *ops;
+	struct conf_kv *kv;
+	size_t nkv;
+	int line;
+};
+
+struct conf_replica {
+	char name[CONF_NAME_BYTES];
+	char host[256];
+	int port;
+	int line;
+};
+
+struct conf_ag {
+	char label[CONF_NAME_BYTES];   /* as in [ag LABEL] */
+	char name[CONF_NAME_BYTES];    /* the AG's name (name = ..., or LABEL) */
+	char listener_host[256];
+	int listener_port;
+	char login[CONF_NAME_BYTES];   /* empty or "integrated": Kerberos */
+	int has_login_password;
+	struct secret_ref login_password;
+	char ca_file[PATH_MAX];
+	int has_smk_backup_password;
+	struct secret_ref smk_backup_password;
+	long long connect_timeout;     /* seconds */
+	long long query_timeout;       /* seconds */
+	struct conf_replica *replicas;
+	size_t nreplicas;
+	int line;
+};
+
+struct conf_db {
+	char ag[CONF_NAME_BYTES];      /* ag LABEL */
+	char label[CONF_NAME_BYTES];   /* DB part of [database AG/DB] */
+	char name[CONF_NAME_BYTES];    /* the database name (name = ...) */
+	struct secret_ref dmk_password;
+	int has_cert_backup_password;
+	struct secret_ref cert_backup_password;
+	int has_dmk_backup_password;
+	struct secret_ref dmk_backup_password;
+	long long rotate_every;        /* seconds; 0: never due */
+	char certificates[8][CONF_NAME_BYTES];
+	size_t ncertificates;
+	int line;
+};
+
+struct config {
+	char path[PATH_MAX];
+	char state_dir[PATH_MAX];
+	char audit_log[PATH_MAX];
+	int has_audit_key;
+	struct secret_ref audit_key;
+	int password_length;
+	char password_avoid[128];
+	long long lease_ttl;           /* seconds */
+	struct conf_store *stores;
+	size_t nstores;
+	struct conf_ag *ags;
+	size_t nags;
+	struct conf_db *dbs;
+	size_t ndbs;
+};
+
+#define CONF_DEFAULT_PATH "/etc/dmkagent/dmkagent.conf"
+
+/* Load and validate; on error nothing is returned and err names FILE:LINE. */
+int config_load(const char *path, struct config **out, struct dmk_err *err);
+/* Parse from memory (path is only used in messages); no file-mode check. */
+int config_parse_string(const char *text, const char *path,
+    struct config **out, struct dmk_err *err);
+void config_free(struct config *cfg);
+
+const struct conf_store *config_store(const struct config *cfg, const char *name);
+const struct conf_ag *config_ag(const struct config *cfg, const char *label);
+/* Key lookup in a store section; NULL when absent. */
+const struct conf_kv *conf_store_kv(const struct conf_store *st, const char *key);
+const char *conf_store_str(const struct conf_store *st, const char *key);
+
+/* Does this key name carry a secret (…password, …secret, …secret_id, …token, …_key)? */
+int conf_key_is_secret(const char *key);
+
+#endif

@@ -1,0 +1,96 @@
+/* registry.c: the stores dmkagent knows, and what is common to all of them. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../agent/dmk.h"
+#include "../agent/secret.h"
+#include "provider.h"
+
+extern const struct prov_ops prov_hcvault;
+extern const struct prov_ops prov_azkv;
+
+/* A new store is a new file and one line here. */
+const struct prov_ops *const providers[] = {
+	&prov_hcvault,
+	&prov_azkv,
+	NULL,
+};
+
+const struct prov_ops *
+prov_find(const char *type)
+{
+	size_t i;
+
+	for (i = 0; providers[i] != NULL; i++)
+		if (strcmp(providers[i]->type, type) == 0)
+			return providers[i];
+	return NULL;
+}
+
+const char *
+prov_meta_get(const struct prov_meta *m, const char *key)
+{
+	size_t i;
+
+	for (i = 0; m != NULL && i < m->n; i++)
+		if (strcmp(m->kv[i].key, key) == 0)
+			return m->kv[i].value;
+	return NULL;
+}
+
+int
+prov_meta_set(struct prov_meta *m, const char *key, const char *value)
+{
+	size_t i;
+
+	if (strlen(key) >= sizeof(m->kv[0].key) || strlen(value) >= sizeof(m->kv[0].value))
+		return DMK_ERR_TOOBIG;
+	for (i = 0; i < m->n; i++)
+		if (strcmp(m->kv[i].key, key) == 0)
+			break;
+	if (i == m->n) {
+		if (m->n == PROV_META_MAX)
+			return DMK_ERR_TOOBIG;
+		m->n++;
+	}
+	util_strlcpy(m->kv[i].key, key, sizeof(m->kv[i].key));
+	util_strlcpy(m->kv[i].value, value, sizeof(m->kv[i].value));
+	return 0;
+}
+
+int
+store_open(struct store *st, const struct conf_store *conf,
+    int (*resolve)(void *, const struct secret_ref *, struct secret **, struct dmk_err *),
+    void *rctx, struct dmk_err *err)
+{
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	st->conf = conf;
+	st->resolve = resolve;
+	st->resolve_ctx = rctx;
+	st->ops = conf->ops;
+	if (st->ops->priv_size && (st->priv = calloc(1, st->ops->priv_size)) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	if ((r = st->ops->open(st, err)) != 0) {
+		dmk_err_prefix(err, "store %s", conf->name);
+		free(st->priv);
+		st->priv = NULL;
+		return r;
+	}
+	st->opened = 1;
+	return 0;
+}
+
+void
+store_close(struct store *st)
+{
+	if (st->opened && st->ops->close)
+		st->ops->close(st);
+	if (st->priv) {
+		secure_wipe(st->priv, st->ops->priv_size);
+		free(st->priv);
+	}
+	st->priv = NULL;
+	st->opened = 0;
+}

@@ -1,0 +1,2 @@
+/* quote.c: placeholder until the sql/ issue lands. */
+#include "../agent/dmk.h"
