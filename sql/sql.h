@@ -1,0 +1,180 @@
+/*
+ * sql.h: sessions with SQL Server replicas (FreeTDS db-lib), the one door
+ * for T-SQL, and availability-group discovery.
+ *
+ * Sessions.  Every session is TLS end to end and cannot be downgraded:
+ * FreeTDS talks to an in-process relay (relay.c) that makes its own TLS
+ * connection to the server with OpenSSL, verifies the certificate against
+ * the configured CA and the host name, and refuses any PRELOGIN answer but
+ * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent.  See
+ * dmkagent(1), SECURITY.
+ *
+ * T-SQL.  Procedures go as RPCs with typed parameters (sql_rpc).  DDL that
+ * cannot take parameters is built only with struct sql_stmt and its
+ * quoting helpers; a statement that holds a password literal lives in
+ * wiped memory and is never echoed into an error or a log.
+ *
+ * Errors.  SQL Server's error number, state, severity and text are
+ * captured (struct sql_error) and returned as DMK_ERR_SQL (or a more
+ * specific code), with the server's message in the dmk_err; parameter
+ * values are never part of a message.
+ */
+#ifndef DMK_SQL_H
+#define DMK_SQL_H
+
+#include "../agent/dmk.h"
+
+struct secret;
+
+struct sql_endpoint {
+	char name[520];            /* replica name, for messages */
+	char host[256];            /* connect here */
+	int port;
+	char tls_name[256];        /* name the certificate must carry (default host) */
+};
+
+struct sql_login {
+	const char *user;          /* SQL login, or NULL with integrated */
+	const struct secret *password;
+	int integrated;            /* Kerberos via FreeTDS */
+	const char *ca_file;       /* PEM bundle; NULL: system store */
+	long connect_timeout;      /* seconds */
+	long query_timeout;        /* seconds */
+	const char *database;      /* initial database, or NULL for the login's default */
+};
+
+struct sql_error {
+	int number;                /* e.g. 15313 */
+	int state;
+	int severity;
+	char message[1024];        /* the server's text */
+	char server[256];
+	char proc[256];
+	int line;
+};
+
+struct sql_session;
+
+int sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
+    struct sql_session **out, struct dmk_err *err);
+void sql_close(struct sql_session *s);
+/* The last SQL Server error seen on this session (number 0 if none). */
+const struct sql_error *sql_last_error(const struct sql_session *s);
+
+/* ---- results ---- */
+enum sql_type { SQLT_NULL = 0, SQLT_INT, SQLT_STR, SQLT_BIN };
+struct sql_value {
+	enum sql_type type;
+	long long i;               /* SQLT_INT (bit, int, bigint) */
+	char *s;                   /* SQLT_STR: UTF-8, NUL-terminated; also GUIDs and dates as text */
+	unsigned char *bin;        /* SQLT_BIN */
+	size_t len;                /* bytes in s or bin */
+};
+struct sql_result {
+	size_t ncols, nrows;
+	char **cols;               /* column names */
+	struct sql_value *cells;   /* nrows * ncols, row-major */
+};
+const struct sql_value *sql_cell(const struct sql_result *r, size_t row, const char *col);
+void sql_result_free(struct sql_result *r);
+
+/* ---- statements: the quoting helpers ---- */
+struct sql_stmt;               /* text in wiped memory */
+struct sql_stmt *sql_stmt_new(void);
+void sql_stmt_free(struct sql_stmt *st);
+/* Fixed SQL text written by us (keywords, punctuation); never data. */
+int sql_stmt_raw(struct sql_stmt *st, const char *sql);
+/* [name] with ]] doubling; refuses empty, > 128 characters, NUL, bad UTF-8. */
+int sql_stmt_ident(struct sql_stmt *st, const char *name, struct dmk_err *err);
+/* N'text' with '' doubling; refuses NUL and bad UTF-8. */
+int sql_stmt_nstr(struct sql_stmt *st, const char *text, struct dmk_err *err);
+/* N'secret' with '' doubling, for DDL that takes a password literal. */
+int sql_stmt_secret(struct sql_stmt *st, const struct secret *pw, struct dmk_err *err);
+/* 0x... binary literal. */
+int sql_stmt_bin(struct sql_stmt *st, const unsigned char *b, size_t n);
+int sql_stmt_int(struct sql_stmt *st, long long v);
+/* Whether the statement holds a secret (then it is never logged). */
+int sql_stmt_has_secret(const struct sql_stmt *st);
+
+/* Standalone quoting for tests and for names shown to users. */
+int sql_quote_ident(const char *name, char *out, size_t outlen, struct dmk_err *err);
+int sql_valid_name(const char *name);   /* sysname: 1..128 chars, UTF-8, no NUL */
+
+/*
+ * Run a statement (one batch).  If it returns rows, *res gets the first
+ * result set (res may be NULL to discard).  A SQL Server error gives
+ * DMK_ERR_SQL with "SERVER: Msg N, Level L, State S: text".
+ */
+int sql_exec(struct sql_session *s, const struct sql_stmt *st, struct sql_result **res,
+    struct dmk_err *err);
+/* A fixed query with no data in it (catalog reads). */
+int sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
+    struct dmk_err *err);
+
+/* ---- RPC ---- */
+enum sql_param_type { SQLP_NVARCHAR = 1, SQLP_INT, SQLP_VARBINARY };
+struct sql_param {
+	const char *name;          /* "@db_name" */
+	enum sql_param_type type;
+	const char *str;           /* SQLP_NVARCHAR (UTF-8) */
+	const struct secret *secret; /* SQLP_NVARCHAR from a secret, instead of str */
+	long long i;
+	const unsigned char *bin;
+	size_t len;
+	int is_null;
+};
+/* One procedure call; *retstatus gets RETURN's value. */
+int sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
+    int *retstatus, struct dmk_err *err);
+
+/* ---- the calls the agent makes ---- */
+/* sp_control_dbmasterkey_password @db_name, @password, @action = add|drop. */
+int sql_dmk_password(struct sql_session *s, const char *db, const struct secret *pw,
+    const char *action, struct dmk_err *err);
+/* USE db; OPEN MASTER KEY DECRYPTION BY PASSWORD; CLOSE MASTER KEY.
+ * DMK_ERR_WRONGPASS for 15313, DMK_ERR_NOTFOUND when there is no DMK. */
+int sql_dmk_probe(struct sql_session *s, const char *db, const struct secret *pw,
+    struct dmk_err *err);
+/* USE [db] */
+int sql_use(struct sql_session *s, const char *db, struct dmk_err *err);
+
+/* ---- availability group discovery ---- */
+struct sql_replica {
+	char name[520];            /* replica_server_name */
+	char role[32];             /* PRIMARY, SECONDARY, RESOLVING, or "" if unknown */
+	char routing_url[256];     /* read_only_routing_url */
+	char endpoint_url[256];
+	int secondary_allow;       /* secondary_role_allow_connections: 0 NO, 1 READ_ONLY, 2 ALL */
+	char sync_health[64];
+	int connected;
+};
+struct sql_ag {
+	char name[520];
+	char group_id[40];
+	char primary[520];         /* primary replica name */
+	struct sql_replica *replicas;
+	size_t nreplicas;
+	char (*databases)[520];    /* databases in the AG */
+	size_t ndatabases;
+};
+/* Ask the AG itself (through a session to the listener/primary). */
+int sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
+    struct dmk_err *err);
+void sql_ag_free(struct sql_ag *ag);
+/* Address of a replica: routing URL TCP://host:port, else name:1433. */
+int sql_replica_address(const struct sql_replica *r, char *host, size_t hostlen, int *port);
+
+/* Per-database key facts on one replica. */
+struct sql_dbkeys {
+	char family_guid[40];
+	char dmk_key_guid[40];     /* "" when there is no DMK */
+	int dmk_by_smk;            /* is_master_key_encrypted_by_server */
+	int npassword_encryptions; /* rows in sys.key_encryptions by password */
+	int ncredentials;          /* sys.master_key_passwords rows for family_guid */
+	char credential_names[8][160];
+	int readable;              /* database readable on this replica */
+};
+int sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out,
+    struct dmk_err *err);
+
+#endif
