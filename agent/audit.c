@@ -234,7 +234,7 @@ enc:
 	r = dmk_errf(err, r, "%s: audit record too large", a->path);
 out:
 	flock(a->fd, LOCK_UN);
-	free(s);
+	json_free_dump(s);
 	json_decref(rec);
 	buf_free(&line);
 	return r;

@@ -6,6 +6,7 @@
 #include <jansson.h>
 
 #include "dmk.h"
+#include "secret.h"
 #include "cli.h"
 #include "../providers/provider.h"
 
@@ -123,7 +124,7 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		json_object_set_new(root, "databases", arr);
 		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 		fprintf(a->out, "%s\n", s);
-		free(s);
+		json_free_dump(s);
 		json_decref(root);
 		return 0;
 	}

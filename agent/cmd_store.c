@@ -219,7 +219,7 @@ cmd_store_show(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		}
 		s = json_dumps(arr, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 		fprintf(a->out, "{\"reference\":\"%s\",\"versions\":%s}\n", ref.text, s);
-		free(s);
+		json_free_dump(s);
 		json_decref(arr);
 	} else {
 		fprintf(a->out, "%s: %zu version(s)\n", ref.text, n);

@@ -219,3 +219,15 @@ secret_install_json_allocator(void)
 {
 	json_set_alloc_funcs(wiping_malloc, wiping_free);
 }
+
+void
+json_free_dump(void *p)
+{
+	json_malloc_t m;
+	json_free_t f;
+
+	if (p == NULL)
+		return;
+	json_get_alloc_funcs(&m, &f);
+	f(p);
+}

@@ -47,6 +47,8 @@ void secure_wipe(void *p, size_t n);
 /* free() that wipes first; the allocator behind json_set_alloc_funcs. */
 void *wiping_malloc(size_t n);
 void wiping_free(void *p);
+/* Free what json_dumps() returned, with Jansson's current allocator. */
+void json_free_dump(void *p);
 /* Install wiping_malloc/wiping_free for Jansson. */
 void secret_install_json_allocator(void);
 

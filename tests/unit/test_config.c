@@ -1,0 +1,236 @@
+/* Unit tests: references and the configuration file, every error path. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "agent/dmk.h"
+#include "agent/config.h"
+#include "providers/provider.h"
+
+#define GOOD_HEAD \
+	"[agent]\nstate_dir = /tmp/x\naudit_log = /tmp/x/audit.jsonl\n" \
+	"[store hcv]\ntype = hashicorp-vault\naddress = https://v:8200\nauth = token\n" \
+	"token = env:VAULT_TOKEN\n" \
+	"[ag AG1]\nlistener = ag1.example.com:1433\nlogin = dmkagent\n" \
+	"login_password = hcv:sql/logins/dmkagent#password\n"
+
+static struct config *
+parse_ok(const char *text)
+{
+	struct config *c = NULL;
+	struct dmk_err e;
+	int r = config_parse_string(text, "t.conf", &c, &e);
+
+	if (r != 0)
+		fail_msg("unexpected error: %s", e.msg);
+	return c;
+}
+
+static void
+expect_err(const char *text, const char *needle)
+{
+	struct config *c = NULL;
+	struct dmk_err e;
+	int r = config_parse_string(text, "t.conf", &c, &e);
+
+	assert_int_equal(r, DMK_ERR_CONFIG);
+	assert_null(c);
+	if (strstr(e.msg, needle) == NULL)
+		fail_msg("message '%s' lacks '%s'", e.msg, needle);
+}
+
+static void
+test_ref_parse(void **st)
+{
+	struct secret_ref r;
+	struct dmk_err e;
+
+	assert_int_equal(ref_parse("hcv:sql/ag1/cm_p01/dmk#password", &r, &e), 0);
+	assert_int_equal(r.kind, REF_STORE);
+	assert_string_equal(r.store, "hcv");
+	assert_string_equal(r.path, "sql/ag1/cm_p01/dmk");
+	assert_string_equal(r.field, "password");
+	assert_int_equal(ref_parse("akv:ag1-cm-p01-cert-backup", &r, &e), 0);
+	assert_string_equal(r.field, "");
+	assert_int_equal(ref_parse("file:/etc/dmkagent/x", &r, &e), 0);
+	assert_int_equal(r.kind, REF_FILE);
+	assert_int_equal(ref_parse("env:VAULT_TOKEN", &r, &e), 0);
+	assert_int_equal(r.kind, REF_ENV);
+	assert_int_not_equal(ref_parse("file:relative", &r, &e), 0);
+	assert_int_not_equal(ref_parse("env:9X", &r, &e), 0);
+	assert_int_not_equal(ref_parse("hcv:/abs", &r, &e), 0);
+	assert_int_not_equal(ref_parse("hcv:a//b", &r, &e), 0);
+	assert_int_not_equal(ref_parse("hcv:a/../b", &r, &e), 0);
+	assert_int_not_equal(ref_parse("hcv:a#", &r, &e), 0);
+	assert_int_not_equal(ref_parse("hcv:a b", &r, &e), 0);
+	assert_int_not_equal(ref_parse("hunter2", &r, &e), 0);
+	assert_int_not_equal(ref_parse("", &r, &e), 0);
+	/* the message never repeats the input */
+	assert_int_not_equal(ref_parse("S3cr3t!pass", &r, &e), 0);
+	assert_null(strstr(e.msg, "S3cr3t"));
+}
+
+static void
+test_good_config(void **st)
+{
+	struct config *c = parse_ok(GOOD_HEAD
+	    "replica SQLNODE3 = 10.0.0.13:1433\n"
+	    "[database AG1/CM_P01]\ndmk_password = hcv:sql/ag1/cm_p01/dmk#password\n"
+	    "rotate_every = 90d\ncertificates = BitLockerManagement_CERT, Other\n");
+
+	assert_int_equal(c->nstores, 1);
+	assert_ptr_equal(c->stores[0].ops, prov_find("hashicorp-vault"));
+	assert_int_equal(c->nags, 1);
+	assert_string_equal(c->ags[0].listener_host, "ag1.example.com");
+	assert_int_equal(c->ags[0].listener_port, 1433);
+	assert_int_equal(c->ags[0].nreplicas, 1);
+	assert_string_equal(c->ags[0].replicas[0].name, "SQLNODE3");
+	assert_string_equal(c->ags[0].replicas[0].host, "10.0.0.13");
+	assert_int_equal(c->ndbs, 1);
+	assert_string_equal(c->dbs[0].name, "CM_P01");
+	assert_int_equal(c->dbs[0].rotate_every, 90 * 86400);
+	assert_int_equal(c->dbs[0].ncertificates, 2);
+	assert_string_equal(c->dbs[0].certificates[1], "Other");
+	config_free(c);
+}
+
+static void
+test_database_name_key(void **st)
+{
+	/* A name INI cannot carry in a section header goes in name = */
+	struct config *c = parse_ok(GOOD_HEAD "[database AG1/weird]\nname = we]i'rd db é\n"
+	    "dmk_password = hcv:a/b\n");
+	assert_string_equal(c->dbs[0].name, "we]i'rd db é");
+	config_free(c);
+}
+
+static void
+test_literal_secret(void **st)
+{
+	struct config *c = NULL;
+	struct dmk_err e;
+
+	assert_int_equal(config_parse_string(GOOD_HEAD "[database AG1/X]\ndmk_password = "
+	    "Hunter2Hunter2!\n", "t.conf", &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "t.conf:14: 'dmk_password' holds a literal secret"));
+	assert_null(strstr(e.msg, "Hunter2"));
+	/* every secret-bearing key name, in any section */
+	expect_err("[store s]\ntype = hashicorp-vault\ntoken = abc\n", "'token' holds a literal secret");
+	expect_err("[store s]\ntype = hashicorp-vault\nsecret_id = abc\n", "'secret_id' holds a literal");
+	expect_err("[store s]\ntype = hashicorp-vault\nclient_key = abc\n", "'client_key' holds a literal");
+	expect_err("[agent]\naudit_key = k3y\n", "'audit_key' holds a literal secret");
+	/* a value that looks like a reference to an unknown store is not echoed */
+	assert_int_equal(config_parse_string(GOOD_HEAD "[database AG1/X]\ndmk_password = "
+	    "pw:Hunter2\n", "t.conf", &c, &e), DMK_ERR_CONFIG);
+	assert_null(strstr(e.msg, "Hunter2"));
+	assert_non_null(strstr(e.msg, "refers to a store that no [store NAME] section defines "
+	    "(defined: hcv)"));
+}
+
+static void
+test_errors_name_line(void **st)
+{
+	expect_err("[agent]\nstate_dirr = /x\n", "t.conf:2: unknown key 'state_dirr' in [agent]; "
+	    "did you mean 'state_dir'?");
+	expect_err("[agnet]\nx = 1\n", "t.conf:1: unknown section [agnet]");
+	expect_err("x = 1\n", "t.conf:1: key 'x' outside any section");
+	expect_err("[agent]\npassword_length = 7\n", "t.conf:2: 'password_length' in [agent] must "
+	    "be a whole number from 8 to 128");
+	expect_err("[agent]\nlease_ttl = soon\n", "t.conf:2: 'lease_ttl' in [agent] must be a "
+	    "duration");
+	expect_err("[agent]\nstate_dir = relative\n", "must be an absolute path");
+	expect_err("[store s]\naddress = https://x\n", "[store s] needs 'type'");
+	expect_err("[store s]\ntype = keepass\n", "t.conf:2: unknown store type 'keepass' (known: "
+	    "hashicorp-vault, azure-key-vault)");
+	expect_err("[store s]\ntype = hashicorp-vault\nadress = https://x\n",
+	    "t.conf:3: unknown key 'adress' in [store s] of type hashicorp-vault; did you mean "
+	    "'address'?");
+	expect_err("[store s]\ntype = hashicorp-vault\naddress = http://x\n", "must be an https:// URL");
+	expect_err("[store s]\ntype = hashicorp-vault\nauth = password\n", "must be one of");
+	expect_err("[store file]\ntype = hashicorp-vault\n", "reserved");
+	expect_err("[store a]\ntype = azure-key-vault\n", "[store a] needs 'vault_url'");
+	expect_err(GOOD_HEAD "[store hcv]\ntype = hashicorp-vault\n", "store 'hcv' is defined twice");
+	expect_err("[ag A]\nlogin = x\nlogin_password = file:/x\n", "[ag A] needs 'listener");
+	expect_err("[ag A]\nlistener = h:99999\nlogin = x\n", "t.conf:2: 'listener' in [ag A] must "
+	    "be HOST[:PORT]");
+	expect_err("[ag A]\nlistener = h\nlogin = x\n", "needs 'login_password'");
+	expect_err(GOOD_HEAD "[database AG2/X]\ndmk_password = hcv:a\n", "names availability group "
+	    "'AG2', but there is no [ag AG2] section");
+	expect_err(GOOD_HEAD "[database AG1]\ndmk_password = hcv:a\n", "[database AG/DATABASE]");
+	expect_err(GOOD_HEAD "[database AG1/X]\nrotate_every = 90d\n", "needs 'dmk_password'");
+	expect_err(GOOD_HEAD "[database AG1/X]\ndmk_password = hcv:a\n[database AG1/Y]\nname = X\n"
+	    "dmk_password = hcv:b\n", "configured twice");
+	expect_err(GOOD_HEAD "[database AG1/X]\ndmk_password = env:PW\n", "env: references are only "
+	    "for a store's own bootstrap credentials");
+	expect_err(GOOD_HEAD "[database AG1/X]\ndmk_password = hcv:a\ndmk_password = hcv:b\n",
+	    "'dmk_password' is set twice");
+	expect_err("[store s]\ntype = hashicorp-vault\ntoken = s:x\n", "refers to its own store");
+	expect_err("[agent]\nstate_dir = /a\x01\n", "control character");
+	expect_err("[agent\n", "t.conf:1: cannot parse this line");
+	{
+		char big[300];
+		memset(big, 'x', 129);
+		strcpy(big + 129, "\n");
+		char text[600];
+		snprintf(text, sizeof(text), GOOD_HEAD "[database AG1/X]\ndmk_password = hcv:a\n"
+		    "name = %s", big);
+		expect_err(text, "1 to 128 characters");
+	}
+}
+
+static void
+test_file_mode(void **st)
+{
+	char path[] = "/tmp/dmkconfXXXXXX";
+	struct config *c = NULL;
+	struct dmk_err e;
+	int fd = mkstemp(path);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "[agent]\n", 8), 8);
+	close(fd);
+	chmod(path, 0664);
+	assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "writable by group or others"));
+	chmod(path, 0644);
+	assert_int_equal(config_load(path, &c, &e), 0);
+	config_free(c);
+	unlink(path);
+	assert_int_equal(config_load("/nonexistent/x.conf", &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "/nonexistent/x.conf: cannot open"));
+}
+
+static void
+test_secret_key_names(void **st)
+{
+	assert_true(conf_key_is_secret("dmk_password"));
+	assert_true(conf_key_is_secret("client_secret"));
+	assert_true(conf_key_is_secret("secret_id"));
+	assert_true(conf_key_is_secret("token"));
+	assert_true(conf_key_is_secret("audit_key"));
+	assert_false(conf_key_is_secret("role_id"));
+	assert_false(conf_key_is_secret("listener"));
+	assert_false(conf_key_is_secret("keyring"));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_ref_parse),
+		cmocka_unit_test(test_good_config),
+		cmocka_unit_test(test_database_name_key),
+		cmocka_unit_test(test_literal_secret),
+		cmocka_unit_test(test_errors_name_line),
+		cmocka_unit_test(test_file_mode),
+		cmocka_unit_test(test_secret_key_names),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
