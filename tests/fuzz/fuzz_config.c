@@ -1,0 +1,26 @@
+/* Fuzz target: the configuration parser must never crash, leak or hang. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/dmk.h"
+#include "agent/config.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct config *c = NULL;
+	struct dmk_err e;
+	char *t;
+
+	if (size > 65536 || (t = malloc(size + 1)) == NULL)
+		return 0;
+	memcpy(t, data, size);
+	t[size] = '\0';
+	if (config_parse_string(t, "fuzz.conf", &c, &e) == 0)
+		config_free(c);
+	free(t);
+	return 0;
+}
