@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# test.sh: set up, then run every test suite: the default build (unit, fuzz
+# corpus replay, sim, provider, integration) and a clang build with
+# AddressSanitizer + UndefinedBehaviorSanitizer (unit suite, plus bounded
+# libFuzzer runs).  Ends with the line "N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+
+if [ ! -f build-san/build.ninja ]; then
+  CC=clang meson setup build-san --buildtype=debug -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dfuzz=true >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+fi
+ninja -C build-san >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+meson test -C build --num-processes 2 --print-errorlogs "$@"
+meson test -C build-san --num-processes 2 --print-errorlogs --suite unit --suite fuzz "$@"
+exec /usr/bin/python3 scripts/testsummary.py build/meson-logs/testlog.json build-san/meson-logs/testlog.json
