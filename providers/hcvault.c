@@ -1,13 +1,49 @@
 /*
- * hcvault.c: HashiCorp Vault (KV version 2, and version 1 for reading).
- * STUB: the configuration keys are final; the operations come with the
- * Vault provider issue.
+ * hcvault.c: HashiCorp Vault, KV version 2 (and version 1 for reading).
+ *
+ * A reference hcv:PATH#FIELD names the key PATH under the store's `mount`
+ * (default "secret") and the field FIELD of its data (default "password").
+ * The KV version of the mount is found once per run the way the vault CLI
+ * does it, through sys/internal/ui/mounts/MOUNT/PATH.
+ *
+ * Markers.  KV v2 keeps custom_metadata per key, not per version, so the
+ * marker KEY of version N is stored as the key-level entry "vN.KEY".  Reads
+ * return each version's own markers under their plain names.  Vault allows
+ * 64 entries, keys of 128 bytes and values of 512 bytes: every metadata
+ * write drops the markers of versions that no longer exist and, if still
+ * over the limit, those of the oldest versions.
+ *
+ * Tokens.  A token the user supplies (token reference, VAULT_TOKEN,
+ * ~/.vault-token) is used as is and never revoked.  A token this run gets
+ * by logging in is renewed when less than a third of its TTL is left and
+ * revoked at close.
+ *
+ * Test seam: open() uses st->http when a transport is already installed
+ * there (unit tests install http_client_replay); otherwise it makes the one
+ * libcurl client the store keeps for the whole run.  store_open() zeroes
+ * the store first, so a real run always gets the curl client.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "../agent/dmk.h"
 #include "../agent/secret.h"
+#include "../agent/agent.h"
 #include "provider.h"
+
+#define HCV_DEFAULT_FIELD "password"
+#define HCV_DEFAULT_MOUNT "secret"
+#define HCV_K8S_TOKEN "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#define HCV_META_MAX_KEYS 64
+#define HCV_URL_MAX 4096
 
 static const struct conf_keydef hcvault_keys[] = {
 	{ "address", CK_URL, 0, NULL, 0, 0 },          /* default VAULT_ADDR */
@@ -30,16 +66,1879 @@ static const struct conf_keydef hcvault_keys[] = {
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
+enum hcv_auth { AUTH_TOKEN = 0, AUTH_APPROLE, AUTH_K8S, AUTH_JWT, AUTH_CERT };
+static const char *const auth_names[] = { "token", "approle", "kubernetes", "jwt", "cert" };
+
+struct hcv {
+	char addr[1024];          /* no trailing slash */
+	char ns[256];
+	char mount[256];          /* as configured, no slashes around */
+	enum hcv_auth auth;
+	char auth_mount[256];
+	struct http_tls tls;
+	struct secret *client_key;
+	struct secret *token;
+	int token_owned;          /* from a login: renew, revoke at close */
+	long long token_ttl_s;    /* TTL at the last lookup or renewal; 0: none */
+	long long token_period_s; /* what a renewal should restore */
+	long long token_t0_ms;    /* when token_ttl_s was measured */
+	int token_renewable;
+	int renewing;
+	int kv_version;           /* 0: not detected yet */
+	char kv_mount[256];       /* the mount path Vault reported, no slash */
+	char kv_prefix[512];      /* part of the path inside the mount before the ref */
+};
+
+/* ---- small helpers ---- */
+
+static const char *
+kv_str(const struct conf_store *c, const char *key)
+{
+	const char *v = conf_store_str(c, key);
+
+	return (v != NULL && *v != '\0') ? v : NULL;
+}
+
+static const struct secret_ref *
+kv_ref(const struct conf_store *c, const char *key)
+{
+	const struct conf_kv *kv = conf_store_kv(c, key);
+
+	return (kv != NULL && kv->kind == CK_REF) ? &kv->ref : NULL;
+}
+
+static int
+kv_bool(const struct conf_store *c, const char *key)
+{
+	const char *v = kv_str(c, key);
+
+	return v != NULL && (strcmp(v, "yes") == 0 || strcmp(v, "true") == 0);
+}
+
+static const char *
+envstr(const char *name)
+{
+	const char *v = getenv(name);
+
+	return (v != NULL && *v != '\0') ? v : NULL;
+}
+
+static int
+auth_of(const struct conf_store *c, enum hcv_auth *out)
+{
+	const char *a = kv_str(c, "auth");
+	size_t i;
+
+	*out = AUTH_TOKEN;
+	if (a == NULL)
+		return 0;
+	for (i = 0; i < sizeof(auth_names) / sizeof(auth_names[0]); i++)
+		if (strcmp(a, auth_names[i]) == 0) {
+			*out = (enum hcv_auth)i;
+			return 0;
+		}
+	return -1;
+}
+
+/* Safe for a header line or a path: printable ASCII without CR/LF. */
+static int
+plain_text(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+			return 0;
+	return 1;
+}
+
+static int
+valid_mount(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n >= 200 || s[0] == '/' || s[n - 1] == '/' || strstr(s, "..") ||
+	    strstr(s, "//"))
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr("._-/@+=", *s))
+			return 0;
+	return 1;
+}
+
+/* Append s as a JSON string literal (quotes included). */
+static int
+json_quote(struct buf *b, const char *s, size_t n)
+{
+	static const char hx[] = "0123456789abcdef";
+	size_t i;
+	int r;
+
+	if ((r = buf_putc(b, '"')) != 0)
+		return r;
+	for (i = 0; i < n && r == 0; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\') {
+			char e[2] = { '\\', (char)c };
+			r = buf_append(b, e, 2);
+		} else if (c < 0x20) {
+			char e[6] = { '\\', 'u', '0', '0', hx[c >> 4], hx[c & 15] };
+			r = buf_append(b, e, 6);
+		} else
+			r = buf_putc(b, (char)c);
+	}
+	return r ? r : buf_putc(b, '"');
+}
+
+static int
+json_quote_str(struct buf *b, const char *s)
+{
+	return json_quote(b, s, strlen(s));
+}
+
+static const char *
+field_of(const struct secret_ref *ref)
+{
+	return ref->field[0] ? ref->field : HCV_DEFAULT_FIELD;
+}
+
+static long long
+json_num(json_t *v)
+{
+	if (json_is_integer(v))
+		return (long long)json_integer_value(v);
+	if (json_is_real(v))
+		return (long long)json_real_value(v);
+	if (json_is_string(v))
+		return strtoll(json_string_value(v), NULL, 10);
+	return 0;
+}
+
+/* Vault durations in lookup answers are seconds; "1h" style in some places. */
+static long long
+json_secs(json_t *v)
+{
+	long long s = 0;
+
+	if (json_is_string(v) && util_parse_duration(json_string_value(v), &s) == 0)
+		return s;
+	return json_num(v);
+}
+
+/* Free what Jansson allocated (json_dumps), with Jansson's own allocator. */
+static void
+json_release(char *p)
+{
+	json_malloc_t m;
+	json_free_t f;
+
+	if (p == NULL)
+		return;
+	json_get_alloc_funcs(&m, &f);
+	secure_wipe(p, strlen(p));
+	if (f)
+		f(p);
+	else
+		free(p);
+}
+
+/* Parse a version string: a positive whole number. */
+static int
+parse_version(const char *s, long long *out)
+{
+	char *end;
+	long long v;
+
+	if (s == NULL || !isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end != '\0' || v < 0)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* ---- errors: status and Vault's own text, never a body with data ---- */
+
+/* Vault's "errors" array, flattened to one line, or "" when empty. */
+static void
+vault_errors(const struct http_response *resp, char *out, size_t len)
+{
+	json_t *root, *errs, *e;
+	size_t i, o = 0;
+
+	out[0] = '\0';
+	if (resp->body.len == 0 ||
+	    (root = json_loadb(resp->body.data, resp->body.len, 0, NULL)) == NULL)
+		return;
+	errs = json_object_get(root, "errors");
+	json_array_foreach(errs, i, e) {
+		const char *s = json_string_value(e);
+		if (s == NULL)
+			continue;
+		if (o && o + 2 < len) {
+			out[o++] = ';';
+			out[o++] = ' ';
+		}
+		for (; *s && o + 1 < len; s++) {
+			unsigned char c = (unsigned char)*s;
+			if (c == '\n' || c == '\t' || c == '\r') {
+				if (o > 0 && out[o - 1] != ' ')
+					out[o++] = ' ';
+			} else if (c >= 0x20)
+				out[o++] = (char)c;
+		}
+		while (o > 0 && out[o - 1] == ' ')
+			o--;
+	}
+	out[o] = '\0';
+	json_decref(root);
+}
+
+enum { CTX_DATA = 0, CTX_LOGIN };
+
+/*
+ * One message per failed answer: what we asked, the status, what it means
+ * and Vault's text.  Returns the DMK_ERR_* code.
+ */
+static int
+vault_fail(const struct http_response *resp, const char *what, int ctx, struct dmk_err *err)
+{
+	char ve[600], detail[700];
+	const char *meaning;
+	int code;
+
+	vault_errors(resp, ve, sizeof(ve));
+	if (ve[0])
+		snprintf(detail, sizeof(detail), " (Vault: %s)", ve);
+	else
+		detail[0] = '\0';
+	switch (resp->status) {
+	case 400:
+		if (strstr(ve, "check-and-set parameter did not match")) {
+			code = DMK_ERR_CONFLICT;
+			meaning = "the secret changed since it was read (check-and-set mismatch)";
+		} else if (strstr(ve, "check-and-set parameter required")) {
+			code = DMK_ERR_CONFLICT;
+			meaning = "the key requires check-and-set";
+		} else if (strstr(ve, "wrapping token is not valid")) {
+			code = DMK_ERR_AUTH;
+			meaning = "the response-wrapping token was already used or has expired";
+		} else if (ctx == CTX_LOGIN) {
+			code = DMK_ERR_AUTH;
+			meaning = "login refused";
+		} else {
+			code = DMK_ERR_BADINPUT;
+			meaning = "request refused";
+		}
+		break;
+	case 401:
+	case 403:
+		if (strstr(ve, "invalid token") || ctx == CTX_LOGIN) {
+			code = DMK_ERR_AUTH;
+			meaning = ctx == CTX_LOGIN ? "login refused" :
+			    "the token is invalid, expired or revoked";
+		} else {
+			code = DMK_ERR_DENIED;
+			meaning = "permission denied; check the token's policies";
+		}
+		break;
+	case 404:
+		code = DMK_ERR_NOTFOUND;
+		meaning = "not found";
+		break;
+	case 412:
+		code = DMK_ERR_UNREACHABLE;
+		meaning = "the server is not yet consistent (still failing after retries)";
+		break;
+	case 429:
+		code = DMK_ERR_UNREACHABLE;
+		meaning = "rate limited (still refused after retries)";
+		break;
+	case 503:
+		code = DMK_ERR_UNREACHABLE;
+		if (strstr(ve, "sealed"))
+			meaning = "Vault is sealed";
+		else if (strstr(ve, "standby"))
+			meaning = "Vault is in standby";
+		else
+			meaning = "Vault is unavailable (sealed or standby; still failing after retries)";
+		break;
+	default:
+		if (resp->status >= 500) {
+			code = DMK_ERR_UNREACHABLE;
+			meaning = "server error (still failing after retries)";
+		} else {
+			code = DMK_ERR_PROTOCOL;
+			meaning = "unexpected answer";
+		}
+		break;
+	}
+	return dmk_errf(err, code, "%s: HTTP %ld: %s%s", what, resp->status, meaning, detail);
+}
+
+/* ---- requests ---- */
+
+static int
+hcv_retry_status(long status)
+{
+	return status == 412 || status == 429 || status >= 500;
+}
+
+enum {
+	REQ_TOKEN = 1 << 0,     /* send X-Vault-Token */
+	REQ_NORETRY = 1 << 1,   /* single-use: never retry */
+	REQ_NORENEW = 1 << 2,   /* do not consider renewal first */
+};
+
+static int hcv_maybe_renew(struct store *st, struct dmk_err *err);
+
+/*
+ * One call to Vault.  path is below /v1/.  tok (may be NULL) overrides the
+ * store's token.  The answer lands in resp (caller frees); 0 when an answer
+ * arrived, whatever its status.
+ */
+static int
+hcv_request(struct store *st, const char *method, const char *path,
+    const struct buf *body, int flags, const struct secret *tok,
+    struct http_response *resp, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_request req;
+	struct buf url, tokhdr, nshdr;
+	int r;
+
+	if ((flags & REQ_TOKEN) && !(flags & REQ_NORENEW) && tok == NULL &&
+	    (r = hcv_maybe_renew(st, err)) != 0)
+		return r;
+	memset(&req, 0, sizeof(req));
+	buf_init(&url, HCV_URL_MAX);
+	buf_init(&tokhdr, 64 * 1024);
+	buf_init(&nshdr, 1024);
+	if ((r = buf_printf(&url, "%s/v1/%s", h->addr, path)) != 0) {
+		r = dmk_errf(err, r, "URL too long for %s", path);
+		goto out;
+	}
+	req.method = method;
+	req.url = url.data;
+	req.retry_status = hcv_retry_status;
+	req.no_retry = (flags & REQ_NORETRY) != 0;
+	http_req_header(&req, "X-Vault-Request: true");
+	if (h->ns[0]) {
+		if ((r = buf_printf(&nshdr, "X-Vault-Namespace: %s", h->ns)) != 0)
+			goto nomem;
+		http_req_header(&req, nshdr.data);
+	}
+	if (flags & REQ_TOKEN) {
+		const struct secret *t = tok ? tok : h->token;
+		if (t == NULL) {
+			r = dmk_errf(err, DMK_ERR_INTERNAL, "no Vault token");
+			goto out;
+		}
+		if ((r = buf_puts(&tokhdr, "X-Vault-Token: ")) != 0 ||
+		    (r = buf_append(&tokhdr, secret_reveal(t), secret_len(t))) != 0)
+			goto nomem;
+		http_req_header(&req, tokhdr.data);
+	}
+	if (body != NULL) {
+		http_req_header(&req, "Content-Type: application/json");
+		req.body = body->data ? body->data : "";
+		req.body_len = body->len;
+	}
+	r = http_do(&st->http, &req, resp, err);
+	if (r != 0)
+		dmk_err_prefix(err, "Vault at %s unreachable", h->addr);
+	goto out;
+nomem:
+	r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+out:
+	buf_free(&tokhdr);   /* wipes the token copy */
+	buf_free(&nshdr);
+	buf_free(&url);
+	return r;
+}
+
+/* Parse an answer body; NULL with err set when it is not JSON. */
+static json_t *
+parse_body(const struct http_response *resp, const char *what, struct dmk_err *err)
+{
+	json_t *root;
+
+	if (resp->body.len == 0 ||
+	    (root = json_loadb(resp->body.data, resp->body.len, 0, NULL)) == NULL ||
+	    !json_is_object(root)) {
+		if (resp->body.len && (root = json_loadb(resp->body.data, resp->body.len, 0, NULL)))
+			json_decref(root);
+		dmk_errf(err, DMK_ERR_PROTOCOL, "%s: HTTP %ld: the answer is not a JSON object",
+		    what, resp->status);
+		return NULL;
+	}
+	return root;
+}
+
+/* Build MOUNT/KIND/PREFIX/PATH (kind NULL for KV v1), URL-encoded. */
+static int
+kv_path(struct hcv *h, const char *kind, const char *path, struct buf *out)
+{
+	int r;
+
+	buf_reset(out);
+	if ((r = http_urlencode(out, h->kv_mount, strlen(h->kv_mount), 1)) != 0)
+		return r;
+	if (kind && ((r = buf_putc(out, '/')) != 0 || (r = buf_puts(out, kind)) != 0))
+		return r;
+	if ((r = buf_putc(out, '/')) != 0)
+		return r;
+	if (h->kv_prefix[0] &&
+	    (r = http_urlencode(out, h->kv_prefix, strlen(h->kv_prefix), 1)) != 0)
+		return r;
+	return http_urlencode(out, path, strlen(path), 1);
+}
+
+/* Same, unencoded, for capabilities-self and messages. */
+static void
+kv_plain(struct hcv *h, const char *kind, const char *path, char *out, size_t len)
+{
+	snprintf(out, len, "%s%s%s/%s%s", h->kv_mount, kind ? "/" : "", kind ? kind : "",
+	    h->kv_prefix, path);
+}
+
+/* ---- token lifecycle ---- */
+
+static void
+token_set(struct hcv *h, struct secret *tok, int owned)
+{
+	secret_free(h->token);
+	h->token = tok;
+	h->token_owned = owned;
+	h->token_ttl_s = 0;
+	h->token_period_s = 0;
+	h->token_renewable = 0;
+	h->token_t0_ms = util_now_ms();
+}
+
+/* auth.client_token of a login answer, as a secret. */
+static int
+take_client_token(struct hcv *h, const struct http_response *resp, const char *what,
+    struct dmk_err *err)
+{
+	json_t *root, *auth;
+	const char *t;
+	struct secret *s;
+
+	if ((root = parse_body(resp, what, err)) == NULL)
+		return err->code;
+	auth = json_object_get(root, "auth");
+	if ((t = json_string_value(json_object_get(auth, "client_token"))) == NULL || !*t) {
+		json_decref(root);
+		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer holds no auth.client_token",
+		    what);
+	}
+	s = secret_from_str(t);
+	if (s == NULL) {
+		json_decref(root);
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	}
+	token_set(h, s, 1);
+	h->token_ttl_s = json_num(json_object_get(auth, "lease_duration"));
+	h->token_period_s = h->token_ttl_s;
+	h->token_renewable = json_is_true(json_object_get(auth, "renewable"));
+	json_decref(root);
+	return 0;
+}
+
+/* GET auth/token/lookup-self: is the token good, and how long does it live? */
+static int
+token_lookup(struct store *st, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	json_t *root = NULL, *d;
+	long long ttl, cttl, period;
+	int r;
+
+	http_response_init(&resp);
+	if ((r = hcv_request(st, "GET", "auth/token/lookup-self", NULL, REQ_TOKEN | REQ_NORENEW,
+	    NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200) {
+		r = vault_fail(&resp, "token lookup (auth/token/lookup-self)", CTX_DATA, err);
+		if (r == DMK_ERR_DENIED || r == DMK_ERR_NOTFOUND)
+			r = dmk_errf(err, DMK_ERR_AUTH, "%s", err->msg);
+		goto out;
+	}
+	if ((root = parse_body(&resp, "token lookup", err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	d = json_object_get(root, "data");
+	ttl = json_secs(json_object_get(d, "ttl"));
+	cttl = json_secs(json_object_get(d, "creation_ttl"));
+	period = json_secs(json_object_get(d, "period"));
+	h->token_ttl_s = ttl;
+	h->token_period_s = period > 0 ? period : cttl > 0 ? cttl : ttl;
+	h->token_renewable = json_is_true(json_object_get(d, "renewable"));
+	h->token_t0_ms = util_now_ms();
+	if (ttl > 0)
+		log_debug("Vault token: ttl %llds of %llds, %srenewable", ttl, h->token_period_s,
+		    h->token_renewable ? "" : "not ");
+out:
+	json_decref(root);
+	http_response_free(&resp);
+	return r;
+}
+
+/* Renew when less than a third of the TTL is left; failure is only a warning. */
+static int
+hcv_maybe_renew(struct store *st, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf body;
+	struct dmk_err e;
+	json_t *root;
+	long long left_ms;
+	int r;
+
+	if (h->token == NULL || h->renewing || !h->token_renewable || h->token_ttl_s <= 0 ||
+	    h->token_period_s <= 0)
+		return 0;
+	left_ms = h->token_ttl_s * 1000 - (util_now_ms() - h->token_t0_ms);
+	if (left_ms * 3 >= h->token_period_s * 1000)
+		return 0;
+	h->renewing = 1;
+	http_response_init(&resp);
+	buf_init(&body, 256);
+	buf_printf(&body, "{\"increment\":\"%llds\"}", h->token_period_s);
+	r = hcv_request(st, "POST", "auth/token/renew-self", &body, REQ_TOKEN | REQ_NORENEW,
+	    NULL, &resp, &e);
+	if (r == 0 && resp.status == 200 &&
+	    (root = json_loadb(resp.body.data, resp.body.len, 0, NULL)) != NULL) {
+		json_t *auth = json_object_get(root, "auth");
+		long long nt = json_num(json_object_get(auth, "lease_duration"));
+		h->token_t0_ms = util_now_ms();
+		if (nt > 0)
+			h->token_ttl_s = nt;
+		h->token_renewable = json_is_true(json_object_get(auth, "renewable"));
+		if (nt * 1000 <= left_ms)
+			h->token_renewable = 0;  /* capped by max TTL: stop trying */
+		log_debug("Vault token renewed: ttl %llds", h->token_ttl_s);
+		json_decref(root);
+	} else {
+		if (r == 0)
+			vault_fail(&resp, "token renewal (auth/token/renew-self)", CTX_DATA, &e);
+		log_warn("Vault token renewal failed, going on with the current token: %s", e.msg);
+		h->token_renewable = 0;
+	}
+	buf_free(&body);
+	http_response_free(&resp);
+	h->renewing = 0;
+	return 0;
+}
+
+/* ---- authentication ---- */
+
+static int
+resolve_ref(struct store *st, const struct secret_ref *ref, const char *key,
+    struct secret **out, struct dmk_err *err)
+{
+	int r;
+
+	*out = NULL;
+	if (st->resolve == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "'%s' cannot be resolved here", key);
+	if ((r = st->resolve(st->resolve_ctx, ref, out, err)) != 0)
+		return dmk_err_prefix(err, "'%s' (%s)", key, ref->text);
+	return 0;
+}
+
+/* A file read without the 0600 rule (a Kubernetes projected token is 0644). */
+static int
+read_plain_file(const char *path, struct secret **out, struct dmk_err *err)
+{
+	char chunk[4096];
+	struct secret *s;
+	ssize_t n;
+	int fd, r = 0;
+
+	*out = NULL;
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
+	if ((s = secret_new()) == NULL) {
+		close(fd);
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	}
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+		if ((r = secret_append(s, chunk, (size_t)n)) != 0)
+			break;
+	secure_wipe(chunk, sizeof(chunk));
+	close(fd);
+	if (r != 0 || n < 0) {
+		secret_free(s);
+		return dmk_errf(err, r ? r : DMK_ERR_IO, "%s: cannot read", path);
+	}
+	secret_trim_newline(s);
+	*out = s;
+	return 0;
+}
+
+static int
+login(struct store *st, const char *what, const struct buf *body, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	char path[400], desc[500];
+	int r;
+
+	snprintf(path, sizeof(path), "auth/%s/login", h->auth_mount);
+	snprintf(desc, sizeof(desc), "%s login (%s)", what, path);
+	http_response_init(&resp);
+	if ((r = hcv_request(st, "POST", path, body, 0, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200) {
+		r = vault_fail(&resp, desc, CTX_LOGIN, err);
+		goto out;
+	}
+	r = take_client_token(h, &resp, desc, err);
+out:
+	http_response_free(&resp);
+	return r;
+}
+
+/*
+ * A wrapped secret_id: look the wrapping token up first (it must come from
+ * a .../secret-id endpoint, or someone handed us a wrapped something else),
+ * then unwrap it once.
+ */
+static int
+unwrap_secret_id(struct store *st, const struct secret *wrap, struct secret **out,
+    struct dmk_err *err)
+{
+	struct http_response resp;
+	struct buf body;
+	json_t *root = NULL;
+	const char *cp, *sid;
+	size_t n;
+	int r;
+
+	*out = NULL;
+	http_response_init(&resp);
+	buf_init(&body, 64 * 1024);
+	if ((r = buf_puts(&body, "{\"token\":")) != 0 ||
+	    (r = json_quote(&body, secret_reveal(wrap), secret_len(wrap))) != 0 ||
+	    (r = buf_putc(&body, '}')) != 0) {
+		r = dmk_errf(err, r, "wrapping token too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "POST", "sys/wrapping/lookup", &body, 0, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200) {
+		r = vault_fail(&resp, "secret_id wrapping token lookup (sys/wrapping/lookup)",
+		    CTX_LOGIN, err);
+		goto out;
+	}
+	if ((root = parse_body(&resp, "sys/wrapping/lookup", err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	cp = json_string_value(json_object_get(json_object_get(root, "data"), "creation_path"));
+	n = cp ? strlen(cp) : 0;
+	if (n < 10 || strcmp(cp + n - 10, "/secret-id") != 0) {
+		r = dmk_errf(err, DMK_ERR_AUTH, "the wrapped secret_id was not created by an "
+		    "AppRole secret-id endpoint (creation_path '%s'); refusing to unwrap it",
+		    cp ? cp : "");
+		goto out;
+	}
+	json_decref(root);
+	root = NULL;
+	/* Single use: never retried, the token is the credential. */
+	if ((r = hcv_request(st, "POST", "sys/wrapping/unwrap", NULL, REQ_TOKEN | REQ_NORETRY |
+	    REQ_NORENEW, wrap, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200) {
+		r = vault_fail(&resp, "secret_id unwrap (sys/wrapping/unwrap)", CTX_LOGIN, err);
+		goto out;
+	}
+	if ((root = parse_body(&resp, "sys/wrapping/unwrap", err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	sid = json_string_value(json_object_get(json_object_get(root, "data"), "secret_id"));
+	if (sid == NULL || *sid == '\0') {
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "sys/wrapping/unwrap: the answer holds no "
+		    "data.secret_id");
+		goto out;
+	}
+	if ((*out = secret_from_str(sid)) == NULL)
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+out:
+	json_decref(root);
+	buf_free(&body);
+	http_response_free(&resp);
+	return r;
+}
+
+static int
+auth_approle(struct store *st, struct dmk_err *err)
+{
+	const struct conf_store *c = st->conf;
+	struct secret *sid = NULL, *wrap = NULL;
+	struct buf body;
+	int r;
+
+	buf_init(&body, 64 * 1024);
+	if (kv_bool(c, "secret_id_wrapped")) {
+		if ((r = resolve_ref(st, kv_ref(c, "secret_id"), "secret_id", &wrap, err)) != 0)
+			goto out;
+		if ((r = unwrap_secret_id(st, wrap, &sid, err)) != 0)
+			goto out;
+	} else if ((r = resolve_ref(st, kv_ref(c, "secret_id"), "secret_id", &sid, err)) != 0)
+		goto out;
+	if ((r = buf_puts(&body, "{\"role_id\":")) != 0 ||
+	    (r = json_quote_str(&body, kv_str(c, "role_id"))) != 0 ||
+	    (r = buf_puts(&body, ",\"secret_id\":")) != 0 ||
+	    (r = json_quote(&body, secret_reveal(sid), secret_len(sid))) != 0 ||
+	    (r = buf_putc(&body, '}')) != 0) {
+		r = dmk_errf(err, r, "secret_id too long");
+		goto out;
+	}
+	r = login(st, "AppRole", &body, err);
+out:
+	buf_free(&body);
+	secret_free(sid);
+	secret_free(wrap);
+	return r;
+}
+
+static int
+auth_jwtlike(struct store *st, int k8s, struct dmk_err *err)
+{
+	const struct conf_store *c = st->conf;
+	const struct secret_ref *jr = kv_ref(c, "jwt");
+	struct secret *jwt = NULL;
+	struct buf body;
+	int r;
+
+	buf_init(&body, 256 * 1024);
+	if (jr != NULL)
+		r = resolve_ref(st, jr, "jwt", &jwt, err);
+	else
+		r = read_plain_file(HCV_K8S_TOKEN, &jwt, err);
+	if (r != 0)
+		goto out;
+	if ((r = buf_puts(&body, "{\"role\":")) != 0 ||
+	    (r = json_quote_str(&body, kv_str(c, "role"))) != 0 ||
+	    (r = buf_puts(&body, ",\"jwt\":")) != 0 ||
+	    (r = json_quote(&body, secret_reveal(jwt), secret_len(jwt))) != 0 ||
+	    (r = buf_putc(&body, '}')) != 0) {
+		r = dmk_errf(err, r, "jwt too long");
+		goto out;
+	}
+	r = login(st, k8s ? "Kubernetes" : "JWT", &body, err);
+out:
+	buf_free(&body);
+	secret_free(jwt);
+	return r;
+}
+
+static int
+auth_cert(struct store *st, struct dmk_err *err)
+{
+	const char *role = kv_str(st->conf, "role");
+	struct buf body;
+	int r;
+
+	buf_init(&body, 4096);
+	if (role) {
+		if ((r = buf_puts(&body, "{\"name\":")) != 0 ||
+		    (r = json_quote_str(&body, role)) != 0 || (r = buf_putc(&body, '}')) != 0) {
+			buf_free(&body);
+			return dmk_errf(err, r, "role too long");
+		}
+	} else
+		buf_puts(&body, "{}");
+	r = login(st, "TLS certificate", &body, err);
+	buf_free(&body);
+	return r;
+}
+
+static int
+auth_token(struct store *st, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	const struct secret_ref *tr = kv_ref(st->conf, "token");
+	struct secret *tok = NULL;
+	const char *v, *home;
+	char path[4096];
+	int r;
+
+	if (tr != NULL) {
+		if ((r = resolve_ref(st, tr, "token", &tok, err)) != 0)
+			return r;
+	} else if ((v = envstr("VAULT_TOKEN")) != NULL) {
+		if ((tok = secret_from_str(v)) == NULL)
+			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	} else if ((home = envstr("HOME")) != NULL) {
+		snprintf(path, sizeof(path), "%s/.vault-token", home);
+		if (access(path, F_OK) != 0)
+			return dmk_errf(err, DMK_ERR_CONFIG, "no Vault token: set 'token' in "
+			    "[store %s], VAULT_TOKEN, or write %s", st->conf->name, path);
+		if ((r = read_secret_file(path, &tok, err)) != 0)
+			return r;
+	} else
+		return dmk_errf(err, DMK_ERR_CONFIG, "no Vault token: set 'token' in [store %s] "
+		    "or VAULT_TOKEN", st->conf->name);
+	if (secret_len(tok) == 0) {
+		secret_free(tok);
+		return dmk_errf(err, DMK_ERR_CONFIG, "the Vault token is empty");
+	}
+	token_set(h, tok, 0);
+	return 0;
+}
+
+/* ---- configuration ---- */
+
+static int
+hcvault_validate(const struct conf_store *c, struct dmk_err *err)
+{
+	enum hcv_auth a;
+	const char *v;
+
+	if (auth_of(c, &a) != 0)
+		return dmk_errf(err, DMK_ERR_CONFIG, "'auth' must be token, approle, kubernetes, "
+		    "jwt or cert");
+	if (kv_str(c, "tls_server_name"))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'tls_server_name' is not supported: "
+		    "dmkagent checks the certificate against the host in 'address'; use a "
+		    "name the certificate carries there");
+	if ((v = kv_str(c, "mount")) && !valid_mount(v))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'mount' must be a path such as secret or "
+		    "kv/prod, without leading or trailing '/', not '%s'", v);
+	if ((v = kv_str(c, "auth_mount")) && !valid_mount(v))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'auth_mount' must be a path such as approle "
+		    "or k8s/prod, not '%s'", v);
+	if ((v = kv_str(c, "namespace")) && (!plain_text(v) || strlen(v) >= 250))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'namespace' holds a control character or "
+		    "is too long");
+	if ((v = kv_str(c, "role_id")) && (!plain_text(v) || strlen(v) >= 1000))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'role_id' holds a control character or is "
+		    "too long");
+	if ((v = kv_str(c, "role")) && (!plain_text(v) || strlen(v) >= 1000))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'role' holds a control character or is too "
+		    "long");
+	if (kv_ref(c, "client_key") && !kv_str(c, "client_cert"))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'client_key' needs 'client_cert'");
+	if (kv_str(c, "client_cert") && !kv_ref(c, "client_key"))
+		return dmk_errf(err, DMK_ERR_CONFIG, "'client_cert' needs 'client_key' (a file: "
+		    "reference to the PEM private key)");
+
+#define ONLY(key, cond, methods) do {                                                   \
+	if (conf_store_kv(c, key) && !(cond))                                             \
+		return dmk_errf(err, DMK_ERR_CONFIG, "'%s' is only for auth = %s (this "     \
+		    "store uses auth = %s)", key, methods, auth_names[a]);                    \
+} while (0)
+	ONLY("token", a == AUTH_TOKEN, "token");
+	ONLY("role_id", a == AUTH_APPROLE, "approle");
+	ONLY("secret_id", a == AUTH_APPROLE, "approle");
+	ONLY("secret_id_wrapped", a == AUTH_APPROLE, "approle");
+	ONLY("role", a == AUTH_K8S || a == AUTH_JWT || a == AUTH_CERT, "kubernetes, jwt or cert");
+	ONLY("jwt", a == AUTH_K8S || a == AUTH_JWT, "kubernetes or jwt");
+	ONLY("auth_mount", a != AUTH_TOKEN, "approle, kubernetes, jwt or cert");
+#undef ONLY
+
+	switch (a) {
+	case AUTH_APPROLE:
+		if (!kv_str(c, "role_id"))
+			return dmk_errf(err, DMK_ERR_CONFIG, "auth = approle needs 'role_id'");
+		if (!kv_ref(c, "secret_id"))
+			return dmk_errf(err, DMK_ERR_CONFIG, "auth = approle needs 'secret_id' (a "
+			    "reference such as file:/etc/dmkagent/secret-id)");
+		break;
+	case AUTH_K8S:
+	case AUTH_JWT:
+		if (!kv_str(c, "role"))
+			return dmk_errf(err, DMK_ERR_CONFIG, "auth = %s needs 'role'", auth_names[a]);
+		if (a == AUTH_JWT && !kv_ref(c, "jwt"))
+			return dmk_errf(err, DMK_ERR_CONFIG, "auth = jwt needs 'jwt' (a reference to "
+			    "the token, such as file:/run/dmkagent/jwt)");
+		break;
+	case AUTH_CERT:
+		if (!kv_str(c, "client_cert") && !envstr("VAULT_CLIENT_CERT"))
+			return dmk_errf(err, DMK_ERR_CONFIG, "auth = cert needs 'client_cert' and "
+			    "'client_key' (or VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)");
+		break;
+	case AUTH_TOKEN:
+		break;
+	}
+	return 0;
+}
+
+static void
+copy_path(char *dst, size_t n, const char *key, const char *envname, const struct conf_store *c)
+{
+	const char *v = kv_str(c, key);
+
+	if (v == NULL)
+		v = envstr(envname);
+	util_strlcpy(dst, v ? v : "", n);
+}
+
 static int
 hcvault_open(struct store *st, struct dmk_err *err)
 {
-	return dmk_errf(err, DMK_ERR_UNSUPPORTED, "the hashicorp-vault store is not built yet");
+	const struct conf_store *c = st->conf;
+	struct hcv *h = st->priv;
+	const struct secret_ref *kr;
+	const char *v;
+	long long timeout = 30;
+	size_t n;
+	int r;
+
+	if ((r = hcvault_validate(c, err)) != 0)
+		return r;
+	auth_of(c, &h->auth);
+	if ((v = kv_str(c, "address")) == NULL && (v = envstr("VAULT_ADDR")) == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "no Vault address: set 'address' in [store %s] "
+		    "or VAULT_ADDR", c->name);
+	if (strncmp(v, "https://", 8) != 0 || !plain_text(v))
+		return dmk_errf(err, DMK_ERR_CONFIG, "the Vault address must be an https:// URL, "
+		    "not '%s'", v);
+	if (util_strlcpy(h->addr, v, sizeof(h->addr)) >= sizeof(h->addr))
+		return dmk_errf(err, DMK_ERR_CONFIG, "the Vault address is too long");
+	n = strlen(h->addr);
+	while (n > 8 && h->addr[n - 1] == '/')
+		h->addr[--n] = '\0';
+	if (n >= 3 && strcmp(h->addr + n - 3, "/v1") == 0)
+		h->addr[n - 3] = '\0';
+	if ((v = kv_str(c, "namespace")) == NULL)
+		v = envstr("VAULT_NAMESPACE");
+	if (v && (!plain_text(v) || util_strlcpy(h->ns, v, sizeof(h->ns)) >= sizeof(h->ns)))
+		return dmk_errf(err, DMK_ERR_CONFIG, "the Vault namespace is too long or holds a "
+		    "control character");
+	util_strlcpy(h->mount, (v = kv_str(c, "mount")) ? v : HCV_DEFAULT_MOUNT, sizeof(h->mount));
+	util_strlcpy(h->auth_mount, (v = kv_str(c, "auth_mount")) ? v : auth_names[h->auth],
+	    sizeof(h->auth_mount));
+	if ((v = kv_str(c, "timeout")) != NULL && util_parse_duration(v, &timeout) != 0)
+		return dmk_errf(err, DMK_ERR_CONFIG, "'timeout' must be a duration, not '%s'", v);
+	if (timeout <= 0)
+		timeout = 30;
+	if (envstr("VAULT_SKIP_VERIFY"))
+		log_warn("VAULT_SKIP_VERIFY is ignored: dmkagent always verifies Vault's "
+		    "certificate");
+
+	copy_path(h->tls.ca_file, sizeof(h->tls.ca_file), "ca_file", "VAULT_CACERT", c);
+	copy_path(h->tls.ca_path, sizeof(h->tls.ca_path), "ca_path", "VAULT_CAPATH", c);
+	copy_path(h->tls.client_cert_file, sizeof(h->tls.client_cert_file), "client_cert",
+	    "VAULT_CLIENT_CERT", c);
+	if ((kr = kv_ref(c, "client_key")) != NULL) {
+		if ((r = resolve_ref(st, kr, "client_key", &h->client_key, err)) != 0)
+			return r;
+	} else if (h->tls.client_cert_file[0] && (v = envstr("VAULT_CLIENT_KEY")) != NULL) {
+		if ((r = read_secret_file(v, &h->client_key, err)) != 0)
+			return dmk_err_prefix(err, "VAULT_CLIENT_KEY");
+	}
+	if (h->tls.client_cert_file[0] && h->client_key == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "a client certificate needs its key: set "
+		    "'client_key' or VAULT_CLIENT_KEY");
+	h->tls.client_key = h->client_key;
+
+	if (st->http.ops == NULL) {
+		long ct = timeout * 1000 < 10000 ? (long)(timeout * 1000) : 10000;
+		if ((r = http_client_curl(&st->http, &h->tls, ct, (long)(timeout * 1000), err)) != 0)
+			return r;
+		if (st->http.retry.max_total_ms < timeout * 2000)
+			st->http.retry.max_total_ms = timeout * 2000;
+	}
+
+	switch (h->auth) {
+	case AUTH_TOKEN:
+		r = auth_token(st, err);
+		break;
+	case AUTH_APPROLE:
+		r = auth_approle(st, err);
+		break;
+	case AUTH_K8S:
+		r = auth_jwtlike(st, 1, err);
+		break;
+	case AUTH_JWT:
+		r = auth_jwtlike(st, 0, err);
+		break;
+	case AUTH_CERT:
+		r = auth_cert(st, err);
+		break;
+	}
+	if (r == 0)
+		r = token_lookup(st, err);
+	if (r != 0) {
+		/* store_open() will not call close(): release everything here. */
+		secret_free(h->token);
+		secret_free(h->client_key);
+		h->token = h->client_key = NULL;
+		http_client_close(&st->http);
+	}
+	return r;
+}
+
+static void
+hcvault_close(struct store *st)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct dmk_err e;
+
+	if (h == NULL)
+		return;
+	if (h->token != NULL && h->token_owned && st->http.ops != NULL) {
+		http_response_init(&resp);
+		if (hcv_request(st, "POST", "auth/token/revoke-self", NULL,
+		    REQ_TOKEN | REQ_NORENEW | REQ_NORETRY, NULL, &resp, &e) != 0)
+			log_warn("Vault token not revoked: %s", e.msg);
+		else if (resp.status != 204 && resp.status != 200) {
+			vault_fail(&resp, "token revocation (auth/token/revoke-self)", CTX_DATA, &e);
+			log_warn("%s", e.msg);
+		}
+		http_response_free(&resp);
+	}
+	secret_free(h->token);
+	secret_free(h->client_key);
+	h->token = h->client_key = NULL;
+	h->tls.client_key = NULL;
+	http_client_close(&st->http);
+}
+
+/* ---- KV version detection ---- */
+
+static int
+kv_detect(struct store *st, const struct secret_ref *ref, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path;
+	json_t *root = NULL, *d, *opts;
+	const char *type, *mp, *ver;
+	char full[800];
+	size_t ml;
+	int r;
+
+	if (h->kv_version)
+		return 0;
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	snprintf(full, sizeof(full), "%s/%s", h->mount, ref->path);
+	if ((r = buf_puts(&path, "sys/internal/ui/mounts/")) != 0 ||
+	    (r = http_urlencode(&path, full, strlen(full), 1)) != 0) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200) {
+		char what[900];
+		snprintf(what, sizeof(what), "finding the secrets engine of %s "
+		    "(sys/internal/ui/mounts/%s)", full, full);
+		r = vault_fail(&resp, what, CTX_DATA, err);
+		if (r == DMK_ERR_NOTFOUND || r == DMK_ERR_DENIED)
+			dmk_err_prefix(err, "no KV secrets engine at mount '%s' that this token may "
+			    "use", h->mount);
+		goto out;
+	}
+	if ((root = parse_body(&resp, "sys/internal/ui/mounts", err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	d = json_object_get(root, "data");
+	type = json_string_value(json_object_get(d, "type"));
+	mp = json_string_value(json_object_get(d, "path"));
+	opts = json_object_get(d, "options");
+	ver = json_string_value(json_object_get(opts, "version"));
+	if (type == NULL || (strcmp(type, "kv") != 0 && strcmp(type, "generic") != 0)) {
+		r = dmk_errf(err, DMK_ERR_CONFIG, "mount '%s' is a '%s' secrets engine, not KV",
+		    h->mount, type ? type : "unknown");
+		goto out;
+	}
+	h->kv_version = (ver != NULL && strcmp(ver, "2") == 0) ? 2 : 1;
+	/* Vault names the real mount; the rest of mount/path lies inside it. */
+	if (mp != NULL && (ml = strlen(mp)) > 0 && mp[ml - 1] == '/' && ml - 1 < sizeof(h->kv_mount)
+	    && strncmp(full, mp, ml) == 0 && strlen(h->mount) + 1 >= ml) {
+		memcpy(h->kv_mount, mp, ml - 1);
+		h->kv_mount[ml - 1] = '\0';
+		/* configured mount "kv/prod" on a mount "kv/": prefix "prod/" */
+		snprintf(h->kv_prefix, sizeof(h->kv_prefix), "%s%s",
+		    strlen(h->mount) >= ml ? h->mount + ml : "",
+		    strlen(h->mount) >= ml ? "/" : "");
+	} else {
+		util_strlcpy(h->kv_mount, h->mount, sizeof(h->kv_mount));
+		h->kv_prefix[0] = '\0';
+	}
+	log_debug("Vault mount %s: KV version %d", h->kv_mount, h->kv_version);
+out:
+	json_decref(root);
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+/* ---- markers: "vN.KEY" in custom_metadata ---- */
+
+/* Markers of version num out of a custom_metadata object. */
+static void
+markers_of(json_t *cm, long long num, struct prov_meta *m)
+{
+	char pfx[32];
+	const char *k;
+	json_t *v;
+	size_t pl;
+
+	memset(m, 0, sizeof(*m));
+	snprintf(pfx, sizeof(pfx), "v%lld.", num);
+	pl = strlen(pfx);
+	json_object_foreach(cm, k, v) {
+		if (strncmp(k, pfx, pl) == 0 && json_is_string(v) && k[pl] != '\0')
+			prov_meta_set(m, k + pl, json_string_value(v));
+	}
+}
+
+/* The version a "vN.KEY" entry belongs to, or -1 if it is not a marker. */
+static long long
+marker_version(const char *k)
+{
+	long long v = 0;
+
+	if (k[0] != 'v' || !isdigit((unsigned char)k[1]))
+		return -1;
+	for (k++; isdigit((unsigned char)*k); k++)
+		v = v * 10 + (*k - '0');
+	return *k == '.' ? v : -1;
+}
+
+/*
+ * Drop markers of versions absent from versions (the metadata "versions"
+ * object), then those of the oldest versions until Vault's limit is met.
+ */
+static void
+markers_prune(json_t *cm, json_t *versions, long long keep)
+{
+	const char *k;
+	json_t *v;
+	void *tmp;
+	char num[32];
+	long long oldest;
+
+	json_object_foreach_safe(cm, tmp, k, v) {
+		long long n = marker_version(k);
+		if (n < 0 || n == keep)
+			continue;
+		snprintf(num, sizeof(num), "%lld", n);
+		if (versions != NULL && json_object_get(versions, num) == NULL)
+			json_object_del(cm, k);
+	}
+	while (json_object_size(cm) > HCV_META_MAX_KEYS) {
+		oldest = -1;
+		json_object_foreach(cm, k, v) {
+			long long n = marker_version(k);
+			if (n >= 0 && n != keep && (oldest < 0 || n < oldest))
+				oldest = n;
+		}
+		if (oldest < 0)
+			break;
+		json_object_foreach_safe(cm, tmp, k, v)
+			if (marker_version(k) == oldest)
+				json_object_del(cm, k);
+	}
+}
+
+/* ---- operations ---- */
+
+static int
+check_ref(const struct secret_ref *ref, struct dmk_err *err)
+{
+	if (ref->path[0] == '\0')
+		return dmk_errf(err, DMK_ERR_BADINPUT, "%s: no path", ref->text);
+	return 0;
+}
+
+/* Fill ver from a KV v2 "metadata" object of a data read or write. */
+static void
+version_from(json_t *md, struct prov_version *ver)
+{
+	const char *t;
+	long long n = json_num(json_object_get(md, "version"));
+	time_t tt;
+
+	ver->num = n;
+	snprintf(ver->id, sizeof(ver->id), "%lld", n);
+	if ((t = json_string_value(json_object_get(md, "created_time"))) != NULL &&
+	    util_parse_rfc3339(t, &tt) == 0)
+		ver->created = tt;
+	t = json_string_value(json_object_get(md, "deletion_time"));
+	ver->deleted = t != NULL && *t != '\0';
+	ver->destroyed = json_is_true(json_object_get(md, "destroyed"));
+	markers_of(json_object_get(md, "custom_metadata"), n, &ver->meta);
+}
+
+static int
+hcvault_get(struct store *st, const struct secret_ref *ref, const char *version,
+    struct secret **out, struct prov_version *ver, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct prov_version tmpver;
+	struct buf path;
+	json_t *root = NULL, *d, *data, *md, *fv;
+	const char *field = field_of(ref);
+	char plain[800], what[1000];
+	long long vnum = 0;
+	int r;
+
+	*out = NULL;
+	if (ver == NULL)
+		ver = &tmpver;
+	memset(ver, 0, sizeof(*ver));
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		goto out;
+	if (version != NULL && parse_version(version, &vnum) != 0) {
+		r = dmk_errf(err, DMK_ERR_BADINPUT, "%s: version '%s' is not a Vault version "
+		    "number", ref->text, version);
+		goto out;
+	}
+	if (h->kv_version == 1 && version != NULL) {
+		r = dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1, which "
+		    "keeps no versions", ref->text, h->kv_mount);
+		goto out;
+	}
+	kv_plain(h, h->kv_version == 2 ? "data" : NULL, ref->path, plain, sizeof(plain));
+	if ((r = kv_path(h, h->kv_version == 2 ? "data" : NULL, ref->path, &path)) != 0 ||
+	    (vnum > 0 && (r = buf_printf(&path, "?version=%lld", vnum)) != 0)) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if (vnum > 0)
+		snprintf(what, sizeof(what), "reading %s version %lld (%s)", ref->text, vnum, plain);
+	else
+		snprintf(what, sizeof(what), "reading %s (%s)", ref->text, plain);
+	if ((r = hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status == 404 && h->kv_version == 2 && resp.body.len &&
+	    (root = json_loadb(resp.body.data, resp.body.len, 0, NULL)) != NULL &&
+	    json_is_object(md = json_object_get(json_object_get(root, "data"), "metadata"))) {
+		/* the key exists, the version is soft-deleted or destroyed */
+		version_from(md, ver);
+		r = dmk_errf(err, DMK_ERR_DELETED, "%s: HTTP 404: version %s is %s", what, ver->id,
+		    ver->destroyed ? "destroyed (gone for good)" :
+		    "deleted (soft; 'vault kv undelete' can restore it)");
+		goto out;
+	}
+	json_decref(root);
+	root = NULL;
+	if (resp.status == 404) {
+		char ve[300];
+		vault_errors(&resp, ve, sizeof(ve));
+		r = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: HTTP 404: %s%s%s%s", what,
+		    vnum > 0 ? "no such version" : "no secret at this path",
+		    ve[0] ? " (Vault: " : "", ve, ve[0] ? ")" : "");
+		goto out;
+	}
+	if (resp.status != 200) {
+		r = vault_fail(&resp, what, CTX_DATA, err);
+		goto out;
+	}
+	if ((root = parse_body(&resp, what, err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	d = json_object_get(root, "data");
+	if (h->kv_version == 2) {
+		data = json_object_get(d, "data");
+		md = json_object_get(d, "metadata");
+		if (!json_is_object(md)) {
+			r = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer has no data.metadata", what);
+			goto out;
+		}
+		version_from(md, ver);
+		if (ver->destroyed || ver->deleted || json_is_null(data)) {
+			r = dmk_errf(err, DMK_ERR_DELETED, "%s: version %s is %s", what, ver->id,
+			    ver->destroyed ? "destroyed (gone for good)" : "deleted");
+			goto out;
+		}
+	} else
+		data = d;
+	if (!json_is_object(data)) {
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer has no data object", what);
+		goto out;
+	}
+	if ((fv = json_object_get(data, field)) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: the secret has no field '%s'%s", what,
+		    field, ref->field[0] ? "" : " (the default field; name another with #FIELD)");
+		goto out;
+	}
+	if (!json_is_string(fv)) {
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: field '%s' is not a string", what, field);
+		goto out;
+	}
+	if ((*out = secret_from(json_string_value(fv), json_string_length(fv))) == NULL)
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+out:
+	json_decref(root);   /* the wiping allocator clears the value's copy */
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+/* GET metadata: the whole answer's "data" object, owned by *root. */
+static int
+read_metadata(struct store *st, const struct secret_ref *ref, json_t **root, json_t **md,
+    struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path;
+	char plain[800], what[1000];
+	int r;
+
+	*root = *md = NULL;
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	kv_plain(h, "metadata", ref->path, plain, sizeof(plain));
+	snprintf(what, sizeof(what), "reading the metadata of %s (%s)", ref->text, plain);
+	if ((r = kv_path(h, "metadata", ref->path, &path)) != 0) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status == 404) {
+		r = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: HTTP 404: no secret at this path", what);
+		goto out;
+	}
+	if (resp.status != 200) {
+		r = vault_fail(&resp, what, CTX_DATA, err);
+		goto out;
+	}
+	if ((*root = parse_body(&resp, what, err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	*md = json_object_get(*root, "data");
+	if (!json_is_object(*md) || !json_is_object(json_object_get(*md, "versions"))) {
+		json_decref(*root);
+		*root = *md = NULL;
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer has no data.versions", what);
+	}
+out:
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+/* Write custom_metadata (only that field: Vault keeps max_versions etc.). */
+static int
+write_custom_metadata(struct store *st, const struct secret_ref *ref, json_t *cm,
+    struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path, body;
+	json_t *o;
+	char *s = NULL, plain[800], what[1000];
+	int r;
+
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	buf_init(&body, 256 * 1024);
+	kv_plain(h, "metadata", ref->path, plain, sizeof(plain));
+	snprintf(what, sizeof(what), "writing the markers of %s (%s)", ref->text, plain);
+	o = json_pack("{s:O}", "custom_metadata", cm);
+	if (o == NULL || (s = json_dumps(o, JSON_COMPACT)) == NULL ||
+	    (r = buf_puts(&body, s)) != 0 || (r = kv_path(h, "metadata", ref->path, &path)) != 0) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200 && resp.status != 204)
+		r = vault_fail(&resp, what, CTX_DATA, err);
+out:
+	json_release(s);
+	json_decref(o);
+	buf_free(&body);
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+static int
+set_markers(struct store *st, const struct secret_ref *ref, long long vnum,
+    const struct prov_meta *meta, struct dmk_err *err)
+{
+	json_t *root = NULL, *md, *cm, *versions;
+	char num[32], key[160];
+	size_t i;
+	int r;
+
+	if ((r = read_metadata(st, ref, &root, &md, err)) != 0)
+		return r;
+	versions = json_object_get(md, "versions");
+	snprintf(num, sizeof(num), "%lld", vnum);
+	if (json_object_get(versions, num) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: there is no version %lld", ref->text, vnum);
+		goto out;
+	}
+	cm = json_object_get(md, "custom_metadata");
+	cm = json_is_object(cm) ? json_copy(cm) : json_object();
+	if (cm == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < meta->n; i++) {
+		snprintf(key, sizeof(key), "v%lld.%s", vnum, meta->kv[i].key);
+		if (strlen(key) > 128) {
+			json_decref(cm);
+			r = dmk_errf(err, DMK_ERR_TOOBIG, "%s: marker name '%s' is too long for "
+			    "Vault (128 bytes with the version prefix)", ref->text, meta->kv[i].key);
+			goto out;
+		}
+		json_object_set_new(cm, key, json_string(meta->kv[i].value));
+	}
+	markers_prune(cm, versions, vnum);
+	if (json_object_size(cm) > HCV_META_MAX_KEYS) {
+		json_decref(cm);
+		r = dmk_errf(err, DMK_ERR_TOOBIG, "%s: more than %d custom_metadata entries even "
+		    "after pruning old markers", ref->text, HCV_META_MAX_KEYS);
+		goto out;
+	}
+	r = write_custom_metadata(st, ref, cm, err);
+	json_decref(cm);
+out:
+	json_decref(root);
+	return r;
+}
+
+static int
+hcvault_set_meta(struct store *st, const struct secret_ref *ref, const char *version,
+    const struct prov_meta *meta, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	long long vnum;
+	int r;
+
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		return r;
+	if (h->kv_version != 2)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1, which "
+		    "has no metadata", ref->text, h->kv_mount);
+	if (parse_version(version, &vnum) != 0 || vnum == 0)
+		return dmk_errf(err, DMK_ERR_BADINPUT, "%s: version '%s' is not a Vault version "
+		    "number", ref->text, version ? version : "");
+	if (meta == NULL || meta->n == 0)
+		return 0;
+	return set_markers(st, ref, vnum, meta, err);
+}
+
+/*
+ * The request body {"options":{"cas":N},"data":{...}}, in a buf that wipes.
+ * Other fields of the current data (cur, may be NULL) are kept.
+ */
+static int
+put_body(struct buf *b, json_t *cur, const char *field, const struct secret *value,
+    long long cas)
+{
+	const char *k;
+	json_t *v;
+	int r, first = 1;
+
+	if (cas >= 0)
+		r = buf_printf(b, "{\"options\":{\"cas\":%lld},\"data\":{", cas);
+	else
+		r = buf_puts(b, "{\"data\":{");
+	if (r)
+		return r;
+	json_object_foreach(cur, k, v) {
+		char *s;
+		if (strcmp(k, field) == 0)
+			continue;
+		if ((s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT)) == NULL)
+			return DMK_ERR_NOMEM;
+		r = (first ? 0 : buf_putc(b, ','));
+		if (!r)
+			r = json_quote_str(b, k);
+		if (!r)
+			r = buf_putc(b, ':');
+		if (!r)
+			r = buf_puts(b, s);
+		json_release(s);
+		if (r)
+			return r;
+		first = 0;
+	}
+	if ((!first && (r = buf_putc(b, ',')) != 0) || (r = json_quote_str(b, field)) != 0 ||
+	    (r = buf_putc(b, ':')) != 0 ||
+	    (r = json_quote(b, secret_reveal(value), secret_len(value))) != 0)
+		return r;
+	return buf_puts(b, "}}");
+}
+
+/* The current data object (for keeping other fields), or NULL. */
+static int
+current_data(struct store *st, const struct secret_ref *ref, json_t **root, json_t **data,
+    struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path;
+	char what[900];
+	int r;
+
+	*root = *data = NULL;
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	snprintf(what, sizeof(what), "reading %s before writing it", ref->text);
+	if ((r = kv_path(h, "data", ref->path, &path)) != 0) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status == 404)
+		goto out;   /* new key, or deleted version: nothing to keep */
+	if (resp.status != 200) {
+		r = vault_fail(&resp, what, CTX_DATA, err);
+		goto out;
+	}
+	if ((*root = parse_body(&resp, what, err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	*data = json_object_get(json_object_get(*root, "data"), "data");
+	if (!json_is_object(*data))
+		*data = NULL;
+out:
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+static int
+hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret *value,
+    const char *expect_version, const struct prov_meta *meta, struct prov_version *out,
+    struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct prov_version tmpver, curver;
+	struct secret *cur = NULL;
+	struct buf path, body;
+	json_t *croot = NULL, *cdata = NULL, *root = NULL, *d;
+	char plain[800], what[1000];
+	long long cas = -1;
+	int r;
+
+	if (out == NULL)
+		out = &tmpver;
+	memset(out, 0, sizeof(*out));
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	buf_init(&body, SECRET_MAX * 2 + 4096);
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		goto out;
+	if (h->kv_version != 2) {
+		r = dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1: dmkagent "
+		    "reads it but does not write it (no versions, no check-and-set); upgrade the "
+		    "mount to KV version 2", ref->text, h->kv_mount);
+		goto out;
+	}
+	if (expect_version != NULL && parse_version(expect_version, &cas) != 0) {
+		r = dmk_errf(err, DMK_ERR_BADINPUT, "%s: expected version '%s' is not a Vault "
+		    "version number", ref->text, expect_version);
+		goto out;
+	}
+	/* Keep the key's other fields: a new version replaces the whole data map. */
+	if (cas != 0 && (r = current_data(st, ref, &croot, &cdata, err)) != 0)
+		goto out;
+	if ((r = put_body(&body, cdata, field_of(ref), value, cas)) != 0) {
+		r = dmk_errf(err, r, "%s: the secret is too large", ref->text);
+		goto out;
+	}
+	json_decref(croot);
+	croot = NULL;
+	kv_plain(h, "data", ref->path, plain, sizeof(plain));
+	snprintf(what, sizeof(what), "writing %s (%s)", ref->text, plain);
+	if ((r = kv_path(h, "data", ref->path, &path)) != 0) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200) {
+		r = vault_fail(&resp, what, CTX_DATA, err);
+		/*
+		 * A retried CAS write whose first try landed before the connection
+		 * dropped: the retry sees its own version.  If the current value is
+		 * ours, the write happened.
+		 */
+		if (r == DMK_ERR_CONFLICT && resp.attempts > 1 && cas >= 0) {
+			struct dmk_err e2;
+			memset(&curver, 0, sizeof(curver));
+			if (hcvault_get(st, ref, NULL, &cur, &curver, &e2) == 0 &&
+			    curver.num == cas + 1 && secret_equal(cur, value)) {
+				log_info("%s: the first write landed before the connection dropped; "
+				    "version %s is ours", ref->text, curver.id);
+				*out = curver;
+				memset(&out->meta, 0, sizeof(out->meta));
+				r = 0;
+				goto markers;
+			}
+		}
+		goto out;
+	}
+	if ((root = parse_body(&resp, what, err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	d = json_object_get(root, "data");
+	if (!json_is_object(d) || json_num(json_object_get(d, "version")) <= 0) {
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer has no data.version", what);
+		goto out;
+	}
+	version_from(d, out);
+	memset(&out->meta, 0, sizeof(out->meta));
+markers:
+	if (meta != NULL && meta->n > 0) {
+		if ((r = set_markers(st, ref, out->num, meta, err)) != 0) {
+			dmk_err_prefix(err, "version %s was written, but its markers were not", out->id);
+			goto out;
+		}
+		out->meta = *meta;
+	}
+out:
+	secret_free(cur);
+	json_decref(croot);
+	json_decref(root);
+	buf_free(&body);
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+static int
+cmp_version(const void *a, const void *b)
+{
+	const struct prov_version *x = a, *y = b;
+
+	return x->num < y->num ? -1 : x->num > y->num;
+}
+
+static int
+hcvault_list_versions(struct store *st, const struct secret_ref *ref,
+    struct prov_version **out, size_t *n, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	json_t *root = NULL, *md, *versions, *cm, *v;
+	struct prov_version *list = NULL;
+	const char *k, *t;
+	size_t i = 0, cnt;
+	time_t tt;
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		return r;
+	if (h->kv_version != 2)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1, which "
+		    "keeps no versions", ref->text, h->kv_mount);
+	if ((r = read_metadata(st, ref, &root, &md, err)) != 0)
+		return r;
+	versions = json_object_get(md, "versions");
+	cm = json_object_get(md, "custom_metadata");
+	cnt = json_object_size(versions);
+	if ((list = calloc(cnt ? cnt : 1, sizeof(*list))) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	json_object_foreach(versions, k, v) {
+		long long num;
+		if (parse_version(k, &num) != 0 || num <= 0 || !json_is_object(v))
+			continue;
+		list[i].num = num;
+		snprintf(list[i].id, sizeof(list[i].id), "%lld", num);
+		if ((t = json_string_value(json_object_get(v, "created_time"))) != NULL &&
+		    util_parse_rfc3339(t, &tt) == 0)
+			list[i].created = tt;
+		t = json_string_value(json_object_get(v, "deletion_time"));
+		list[i].deleted = t != NULL && *t != '\0';
+		list[i].destroyed = json_is_true(json_object_get(v, "destroyed"));
+		markers_of(cm, num, &list[i].meta);
+		i++;
+	}
+	qsort(list, i, sizeof(*list), cmp_version);
+	*out = list;
+	*n = i;
+	list = NULL;
+out:
+	free(list);
+	json_decref(root);
+	return r;
+}
+
+static int
+hcvault_delete_version(struct store *st, const struct secret_ref *ref, const char *version,
+    struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path, body;
+	char plain[800], what[1000];
+	long long vnum;
+	int r;
+
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		return r;
+	if (h->kv_version != 2)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1, which "
+		    "keeps no versions to delete", ref->text, h->kv_mount);
+	if (parse_version(version, &vnum) != 0 || vnum == 0)
+		return dmk_errf(err, DMK_ERR_BADINPUT, "%s: version '%s' is not a Vault version "
+		    "number", ref->text, version ? version : "");
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	buf_init(&body, 256);
+	kv_plain(h, "delete", ref->path, plain, sizeof(plain));
+	snprintf(what, sizeof(what), "deleting version %lld of %s (%s)", vnum, ref->text, plain);
+	if ((r = kv_path(h, "delete", ref->path, &path)) != 0 ||
+	    (r = buf_printf(&body, "{\"versions\":[%lld]}", vnum)) != 0) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 204 && resp.status != 200)
+		r = vault_fail(&resp, what, CTX_DATA, err);
+out:
+	buf_free(&body);
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+/* Does a capability list grant any of the wanted ones (or root/sudo-less root)? */
+static int
+has_cap(json_t *caps, const char *want)
+{
+	json_t *c;
+	size_t i;
+	char w[64];
+	const char *p = want, *bar;
+
+	json_array_foreach(caps, i, c) {
+		const char *s = json_string_value(c);
+		if (s == NULL)
+			continue;
+		if (strcmp(s, "root") == 0)
+			return 1;
+		if (strcmp(s, "deny") == 0)
+			return 0;
+	}
+	while (*p) {
+		size_t l;
+		bar = strchr(p, '|');
+		l = bar ? (size_t)(bar - p) : strlen(p);
+		snprintf(w, sizeof(w), "%.*s", (int)l, p);
+		json_array_foreach(caps, i, c)
+			if (json_string_value(c) && strcmp(json_string_value(c), w) == 0)
+				return 1;
+		p += l + (bar != NULL);
+	}
+	return 0;
+}
+
+static int
+hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs,
+    struct buf *report, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf body;
+	json_t *root = NULL, *dc, *mc;
+	char dpath[800], mpath[800], missing[600], what[1000];
+	size_t i;
+	int r = 0, bad = 0;
+
+	for (i = 0; i < nrefs; i++) {
+		const struct secret_ref *ref = refs[i];
+		if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0) {
+			buf_printf(report, "             %-40s FAIL  %s\n", ref->text, err->msg);
+			return r;
+		}
+		http_response_init(&resp);
+		buf_init(&body, 4096);
+		kv_plain(h, h->kv_version == 2 ? "data" : NULL, ref->path, dpath, sizeof(dpath));
+		kv_plain(h, "metadata", ref->path, mpath, sizeof(mpath));
+		buf_puts(&body, "{\"paths\":[");
+		json_quote_str(&body, dpath);
+		if (h->kv_version == 2) {
+			buf_putc(&body, ',');
+			json_quote_str(&body, mpath);
+		}
+		buf_puts(&body, "]}");
+		snprintf(what, sizeof(what), "checking %s (sys/capabilities-self)", ref->text);
+		if ((r = hcv_request(st, "POST", "sys/capabilities-self", &body, REQ_TOKEN, NULL,
+		    &resp, err)) != 0 || (resp.status != 200 &&
+		    (r = vault_fail(&resp, what, CTX_DATA, err)) != 0) ||
+		    (root = parse_body(&resp, what, err)) == NULL) {
+			if (r == 0)
+				r = err->code;
+			buf_printf(report, "             %-40s FAIL  %s\n", ref->text, err->msg);
+			buf_free(&body);
+			http_response_free(&resp);
+			return r;
+		}
+		dc = json_object_get(root, dpath);
+		mc = json_object_get(root, mpath);
+		if (dc == NULL && h->kv_version == 1)
+			dc = json_object_get(root, "capabilities");
+		missing[0] = '\0';
+#define NEED(caps, want, label, p) do {                                               \
+	if (!has_cap(caps, want))                                                     \
+		snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing),   \
+		    "%s%s on %s", missing[0] ? ", " : "", label, p);                     \
+} while (0)
+		NEED(dc, "read", "read", dpath);
+		NEED(dc, "create|update", "create/update", dpath);
+		if (h->kv_version == 2) {
+			NEED(mc, "read", "read", mpath);
+			NEED(mc, "update", "update", mpath);
+		}
+#undef NEED
+		if (missing[0]) {
+			bad++;
+			buf_printf(report, "             %-40s FAIL  missing %s\n", ref->text, missing);
+		} else
+			buf_printf(report, "             %-40s ok    read, write%s (KV v%d, %s)\n",
+			    ref->text, h->kv_version == 2 ? ", markers" : "", h->kv_version, dpath);
+		json_decref(root);
+		root = NULL;
+		buf_free(&body);
+		http_response_free(&resp);
+	}
+	if (bad)
+		return dmk_errf(err, DMK_ERR_DENIED, "the token lacks capabilities on %d of %zu "
+		    "reference(s); see the lines above", bad, nrefs);
+	return 0;
 }
 
 const struct prov_ops prov_hcvault = {
 	.type = "hashicorp-vault",
 	.caps = PROV_CAP_CAS | PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_DELETE,
 	.keys = hcvault_keys,
-	.priv_size = 0,
+	.priv_size = sizeof(struct hcv),
+	.validate = hcvault_validate,
 	.open = hcvault_open,
+	.close = hcvault_close,
+	.get = hcvault_get,
+	.put = hcvault_put,
+	.set_meta = hcvault_set_meta,
+	.list_versions = hcvault_list_versions,
+	.delete_version = hcvault_delete_version,
+	.check = hcvault_check,
 };
