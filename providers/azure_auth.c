@@ -948,6 +948,8 @@ tok_managed(struct az_cred *c, struct dmk_err *err)
 	}
 	http_req_header(&req, "Metadata: true");
 	req.url = url.data;
+	/* Real IMDS is plain HTTP on the link-local address; overrides stay https. */
+	req.allow_imds_http = d == AZ_IMDS_DEFAULT;
 	req.retry_status = imds_retry_status;
 	r = token_call(c, "IMDS managed identity token", &req, err);
 out:

@@ -174,7 +174,11 @@ curl_perform(void *vctx, const struct http_request *req, struct http_response *r
 
 	curl_easy_reset(c->h);
 	curl_easy_setopt(c->h, CURLOPT_URL, req->url);
-	curl_easy_setopt(c->h, CURLOPT_PROTOCOLS_STR, "https");
+	/* https only; plain http solely for the link-local metadata address */
+	if (req->allow_imds_http && strncmp(req->url, "http://169.254.169.254/", 23) == 0)
+		curl_easy_setopt(c->h, CURLOPT_PROTOCOLS_STR, "http");
+	else
+		curl_easy_setopt(c->h, CURLOPT_PROTOCOLS_STR, "https");
 	curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(c->h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);

@@ -38,6 +38,13 @@ struct http_request {
 	 */
 	int (*retry_status)(long status);
 	int no_retry;                    /* a non-idempotent call: never retry */
+	/*
+	 * The one plain-HTTP exception: Azure's instance metadata service is
+	 * http://169.254.169.254 (link-local, unroutable, answered by the
+	 * host).  Set only for the built-in IMDS address; any other URL with
+	 * this flag is still refused unless it is https.
+	 */
+	int allow_imds_http;
 };
 
 struct http_response {

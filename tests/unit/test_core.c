@@ -331,6 +331,28 @@ test_http_retry(void **st)
 	http_replay_free(&rp);
 }
 
+/* The real transport refuses plain HTTP, except the link-local IMDS address. */
+static void
+test_http_https_only(void **st)
+{
+	struct http_client c;
+	struct http_request req;
+	struct http_response resp;
+	struct dmk_err err;
+
+	assert_int_equal(http_client_curl(&c, NULL, 500, 1000, &err), 0);
+	c.retry.max_attempts = 1;
+	memset(&req, 0, sizeof(req));
+	req.method = "GET";
+	req.url = "http://127.0.0.1:1/x";
+	http_response_init(&resp);
+	assert_int_equal(http_do(&c, &req, &resp, &err), DMK_ERR_CONFIG);
+	req.allow_imds_http = 1;   /* the flag does not open other addresses */
+	assert_int_equal(http_do(&c, &req, &resp, &err), DMK_ERR_CONFIG);
+	http_response_free(&resp);
+	http_client_close(&c);
+}
+
 static void
 test_errors(void **st)
 {
@@ -365,6 +387,7 @@ main(void)
 		cmocka_unit_test(test_lock),
 		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_http_retry),
+		cmocka_unit_test(test_http_https_only),
 		cmocka_unit_test(test_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
