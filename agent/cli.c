@@ -46,6 +46,30 @@ static const struct command commands[] = {
 	{ "store show", cmd_store_show, 1, "store show REF",
 	  "list a secret's versions and markers (never the value)",
 	  "Prints each version of REF with its time, state and markers.\n" },
+	{ "register", cmd_register, 1, "register [--ag AG] [--database DB] [--dry-run] [--prune]",
+	  "register each DMK password on every replica of its availability group",
+	  "Reads each configured database's DMK password from its store, proves on the\n"
+	  "primary that it opens the DMK (a wrong password stops that database: nothing\n"
+	  "is registered anywhere for it), then registers it with\n"
+	  "sp_control_dbmasterkey_password on every replica the availability group lists,\n"
+	  "in parallel.  Already registered passwords are left alone (a second run\n"
+	  "changes nothing).  --prune drops credentials of older store versions whose\n"
+	  "password no longer opens the DMK.  --dry-run prints the plan only.\n"
+	  "Exit 3 when a replica could not be reached or a database was not done.\n" },
+	{ "verify", cmd_verify, 1, "verify [--ag AG] [--database DB] [--failover-test]",
+	  "check that every replica can open every DMK after a failover",
+	  "Per replica and database: a credential for the database exists and is the one\n"
+	  "dmkagent registered from the store's current version; on the primary the\n"
+	  "password opens the DMK; where the database is readable, the DMK opens by\n"
+	  "itself (a certificate under it encrypts and decrypts).\n"
+	  "--failover-test (DISRUPTIVE) fails over to each replica in turn, checks there\n"
+	  "as primary, and returns to the original primary.\n"
+	  "Exit 0 only when every replica passes, 3 otherwise.\n" },
+	{ "status", cmd_status, 1, "status [--ag AG] [--database DB]",
+	  "show AGs, replicas, DMK encryptions, credentials and store versions",
+	  "Prints each availability group's replicas with role and health, and per\n"
+	  "database its DMK (key GUID, encryption by the service master key and by\n"
+	  "passwords), the credentials on each replica and the store's current version.\n" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
 };
 

@@ -1,5 +1,6 @@
 /* ctx.c: a run's context: configuration, stores, references, audit, lock. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +236,9 @@ agent_end(struct agent *a, const char *command, int result)
 	a->lock_fd = -1;
 }
 
+/* Replica threads audit concurrently: one record at a time. */
+static pthread_mutex_t audit_mtx = PTHREAD_MUTEX_INITIALIZER;
+
 int
 agent_audit(struct agent *a, const char *action, const struct audit_target *t,
     const struct audit_keys *k, const char *outcome, const char *error)
@@ -244,7 +248,10 @@ agent_audit(struct agent *a, const char *action, const struct audit_target *t,
 
 	if (!a->audit_open)
 		return 0;
-	if ((r = audit_record(&a->audit, action, t, k, outcome, error, &err)) != 0)
+	pthread_mutex_lock(&audit_mtx);
+	r = audit_record(&a->audit, action, t, k, outcome, error, &err);
+	pthread_mutex_unlock(&audit_mtx);
+	if (r != 0)
 		log_error("%s", err.msg);
 	return r;
 }

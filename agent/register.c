@@ -1,0 +1,336 @@
+/*
+ * register.c: dmkagent register.  For each configured database, the DMK
+ * password from its store, proven on the primary, registered with
+ * sp_control_dbmasterkey_password on every replica the AG lists, so that
+ * after any failover the new primary opens the DMK by itself.
+ *
+ * Order: nothing is registered anywhere for a database until its password
+ * has opened the DMK on the primary.  Adding a credential only adds: a
+ * crash or a dropped connection at any point leaves each replica with the
+ * credentials it had plus perhaps the new one, and a rerun converges
+ * (15594 means "already there").
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "dmk.h"
+#include "secret.h"
+#include "cli.h"
+#include "replicas.h"
+
+static int
+new_credential(const struct sql_dbkeys *before, const struct sql_dbkeys *after, char *out,
+    size_t len)
+{
+	int i, j;
+
+	for (i = 0; i < after->ncredentials && i < 8; i++) {
+		int seen = 0;
+		for (j = 0; j < before->ncredentials && j < 8; j++)
+			if (strcmp(after->credential_names[i], before->credential_names[j]) == 0)
+				seen = 1;
+		if (!seen) {
+			util_strlcpy(out, after->credential_names[i], len);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * --prune, on the primary: which older store versions hold a password that
+ * no longer opens the DMK.  Their credentials can go from every replica.
+ */
+static void
+find_stale(struct rep_run *rr, struct sql_session *s, struct db_plan *p)
+{
+	struct agent *a = rr->run->a;
+	struct prov_version *v = NULL;
+	struct store *st;
+	size_t n = 0, i;
+	struct dmk_err e;
+
+	if (p->db->dmk_password.kind != REF_STORE || agent_store(a, p->store, &st, &e) != 0 ||
+	    st->ops->list_versions == NULL ||
+	    st->ops->list_versions(st, &p->db->dmk_password, &v, &n, &e) != 0)
+		return;
+	for (i = 0; i < n && p->nstale < 16; i++) {
+		struct secret *old = NULL;
+		struct prov_version ov;
+
+		if (strcmp(v[i].id, p->ver.id) == 0 || v[i].destroyed)
+			continue;
+		if (st->ops->get(st, &p->db->dmk_password, v[i].id, &old, &ov, &e) != 0)
+			continue;
+		if (!secret_equal(old, p->pw) &&
+		    sql_dmk_probe(s, p->db->name, old, &e) == DMK_ERR_WRONGPASS) {
+			p->stale[p->nstale] = old;
+			util_strlcpy(p->stale_ver[p->nstale++], v[i].id, sizeof(p->stale_ver[0]));
+			continue;
+		}
+		secret_free(old);
+	}
+	free(v);
+}
+
+static int
+prune_work(struct rep_run *rr, struct sql_session *s)
+{
+	struct ag_run *run = rr->run;
+	size_t i, j;
+
+	for (i = 0; i < run->nplans; i++) {
+		struct db_plan *p = &run->plans[i];
+		struct rep_db *d = &rr->dbs[i];
+
+		for (j = 0; p->usable && j < p->nstale; j++) {
+			struct audit_target t = { run->ag->name, rr->rep->name, p->db->name };
+			struct audit_keys k = { p->primary_keys.dmk_key_guid, NULL, p->store,
+			    p->db->dmk_password.text, p->stale_ver[j], p->primary_keys.family_guid };
+			struct dmk_err e;
+			int r = run->dry_run ? 0 : sql_dmk_password(s, p->db->name, p->stale[j], "drop", &e);
+
+			if (r != 0 && sql_last_error(s)->number == 15595)
+				continue;   /* never registered here */
+			agent_audit(run->a, "prune", &t, &k, r == 0 ? "dropped" : "failed",
+			    r == 0 ? NULL : e.msg);
+			if (r == 0) {
+				d->outcome = OUT_DROPPED;
+				snprintf(d->detail, sizeof(d->detail), "%s the credential of store "
+				    "version %s", run->dry_run ? "would drop" : "dropped", p->stale_ver[j]);
+			}
+		}
+	}
+	return 0;
+}
+
+static int
+register_work(struct rep_run *rr, struct sql_session *s)
+{
+	struct ag_run *run = rr->run;
+	size_t i;
+	int failed = 0;
+
+	for (i = 0; i < run->nplans; i++) {
+		struct db_plan *p = &run->plans[i];
+		struct rep_db *d = &rr->dbs[i];
+		struct sql_dbkeys after;
+		struct audit_target t = { run->ag->name, rr->rep->name, p->db->name };
+		struct audit_keys k;
+		struct dmk_err e;
+		int r;
+
+		if (!p->usable) {
+			d->outcome = OUT_SKIPPED;
+			continue;
+		}
+		if (sql_db_keys(s, p->db->name, &d->keys, &e) == 0)
+			d->have_keys = 1;
+		if (run->dry_run) {
+			d->outcome = OUT_WOULD_ADD;
+			snprintf(d->detail, sizeof(d->detail), "%d credential(s) for this database "
+			    "now; SQL Server does not tell which password each holds",
+			    d->have_keys ? d->keys.ncredentials : -1);
+			continue;
+		}
+		r = sql_dmk_password(s, p->db->name, p->pw, "add", &e);
+		memset(&k, 0, sizeof(k));
+		k.family_guid = p->primary_keys.family_guid;
+		k.dmk_key_guid = p->primary_keys.dmk_key_guid;
+		k.store = p->store;
+		k.reference = p->db->dmk_password.text;
+		k.version = p->ver.id;
+		if (r == 0) {
+			d->outcome = OUT_ADDED;
+			if (d->have_keys && sql_db_keys(s, p->db->name, &after, &e) == 0)
+				new_credential(&d->keys, &after, d->credential, sizeof(d->credential));
+		} else if (sql_last_error(s)->number == 15594) {
+			d->outcome = OUT_PRESENT;
+		} else {
+			d->outcome = OUT_FAILED;
+			util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+			failed = 1;
+		}
+		agent_audit(run->a, "register", &t, &k, d->outcome == OUT_FAILED ? "failed" :
+		    d->outcome == OUT_ADDED ? "added" : "unchanged",
+		    d->outcome == OUT_FAILED ? d->detail : NULL);
+		if (d->outcome != OUT_FAILED) {
+			if (regstate_set(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
+			    p->db->dmk_password.text, p->ver.id, d->credential, &e) != 0)
+				log_warn("%s", e.msg);
+			if (d->have_keys && d->keys.ncredentials > (d->outcome == OUT_PRESENT ? 1 : 0))
+				snprintf(d->detail, sizeof(d->detail), "%d other credential(s) for this "
+				    "database%s", d->keys.ncredentials - (d->outcome == OUT_PRESENT),
+				    run->prune ? "" : " (stale? see --prune)");
+			if (run->prune && rr->is_primary)
+				find_stale(rr, s, p);
+		}
+	}
+	return failed ? DMK_ERR_INCOMPLETE : 0;
+}
+
+static void
+report(struct agent *a, struct ag_run *run, json_t *jags)
+{
+	size_t i, j;
+	json_t *jag = json_object(), *jreps = json_array(), *jdbs = json_array();
+
+	json_object_set_new(jag, "name", json_string(run->ag->name));
+	json_object_set_new(jag, "primary", json_string(run->info.primary));
+	for (j = 0; j < run->nplans; j++) {
+		json_t *o = json_object();
+		json_object_set_new(o, "name", json_string(run->plans[j].db->name));
+		json_object_set_new(o, "reference", json_string(run->plans[j].db->dmk_password.text));
+		json_object_set_new(o, "version", json_string(run->plans[j].ver.id));
+		json_object_set_new(o, "usable", json_boolean(run->plans[j].usable));
+		json_object_set_new(o, "error", run->plans[j].usable ? json_null() :
+		    json_string(run->plans[j].error));
+		json_array_append_new(jdbs, o);
+		if (!run->plans[j].usable && a->output == OUTPUT_TEXT)
+			fprintf(a->out, "%s: %s\n", run->ag->name, run->plans[j].error);
+	}
+	for (i = 0; i < run->nreps; i++) {
+		struct rep_run *rr = &run->reps[i];
+		json_t *o = json_object(), *od = json_array();
+		json_object_set_new(o, "name", json_string(rr->rep->name));
+		json_object_set_new(o, "role", json_string(rr->is_primary ? "PRIMARY" : "SECONDARY"));
+		json_object_set_new(o, "address", json_sprintf("%s:%d", rr->ep.host, rr->ep.port));
+		json_object_set_new(o, "reached", json_boolean(rr->reached));
+		json_object_set_new(o, "error", rr->reached ? json_null() : json_string(rr->error));
+		if (!rr->reached && a->output == OUTPUT_TEXT)
+			fprintf(a->out, "  %-12s NOT REACHED: %s\n", rr->rep->name, rr->error);
+		for (j = 0; rr->reached && j < run->nplans; j++) {
+			struct rep_db *d = &rr->dbs[j];
+			json_t *x = json_object();
+			json_object_set_new(x, "database", json_string(run->plans[j].db->name));
+			json_object_set_new(x, "outcome", json_string(rep_outcome_name(d->outcome)));
+			json_object_set_new(x, "detail", json_string(d->detail));
+			if (d->credential[0])
+				json_object_set_new(x, "credential", json_string(d->credential));
+			json_array_append_new(od, x);
+			if (a->output == OUTPUT_TEXT && d->outcome != OUT_SKIPPED)
+				fprintf(a->out, "  %-12s %-24s %s%s%s\n", rr->rep->name,
+				    run->plans[j].db->name, rep_outcome_name(d->outcome),
+				    d->detail[0] ? ": " : "", d->detail);
+		}
+		json_object_set_new(o, "databases", od);
+		json_array_append_new(jreps, o);
+	}
+	json_object_set_new(jag, "databases", jdbs);
+	json_object_set_new(jag, "replicas", jreps);
+	json_array_append_new(jags, jag);
+}
+
+int
+cmd_register(struct agent *a, int argc, char **argv, struct dmk_err *err)
+{
+	static const struct option opts[] = {
+		{ "ag", required_argument, NULL, 'a' },
+		{ "database", required_argument, NULL, 'd' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ "prune", no_argument, NULL, 'p' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *agf = NULL, *dbf = NULL;
+	const struct conf_ag **ags = NULL;
+	size_t nags = 0, i, j, k, changed = 0, total = 0;
+	int ch, dry = 0, prune = 0, r, worst = 0;
+	json_t *jags = json_array();
+
+	while ((ch = getopt_long(argc, argv, "a:d:np", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'a': agf = optarg; break;
+		case 'd': dbf = optarg; break;
+		case 'n': dry = 1; break;
+		case 'p': prune = 1; break;
+		default:
+			json_decref(jags);
+			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent register [--ag AG] "
+			    "[--database DB] [--dry-run] [--prune]");
+		}
+	}
+	if (optind != argc) {
+		json_decref(jags);
+		return dmk_errf(err, DMK_ERR_USAGE, "register takes no arguments");
+	}
+	if ((r = ag_select(a, agf, dbf, &ags, &nags, err)) != 0) {
+		json_decref(jags);
+		return r;
+	}
+	if (!dry && (r = agent_begin(a, "register", err)) != 0)
+		goto out;
+	for (i = 0; i < nags; i++) {
+		struct ag_run run;
+		struct dmk_err e;
+
+		if ((r = ag_open(a, ags[i], dbf, 1, &run, &e)) != 0) {
+			log_error("%s", e.msg);
+			if (worst == 0 || dmk_exit_code(r) == DMK_EXIT_UNREACHABLE)
+				worst = r, *err = e;
+			ag_close(&run);
+			continue;
+		}
+		run.dry_run = dry;
+		run.prune = prune;
+		if (a->output == OUTPUT_TEXT)
+			fprintf(a->out, "%s: %zu replica(s), primary %s%s\n", ags[i]->name,
+			    run.info.nreplicas, run.info.primary, dry ? " (dry run: nothing changes)" : "");
+		r = ag_each_replica(&run, register_work);
+		if (prune && r == 0) {
+			size_t nst = 0;
+			for (j = 0; j < run.nplans; j++)
+				nst += run.plans[j].nstale;
+			if (nst > 0) {
+				for (j = 0; j < run.nreps; j++)
+					free(run.reps[j].dbs);
+				free(run.reps);
+				run.reps = NULL;
+				r = ag_each_replica(&run, prune_work);
+			}
+		}
+		report(a, &run, jags);
+		for (j = 0; j < run.nplans; j++)
+			if (!run.plans[j].usable && worst == 0)
+				worst = DMK_ERR_INCOMPLETE;
+		for (j = 0; j < run.nreps; j++)
+			for (k = 0; k < run.nplans; k++) {
+				total++;
+				changed += run.reps[j].dbs[k].outcome == OUT_ADDED;
+			}
+		if (r != 0 && worst == 0)
+			worst = r;
+		ag_close(&run);
+	}
+	if (a->output == OUTPUT_JSON) {
+		json_t *root = json_object();
+		char *s;
+		json_object_set_new(root, "command", json_string("register"));
+		json_object_set_new(root, "dry_run", json_boolean(dry));
+		json_object_set_new(root, "changed", json_integer((json_int_t)changed));
+		json_object_set_new(root, "complete", json_boolean(worst == 0));
+		json_object_set_new(root, "ags", jags);
+		jags = NULL;
+		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		fprintf(a->out, "%s\n", s);
+		json_free_dump(s);
+		json_decref(root);
+	} else if (!dry)
+		fprintf(a->out, changed ? "%zu credential(s) added\n" :
+		    "nothing to change: every replica already had the password registered\n", changed);
+	if (worst == DMK_ERR_INCOMPLETE)
+		dmk_errf(err, worst, "incomplete: not every replica or database was done (see above); "
+		    "a rerun finishes the rest");
+	r = worst;
+	if (!dry)
+		agent_end(a, "register", r);
+out:
+	json_decref(jags);
+	free(ags);
+	(void)total;
+	return r;
+}

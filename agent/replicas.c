@@ -1,0 +1,402 @@
+/* replicas.c: discovering an AG and running a job on every replica; see replicas.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "dmk.h"
+#include "secret.h"
+#include "replicas.h"
+
+static pthread_mutex_t state_mtx = PTHREAD_MUTEX_INITIALIZER;
+
+const char *
+rep_outcome_name(int o)
+{
+	static const char *names[] = { "none", "registered", "already registered",
+	    "would register", "ok", "GAP", "failed", "skipped", "dropped" };
+	return o >= 0 && o <= OUT_DROPPED ? names[o] : "?";
+}
+
+int
+ag_select(struct agent *a, const char *agfilter, const char *dbfilter,
+    const struct conf_ag ***out, size_t *n, struct dmk_err *err)
+{
+	const struct conf_ag **v;
+	size_t i, j, k = 0;
+
+	*out = NULL;
+	*n = 0;
+	if ((v = calloc(a->cfg->nags + 1, sizeof(*v))) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	for (i = 0; i < a->cfg->nags; i++) {
+		const struct conf_ag *ag = &a->cfg->ags[i];
+		int hasdb = dbfilter == NULL;
+		if (agfilter && strcmp(agfilter, ag->label) != 0 && strcmp(agfilter, ag->name) != 0)
+			continue;
+		for (j = 0; !hasdb && j < a->cfg->ndbs; j++)
+			if (strcmp(a->cfg->dbs[j].ag, ag->label) == 0 &&
+			    (strcmp(a->cfg->dbs[j].name, dbfilter) == 0 ||
+			    strcmp(a->cfg->dbs[j].label, dbfilter) == 0))
+				hasdb = 1;
+		if (hasdb)
+			v[k++] = ag;
+	}
+	if (k == 0) {
+		free(v);
+		return dmk_errf(err, DMK_ERR_USAGE, "no configured availability group%s%s%s%s "
+		    "in %s", agfilter ? " named " : "", agfilter ? agfilter : "",
+		    dbfilter ? " with database " : "", dbfilter ? dbfilter : "", a->config_path);
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+static void
+endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_endpoint *ep)
+{
+	size_t i;
+
+	memset(ep, 0, sizeof(*ep));
+	util_strlcpy(ep->name, r->name, sizeof(ep->name));
+	for (i = 0; i < ag->nreplicas; i++)
+		if (strcasecmp(ag->replicas[i].name, r->name) == 0) {
+			util_strlcpy(ep->host, ag->replicas[i].host, sizeof(ep->host));
+			ep->port = ag->replicas[i].port;
+			break;
+		}
+	if (ep->host[0] == '\0' && sql_replica_address(r, ep->host, sizeof(ep->host), &ep->port) != 0) {
+		util_strlcpy(ep->host, r->name, sizeof(ep->host));
+		ep->port = 1433;
+	}
+	util_strlcpy(ep->tls_name, ep->host, sizeof(ep->tls_name));
+}
+
+int
+rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err)
+{
+	return sql_connect(&rr->ep, &rr->run->login, s, err);
+}
+
+int
+probe_auto_open(struct sql_session *s, const char *db, const char *cert, struct dmk_err *err)
+{
+	struct sql_stmt *st;
+	struct sql_result *res = NULL;
+	const struct sql_value *v;
+	int r;
+
+	if (cert == NULL || cert[0] == '\0')
+		return -1;
+	if ((st = sql_stmt_new()) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	/* Encrypt and decrypt a constant with the certificate: non-NULL only
+	 * when the DMK opened by itself (service master key or credential). */
+	if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, db, err)) != 0 ||
+	    (r = sql_stmt_raw(st, "; SELECT CASE WHEN DECRYPTBYCERT(CERT_ID(")) != 0 ||
+	    (r = sql_stmt_nstr(st, cert, err)) != 0 ||
+	    (r = sql_stmt_raw(st, "), ENCRYPTBYCERT(CERT_ID(")) != 0 ||
+	    (r = sql_stmt_nstr(st, cert, err)) != 0 ||
+	    (r = sql_stmt_raw(st, "), N'dmkagent-probe')) IS NULL THEN 0 ELSE 1 END AS opened")) != 0)
+		goto out;
+	if ((r = sql_exec(s, st, &res, err)) != 0)
+		goto out;
+	v = res ? sql_cell(res, 0, "opened") : NULL;
+	r = v && v->type == SQLT_INT ? (v->i ? 1 : 0) : -1;
+out:
+	sql_result_free(res);
+	sql_stmt_free(st);
+	return r;
+}
+
+/* The first certificate whose private key the DMK protects. */
+static void
+find_cert(struct sql_session *s, struct db_plan *p)
+{
+	struct sql_stmt *st = sql_stmt_new();
+	struct sql_result *res = NULL;
+	const struct sql_value *v;
+	struct dmk_err e;
+
+	if (p->db->ncertificates > 0) {
+		util_strlcpy(p->cert, p->db->certificates[0], sizeof(p->cert));
+		goto out;
+	}
+	if (st == NULL || sql_stmt_raw(st, "USE ") != 0 || sql_stmt_ident(st, p->db->name, &e) != 0 ||
+	    sql_stmt_raw(st, "; SELECT TOP 1 name FROM sys.certificates "
+	    "WHERE pvt_key_encryption_type = 'MK' ORDER BY certificate_id") != 0)
+		goto out;
+	if (sql_exec(s, st, &res, &e) == 0 && res && res->nrows > 0 &&
+	    (v = sql_cell(res, 0, "name")) != NULL && v->type == SQLT_STR)
+		util_strlcpy(p->cert, v->s, sizeof(p->cert));
+out:
+	sql_result_free(res);
+	sql_stmt_free(st);
+}
+
+int
+ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int probe,
+    struct ag_run *run, struct dmk_err *err)
+{
+	struct sql_endpoint lep;
+	struct sql_session *ls = NULL;
+	size_t i, j;
+	int r;
+
+	memset(run, 0, sizeof(*run));
+	run->a = a;
+	run->ag = ag;
+	run->login.user = strcmp(ag->login, "integrated") == 0 ? NULL : ag->login;
+	run->login.integrated = run->login.user == NULL;
+	run->login.ca_file = ag->ca_file[0] ? ag->ca_file : NULL;
+	run->login.connect_timeout = ag->connect_timeout;
+	run->login.query_timeout = ag->query_timeout;
+	if (ag->has_login_password &&
+	    (r = agent_resolve(a, &ag->login_password, 0, &run->login_pw, NULL, err)) != 0)
+		return dmk_err_prefix(err, "AG %s: login_password", ag->name);
+	run->login.password = run->login_pw;
+
+	memset(&lep, 0, sizeof(lep));
+	snprintf(lep.name, sizeof(lep.name), "%s listener", ag->name);
+	util_strlcpy(lep.host, ag->listener_host, sizeof(lep.host));
+	lep.port = ag->listener_port;
+	util_strlcpy(lep.tls_name, ag->listener_host, sizeof(lep.tls_name));
+	if ((r = sql_connect(&lep, &run->login, &ls, err)) != 0)
+		return dmk_err_prefix(err, "AG %s", ag->name);
+	if ((r = sql_discover_ag(ls, ag->name, &run->info, err)) != 0) {
+		dmk_err_prefix(err, "AG %s: discovery through the listener", ag->name);
+		goto out;
+	}
+	if (run->info.nreplicas == 0) {
+		r = dmk_errf(err, DMK_ERR_SQL, "AG %s: the availability group lists no replicas "
+		    "(is the name right, and is %s:%d its listener?)", ag->name, lep.host, lep.port);
+		goto out;
+	}
+
+	/* The configured databases of this AG. */
+	if ((run->plans = calloc(a->cfg->ndbs + 1, sizeof(*run->plans))) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < a->cfg->ndbs; i++) {
+		const struct conf_db *db = &a->cfg->dbs[i];
+		struct db_plan *p;
+		struct dmk_err e;
+
+		if (strcmp(db->ag, ag->label) != 0)
+			continue;
+		if (dbfilter && strcmp(db->name, dbfilter) != 0 && strcmp(db->label, dbfilter) != 0)
+			continue;
+		p = &run->plans[run->nplans++];
+		p->db = db;
+		util_strlcpy(p->store, db->dmk_password.kind == REF_STORE ? db->dmk_password.store :
+		    "file", sizeof(p->store));
+		for (j = 0; j < run->info.ndatabases; j++)
+			if (strcmp(run->info.databases[j], db->name) == 0)
+				p->in_ag = 1;
+		if (!p->in_ag) {
+			p->code = DMK_ERR_NOTFOUND;
+			snprintf(p->error, sizeof(p->error), "database %s is not in availability "
+			    "group %s", db->name, ag->name);
+			continue;
+		}
+		if ((r = agent_resolve(a, &db->dmk_password, 0, &p->pw, &p->ver, &e)) != 0) {
+			p->code = r;
+			snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
+			r = 0;
+			continue;
+		}
+		if (sql_db_keys(ls, db->name, &p->primary_keys, &e) != 0) {
+			p->code = e.code;
+			snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
+			continue;
+		}
+		if (probe) {
+			/* Prove the password on the primary before anyone registers it. */
+			r = sql_dmk_probe(ls, db->name, p->pw, &e);
+			if (r == DMK_ERR_WRONGPASS) {
+				p->code = r;
+				snprintf(p->error, sizeof(p->error), "%s: the password in %s (store "
+				    "version %s) does not open the database master key on the primary %s; "
+				    "nothing was registered for this database", db->name,
+				    db->dmk_password.text, p->ver.id[0] ? p->ver.id : "-",
+				    run->info.primary);
+				r = 0;
+				continue;
+			}
+			if (r != 0) {
+				p->code = r;
+				snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
+				r = 0;
+				continue;
+			}
+		}
+		find_cert(ls, p);
+		p->usable = 1;
+	}
+	if (run->nplans == 0) {
+		r = dmk_errf(err, DMK_ERR_USAGE, "AG %s: no configured database%s%s", ag->name,
+		    dbfilter ? " named " : "", dbfilter ? dbfilter : "");
+		goto out;
+	}
+	r = 0;
+out:
+	sql_close(ls);
+	return r;
+}
+
+static void *
+rep_thread(void *arg)
+{
+	struct rep_run *rr = arg;
+	struct sql_session *s = NULL;
+	struct dmk_err e;
+
+	if (rep_connect(rr, &s, &e) != 0) {
+		rr->reached = 0;
+		rr->code = e.code;
+		util_strlcpy(rr->error, e.msg, sizeof(rr->error));
+		return NULL;
+	}
+	rr->reached = 1;
+	rr->code = rr->run->work(rr, s);
+	sql_close(s);
+	return NULL;
+}
+
+int
+ag_each_replica(struct ag_run *run, int (*work)(struct rep_run *, struct sql_session *))
+{
+	size_t i;
+	int incomplete = 0;
+
+	run->work = work;
+	if ((run->reps = calloc(run->info.nreplicas, sizeof(*run->reps))) == NULL)
+		return DMK_ERR_NOMEM;
+	run->nreps = run->info.nreplicas;
+	for (i = 0; i < run->nreps; i++) {
+		struct rep_run *rr = &run->reps[i];
+		rr->run = run;
+		rr->rep = &run->info.replicas[i];
+		rr->is_primary = strcasecmp(rr->rep->name, run->info.primary) == 0;
+		endpoint_for(run->ag, rr->rep, &rr->ep);
+		if ((rr->dbs = calloc(run->nplans + 1, sizeof(*rr->dbs))) == NULL)
+			return DMK_ERR_NOMEM;
+		if (pthread_create(&rr->th, NULL, rep_thread, rr) != 0) {
+			rr->th = 0;
+			rep_thread(rr);
+		}
+	}
+	for (i = 0; i < run->nreps; i++) {
+		if (run->reps[i].th)
+			pthread_join(run->reps[i].th, NULL);
+		if (!run->reps[i].reached || run->reps[i].code != 0)
+			incomplete = 1;
+	}
+	return incomplete ? DMK_ERR_INCOMPLETE : 0;
+}
+
+void
+ag_close(struct ag_run *run)
+{
+	size_t i;
+
+	for (i = 0; i < run->nplans; i++) {
+		secret_free(run->plans[i].pw);
+		for (size_t j = 0; j < run->plans[i].nstale; j++)
+			secret_free(run->plans[i].stale[j]);
+	}
+	free(run->plans);
+	for (i = 0; i < run->nreps; i++)
+		free(run->reps[i].dbs);
+	free(run->reps);
+	sql_ag_free(&run->info);
+	secret_free(run->login_pw);
+	memset(run, 0, sizeof(*run));
+}
+
+/* ---- registration records ---- */
+
+static json_t *
+regstate_load(struct agent *a, char *path, size_t plen)
+{
+	json_t *j;
+
+	snprintf(path, plen, "%s/registered.json", a->cfg->state_dir);
+	j = json_load_file(path, 0, NULL);
+	if (!json_is_object(j)) {
+		json_decref(j);
+		j = json_object();
+	}
+	return j;
+}
+
+int
+regstate_set(struct agent *a, const char *ag, const char *replica, const char *family,
+    const char *reference, const char *version, const char *credential, struct dmk_err *err)
+{
+	char path[4200], tmp[4300], t[32];
+	json_t *root, *o, *rec;
+	int r = 0;
+
+	pthread_mutex_lock(&state_mtx);
+	root = regstate_load(a, path, sizeof(path));
+	if ((o = json_object_get(root, ag)) == NULL)
+		json_object_set_new(root, ag, o = json_object());
+	if ((rec = json_object_get(o, replica)) == NULL)
+		json_object_set_new(o, replica, rec = json_object());
+	o = json_object();
+	util_rfc3339(time(NULL), t, sizeof(t));
+	json_object_set_new(o, "reference", json_string(reference));
+	json_object_set_new(o, "version", json_string(version));
+	if (credential && credential[0])
+		json_object_set_new(o, "credential", json_string(credential));
+	else {
+		json_t *old = json_object_get(rec, family);
+		json_t *oc = old ? json_object_get(old, "credential") : NULL;
+		if (oc)
+			json_object_set(o, "credential", oc);
+	}
+	json_object_set_new(o, "time", json_string(t));
+	json_object_set_new(rec, family, o);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	mkdir(a->cfg->state_dir, 0700);
+	if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0)
+		r = dmk_errf(err, DMK_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+	else
+		chmod(path, 0600);
+	json_decref(root);
+	pthread_mutex_unlock(&state_mtx);
+	return r;
+}
+
+int
+regstate_get(struct agent *a, const char *ag, const char *replica, const char *family,
+    char *version, size_t vlen, char *credential, size_t clen)
+{
+	char path[4200];
+	json_t *root, *o;
+	int r = DMK_ERR_NOTFOUND;
+
+	version[0] = credential[0] = '\0';
+	pthread_mutex_lock(&state_mtx);
+	root = regstate_load(a, path, sizeof(path));
+	o = json_object_get(json_object_get(json_object_get(root, ag), replica), family);
+	if (json_is_object(o)) {
+		const char *v = json_string_value(json_object_get(o, "version"));
+		const char *c = json_string_value(json_object_get(o, "credential"));
+		util_strlcpy(version, v ? v : "", vlen);
+		util_strlcpy(credential, c ? c : "", clen);
+		r = 0;
+	}
+	json_decref(root);
+	pthread_mutex_unlock(&state_mtx);
+	return r;
+}

@@ -1,0 +1,113 @@
+/*
+ * replicas.h: walking an availability group.  ag_open() asks the AG itself
+ * (through the listener) which replicas exist, reads each configured
+ * database's DMK password from its store and proves on the primary that it
+ * opens the DMK; ag_each_replica() then runs one job per replica, one
+ * session each, in parallel.  "Every replica" is the AG's own list: a
+ * replica that cannot be reached is reported by name and makes the run
+ * incomplete.
+ */
+#ifndef DMK_REPLICAS_H
+#define DMK_REPLICAS_H
+
+#include <pthread.h>
+
+#include "agent.h"
+#include "../providers/provider.h"
+#include "../sql/sql.h"
+
+struct secret;
+
+/* One configured database, as this run found it. */
+struct db_plan {
+	const struct conf_db *db;
+	struct secret *pw;              /* the store's current DMK password */
+	struct prov_version ver;
+	char store[64];
+	int in_ag;                      /* the AG lists it */
+	int usable;                     /* the password opens the DMK on the primary */
+	int code;                       /* why not usable */
+	char error[DMK_ERR_MSG_MAX];
+	struct sql_dbkeys primary_keys;
+	char cert[CONF_NAME_BYTES];     /* a certificate under the DMK, for probes */
+	/* --prune: older store versions whose password no longer opens the DMK */
+	struct secret *stale[16];
+	char stale_ver[16][80];
+	size_t nstale;
+};
+
+enum rep_outcome {
+	OUT_NONE = 0, OUT_ADDED, OUT_PRESENT, OUT_WOULD_ADD, OUT_OK, OUT_GAP, OUT_FAILED,
+	OUT_SKIPPED, OUT_DROPPED,
+};
+
+/* One database on one replica. */
+struct rep_db {
+	int outcome;
+	char detail[DMK_ERR_MSG_MAX];
+	struct sql_dbkeys keys;
+	int have_keys;
+	int auto_open;                  /* -1 unknown, 0 no, 1 yes */
+	char credential[160];           /* the credential this run added */
+};
+
+struct ag_run;
+
+struct rep_run {
+	struct ag_run *run;
+	struct sql_replica *rep;
+	struct sql_endpoint ep;
+	int is_primary;
+	int reached;
+	int code;
+	char error[DMK_ERR_MSG_MAX];
+	struct rep_db *dbs;             /* parallel to run->plans */
+	pthread_t th;
+};
+
+struct ag_run {
+	struct agent *a;
+	const struct conf_ag *ag;
+	struct secret *login_pw;
+	struct sql_login login;
+	struct sql_ag info;
+	struct db_plan *plans;
+	size_t nplans;
+	struct rep_run *reps;
+	size_t nreps;
+	int dry_run;
+	int prune;
+	void *ctx;                      /* the command's own data */
+	int (*work)(struct rep_run *rr, struct sql_session *s);
+};
+
+/* Filters: NULL for all. */
+int ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter,
+    int probe, struct ag_run *run, struct dmk_err *err);
+/* Run work on every replica in parallel; 0, or DMK_ERR_INCOMPLETE. */
+int ag_each_replica(struct ag_run *run, int (*work)(struct rep_run *, struct sql_session *));
+void ag_close(struct ag_run *run);
+
+/* The AGs this command touches (by --ag filter); DMK_ERR_USAGE if none match. */
+int ag_select(struct agent *a, const char *agfilter, const char *dbfilter,
+    const struct conf_ag ***out, size_t *n, struct dmk_err *err);
+
+const char *rep_outcome_name(int o);
+
+/* Connect to one replica, as the run's login. */
+int rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err);
+
+/* Does the DMK open automatically (no password) here?  Uses a certificate
+ * under the DMK: 1 yes, 0 no, -1 cannot tell (no certificate / unreadable). */
+int probe_auto_open(struct sql_session *s, const char *db, const char *cert,
+    struct dmk_err *err);
+
+/* Registration records kept in state_dir: which store version and which
+ * credential this agent registered per AG, replica and database family. */
+int regstate_set(struct agent *a, const char *ag, const char *replica,
+    const char *family, const char *reference, const char *version,
+    const char *credential, struct dmk_err *err);
+int regstate_get(struct agent *a, const char *ag, const char *replica,
+    const char *family, char *version, size_t vlen, char *credential, size_t clen);
+
+#endif

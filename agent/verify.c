@@ -1,0 +1,392 @@
+/*
+ * verify.c: dmkagent verify [--failover-test] and dmkagent status.
+ *
+ * verify gathers, per replica and database, the strongest evidence there is
+ * without failing over:
+ *  - a credential for the database's family_guid exists on the replica
+ *    (sys.master_key_passwords), and it is the one this agent registered;
+ *  - the store's current version is the one registered there;
+ *  - on the primary the store's password opens the DMK (ag_open proves it);
+ *  - where the database is readable, the DMK opens by itself: a
+ *    certificate under the DMK encrypts and decrypts (this is the seed
+ *    runbook's check, and it is exactly what a failover needs).
+ * --failover-test (disruptive, opt-in) fails over to each replica in turn,
+ * runs the auto-open probe as primary there, and returns to the original.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "dmk.h"
+#include "secret.h"
+#include "cli.h"
+#include "replicas.h"
+
+static int
+verify_work(struct rep_run *rr, struct sql_session *s)
+{
+	struct ag_run *run = rr->run;
+	size_t i;
+	int gap = 0;
+
+	for (i = 0; i < run->nplans; i++) {
+		struct db_plan *p = &run->plans[i];
+		struct rep_db *d = &rr->dbs[i];
+		char ver[80], cred[160];
+		struct dmk_err e;
+		int j, found;
+
+		if (!p->usable) {
+			d->outcome = OUT_SKIPPED;
+			continue;
+		}
+		if (sql_db_keys(s, p->db->name, &d->keys, &e) != 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "cannot read key facts: %s", e.msg);
+			gap = 1;
+			continue;
+		}
+		d->have_keys = 1;
+		d->auto_open = -1;
+		if (d->keys.ncredentials == 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "no credential for this database "
+			    "(family %s): after a failover this replica cannot open the DMK; run "
+			    "dmkagent register", p->primary_keys.family_guid);
+			gap = 1;
+			continue;
+		}
+		if (regstate_get(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
+		    ver, sizeof(ver), cred, sizeof(cred)) != 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "%d credential(s), none registered by "
+			    "dmkagent from %s; run dmkagent register", d->keys.ncredentials,
+			    p->db->dmk_password.text);
+			gap = 1;
+			continue;
+		}
+		if (strcmp(ver, p->ver.id) != 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "registered store version %s, but the "
+			    "store's current version is %s; run dmkagent register", ver, p->ver.id);
+			gap = 1;
+			continue;
+		}
+		for (j = 0, found = cred[0] == '\0'; j < d->keys.ncredentials && j < 8; j++)
+			if (strcmp(d->keys.credential_names[j], cred) == 0)
+				found = 1;
+		if (!found) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "the credential dmkagent registered (%s) "
+			    "is gone; run dmkagent register", cred);
+			gap = 1;
+			continue;
+		}
+		if (rr->is_primary || rr->rep->secondary_allow != 0) {
+			d->auto_open = probe_auto_open(s, p->db->name, p->cert, &e);
+			if (d->auto_open == 0) {
+				d->outcome = OUT_GAP;
+				snprintf(d->detail, sizeof(d->detail), "the DMK does not open by itself "
+				    "here: the registered credential does not open it");
+				gap = 1;
+				continue;
+			}
+		}
+		d->outcome = OUT_OK;
+		snprintf(d->detail, sizeof(d->detail), "credential registered (store version %s)%s",
+		    ver, d->auto_open == 1 ? "; DMK opens by itself" :
+		    d->auto_open == 0 ? "" : "; not readable here: checked by catalog only");
+	}
+	return gap ? DMK_ERR_INCOMPLETE : 0;
+}
+
+/* ---- --failover-test ---- */
+
+static int
+failover_to(struct ag_run *run, struct rep_run *target, struct dmk_err *err)
+{
+	struct sql_session *s = NULL;
+	struct sql_stmt *st = NULL;
+	int r, tries;
+
+	if ((r = rep_connect(target, &s, err)) != 0)
+		return r;
+	if ((st = sql_stmt_new()) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = sql_stmt_raw(st, "ALTER AVAILABILITY GROUP ")) != 0 ||
+	    (r = sql_stmt_ident(st, run->ag->name, err)) != 0 ||
+	    (r = sql_stmt_raw(st, " FAILOVER")) != 0)
+		goto out;
+	if ((r = sql_exec(s, st, NULL, err)) != 0)
+		goto out;
+	/* The statement returns once the target accepts; wait for the role. */
+	for (tries = 0; tries < 50; tries++) {
+		struct sql_result *res = NULL;
+		const struct sql_value *v;
+		int primary = 0;
+		if (sql_query(s, "SELECT role_desc FROM sys.dm_hadr_availability_replica_states "
+		    "WHERE is_local = 1", &res, err) == 0 && res && res->nrows > 0 &&
+		    (v = sql_cell(res, 0, "role_desc")) && v->type == SQLT_STR &&
+		    strcmp(v->s, "PRIMARY") == 0)
+			primary = 1;
+		sql_result_free(res);
+		if (primary)
+			goto out;
+		util_sleep_ms(200);
+	}
+	r = dmk_errf(err, DMK_ERR_TIMEOUT, "%s did not become primary", target->rep->name);
+out:
+	sql_stmt_free(st);
+	sql_close(s);
+	return r;
+}
+
+static int
+failover_test(struct agent *a, struct ag_run *run)
+{
+	struct rep_run *orig = NULL;
+	size_t i, j;
+	int bad = 0;
+
+	for (i = 0; i < run->nreps; i++)
+		if (run->reps[i].is_primary)
+			orig = &run->reps[i];
+	for (i = 0; i < run->nreps; i++) {
+		struct rep_run *rr = &run->reps[i];
+		struct sql_session *s = NULL;
+		struct dmk_err e;
+
+		if (!rr->reached)
+			continue;
+		if (!rr->is_primary && failover_to(run, rr, &e) != 0) {
+			fprintf(a->out, "  %-12s failover test: cannot fail over: %s\n", rr->rep->name, e.msg);
+			bad = 1;
+			continue;
+		}
+		if (rep_connect(rr, &s, &e) != 0) {
+			fprintf(a->out, "  %-12s failover test: %s\n", rr->rep->name, e.msg);
+			bad = 1;
+			continue;
+		}
+		for (j = 0; j < run->nplans; j++) {
+			int o;
+			if (!run->plans[j].usable)
+				continue;
+			o = probe_auto_open(s, run->plans[j].db->name, run->plans[j].cert, &e);
+			fprintf(a->out, "  %-12s %-24s as primary: %s\n", rr->rep->name,
+			    run->plans[j].db->name, o == 1 ? "DMK opens, certificate decrypts" :
+			    o == 0 ? "DMK DOES NOT OPEN" : "cannot tell (no certificate under the DMK)");
+			if (o == 0) {
+				rr->dbs[j].outcome = OUT_GAP;
+				snprintf(rr->dbs[j].detail, sizeof(rr->dbs[j].detail),
+				    "after failing over here the DMK did not open");
+				bad = 1;
+			}
+		}
+		sql_close(s);
+	}
+	if (orig != NULL) {
+		struct dmk_err e;
+		if (failover_to(run, orig, &e) != 0) {
+			fprintf(a->out, "  could not return to the original primary %s: %s\n",
+			    orig->rep->name, e.msg);
+			bad = 1;
+		}
+	}
+	return bad ? DMK_ERR_INCOMPLETE : 0;
+}
+
+static void
+print_run(struct agent *a, struct ag_run *run, json_t *jags, int status)
+{
+	size_t i, j;
+	json_t *jag = json_object(), *jreps = json_array();
+
+	json_object_set_new(jag, "name", json_string(run->ag->name));
+	json_object_set_new(jag, "primary", json_string(run->info.primary));
+	for (j = 0; j < run->nplans; j++)
+		if (!run->plans[j].usable && a->output == OUTPUT_TEXT)
+			fprintf(a->out, "%s: %s\n", run->ag->name, run->plans[j].error);
+	for (i = 0; i < run->nreps; i++) {
+		struct rep_run *rr = &run->reps[i];
+		json_t *o = json_object(), *od = json_array();
+
+		json_object_set_new(o, "name", json_string(rr->rep->name));
+		json_object_set_new(o, "role", json_string(rr->rep->role[0] ? rr->rep->role :
+		    rr->is_primary ? "PRIMARY" : "SECONDARY"));
+		json_object_set_new(o, "synchronization_health", json_string(rr->rep->sync_health));
+		json_object_set_new(o, "address", json_sprintf("%s:%d", rr->ep.host, rr->ep.port));
+		json_object_set_new(o, "reached", json_boolean(rr->reached));
+		if (!rr->reached)
+			json_object_set_new(o, "error", json_string(rr->error));
+		if (a->output == OUTPUT_TEXT) {
+			fprintf(a->out, "  %-12s %-9s %s:%d%s%s\n", rr->rep->name,
+			    rr->is_primary ? "PRIMARY" : "SECONDARY", rr->ep.host, rr->ep.port,
+			    rr->reached ? "" : "  NOT REACHED: ", rr->reached ? "" : rr->error);
+		}
+		for (j = 0; rr->reached && j < run->nplans; j++) {
+			struct rep_db *d = &rr->dbs[j];
+			json_t *x = json_object();
+			json_object_set_new(x, "database", json_string(run->plans[j].db->name));
+			if (d->have_keys) {
+				json_object_set_new(x, "family_guid", json_string(d->keys.family_guid));
+				json_object_set_new(x, "dmk_key_guid", json_string(d->keys.dmk_key_guid));
+				json_object_set_new(x, "encrypted_by_smk", json_boolean(d->keys.dmk_by_smk));
+				json_object_set_new(x, "password_encryptions",
+				    json_integer(d->keys.npassword_encryptions));
+				json_object_set_new(x, "credentials", json_integer(d->keys.ncredentials));
+			}
+			json_object_set_new(x, "store_version", json_string(run->plans[j].ver.id));
+			if (!status) {
+				json_object_set_new(x, "result", json_string(d->outcome == OUT_OK ? "pass" :
+				    d->outcome == OUT_SKIPPED ? "skipped" : "gap"));
+				json_object_set_new(x, "detail", json_string(d->detail));
+			}
+			json_array_append_new(od, x);
+			if (a->output != OUTPUT_TEXT)
+				continue;
+			if (status)
+				fprintf(a->out, "    %-24s DMK %s: %s, %d password encryption(s); %d "
+				    "credential(s) here; store version %s\n", run->plans[j].db->name,
+				    d->have_keys && d->keys.dmk_key_guid[0] ? d->keys.dmk_key_guid : "(none)",
+				    d->have_keys && d->keys.dmk_by_smk ? "by SMK" : "not by SMK",
+				    d->have_keys ? d->keys.npassword_encryptions : 0,
+				    d->have_keys ? d->keys.ncredentials : 0,
+				    run->plans[j].ver.id[0] ? run->plans[j].ver.id : "-");
+			else if (d->outcome != OUT_SKIPPED)
+				fprintf(a->out, "    %-24s %s: %s\n", run->plans[j].db->name,
+				    d->outcome == OUT_OK ? "pass" : "GAP", d->detail);
+		}
+		json_object_set_new(o, "databases", od);
+		json_array_append_new(jreps, o);
+	}
+	json_object_set_new(jag, "replicas", jreps);
+	json_array_append_new(jags, jag);
+}
+
+static int
+status_work(struct rep_run *rr, struct sql_session *s)
+{
+	size_t i;
+	struct dmk_err e;
+
+	for (i = 0; i < rr->run->nplans; i++)
+		if (rr->run->plans[i].in_ag &&
+		    sql_db_keys(s, rr->run->plans[i].db->name, &rr->dbs[i].keys, &e) == 0)
+			rr->dbs[i].have_keys = 1;
+	return 0;
+}
+
+static int
+run_verify_or_status(struct agent *a, int argc, char **argv, int status, struct dmk_err *err)
+{
+	static const struct option opts[] = {
+		{ "ag", required_argument, NULL, 'a' },
+		{ "database", required_argument, NULL, 'd' },
+		{ "failover-test", no_argument, NULL, 'f' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *agf = NULL, *dbf = NULL;
+	const struct conf_ag **ags = NULL;
+	size_t nags = 0, i, j;
+	int ch, fo = 0, r, worst = 0;
+	json_t *jags = json_array();
+
+	while ((ch = getopt_long(argc, argv, "a:d:f", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'a': agf = optarg; break;
+		case 'd': dbf = optarg; break;
+		case 'f':
+			if (!status) {
+				fo = 1;
+				break;
+			}
+			/* fall through */
+		default:
+			json_decref(jags);
+			return dmk_errf(err, DMK_ERR_USAGE, status ? "usage: dmkagent status [--ag AG] "
+			    "[--database DB]" : "usage: dmkagent verify [--ag AG] [--database DB] "
+			    "[--failover-test]");
+		}
+	}
+	if ((r = ag_select(a, agf, dbf, &ags, &nags, err)) != 0) {
+		json_decref(jags);
+		return r;
+	}
+	if (fo && (r = agent_begin(a, "verify --failover-test", err)) != 0)
+		goto out;
+	for (i = 0; i < nags; i++) {
+		struct ag_run run;
+		struct dmk_err e;
+
+		if ((r = ag_open(a, ags[i], dbf, !status, &run, &e)) != 0) {
+			fprintf(stderr, "dmkagent: %s\n", e.msg);
+			if (worst == 0 || dmk_exit_code(r) == DMK_EXIT_UNREACHABLE)
+				worst = r, *err = e;
+			ag_close(&run);
+			continue;
+		}
+		if (a->output == OUTPUT_TEXT)
+			fprintf(a->out, "%s: %zu replica(s), primary %s\n", ags[i]->name,
+			    run.info.nreplicas, run.info.primary);
+		r = ag_each_replica(&run, status ? status_work : verify_work);
+		for (j = 0; j < run.nplans; j++)
+			if (!run.plans[j].usable && !status)
+				r = DMK_ERR_INCOMPLETE;
+		if (fo && failover_test(a, &run) != 0)
+			r = DMK_ERR_INCOMPLETE;
+		if (fo) {
+			struct audit_target t = { ags[i]->name, NULL, NULL };
+			agent_audit(a, "failover-test", &t, NULL, r == 0 ? "ok" : "gap", NULL);
+		}
+		print_run(a, &run, jags, status);
+		if (r != 0 && worst == 0)
+			worst = r;
+		ag_close(&run);
+	}
+	if (a->output == OUTPUT_JSON) {
+		json_t *root = json_object();
+		char *s;
+		json_object_set_new(root, "command", json_string(status ? "status" : "verify"));
+		if (!status)
+			json_object_set_new(root, "pass", json_boolean(worst == 0));
+		json_object_set_new(root, "ags", jags);
+		jags = NULL;
+		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		fprintf(a->out, "%s\n", s);
+		json_free_dump(s);
+		json_decref(root);
+	} else if (!status)
+		fprintf(a->out, worst == 0 ? "verify: every replica passes\n" :
+		    "verify: gaps found (see above)\n");
+	if (worst == DMK_ERR_INCOMPLETE)
+		dmk_errf(err, worst, status ? "some replica was not reached" :
+		    "not every replica can open every DMK after a failover");
+	if (status && worst == DMK_ERR_INCOMPLETE)
+		worst = DMK_ERR_INCOMPLETE;
+	r = worst;
+	if (fo)
+		agent_end(a, "verify --failover-test", r);
+out:
+	json_decref(jags);
+	free(ags);
+	return r;
+}
+
+int
+cmd_verify(struct agent *a, int argc, char **argv, struct dmk_err *err)
+{
+	return run_verify_or_status(a, argc, argv, 0, err);
+}
+
+int
+cmd_status(struct agent *a, int argc, char **argv, struct dmk_err *err)
+{
+	return run_verify_or_status(a, argc, argv, 1, err);
+}

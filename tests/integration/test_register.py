@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""register / verify / status end to end: dmkagent against sqlsim (an AG over
+TDS+TLS) and vaultsim (HashiCorp Vault), as a DBA would run it."""
+import json
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lab import Lab, strong_password, write_secret  # noqa: E402
+
+
+def plaintext(rows):
+    return [r[0] for r in rows if r[0] is not None]
+
+
+class Register(unittest.TestCase):
+    nodes = 3
+
+    def setUp(self):
+        self.lab = Lab(nodes=self.nodes).__enter__()
+
+    def tearDown(self):
+        self.lab.__exit__(None, None, None)
+
+    def assertNoCanary(self, secret):
+        rc, out, err = self.lab.last
+        self.assertNotIn(secret, out)
+        self.assertNotIn(secret, err)
+        self.assertNotIn(secret, self.lab.audit_text())
+
+    def test_register_every_replica_then_failover_decrypts_everywhere(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        # Before: a secondary made primary cannot open the DMK (the runbook's NULLs).
+        lab.failover(1)
+        self.assertEqual(plaintext(lab.check_query()), [], "DMK opened without registration?")
+        lab.failover(0)
+        rc, out, err = lab.agent("verify")
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("GAP", out)
+
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(out.count("registered"), self.nodes, out)
+        self.assertNoCanary(lab.dmk_password)
+        for n in range(self.nodes):
+            self.assertEqual(len(lab.credentials(n)), 1, f"node {n}")
+
+        rc, out, err = lab.agent("verify")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("every replica passes", out)
+
+        # The seed runbook's proof: fail over to each node, the check query decrypts.
+        for n in list(range(1, self.nodes)) + [0]:
+            lab.failover(n)
+            rows = lab.check_query()
+            self.assertTrue(rows and all(r[0] is not None for r in rows), f"node {n}: {rows}")
+
+        rc, out, err = lab.agent("--output", "json", "status")
+        self.assertEqual(rc, 0, err)
+        st = json.loads(out)
+        self.assertEqual(len(st["ags"][0]["replicas"]), self.nodes)
+        self.assertEqual(rc, 0)
+        rc, out, err = lab.agent("audit", "verify", lab.audit_log)
+        self.assertEqual(rc, 0, err)
+
+    def test_second_run_changes_nothing(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        self.assertEqual(lab.agent("register")[0], 0, lab.last)
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("nothing to change", out)
+        self.assertIn("already registered", out)
+        for n in range(self.nodes):
+            self.assertEqual(len(lab.credentials(n)), 1)
+
+    def test_dry_run_changes_nothing(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        rc, out, err = lab.agent("register", "--dry-run")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("would register", out)
+        for n in range(self.nodes):
+            self.assertEqual(lab.credentials(n), [])
+
+    def test_wrong_password_in_store_registers_nothing(self):
+        lab = self.lab
+        lab.put_dmk_password(value=strong_password())
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("does not open the database master key on the primary", out + err)
+        self.assertIn("hcv:sql/ag1/cm_p01/dmk#password (store version 1)", out + err)
+        for n in range(self.nodes):
+            self.assertEqual(lab.credentials(n), [], f"node {n}")
+
+    def test_replica_down_then_rerun_completes(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        lab.control("/nodes/2/down", {})
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("SQLNODE3", out)
+        self.assertIn("NOT REACHED", out)
+        self.assertEqual(len(lab.credentials(0)), 1)
+        self.assertEqual(len(lab.credentials(1)), 1)
+        lab.control("/nodes/2/up", {})
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(len(lab.credentials(2)), 1)
+        self.assertEqual(lab.agent("verify")[0], 0, lab.last)
+
+    def test_wrong_ca_refused(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        lab.write_config(ca=lab.pki["other_ca_pem"])
+        rc, out, err = lab.agent("register")
+        self.assertNotEqual(rc, 0)
+        self.assertRegex(err.lower(), "certificate|tls")
+        for n in range(self.nodes):
+            self.assertEqual(lab.credentials(n), [])
+
+    def test_least_privilege_login_gets_clear_message(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        pw = strong_password()
+        lab.query("CREATE LOGIN lowpriv WITH PASSWORD = N'%s'" % pw.replace("'", "''"), node=0)
+        for n in range(1, self.nodes):
+            try:
+                lab.query("CREATE LOGIN lowpriv WITH PASSWORD = N'%s'" % pw.replace("'", "''"), node=n)
+            except Exception:
+                pass
+        lab.write_config(login="lowpriv",
+                         login_password_file=write_secret(os.path.join(lab.dir, "lp"), pw))
+        rc, out, err = lab.agent("register")
+        self.assertNotEqual(rc, 0)
+        self.assertRegex(out + err, "(?i)permission|CONTROL")
+        self.assertNotIn(pw, out + err)
+
+
+class RegisterFive(Register):
+    nodes = 5
+
+    # the five-node class reruns only the main scenario
+    test_second_run_changes_nothing = None
+    test_dry_run_changes_nothing = None
+    test_wrong_password_in_store_registers_nothing = None
+    test_replica_down_then_rerun_completes = None
+    test_wrong_ca_refused = None
+    test_least_privilege_login_gets_clear_message = None
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)   # None attributes above are not collected
