@@ -1,2 +1,280 @@
-/* quote.c: placeholder until the sql/ issue lands. */
+/*
+ * quote.c: the one door for T-SQL text.  Statements are built only from
+ * fixed text written by us (sql_stmt_raw) and values that pass through a
+ * quoting helper: identifiers as QUOTENAME does it ([..] with ]] doubling),
+ * string literals as N'..' with '' doubling.  The text lives in a struct
+ * secret, so a statement that carries a password literal is wiped when it
+ * is freed, and a statement that ever held a secret says so
+ * (sql_stmt_has_secret) and is never logged.
+ *
+ * Names are sysname: nvarchar(128), so "128 characters" counts UTF-16 code
+ * units as SQL Server does (a character outside the BMP counts twice).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "../agent/dmk.h"
+#include "../agent/secret.h"
+#include "sql_int.h"
+
+#define SQL_SYSNAME_MAX 128
+
+struct sql_stmt {
+	struct secret *text;
+	int has_secret;
+	int failed;            /* an append failed: the text is incomplete */
+};
+
+long
+sql_utf16_units(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s, *e = p + len;
+	long units = 0;
+
+	while (p < e) {
+		unsigned c = *p, cp;
+		size_t n, i;
+
+		if (c == 0)
+			return -1;
+		if (c < 0x80) {
+			p++;
+			units++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) { n = 1; cp = c & 0x1f; }
+		else if (c >= 0xe0 && c <= 0xef) { n = 2; cp = c & 0x0f; }
+		else if (c >= 0xf0 && c <= 0xf4) { n = 3; cp = c & 0x07; }
+		else return -1;
+		if ((size_t)(e - p) <= n)
+			return -1;
+		for (i = 1; i <= n; i++) {
+			if ((p[i] & 0xc0) != 0x80)
+				return -1;
+			cp = (cp << 6) | (p[i] & 0x3f);
+		}
+		if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			return -1;
+		units += cp >= 0x10000 ? 2 : 1;
+		p += n + 1;
+	}
+	return units;
+}
+
+int
+sql_valid_name(const char *name)
+{
+	long n;
+
+	if (name == NULL)
+		return 0;
+	n = sql_utf16_units(name, strlen(name));
+	return n >= 1 && n <= SQL_SYSNAME_MAX;
+}
+
+static int
+name_error(const char *name, struct dmk_err *err)
+{
+	long n;
+
+	if (name == NULL || *name == '\0')
+		return dmk_errf(err, DMK_ERR_BADINPUT, "empty SQL name");
+	n = sql_utf16_units(name, strlen(name));
+	if (n < 0)
+		return dmk_errf(err, DMK_ERR_BADINPUT, "SQL name is not valid UTF-8");
+	return dmk_errf(err, DMK_ERR_BADINPUT,
+	    "SQL name is %ld characters long; SQL Server allows at most %d", n, SQL_SYSNAME_MAX);
+}
+
+int
+sql_quote_ident(const char *name, char *out, size_t outlen, struct dmk_err *err)
+{
+	size_t i, o = 0;
+
+	if (!sql_valid_name(name))
+		return name_error(name, err);
+	if (outlen < 1)
+		return dmk_errf(err, DMK_ERR_TOOBIG, "no room for the quoted name");
+#define PUT(ch) do { if (o + 1 >= outlen) goto toobig; out[o++] = (ch); } while (0)
+	PUT('[');
+	for (i = 0; name[i] != '\0'; i++) {
+		PUT(name[i]);
+		if (name[i] == ']')
+			PUT(']');
+	}
+	PUT(']');
+#undef PUT
+	out[o] = '\0';
+	return 0;
+toobig:
+	out[0] = '\0';
+	return dmk_errf(err, DMK_ERR_TOOBIG, "no room for the quoted name");
+}
+
+struct sql_stmt *
+sql_stmt_new(void)
+{
+	struct sql_stmt *st;
+
+	if ((st = calloc(1, sizeof(*st))) == NULL)
+		return NULL;
+	if ((st->text = secret_new()) == NULL) {
+		free(st);
+		return NULL;
+	}
+	return st;
+}
+
+void
+sql_stmt_free(struct sql_stmt *st)
+{
+	if (st == NULL)
+		return;
+	secret_free(st->text);
+	free(st);
+}
+
+const char *
+sql_stmt_text(const struct sql_stmt *st)
+{
+	if (st == NULL || st->failed)
+		return NULL;
+	return secret_reveal(st->text);
+}
+
+int
+sql_stmt_has_secret(const struct sql_stmt *st)
+{
+	return st != NULL && st->has_secret;
+}
+
+static int
+put(struct sql_stmt *st, const void *p, size_t n)
+{
+	int r;
+
+	if (st->failed)
+		return DMK_ERR_INTERNAL;
+	if ((r = secret_append(st->text, p, n)) != 0)
+		st->failed = 1;
+	return r;
+}
+
+int
+sql_stmt_raw(struct sql_stmt *st, const char *sql)
+{
+	return put(st, sql, strlen(sql));
+}
+
+int
+sql_stmt_ident(struct sql_stmt *st, const char *name, struct dmk_err *err)
+{
+	const char *p;
+	int r;
+
+	if (!sql_valid_name(name)) {
+		st->failed = 1;
+		return name_error(name, err);
+	}
+	if ((r = put(st, "[", 1)) != 0)
+		goto fail;
+	for (p = name; *p; p++)
+		if ((r = put(st, p, *p == ']' ? 0 : 1)) != 0 ||
+		    (*p == ']' && (r = put(st, "]]", 2)) != 0))
+			goto fail;
+	if ((r = put(st, "]", 1)) != 0)
+		goto fail;
+	return 0;
+fail:
+	return dmk_errf(err, r, "cannot build SQL statement: %s", dmk_strerror(r));
+}
+
+/* N'..' around len bytes of UTF-8, doubling quotes. */
+static int
+put_nliteral(struct sql_stmt *st, const char *s, size_t len, struct dmk_err *err)
+{
+	size_t i, start;
+	int r;
+
+	if (memchr(s, '\0', len) != NULL || sql_utf16_units(s, len) < 0) {
+		st->failed = 1;
+		return dmk_errf(err, DMK_ERR_BADINPUT, "text for a SQL literal is not valid UTF-8 "
+		    "or holds a NUL");
+	}
+	if ((r = put(st, "N'", 2)) != 0)
+		goto fail;
+	for (i = start = 0; i < len; i++) {
+		if (s[i] != '\'')
+			continue;
+		if ((r = put(st, s + start, i - start)) != 0 || (r = put(st, "''", 2)) != 0)
+			goto fail;
+		start = i + 1;
+	}
+	if ((r = put(st, s + start, len - start)) != 0 || (r = put(st, "'", 1)) != 0)
+		goto fail;
+	return 0;
+fail:
+	return dmk_errf(err, r, "cannot build SQL statement: %s", dmk_strerror(r));
+}
+
+int
+sql_stmt_nstr(struct sql_stmt *st, const char *text, struct dmk_err *err)
+{
+	if (text == NULL) {
+		st->failed = 1;
+		return dmk_errf(err, DMK_ERR_BADINPUT, "no text for a SQL literal");
+	}
+	return put_nliteral(st, text, strlen(text), err);
+}
+
+int
+sql_stmt_secret(struct sql_stmt *st, const struct secret *pw, struct dmk_err *err)
+{
+	int r;
+
+	/* Flag first: even a half-built statement may hold part of it. */
+	st->has_secret = 1;
+	if (pw == NULL || secret_len(pw) == 0) {
+		st->failed = 1;
+		return dmk_errf(err, DMK_ERR_BADINPUT, "empty password for a SQL literal");
+	}
+	r = put_nliteral(st, secret_reveal(pw), secret_len(pw), err);
+	if (r == DMK_ERR_BADINPUT)
+		return dmk_errf(err, r, "the password is not valid UTF-8 or holds a NUL");
+	return r;
+}
+
+int
+sql_stmt_bin(struct sql_stmt *st, const unsigned char *b, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char pair[2];
+	size_t i;
+	int r;
+
+	if ((r = put(st, "0x", 2)) != 0)
+		return r;
+	for (i = 0; i < n; i++) {
+		pair[0] = hex[b[i] >> 4];
+		pair[1] = hex[b[i] & 15];
+		if ((r = put(st, pair, 2)) != 0)
+			return r;
+	}
+	return 0;
+}
+
+int
+sql_stmt_int(struct sql_stmt *st, long long v)
+{
+	char tmp[32];
+	int n;
+
+	n = snprintf(tmp, sizeof(tmp), "%lld", v);
+	/* A negative number after "-" or "--" context must not form a comment. */
+	if (v < 0)
+		return put(st, "(", 1) || put(st, tmp, (size_t)n) || put(st, ")", 1) ?
+		    DMK_ERR_NOMEM : 0;
+	return put(st, tmp, (size_t)n);
+}

@@ -57,8 +57,20 @@ struct sql_session;
 
 int sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
     struct sql_session **out, struct dmk_err *err);
+/*
+ * sql_connect() errors: DMK_ERR_TLS (PRELOGIN not ON/REQ, certificate not
+ * vouched for by the CA or not for tls_name; nothing was sent), DMK_ERR_AUTH
+ * (18456; or integrated login without a Kerberos ticket), DMK_ERR_DENIED
+ * (4060: the login cannot open its database), DMK_ERR_UNREACHABLE,
+ * DMK_ERR_TIMEOUT, DMK_ERR_CONFIG (unreadable CA file; TDSDUMP set, which
+ * would make FreeTDS write the session to a file).  With integrated, the
+ * Kerberos service name is MSSQLSvc/<host>:<port> from the endpoint as
+ * given: use the FQDN the SPN was registered with.  Sessions may be used
+ * from different threads, one thread per session at a time.
+ */
 void sql_close(struct sql_session *s);
-/* The last SQL Server error seen on this session (number 0 if none). */
+/* The last SQL Server error seen on this session (number 0 if none): the
+ * first error (severity > 10) of the most recent call that had one. */
 const struct sql_error *sql_last_error(const struct sql_session *s);
 
 /* ---- results ---- */
@@ -123,16 +135,21 @@ struct sql_param {
 	size_t len;
 	int is_null;
 };
-/* One procedure call; *retstatus gets RETURN's value. */
+/* One procedure call; *retstatus gets RETURN's value.  NVARCHAR values are
+ * 1..4000 bytes of UTF-8 (db-lib sends an empty string as NULL: refused). */
 int sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
     int *retstatus, struct dmk_err *err);
 
 /* ---- the calls the agent makes ---- */
-/* sp_control_dbmasterkey_password @db_name, @password, @action = add|drop. */
+/* sp_control_dbmasterkey_password @db_name, @password, @action = add|drop.
+ * Already provisioned (15594) and not provisioned (15595) come back as
+ * DMK_ERR_SQL: read sql_last_error(s)->number.  No CONTROL: DMK_ERR_DENIED. */
 int sql_dmk_password(struct sql_session *s, const char *db, const struct secret *pw,
     const char *action, struct dmk_err *err);
 /* USE db; OPEN MASTER KEY DECRYPTION BY PASSWORD; CLOSE MASTER KEY.
- * DMK_ERR_WRONGPASS for 15313, DMK_ERR_NOTFOUND when there is no DMK. */
+ * DMK_ERR_WRONGPASS for 15313, DMK_ERR_NOTFOUND when there is no DMK.
+ * The session stays in db afterwards.  On a secondary that does not allow
+ * reads: DMK_ERR_SQL "database not accessible on this secondary" (976). */
 int sql_dmk_probe(struct sql_session *s, const char *db, const struct secret *pw,
     struct dmk_err *err);
 /* USE [db] */
@@ -174,6 +191,8 @@ struct sql_dbkeys {
 	char credential_names[8][160];
 	int readable;              /* database readable on this replica */
 };
+/* On a secondary that does not allow reads, readable = 0 and the DMK
+ * fields stay empty: that is not an error. */
 int sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out,
     struct dmk_err *err);
 
