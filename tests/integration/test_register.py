@@ -114,7 +114,7 @@ class Register(unittest.TestCase):
     def test_wrong_ca_refused(self):
         lab = self.lab
         lab.put_dmk_password()
-        lab.write_config(ca=lab.pki["other_ca_pem"])
+        lab.write_config(ca=lab.pki["other-ca_pem"])
         rc, out, err = lab.agent("register")
         self.assertNotEqual(rc, 0)
         self.assertRegex(err.lower(), "certificate|tls")
