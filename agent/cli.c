@@ -70,6 +70,16 @@ static const struct command commands[] = {
 	  "Prints each availability group's replicas with role and health, and per\n"
 	  "database its DMK (key GUID, encryption by the service master key and by\n"
 	  "passwords), the credentials on each replica and the store's current version.\n" },
+	{ "rotate", cmd_rotate, 1,
+	  "rotate [--ag AG] [--database DB] [--if-due] [--dry-run] [--regenerate]",
+	  "rotate DMK passwords without ever losing one (a resumable state machine)",
+	  "See dmkagent(1), ROTATION.\n" },
+	{ "recover", cmd_recover, 1, "recover [--ag AG] [--database DB] [--dry-run]",
+	  "give a DMK whose password nobody knows a new password, kept in the store",
+	  "See dmkagent(1), RECOVERY.\n" },
+	{ "backup", cmd_backup, 1, "backup [--ag AG] [--database DB] [--smk] [--restore-test]",
+	  "escrow certificate, DMK and SMK backups in the store",
+	  "See dmkagent(1), BACKUPS.\n" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
 };
 

@@ -59,6 +59,46 @@ ag_select(struct agent *a, const char *agfilter, const char *dbfilter,
 	return 0;
 }
 
+int
+dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secret **out,
+    struct prov_version *ver, struct dmk_err *err)
+{
+	struct prov_version *v = NULL, *pick = NULL;
+	const char *state;
+	struct store *st;
+	size_t n = 0, i;
+	int r;
+
+	if ((r = agent_resolve(a, ref, 0, out, ver, err)) != 0 || ref->kind != REF_STORE)
+		return r;
+	state = prov_meta_get(&ver->meta, PROV_MARK_STATE);
+	if (state == NULL || strcmp(state, "pending") != 0)
+		return 0;
+	/* The newest version is a rotation's pending password: not in force. */
+	secret_free(*out);
+	*out = NULL;
+	if ((r = agent_store(a, ref->store, &st, err)) != 0)
+		return r;
+	if (st->ops->list_versions == NULL ||
+	    (r = st->ops->list_versions(st, ref, &v, &n, err)) != 0)
+		return r ? r : dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: cannot list versions", ref->text);
+	for (i = n; i-- > 0 && pick == NULL; ) {
+		const char *s2 = prov_meta_get(&v[i].meta, PROV_MARK_STATE);
+		if (v[i].deleted || v[i].destroyed || v[i].disabled)
+			continue;
+		if (s2 == NULL || strcmp(s2, "current") == 0)
+			pick = &v[i];
+	}
+	if (pick == NULL) {
+		free(v);
+		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: the only versions are pending (an "
+		    "unfinished rotate or recover); run it again to finish", ref->text);
+	}
+	r = st->ops->get(st, ref, pick->id, out, ver, err);
+	free(v);
+	return r ? dmk_err_prefix(err, "%s", ref->text) : 0;
+}
+
 static void
 endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_endpoint *ep)
 {
@@ -207,7 +247,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 			    "group %s", db->name, ag->name);
 			continue;
 		}
-		if ((r = agent_resolve(a, &db->dmk_password, 0, &p->pw, &p->ver, &e)) != 0) {
+		if ((r = dmk_password_current(a, &db->dmk_password, &p->pw, &p->ver, &e)) != 0) {
 			p->code = r;
 			snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
 			r = 0;

@@ -94,6 +94,14 @@ int ag_select(struct agent *a, const char *agfilter, const char *dbfilter,
 
 const char *rep_outcome_name(int o);
 
+/*
+ * The DMK password currently in force: the store's newest version unless
+ * it is marked pending (a rotation not yet finished: SQL Server may not
+ * know it), then the newest version marked current, or unmarked.
+ */
+int dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secret **out,
+    struct prov_version *ver, struct dmk_err *err);
+
 /* Connect to one replica, as the run's login. */
 int rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err);
 

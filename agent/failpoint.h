@@ -1,0 +1,18 @@
+/*
+ * failpoint.h: crash on purpose at a named step boundary, for the fault
+ * matrix tests.  Compiled in only with -Dfailpoints=true (scripts/test.sh
+ * builds the test binary that way); a release build has none.
+ *
+ *   DMKAGENT_FAILPOINT=rotate:after-pending dmkagent rotate
+ * kills the process with SIGKILL when it reaches that boundary.
+ */
+#ifndef DMK_FAILPOINT_H
+#define DMK_FAILPOINT_H
+
+#ifdef DMK_FAILPOINTS
+void failpoint(const char *name);
+#else
+#define failpoint(name) ((void)0)
+#endif
+
+#endif
