@@ -50,6 +50,8 @@ if [ "$node_major" -lt 20 ] && [ ! -x tests/js/.node/bin/node ]; then
   fi
 fi
 
-[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized >/dev/null
+# build/ is the development build: failpoints are compiled in (inert unless
+# DMKAGENT_FAILPOINT is set; a release build leaves -Dfailpoints at false).
+[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized -Dfailpoints=true >/dev/null
 ninja -C build >/dev/null
 echo "setup: built build/dmkagent" >&2
