@@ -41,7 +41,7 @@ def write_secret(path, value):
 
 class Lab:
     def __init__(self, nodes=3, scenario="configmgr", dmk_password=None, latency_ms=0,
-                 readable="yes", keep=False, extra_sql_args=()):
+                 readable="yes", keep=False, extra_sql_args=(), server_cert="server"):
         self.nodes = nodes
         self.scenario = scenario
         self.dmk_password = dmk_password or strong_password()
@@ -50,6 +50,7 @@ class Lab:
         self.readable = readable
         self.keep = keep or bool(os.environ.get("DMKAGENT_KEEP_LAB"))
         self.extra_sql_args = list(extra_sql_args)
+        self.server_cert = server_cert      # "server", "wrongname" or "untrusted" (pki.py)
         self.sims = []
 
     # ---- set-up ----
@@ -91,8 +92,9 @@ class Lab:
         base = free_port_block(n + 2)
         sa = write_secret(os.path.join(self.dir, "sa-password"), self.sa_password)
         argv = [PY, os.path.join(SRC, "tests/sim/sqlsim"), "--state", os.path.join(self.dir, "sql"),
-                "--nodes", str(n), "--port", str(base), "--tls-cert", self.pki["server_pem"],
-                "--tls-key", self.pki["server_key"], "--sa-password-file", sa,
+                "--nodes", str(n), "--port", str(base),
+                "--tls-cert", self.pki[self.server_cert + "_pem"],
+                "--tls-key", self.pki[self.server_cert + "_key"], "--sa-password-file", sa,
                 "--scenario", self.scenario, "--readable-secondaries", self.readable]
         if self.dmk_password is not None and self.scenario == "configmgr":
             argv += ["--dmk-password-file",
