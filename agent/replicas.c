@@ -299,15 +299,23 @@ rep_thread(void *arg)
 	struct sql_session *s = NULL;
 	struct dmk_err e;
 
+	int progress = isatty(STDERR_FILENO) && !rr->run->a->quiet;
+
+	if (progress)
+		fprintf(stderr, "  %s: connecting to %s:%d\n", rr->rep->name, rr->ep.host, rr->ep.port);
 	if (rep_connect(rr, &s, &e) != 0) {
 		rr->reached = 0;
 		rr->code = e.code;
 		util_strlcpy(rr->error, e.msg, sizeof(rr->error));
+		if (progress)
+			fprintf(stderr, "  %s: not reached\n", rr->rep->name);
 		return NULL;
 	}
 	rr->reached = 1;
 	rr->code = rr->run->work(rr, s);
 	sql_close(s);
+	if (progress)
+		fprintf(stderr, "  %s: %s\n", rr->rep->name, rr->code == 0 ? "done" : "done, with problems");
 	return NULL;
 }
 

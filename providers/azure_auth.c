@@ -898,7 +898,7 @@ tok_managed(struct az_cred *c, struct dmk_err *err)
 	struct buf url, hdr;
 	char resource[300];
 	const char *d;
-	int r = 0;
+	int r = 0, builtin = 0;
 
 	/* The resource is the scope without "/.default". */
 	util_strlcpy(resource, c->scope, sizeof(resource));
@@ -929,8 +929,10 @@ tok_managed(struct az_cred *c, struct dmk_err *err)
 	}
 	/* IMDS.  AZURE_POD_IDENTITY_AUTHORITY_HOST is the SDKs' override. */
 	if ((d = getenv(AZ_ENV_IMDS)) == NULL || *d == '\0')
-		if ((d = getenv("AZURE_POD_IDENTITY_AUTHORITY_HOST")) == NULL || *d == '\0')
+		if ((d = getenv("AZURE_POD_IDENTITY_AUTHORITY_HOST")) == NULL || *d == '\0') {
 			d = AZ_IMDS_DEFAULT;
+			builtin = 1;
+		}
 	if (buf_puts(&url, d) != 0) {
 		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 		goto out;
@@ -949,7 +951,7 @@ tok_managed(struct az_cred *c, struct dmk_err *err)
 	http_req_header(&req, "Metadata: true");
 	req.url = url.data;
 	/* Real IMDS is plain HTTP on the link-local address; overrides stay https. */
-	req.allow_imds_http = d == AZ_IMDS_DEFAULT;
+	req.allow_imds_http = builtin;
 	req.retry_status = imds_retry_status;
 	r = token_call(c, "IMDS managed identity token", &req, err);
 out:

@@ -139,6 +139,46 @@ class Register(unittest.TestCase):
         self.assertNotIn(pw, out + err)
 
 
+    def test_failover_test_visits_every_replica_and_returns(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        self.assertEqual(lab.agent("register")[0], 0, lab.last)
+        rc, out, err = lab.agent("verify", "--failover-test")
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(out.count("as primary: DMK opens, certificate decrypts"), self.nodes, out)
+        st = lab.control("/status")
+        self.assertEqual(st["primary"], "SQLNODE1", st)
+
+    def test_connection_dropped_mid_register_converges(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        lab.control("/faults", {"drop_at_pattern": "sp_control_dbmasterkey_password",
+                                "drop_when": "after", "drop_node": "SQLNODE2"})
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 3, out + err)
+        lab.control("/faults/clear", {})
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(lab.agent("verify")[0], 0, lab.last)
+        for n in range(self.nodes):
+            self.assertEqual(len(lab.credentials(n)), 1, f"node {n}")
+
+    def test_failover_during_register_converges(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        for k in (2, 5, 8, 11):
+            lab.control("/faults", {"failover_at_statement": k, "failover_target": "SQLNODE2"})
+            rc, out, err = lab.agent("register")
+            self.assertIn(rc, (0, 3), out + err)
+            lab.control("/faults/clear", {})
+            rc, out, err = lab.agent("register")
+            self.assertEqual(rc, 0, f"k={k}: {out}{err}")
+            self.assertEqual(lab.agent("verify")[0], 0, lab.last)
+            lab.control("/failover", {"target": "SQLNODE1"})
+        for n in range(self.nodes):
+            self.assertEqual(len(lab.credentials(n)), 1, f"node {n}")
+
+
 class RegisterFive(Register):
     nodes = 5
 
@@ -149,6 +189,9 @@ class RegisterFive(Register):
     test_replica_down_then_rerun_completes = None
     test_wrong_ca_refused = None
     test_least_privilege_login_gets_clear_message = None
+    test_failover_test_visits_every_replica_and_returns = None
+    test_connection_dropped_mid_register_converges = None
+    test_failover_during_register_converges = None
 
 
 if __name__ == "__main__":
