@@ -20,27 +20,9 @@
 
 #include "dmk.h"
 #include "secret.h"
+#include "buf.h"
 #include "cli.h"
 #include "replicas.h"
-
-static int
-new_credential(const struct sql_dbkeys *before, const struct sql_dbkeys *after, char *out,
-    size_t len)
-{
-	int i, j;
-
-	for (i = 0; i < after->ncredentials && i < 8; i++) {
-		int seen = 0;
-		for (j = 0; j < before->ncredentials && j < 8; j++)
-			if (strcmp(after->credential_names[i], before->credential_names[j]) == 0)
-				seen = 1;
-		if (!seen) {
-			util_strlcpy(out, after->credential_names[i], len);
-			return 1;
-		}
-	}
-	return 0;
-}
 
 /*
  * --prune, on the primary: which older store versions hold a password that
@@ -109,68 +91,222 @@ prune_work(struct rep_run *rr, struct sql_session *s)
 	return 0;
 }
 
+/* Databases per sp_executesql: the statement text must stay under 4000 bytes. */
+#define ADD_CHUNK 36
+
+/*
+ * Add the password of plans[from..to) in one round trip: one sp_executesql
+ * RPC whose statement runs sp_control_dbmasterkey_password once per
+ * database, names and passwords as typed parameters (never in the text).
+ * *ambiguous is set when an error other than 15594 occurred: which
+ * database it belonged to is then not known.
+ */
+static int
+add_chunk(struct ag_run *run, struct sql_session *s, size_t *idx, size_t n, int *ambiguous,
+    int *n15594, struct dmk_err *err)
+{
+	struct sql_param *p = NULL;
+	struct buf text, decl;
+	char (*names)[16] = NULL;
+	int errs[64], r = 0;
+	size_t i, k = 0, ne;
+
+	*ambiguous = 0;
+	*n15594 = 0;
+	buf_init(&text, 0);
+	buf_init(&decl, 0);
+	if ((p = calloc(2 * n + 2, sizeof(*p))) == NULL ||
+	    (names = calloc(2 * n, sizeof(*names))) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	p[k].name = "@stmt";
+	p[k++].type = SQLP_NVARCHAR;
+	p[k].name = "@params";
+	p[k++].type = SQLP_NVARCHAR;
+	for (i = 0; i < n; i++) {
+		struct db_plan *pl = &run->plans[idx[i]];
+		snprintf(names[2 * i], sizeof(names[0]), "@d%zu", i);
+		snprintf(names[2 * i + 1], sizeof(names[0]), "@p%zu", i);
+		buf_printf(&text, "EXEC sp_control_dbmasterkey_password @db_name = @d%zu, "
+		    "@password = @p%zu, @action = N'add';\n", i, i);
+		buf_printf(&decl, "%s@d%zu nvarchar(128), @p%zu nvarchar(128)", i ? ", " : "", i, i);
+		p[k].name = names[2 * i];
+		p[k].type = SQLP_NVARCHAR;
+		p[k++].str = pl->db->name;
+		p[k].name = names[2 * i + 1];
+		p[k].type = SQLP_NVARCHAR;
+		p[k++].secret = pl->pw;
+	}
+	p[0].str = text.data;
+	p[1].str = decl.data;
+	r = sql_rpc(s, "sp_executesql", p, k, NULL, err);
+	ne = sql_call_errors(s, errs, 64);
+	for (i = 0; i < ne && i < 64; i++) {
+		if (errs[i] != 15594)
+			*ambiguous = 1;
+		else
+			(*n15594)++;
+	}
+	if (ne > 64)
+		*ambiguous = 1;
+	if (r == DMK_ERR_SQL && ne > 0)
+		r = 0;   /* statement errors: the credentials tell what happened */
+out:
+	free(p);
+	free(names);
+	buf_free(&text);
+	buf_free(&decl);
+	return r;
+}
+
 static int
 register_work(struct rep_run *rr, struct sql_session *s)
 {
 	struct ag_run *run = rr->run;
-	size_t i;
-	int failed = 0;
+	struct sql_result *before = NULL, *after = NULL;
+	size_t *idx = NULL, nidx = 0, i, c;
+	int failed = 0, r, *chunk_present = NULL;
+	struct dmk_err e;
 
+	if ((idx = calloc(run->nplans + 1, sizeof(*idx))) == NULL ||
+	    (chunk_present = calloc(run->nplans / ADD_CHUNK + 2, sizeof(int))) == NULL) {
+		free(idx);
+		return DMK_ERR_NOMEM;
+	}
+	if ((r = rep_credentials(s, &before, &e)) != 0) {
+		/* cannot read the catalog: every database fails with that reason */
+		for (i = 0; i < run->nplans; i++)
+			if (run->plans[i].usable) {
+				rr->dbs[i].outcome = OUT_FAILED;
+				util_strlcpy(rr->dbs[i].detail, e.msg, sizeof(rr->dbs[i].detail));
+			}
+		free(idx);
+		free(chunk_present);
+		return DMK_ERR_INCOMPLETE;
+	}
 	for (i = 0; i < run->nplans; i++) {
 		struct db_plan *p = &run->plans[i];
 		struct rep_db *d = &rr->dbs[i];
-		struct sql_dbkeys after;
-		struct audit_target t = { run->ag->name, rr->rep->name, p->db->name };
-		struct audit_keys k;
-		struct dmk_err e;
-		int r;
 
 		if (!p->usable) {
 			d->outcome = OUT_SKIPPED;
 			continue;
 		}
-		if (sql_db_keys(s, p->db->name, &d->keys, &e) == 0)
-			d->have_keys = 1;
+		d->keys.ncredentials = creds_of(before, p->primary_keys.family_guid,
+		    d->keys.credential_names);
+		util_strlcpy(d->keys.family_guid, p->primary_keys.family_guid,
+		    sizeof(d->keys.family_guid));
+		d->have_keys = 1;
 		if (run->dry_run) {
 			d->outcome = OUT_WOULD_ADD;
 			snprintf(d->detail, sizeof(d->detail), "%d credential(s) for this database "
 			    "now; SQL Server does not tell which password each holds",
-			    d->have_keys ? d->keys.ncredentials : -1);
+			    d->keys.ncredentials);
 			continue;
 		}
-		r = sql_dmk_password(s, p->db->name, p->pw, "add", &e);
+		idx[nidx++] = i;
+	}
+	/* One round trip per chunk of databases. */
+	for (i = 0; i < nidx; i += ADD_CHUNK) {
+		size_t n = nidx - i < ADD_CHUNK ? nidx - i : ADD_CHUNK, j;
+		int ambiguous = 0, n15594 = 0;
+
+		r = add_chunk(run, s, idx + i, n, &ambiguous, &n15594, &e);
+		chunk_present[i / ADD_CHUNK] = ambiguous ? -1 : n15594;
+		for (j = 0; j < n; j++) {
+			struct rep_db *d = &rr->dbs[idx[i + j]];
+			if (r != 0) {
+				d->outcome = OUT_FAILED;
+				util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+			} else
+				d->outcome = OUT_NONE;   /* the credentials tell, below */
+		}
+	}
+	if (nidx > 0 && rep_credentials(s, &after, &e) != 0)
+		after = NULL;
+	/* Pass 1: a credential that was not there before is ours. */
+	for (i = 0; i < nidx && after != NULL; i++) {
+		struct db_plan *p = &run->plans[idx[i]];
+		struct rep_db *d = &rr->dbs[idx[i]];
+		char now[8][160];
+		int nnow, a2, b2, seen;
+
+		if (d->outcome != OUT_FAILED) {
+			memset(now, 0, sizeof(now));
+			nnow = creds_of(after, p->primary_keys.family_guid, now);
+			for (a2 = 0; a2 < nnow && a2 < 8 && !d->credential[0]; a2++) {
+				for (b2 = 0, seen = 0; b2 < d->keys.ncredentials && b2 < 8; b2++)
+					if (strcmp(now[a2], d->keys.credential_names[b2]) == 0)
+						seen = 1;
+				if (!seen) {
+					util_strlcpy(d->credential, now[a2], sizeof(d->credential));
+					d->outcome = OUT_ADDED;
+				}
+			}
+		}
+	}
+	/*
+	 * Pass 2: in a chunk whose only errors were 15594, one per database
+	 * without a new credential, those databases had the password already.
+	 */
+	for (c = 0; c * ADD_CHUNK < nidx && after != NULL; c++) {
+		size_t lo = c * ADD_CHUNK, hi = lo + ADD_CHUNK < nidx ? lo + ADD_CHUNK : nidx, j;
+		int quiet = 0;
+		for (j = lo; j < hi; j++)
+			quiet += rr->dbs[idx[j]].outcome == OUT_NONE;
+		if (chunk_present[c] >= 0 && quiet == chunk_present[c])
+			for (j = lo; j < hi; j++)
+				if (rr->dbs[idx[j]].outcome == OUT_NONE)
+					rr->dbs[idx[j]].outcome = OUT_PRESENT;
+	}
+	for (i = 0; i < nidx; i++) {
+		struct db_plan *p = &run->plans[idx[i]];
+		struct rep_db *d = &rr->dbs[idx[i]];
+		struct audit_target t = { run->ag->name, rr->rep->name, p->db->name };
+		struct audit_keys k;
+
+		if (d->outcome == OUT_NONE) {
+			/* The batch cannot tell: ask for this database alone. */
+			r = sql_dmk_password(s, p->db->name, p->pw, "add", &e);
+			if (r == 0)
+				d->outcome = OUT_ADDED;
+			else if (sql_last_error(s)->number == 15594)
+				d->outcome = OUT_PRESENT;
+			else {
+				d->outcome = OUT_FAILED;
+				util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+			}
+		}
+		if (d->outcome == OUT_FAILED)
+			failed = 1;
 		memset(&k, 0, sizeof(k));
 		k.family_guid = p->primary_keys.family_guid;
 		k.dmk_key_guid = p->primary_keys.dmk_key_guid;
 		k.store = p->store;
 		k.reference = p->db->dmk_password.text;
 		k.version = p->ver.id;
-		if (r == 0) {
-			d->outcome = OUT_ADDED;
-			if (d->have_keys && sql_db_keys(s, p->db->name, &after, &e) == 0)
-				new_credential(&d->keys, &after, d->credential, sizeof(d->credential));
-		} else if (sql_last_error(s)->number == 15594) {
-			d->outcome = OUT_PRESENT;
-		} else {
-			d->outcome = OUT_FAILED;
-			util_strlcpy(d->detail, e.msg, sizeof(d->detail));
-			failed = 1;
-		}
 		agent_audit(run->a, "register", &t, &k, d->outcome == OUT_FAILED ? "failed" :
 		    d->outcome == OUT_ADDED ? "added" : "unchanged",
 		    d->outcome == OUT_FAILED ? d->detail : NULL);
-		if (d->outcome != OUT_FAILED) {
-			if (regstate_set(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
-			    p->db->dmk_password.text, p->ver.id, d->credential, &e) != 0)
-				log_warn("%s", e.msg);
-			if (d->have_keys && d->keys.ncredentials > (d->outcome == OUT_PRESENT ? 1 : 0))
+		if (d->outcome == OUT_FAILED)
+			continue;
+		if (regstate_set(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
+		    p->db->dmk_password.text, p->ver.id, d->credential, &e) != 0)
+			log_warn("%s", e.msg);
+		{
+			int others = d->keys.ncredentials - (d->outcome == OUT_PRESENT);
+			if (others > 0)
 				snprintf(d->detail, sizeof(d->detail), "%d other credential(s) for this "
-				    "database%s", d->keys.ncredentials - (d->outcome == OUT_PRESENT),
-				    run->prune ? "" : " (stale? see --prune)");
-			if (run->prune && rr->is_primary)
-				find_stale(rr, s, p);
+				    "database%s", others, run->prune ? "" : " (stale? see --prune)");
 		}
+		if (run->prune && rr->is_primary)
+			find_stale(rr, s, p);
 	}
+	sql_result_free(before);
+	sql_result_free(after);
+	free(idx);
+	free(chunk_present);
 	return failed ? DMK_ERR_INCOMPLETE : 0;
 }
 

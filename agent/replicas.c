@@ -120,6 +120,33 @@ endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_e
 }
 
 int
+rep_credentials(struct sql_session *s, struct sql_result **out, struct dmk_err *err)
+{
+	return sql_query(s, "SELECT m.family_guid AS family_guid, c.name AS name "
+	    "FROM sys.master_key_passwords AS m JOIN sys.credentials AS c "
+	    "ON c.credential_id = m.credential_id ORDER BY c.name", out, err);
+}
+
+int
+creds_of(const struct sql_result *all, const char *family, char names[8][160])
+{
+	const struct sql_value *f, *n;
+	size_t i;
+	int k = 0;
+
+	for (i = 0; all != NULL && i < all->nrows; i++) {
+		f = sql_cell(all, i, "family_guid");
+		n = sql_cell(all, i, "name");
+		if (f == NULL || f->type != SQLT_STR || strcasecmp(f->s, family) != 0)
+			continue;
+		if (k < 8 && n != NULL && n->type == SQLT_STR)
+			util_strlcpy(names[k], n->s, sizeof(names[0]));
+		k++;
+	}
+	return k;
+}
+
+int
 rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err)
 {
 	return sql_connect(&rr->ep, &rr->run->login, s, err);
@@ -179,6 +206,170 @@ find_cert(struct sql_session *s, struct db_plan *p)
 out:
 	sql_result_free(res);
 	sql_stmt_free(st);
+}
+
+/* Per-database facts from the primary, one database at a time (the slow,
+ * precise path, also used when a batch cannot be attributed). */
+static void
+primary_one(struct sql_session *ls, struct ag_run *run, struct db_plan *p, int probe,
+    int need_facts)
+{
+	struct dmk_err e;
+	int r;
+
+	if (need_facts) {
+		if (sql_db_keys(ls, p->db->name, &p->primary_keys, &e) != 0) {
+			p->usable = 0;
+			p->code = e.code;
+			snprintf(p->error, sizeof(p->error), "%s: %s", p->db->name, e.msg);
+			return;
+		}
+		find_cert(ls, p);
+	}
+	if (!probe)
+		return;
+	r = sql_dmk_probe(ls, p->db->name, p->pw, &e);
+	if (r == DMK_ERR_WRONGPASS) {
+		p->usable = 0;
+		p->code = r;
+		snprintf(p->error, sizeof(p->error), "%s: the password in %s (store version %s) "
+		    "does not open the database master key on the primary %s; nothing was "
+		    "registered for this database", p->db->name, p->db->dmk_password.text,
+		    p->ver.id[0] ? p->ver.id : "-", run->info.primary);
+	} else if (r != 0) {
+		p->usable = 0;
+		p->code = r;
+		snprintf(p->error, sizeof(p->error), "%s: %s", p->db->name, e.msg);
+	}
+}
+
+/* The facts of every database in one round trip; 0 when all were read. */
+static int
+primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
+{
+	struct sql_result **sets = NULL, *all = NULL;
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t i, k, n = 0;
+	int r = 0, got = 0;
+
+	if ((st = sql_stmt_new()) == NULL)
+		return DMK_ERR_NOMEM;
+	r = sql_stmt_raw(st, "SELECT d.name AS name, d.is_master_key_encrypted_by_server AS by_smk, "
+	    "r.family_guid AS family_guid FROM sys.databases AS d JOIN "
+	    "sys.database_recovery_status AS r ON r.database_id = d.database_id;\n");
+	for (i = 0; i < run->nplans && r == 0; i++) {
+		struct db_plan *p = &run->plans[i];
+		if (!p->usable)
+			continue;
+		if ((r = sql_stmt_raw(st, "SELECT ")) != 0 || (r = sql_stmt_int(st, (long long)i)) != 0 ||
+		    (r = sql_stmt_raw(st, " AS i, key_guid AS key_guid FROM ")) != 0 ||
+		    (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, ".sys.symmetric_keys WHERE name = "
+		    "N'##MS_DatabaseMasterKey##';\nSELECT TOP 1 ")) != 0 ||
+		    (r = sql_stmt_int(st, (long long)i)) != 0 ||
+		    (r = sql_stmt_raw(st, " AS i, name AS cert FROM ")) != 0 ||
+		    (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, ".sys.certificates WHERE pvt_key_encryption_type = 'MK' "
+		    "ORDER BY certificate_id;\n")) != 0)
+			break;
+	}
+	if (r != 0 || (r = sql_exec_sets(ls, st, &sets, &n, &e)) != 0)
+		goto out;
+	if (sql_call_errors(ls, NULL, 0) > 0 || n == 0) {
+		r = DMK_ERR_SQL;   /* let the precise path say what went wrong */
+		goto out;
+	}
+	all = sets[0];
+	for (i = 0; i < run->nplans; i++) {
+		struct db_plan *p = &run->plans[i];
+		if (!p->usable)
+			continue;
+		for (k = 0; k < all->nrows; k++) {
+			const struct sql_value *nm = sql_cell(all, k, "name");
+			const struct sql_value *fg = sql_cell(all, k, "family_guid");
+			const struct sql_value *sm = sql_cell(all, k, "by_smk");
+			if (nm && nm->type == SQLT_STR && strcmp(nm->s, p->db->name) == 0) {
+				if (fg && fg->type == SQLT_STR)
+					util_strlcpy(p->primary_keys.family_guid, fg->s,
+					    sizeof(p->primary_keys.family_guid));
+				p->primary_keys.dmk_by_smk = sm && sm->type == SQLT_INT && sm->i;
+				p->primary_keys.readable = 1;
+				got++;
+			}
+		}
+		if (p->db->ncertificates > 0)
+			util_strlcpy(p->cert, p->db->certificates[0], sizeof(p->cert));
+	}
+	for (k = 1; k < n; k++) {
+		const struct sql_value *iv = sql_cell(sets[k], 0, "i");
+		const struct sql_value *kg = sql_cell(sets[k], 0, "key_guid");
+		const struct sql_value *ce = sql_cell(sets[k], 0, "cert");
+		struct db_plan *p;
+		if (sets[k]->nrows == 0 || !iv || iv->type != SQLT_INT || iv->i < 0 ||
+		    (size_t)iv->i >= run->nplans)
+			continue;
+		p = &run->plans[iv->i];
+		if (kg && kg->type == SQLT_STR)
+			util_strlcpy(p->primary_keys.dmk_key_guid, kg->s, sizeof(p->primary_keys.dmk_key_guid));
+		if (ce && ce->type == SQLT_STR && p->cert[0] == '\0')
+			util_strlcpy(p->cert, ce->s, sizeof(p->cert));
+	}
+	for (i = 0; i < run->nplans; i++)
+		if (run->plans[i].usable && run->plans[i].primary_keys.family_guid[0] == '\0')
+			r = DMK_ERR_NOTFOUND;
+out:
+	sql_sets_free(sets, n);
+	sql_stmt_free(st);
+	return r;
+}
+
+/* Every password proven on the primary in one round trip; 0 when all opened. */
+static int
+primary_probe_bulk(struct sql_session *ls, struct ag_run *run)
+{
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t i;
+	int r = 0;
+
+	if ((st = sql_stmt_new()) == NULL)
+		return DMK_ERR_NOMEM;
+	for (i = 0; i < run->nplans && r == 0; i++) {
+		struct db_plan *p = &run->plans[i];
+		if (!p->usable)
+			continue;
+		if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, "; OPEN MASTER KEY DECRYPTION BY PASSWORD = ")) != 0 ||
+		    (r = sql_stmt_secret(st, p->pw, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, "; CLOSE MASTER KEY;\n")) != 0)
+			break;
+	}
+	if (r == 0)
+		r = sql_exec(ls, st, NULL, &e);
+	if (r == 0 && sql_call_errors(ls, NULL, 0) > 0)
+		r = DMK_ERR_SQL;
+	sql_stmt_free(st);
+	return r;
+}
+
+/*
+ * On the primary: the key facts of every database and the proof that each
+ * password opens its DMK, batched; on any error, database by database, so
+ * that each gets its own verdict.
+ */
+static void
+primary_checks(struct sql_session *ls, struct ag_run *run, int probe)
+{
+	int facts_ok = primary_facts_bulk(ls, run) == 0;
+	int probes_ok = !probe || primary_probe_bulk(ls, run) == 0;
+	size_t i;
+
+	if (facts_ok && probes_ok)
+		return;
+	for (i = 0; i < run->nplans; i++)
+		if (run->plans[i].usable)
+			primary_one(ls, run, &run->plans[i], probe && !probes_ok, !facts_ok);
 }
 
 int
@@ -253,34 +444,10 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 			r = 0;
 			continue;
 		}
-		if (sql_db_keys(ls, db->name, &p->primary_keys, &e) != 0) {
-			p->code = e.code;
-			snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
-			continue;
-		}
-		if (probe) {
-			/* Prove the password on the primary before anyone registers it. */
-			r = sql_dmk_probe(ls, db->name, p->pw, &e);
-			if (r == DMK_ERR_WRONGPASS) {
-				p->code = r;
-				snprintf(p->error, sizeof(p->error), "%s: the password in %s (store "
-				    "version %s) does not open the database master key on the primary %s; "
-				    "nothing was registered for this database", db->name,
-				    db->dmk_password.text, p->ver.id[0] ? p->ver.id : "-",
-				    run->info.primary);
-				r = 0;
-				continue;
-			}
-			if (r != 0) {
-				p->code = r;
-				snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
-				r = 0;
-				continue;
-			}
-		}
-		find_cert(ls, p);
-		p->usable = 1;
+		p->usable = 1;    /* provisionally: the primary decides below */
 	}
+	if (run->nplans > 0)
+		primary_checks(ls, run, probe);
 	if (run->nplans == 0) {
 		r = dmk_errf(err, DMK_ERR_USAGE, "AG %s: no configured database%s%s", ag->name,
 		    dbfilter ? " named " : "", dbfilter ? dbfilter : "");

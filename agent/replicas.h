@@ -102,6 +102,13 @@ const char *rep_outcome_name(int o);
 int dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secret **out,
     struct prov_version *ver, struct dmk_err *err);
 
+/*
+ * Every DMK credential on a replica, in one round trip: rows of
+ * (family_guid, name).  creds_of() picks one family's names.
+ */
+int rep_credentials(struct sql_session *s, struct sql_result **out, struct dmk_err *err);
+int creds_of(const struct sql_result *all, const char *family, char names[8][160]);
+
 /* Connect to one replica, as the run's login. */
 int rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err);
 

@@ -26,32 +26,98 @@
 #include "cli.h"
 #include "replicas.h"
 
+/*
+ * One round trip for every database: "does the DMK open by itself here?"
+ * via a certificate under it.  opened[i] gets 1, 0, or -1 (cannot tell).
+ * DB_NAME() guards against a USE that failed (a secondary that does not
+ * allow reads): the probe would otherwise run in the wrong database.
+ */
+static void
+probe_all(struct rep_run *rr, struct sql_session *s, int *opened)
+{
+	struct ag_run *run = rr->run;
+	struct sql_result **sets = NULL;
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t i, n = 0, k;
+	int r = 0;
+
+	for (i = 0; i < run->nplans; i++)
+		opened[i] = -1;
+	if ((st = sql_stmt_new()) == NULL)
+		return;
+	for (i = 0; i < run->nplans && r == 0; i++) {
+		struct db_plan *p = &run->plans[i];
+		if (!p->usable || p->cert[0] == '\0')
+			continue;
+		if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, "; SELECT ")) != 0 || (r = sql_stmt_int(st, (long long)i)) != 0 ||
+		    (r = sql_stmt_raw(st, " AS i, CASE WHEN DB_NAME() <> ")) != 0 ||
+		    (r = sql_stmt_nstr(st, p->db->name, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, " THEN -1 WHEN DECRYPTBYCERT(CERT_ID(")) != 0 ||
+		    (r = sql_stmt_nstr(st, p->cert, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, "), ENCRYPTBYCERT(CERT_ID(")) != 0 ||
+		    (r = sql_stmt_nstr(st, p->cert, &e)) != 0 ||
+		    (r = sql_stmt_raw(st, "), N'dmkagent-probe')) IS NULL THEN 0 ELSE 1 END "
+		    "AS opened;\n")) != 0)
+			break;
+		n++;
+	}
+	if (r == 0 && n > 0 && sql_exec_sets(s, st, &sets, &n, &e) == 0) {
+		for (k = 0; k < n; k++) {
+			const struct sql_value *iv = sql_cell(sets[k], 0, "i");
+			const struct sql_value *ov = sql_cell(sets[k], 0, "opened");
+			if (iv && ov && iv->type == SQLT_INT && ov->type == SQLT_INT &&
+			    iv->i >= 0 && (size_t)iv->i < run->nplans)
+				opened[iv->i] = ov->i < 0 ? -1 : ov->i != 0;
+		}
+		sql_sets_free(sets, n);
+	}
+	sql_stmt_free(st);
+}
+
 static int
 verify_work(struct rep_run *rr, struct sql_session *s)
 {
 	struct ag_run *run = rr->run;
+	struct sql_result *all = NULL;
+	int *opened, gap = 0;
+	struct dmk_err e;
 	size_t i;
-	int gap = 0;
 
+	if ((opened = calloc(run->nplans + 1, sizeof(int))) == NULL)
+		return DMK_ERR_NOMEM;
+	if (rep_credentials(s, &all, &e) != 0) {
+		for (i = 0; i < run->nplans; i++)
+			if (run->plans[i].usable) {
+				rr->dbs[i].outcome = OUT_GAP;
+				snprintf(rr->dbs[i].detail, sizeof(rr->dbs[i].detail), "cannot read the "
+				    "credentials: %s", e.msg);
+			}
+		free(opened);
+		return DMK_ERR_INCOMPLETE;
+	}
+	if (rr->is_primary || rr->rep->secondary_allow != 0)
+		probe_all(rr, s, opened);
+	else
+		for (i = 0; i < run->nplans; i++)
+			opened[i] = -1;
 	for (i = 0; i < run->nplans; i++) {
 		struct db_plan *p = &run->plans[i];
 		struct rep_db *d = &rr->dbs[i];
 		char ver[80], cred[160];
-		struct dmk_err e;
 		int j, found;
 
 		if (!p->usable) {
 			d->outcome = OUT_SKIPPED;
 			continue;
 		}
-		if (sql_db_keys(s, p->db->name, &d->keys, &e) != 0) {
-			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "cannot read key facts: %s", e.msg);
-			gap = 1;
-			continue;
-		}
+		d->keys = p->primary_keys;     /* the database's facts, from the primary */
+		memset(d->keys.credential_names, 0, sizeof(d->keys.credential_names));
+		d->keys.ncredentials = creds_of(all, p->primary_keys.family_guid,
+		    d->keys.credential_names);
 		d->have_keys = 1;
-		d->auto_open = -1;
+		d->auto_open = opened[i];
 		if (d->keys.ncredentials == 0) {
 			d->outcome = OUT_GAP;
 			snprintf(d->detail, sizeof(d->detail), "no credential for this database "
@@ -86,21 +152,20 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 			gap = 1;
 			continue;
 		}
-		if (rr->is_primary || rr->rep->secondary_allow != 0) {
-			d->auto_open = probe_auto_open(s, p->db->name, p->cert, &e);
-			if (d->auto_open == 0) {
-				d->outcome = OUT_GAP;
-				snprintf(d->detail, sizeof(d->detail), "the DMK does not open by itself "
-				    "here: the registered credential does not open it");
-				gap = 1;
-				continue;
-			}
+		if (d->auto_open == 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "the DMK does not open by itself "
+			    "here: the registered credential does not open it");
+			gap = 1;
+			continue;
 		}
 		d->outcome = OUT_OK;
 		snprintf(d->detail, sizeof(d->detail), "credential registered (store version %s)%s",
 		    ver, d->auto_open == 1 ? "; DMK opens by itself" :
-		    d->auto_open == 0 ? "" : "; not readable here: checked by catalog only");
+		    "; not readable here: checked by catalog only");
 	}
+	sql_result_free(all);
+	free(opened);
 	return gap ? DMK_ERR_INCOMPLETE : 0;
 }
 
@@ -238,8 +303,9 @@ print_run(struct agent *a, struct ag_run *run, json_t *jags, int status)
 				json_object_set_new(x, "family_guid", json_string(d->keys.family_guid));
 				json_object_set_new(x, "dmk_key_guid", json_string(d->keys.dmk_key_guid));
 				json_object_set_new(x, "encrypted_by_smk", json_boolean(d->keys.dmk_by_smk));
-				json_object_set_new(x, "password_encryptions",
-				    json_integer(d->keys.npassword_encryptions));
+				if (status)
+					json_object_set_new(x, "password_encryptions",
+					    json_integer(d->keys.npassword_encryptions));
 				json_object_set_new(x, "credentials", json_integer(d->keys.ncredentials));
 			}
 			json_object_set_new(x, "store_version", json_string(run->plans[j].ver.id));

@@ -57,6 +57,8 @@ struct sql_session {
 	char dberr_text[256];
 	int timed_out, dead;
 	const char *perm_hint;     /* what permission the current call needs */
+	int errnos[64];            /* every error number (severity > 10) of the current call */
+	size_t nerrnos;
 };
 
 /* ---- process-wide: db-lib init, handlers, the private freetds.conf ---- */
@@ -112,6 +114,8 @@ msg_handler(DBPROCESS *d, DBINT msgno, int state, int severity, char *text, char
 	util_strlcpy(e.proc, proc ? proc : "", sizeof(e.proc));
 	if (s->first.number == 0)
 		s->first = e;
+	if (s->nerrnos < sizeof(s->errnos) / sizeof(s->errnos[0]))
+		s->errnos[s->nerrnos++] = e.number;
 	return 0;
 }
 
@@ -710,6 +714,107 @@ done:
 	return 0;
 }
 
+static int usable(struct sql_session *s, struct dmk_err *err);
+
+/*
+ * Like collect(), for a batch of independent statements: keep every result
+ * set, in order.  Statement errors are not fatal here (the caller reads
+ * sql_call_errors()); only a failed connection is.
+ */
+static int
+collect_all(struct sql_session *s, struct sql_result ***sets, size_t *nsets)
+{
+	DBPROCESS *d = s->dbproc;
+	struct sql_result *got, **v;
+	int rc, r, failed = 0;
+
+	*sets = NULL;
+	*nsets = 0;
+	if (dbsqlok(d) == FAIL && s->dead)
+		return DMK_ERR_SQL;
+	while ((rc = dbresults(d)) != NO_MORE_RESULTS) {
+		if (rc == FAIL) {
+			if (s->dead)
+				break;
+			continue;   /* a statement failed; the batch goes on */
+		}
+		if (dbnumcols(d) > 0) {
+			got = NULL;
+			if ((r = read_set(d, &got, &failed)) != 0) {
+				dbcancel(d);
+				return r;
+			}
+			if ((v = realloc(*sets, (*nsets + 1) * sizeof(*v))) == NULL) {
+				sql_result_free(got);
+				dbcancel(d);
+				return DMK_ERR_NOMEM;
+			}
+			*sets = v;
+			v[(*nsets)++] = got;
+		} else
+			while ((r = dbnextrow(d)) != NO_MORE_ROWS)
+				if (r == FAIL)
+					break;
+		if (s->dead)
+			break;
+	}
+	return s->dead ? DMK_ERR_SQL : 0;
+}
+
+size_t
+sql_call_errors(const struct sql_session *s, int *nums, size_t max)
+{
+	size_t i;
+
+	for (i = 0; i < s->nerrnos && i < max; i++)
+		nums[i] = s->errnos[i];
+	return s->nerrnos;
+}
+
+int
+sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_result ***sets,
+    size_t *nsets, struct dmk_err *err)
+{
+	const char *text = sql_stmt_text(st);
+	size_t i;
+	int rc;
+
+	*sets = NULL;
+	*nsets = 0;
+	if (text == NULL || *text == '\0')
+		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
+	if ((rc = usable(s, err)) != 0)
+		return rc;
+	s->first.number = 0;
+	s->nerrnos = 0;
+	s->dberr = 0;
+	s->dberr_text[0] = '\0';
+	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
+		dbfreebuf(s->dbproc);
+		return session_error(s, err);
+	}
+	dbfreebuf(s->dbproc);
+	if ((rc = collect_all(s, sets, nsets)) != 0) {
+		for (i = 0; i < *nsets; i++)
+			sql_result_free((*sets)[i]);
+		free(*sets);
+		*sets = NULL;
+		*nsets = 0;
+		return rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") : session_error(s, err);
+	}
+	return 0;
+}
+
+void
+sql_sets_free(struct sql_result **sets, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		sql_result_free(sets[i]);
+	free(sets);
+}
+
 static int
 usable(struct sql_session *s, struct dmk_err *err)
 {
@@ -731,6 +836,7 @@ run_batch(struct sql_session *s, const char *text, struct sql_result **res, stru
 	if ((rc = usable(s, err)) != 0)
 		return rc;
 	s->first.number = 0;
+	s->nerrnos = 0;
 	s->dberr = 0;
 	s->dberr_text[0] = '\0';
 	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
@@ -780,6 +886,7 @@ sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size
 	if ((rc = usable(s, err)) != 0)
 		return rc;
 	s->first.number = 0;
+	s->nerrnos = 0;
 	s->dberr = 0;
 	s->dberr_text[0] = '\0';
 	if (proc == NULL || !sql_valid_name(proc))

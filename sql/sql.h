@@ -119,6 +119,17 @@ int sql_valid_name(const char *name);   /* sysname: 1..128 chars, UTF-8, no NUL 
  */
 int sql_exec(struct sql_session *s, const struct sql_stmt *st, struct sql_result **res,
     struct dmk_err *err);
+/*
+ * A batch of independent statements: every result set, in order.  A failing
+ * statement does not stop the batch (XACT_ABORT OFF) and does not make this
+ * fail: read sql_call_errors().  Only a lost connection is an error.
+ */
+int sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_result ***sets,
+    size_t *nsets, struct dmk_err *err);
+void sql_sets_free(struct sql_result **sets, size_t n);
+/* Every SQL Server error number of the last call (up to max); returns the count. */
+size_t sql_call_errors(const struct sql_session *s, int *nums, size_t max);
+
 /* A fixed query with no data in it (catalog reads). */
 int sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
     struct dmk_err *err);

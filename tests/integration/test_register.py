@@ -152,7 +152,7 @@ class Register(unittest.TestCase):
     def test_connection_dropped_mid_register_converges(self):
         lab = self.lab
         lab.put_dmk_password()
-        lab.control("/faults", {"drop_at_pattern": "sp_control_dbmasterkey_password",
+        lab.control("/faults", {"drop_at_pattern": "sp_executesql|sp_control_dbmasterkey_password",
                                 "drop_when": "after", "drop_node": "SQLNODE2"})
         rc, out, err = lab.agent("register")
         self.assertEqual(rc, 3, out + err)
