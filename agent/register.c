@@ -20,7 +20,6 @@
 
 #include "dmk.h"
 #include "secret.h"
-#include "buf.h"
 #include "cli.h"
 #include "replicas.h"
 
@@ -91,73 +90,22 @@ prune_work(struct rep_run *rr, struct sql_session *s)
 	return 0;
 }
 
-/* Databases per sp_executesql: the statement text must stay under 4000 bytes. */
-#define ADD_CHUNK 36
+/* Databases per request: sql_dmk_password_many's limit. */
+#define ADD_CHUNK SQL_DMK_MANY_MAX
 
-/*
- * Add the password of plans[from..to) in one round trip: one sp_executesql
- * RPC whose statement runs sp_control_dbmasterkey_password once per
- * database, names and passwords as typed parameters (never in the text).
- * *ambiguous is set when an error other than 15594 occurred: which
- * database it belonged to is then not known.
- */
 static int
 add_chunk(struct ag_run *run, struct sql_session *s, size_t *idx, size_t n, int *ambiguous,
     int *n15594, struct dmk_err *err)
 {
-	struct sql_param *p = NULL;
-	struct buf text, decl;
-	char (*names)[16] = NULL;
-	int errs[64], r = 0;
-	size_t i, k = 0, ne;
+	const char *dbs[SQL_DMK_MANY_MAX];
+	const struct secret *pws[SQL_DMK_MANY_MAX];
+	size_t i;
 
-	*ambiguous = 0;
-	*n15594 = 0;
-	buf_init(&text, 0);
-	buf_init(&decl, 0);
-	if ((p = calloc(2 * n + 2, sizeof(*p))) == NULL ||
-	    (names = calloc(2 * n, sizeof(*names))) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	p[k].name = "@stmt";
-	p[k++].type = SQLP_NVARCHAR;
-	p[k].name = "@params";
-	p[k++].type = SQLP_NVARCHAR;
 	for (i = 0; i < n; i++) {
-		struct db_plan *pl = &run->plans[idx[i]];
-		snprintf(names[2 * i], sizeof(names[0]), "@d%zu", i);
-		snprintf(names[2 * i + 1], sizeof(names[0]), "@p%zu", i);
-		buf_printf(&text, "EXEC sp_control_dbmasterkey_password @db_name = @d%zu, "
-		    "@password = @p%zu, @action = N'add';\n", i, i);
-		buf_printf(&decl, "%s@d%zu nvarchar(128), @p%zu nvarchar(128)", i ? ", " : "", i, i);
-		p[k].name = names[2 * i];
-		p[k].type = SQLP_NVARCHAR;
-		p[k++].str = pl->db->name;
-		p[k].name = names[2 * i + 1];
-		p[k].type = SQLP_NVARCHAR;
-		p[k++].secret = pl->pw;
+		dbs[i] = run->plans[idx[i]].db->name;
+		pws[i] = run->plans[idx[i]].pw;
 	}
-	p[0].str = text.data;
-	p[1].str = decl.data;
-	r = sql_rpc(s, "sp_executesql", p, k, NULL, err);
-	ne = sql_call_errors(s, errs, 64);
-	for (i = 0; i < ne && i < 64; i++) {
-		if (errs[i] != 15594)
-			*ambiguous = 1;
-		else
-			(*n15594)++;
-	}
-	if (ne > 64)
-		*ambiguous = 1;
-	if (r == DMK_ERR_SQL && ne > 0)
-		r = 0;   /* statement errors: the credentials tell what happened */
-out:
-	free(p);
-	free(names);
-	buf_free(&text);
-	buf_free(&decl);
-	return r;
+	return sql_dmk_password_many(s, dbs, pws, n, "add", ambiguous, n15594, err);
 }
 
 static int

@@ -277,3 +277,82 @@ out:
 	sql_stmt_free(st);
 	return rc;
 }
+
+int
+sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
+    const struct secret *const *pws, size_t n, const char *action, int *ambiguous,
+    int *n_expected, struct dmk_err *err)
+{
+	struct sql_param p[2 + 2 * SQL_DMK_MANY_MAX];
+	char names[2 * SQL_DMK_MANY_MAX][16];
+	struct sql_stmt *text = NULL, *decl = NULL;
+	int errs[64], expect, r = 0;
+	size_t i, k = 0, ne;
+
+	*ambiguous = 0;
+	*n_expected = 0;
+	if (n == 0 || n > SQL_DMK_MANY_MAX)
+		return dmk_errf(err, DMK_ERR_BADINPUT, "bad number of databases");
+	if (strcmp(action, "add") != 0 && strcmp(action, "drop") != 0)
+		return dmk_errf(err, DMK_ERR_BADINPUT, "action must be add or drop");
+	expect = action[0] == 'a' ? 15594 : 15595;
+	if ((text = sql_stmt_new()) == NULL || (decl = sql_stmt_new()) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memset(p, 0, sizeof(p));
+	p[k].name = "@stmt";
+	p[k++].type = SQLP_NVARCHAR;
+	p[k].name = "@params";
+	p[k++].type = SQLP_NVARCHAR;
+	for (i = 0; i < n && r == 0; i++) {
+		if (!sql_valid_name(dbs[i])) {
+			r = dmk_errf(err, DMK_ERR_BADINPUT, "bad database name");
+			goto out;
+		}
+		snprintf(names[2 * i], sizeof(names[0]), "@d%zu", i);
+		snprintf(names[2 * i + 1], sizeof(names[0]), "@p%zu", i);
+		/* Parameter names and keywords only: the values travel as parameters. */
+		if ((r = sql_stmt_raw(text, "EXEC sp_control_dbmasterkey_password @db_name = ")) != 0 ||
+		    (r = sql_stmt_raw(text, names[2 * i])) != 0 ||
+		    (r = sql_stmt_raw(text, ", @password = ")) != 0 ||
+		    (r = sql_stmt_raw(text, names[2 * i + 1])) != 0 ||
+		    (r = sql_stmt_raw(text, ", @action = ")) != 0 ||
+		    (r = sql_stmt_nstr(text, action, err)) != 0 ||
+		    (r = sql_stmt_raw(text, ";\n")) != 0 ||
+		    (i > 0 && (r = sql_stmt_raw(decl, ", ")) != 0) ||
+		    (r = sql_stmt_raw(decl, names[2 * i])) != 0 ||
+		    (r = sql_stmt_raw(decl, " nvarchar(128), ")) != 0 ||
+		    (r = sql_stmt_raw(decl, names[2 * i + 1])) != 0 ||
+		    (r = sql_stmt_raw(decl, " nvarchar(128)")) != 0)
+			break;
+		p[k].name = names[2 * i];
+		p[k].type = SQLP_NVARCHAR;
+		p[k++].str = dbs[i];
+		p[k].name = names[2 * i + 1];
+		p[k].type = SQLP_NVARCHAR;
+		p[k++].secret = pws[i];
+	}
+	if (r != 0) {
+		r = dmk_errf(err, r == DMK_ERR_NOMEM ? r : DMK_ERR_INTERNAL, "cannot build the request");
+		goto out;
+	}
+	p[0].str = sql_stmt_text(text);
+	p[1].str = sql_stmt_text(decl);
+	r = sql_rpc(s, "sp_executesql", p, k, NULL, err);
+	ne = sql_call_errors(s, errs, 64);
+	for (i = 0; i < ne && i < 64; i++) {
+		if (errs[i] == expect)
+			(*n_expected)++;
+		else
+			*ambiguous = 1;
+	}
+	if (ne > 64)
+		*ambiguous = 1;
+	if (r == DMK_ERR_SQL && ne > 0)
+		r = 0;   /* statement errors: the caller reads the credentials */
+out:
+	sql_stmt_free(text);
+	sql_stmt_free(decl);
+	return r;
+}

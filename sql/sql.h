@@ -157,6 +157,19 @@ int sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, 
  * DMK_ERR_SQL: read sql_last_error(s)->number.  No CONTROL: DMK_ERR_DENIED. */
 int sql_dmk_password(struct sql_session *s, const char *db, const struct secret *pw,
     const char *action, struct dmk_err *err);
+/*
+ * The same for up to SQL_DMK_MANY_MAX databases in one round trip: one
+ * sp_executesql RPC running the procedure once per database, names and
+ * passwords as typed parameters.  Statement errors do not fail the call:
+ * *n_expected counts the 15594 (add) or 15595 (drop) answers, and
+ * *ambiguous is set when any other error occurred (which database it
+ * belonged to is not known: ask database by database).  Only a failed
+ * connection or bad input is an error.
+ */
+#define SQL_DMK_MANY_MAX 36
+int sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
+    const struct secret *const *pws, size_t n, const char *action, int *ambiguous,
+    int *n_expected, struct dmk_err *err);
 /* USE db; OPEN MASTER KEY DECRYPTION BY PASSWORD; CLOSE MASTER KEY.
  * DMK_ERR_WRONGPASS for 15313, DMK_ERR_NOTFOUND when there is no DMK.
  * The session stays in db afterwards.  On a secondary that does not allow
