@@ -41,7 +41,7 @@ def write_secret(path, value):
 
 class Lab:
     def __init__(self, nodes=3, scenario="configmgr", dmk_password=None, latency_ms=0,
-                 readable="yes", keep=False, extra_sql_args=(), server_cert="server"):
+                 readable="yes", keep=False, extra_sql_args=(), server_cert="server", vaultsim=None):
         self.nodes = nodes
         self.scenario = scenario
         self.dmk_password = dmk_password or strong_password()
@@ -51,6 +51,7 @@ class Lab:
         self.keep = keep or bool(os.environ.get("DMKAGENT_KEEP_LAB"))
         self.extra_sql_args = list(extra_sql_args)
         self.server_cert = server_cert      # "server", "wrongname" or "untrusted" (pki.py)
+        self.vaultsim = vaultsim or os.path.join(SRC, "tests/sim/vaultsim")   # another entry point (bench)
         self.sims = []
 
     # ---- set-up ----
@@ -80,7 +81,7 @@ class Lab:
         port = free_port_block(2)
         self.root_token = "hvs." + secrets.token_urlsafe(24)
         tok = write_secret(os.path.join(self.dir, "vault-root-token"), self.root_token)
-        self.vault = Sim([PY, os.path.join(SRC, "tests/sim/vaultsim"), "--state",
+        self.vault = Sim([PY, self.vaultsim, "--state",
                           os.path.join(self.dir, "vault"), "--port", str(port),
                           "--tls-cert", self.pki["server_pem"], "--tls-key", self.pki["server_key"],
                           "--root-token-file", tok, "--control-port", str(port + 1)],

@@ -194,5 +194,29 @@ class RegisterFive(Register):
     test_failover_during_register_converges = None
 
 
+class Names(unittest.TestCase):
+    """Database names with ], ', spaces, non-ASCII and 128 characters; the
+    password has a quote and a non-ASCII letter (lab.strong_password)."""
+    NAMES = ["we]ird", "O'Brien's db", "with  spaces", "Ünïcødé-数据库", "N" * 128]
+
+    def test_hostile_names_register_and_verify(self):
+        args = []
+        for n in self.NAMES:
+            args += ["--database-name", n]
+        with Lab(nodes=3, extra_sql_args=args) as lab:
+            dbs = [(n, f"n{i}") for i, n in enumerate(self.NAMES)]
+            lab.write_config(databases=dbs)
+            for i in range(len(self.NAMES)):
+                lab.put_dmk_password(ref=f"hcv:sql/ag1/n{i}/dmk#password")
+            rc, out, err = lab.agent("register", "--ag", "AG1")
+            self.assertEqual(rc, 0, out + err)
+            self.assertEqual(out.count("registered"), 3 * len(self.NAMES), out)
+            rc, out, err = lab.agent("verify")
+            self.assertEqual(rc, 0, out + err)
+            self.assertNotIn(lab.dmk_password, out + err + lab.audit_text())
+            for n in range(3):
+                self.assertEqual(len(lab.credentials(n)), len(self.NAMES))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)   # None attributes above are not collected

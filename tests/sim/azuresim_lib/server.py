@@ -214,6 +214,9 @@ class Sim:
 
 
 class Handler(BaseHTTPRequestHandler):
+    # Like the real services (Go's net/http sets TCP_NODELAY): without it the body,
+    # sent after the headers, waits for the client's delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server_version = "azuresim"
 

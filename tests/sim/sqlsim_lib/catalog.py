@@ -48,7 +48,7 @@ def v_databases(ex, db):
             ("is_encrypted", "bit"), ("replica_id", "uniqueidentifier"), ("group_database_id", "uniqueidentifier")]
     rows = []
     for d in ex.all_databases():
-        ag = d["name"] not in SYSTEM_DBS
+        ag = ex.is_ag_db(d)
         dmk = d.get("dmk")
         by_smk = bool(dmk and any(e["kind"] == "smk" for e in dmk["encryptions"]))
         rows.append([d["name"], d["database_id"], None, b"\x01", _dt(d["create_date"]), 150,

@@ -97,14 +97,13 @@ def sim_get(sim, path):
         if p in ("", "/status"):
             return 200, status(sim)
         if p == "/stats":
-            with sim.stats_lock:
-                return 200, json.loads(json.dumps(sim.stats))
+            return 200, sim.stats_json()
         if p == "/faults":
             return 200, sim.faults.to_json()
     return 404, {"error": "not found"}
 
 
-FAULT_KEYS = {"latency_ms": int, "drop_after_statements": int, "drop_at_pattern": str, "drop_when": str,
+FAULT_KEYS = {"latency_ms": int, "latency_handshake": bool, "drop_after_statements": int, "drop_at_pattern": str, "drop_when": str,
               "drop_node": str, "failover_at_statement": int, "failover_target": str, "downgrade": bool,
               "encrypt_not_sup": bool}
 

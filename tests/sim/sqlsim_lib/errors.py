@@ -3,6 +3,7 @@ Texts from sqlserver-semantics.md (ERR15, ERR0) and tds-notes.md; see README.md.
 
 ERRORS = {
     102: (15, "Incorrect syntax near '{0}'."),
+    103: (15, "The identifier that starts with '{0}' is too long. Maximum length is 128."),
     201: (16, "Procedure or function '{0}' expects parameter '{1}', which was not supplied."),
     207: (16, "Invalid column name '{0}'."),
     208: (16, "Invalid object name '{0}'."),
@@ -14,6 +15,15 @@ ERRORS = {
     195: (15, "'{0}' is not a recognized built-in function name."),
     916: (14, "The server principal \"{0}\" is not able to access the database \"{1}\" under the current "
                "security context."),
+    1038: (15, "An object or column name is missing or empty. For SELECT INTO statements, verify each column has a "
+               "name. For other statements, look for empty alias names. Aliases defined as \"\" or [] are not "
+               "allowed. Change the alias to a valid name."),
+    1801: (16, "Database '{0}' already exists. Choose a different database name."),
+    3701: (11, "Cannot drop the database '{0}', because it does not exist or you do not have permission."),
+    3702: (16, "Cannot drop database \"{0}\" because it is currently in use."),
+    3708: (16, "Cannot drop the database '{0}' because it is a system database."),
+    3752: (16, "The database '{0}' is currently joined to an availability group.  Before you can drop the "
+               "database, you need to remove it from the availability group."),
     911: (16, "Database '{0}' does not exist. Make sure that the name is entered correctly."),
     976: (14, "The target database, '{0}', is participating in an availability group and is currently not "
                "accessible for queries. Either data movement is suspended or the availability replica is not "

@@ -129,6 +129,7 @@ class Executor:
     def all_databases(self):
         dbs = [self.node.d["system_dbs"][n] for n in st.SYSTEM_DBS]
         dbs += list(self.state.ag["databases"].values())
+        dbs += list(self.node.d.get("local_dbs", {}).values())
         return dbs
 
     def find_db(self, name):
@@ -137,13 +138,17 @@ class Executor:
         for n in st.SYSTEM_DBS:
             if n == name.lower():
                 return self.node.d["system_dbs"][n]
+        low = name.lower()
         for n, d in self.state.ag["databases"].items():
-            if n.lower() == name.lower():
+            if n.lower() == low:
+                return d
+        for n, d in self.node.d.get("local_dbs", {}).items():
+            if n.lower() == low:
                 return d
         return None
 
     def is_ag_db(self, db):
-        return db["name"] not in st.SYSTEM_DBS
+        return db["name"] not in st.SYSTEM_DBS and not db.get("local")
 
     def is_primary(self):
         return self.node.idx == self.state.ag["primary"]
@@ -299,8 +304,7 @@ class Executor:
                 try:
                     self.stmt(s, out, tok)
                 finally:
-                    if self.state.dirty:
-                        self.state.save()
+                    self.state.flush()
             self.sess.error = 0
             return True
         except ReturnSignal:
@@ -511,7 +515,45 @@ class Executor:
                     break
             else:
                 raise SqlError(15595, db["name"])
+        self.state.mark_node(self.node)      # credentials live in this node's master
+
+    # ========================================================= scratch databases (not in the AG)
+    def x_create_database(self, s, out, tok):
+        name = s["name"]
+        if not self.server_perm("CREATE ANY DATABASE") and not self.server_perm("ALTER ANY DATABASE"):
+            raise SqlError(262, "CREATE DATABASE", "master")
+        if len(name) > 128 or not name:
+            raise SqlError(103, name[:128]) if name else SqlError(1038)
+        if self.find_db(name) is not None:
+            raise SqlError(1801, name)
+        db = st.new_database(name, self.state.ag["next_db_id"])
+        self.state.ag["next_db_id"] += 1
+        db["local"] = True
+        if self.sess.login.lower() != "sa":
+            db["principals"]["dbo"]["login"] = self.sess.login
+        self.node.d["local_dbs"][name] = db
         self.state.dirty = True
+        out.done(0, token=tok)
+
+    def x_drop_database(self, s, out, tok):
+        for name in s["names"]:
+            db = self.find_db(name)
+            if db is None:
+                if s["if_exists"]:
+                    continue
+                raise SqlError(3701, name)
+            if db["name"].lower() in st.SYSTEM_DBS:
+                raise SqlError(3708, db["name"])
+            if self.is_ag_db(db):
+                raise SqlError(3752, db["name"])
+            if not self.db_control(db):
+                raise SqlError(3701, name)
+            if any(x.db.lower() == db["name"].lower() for x in self.server.sessions_of(self.node)):
+                raise SqlError(3702, db["name"])
+            del self.node.d["local_dbs"][db["name"]]
+            # credentials for it stay in master, as on SQL Server (orphaned)
+            self.state.dirty = True
+        out.done(0, token=tok)
 
     # ========================================================= master key statements
     def _dmk_db(self, need_control=True, write=True):

@@ -3,6 +3,7 @@
 See tests/sim/README.md (## sqlsim) for the command line, the modelled behaviour and the control API.
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -37,6 +38,7 @@ class Faults:
         self.drop_node = None
         self.failover_at_statement = None
         self.failover_target = None
+        self.latency_handshake = getattr(self, "latency_handshake", False)   # survives clear (an option)
         self.downgrade = False
         self.encrypt_not_sup = False
         self.statements = 0                   # statements seen since the faults were set
@@ -52,6 +54,7 @@ class Server:
         self.state.base_port = args.port
         self.faults = Faults()
         self.faults.latency_ms = args.latency_ms or 0
+        self.faults.latency_handshake = bool(args.latency_handshake)
         self.faults.downgrade = bool(args.downgrade)
         self.force_encryption = bool(args.force_encryption)
         self.tls_ctx = make_tls_context(args.tls_cert, args.tls_key)
@@ -70,7 +73,21 @@ class Server:
                           "plaintext_packets_after_login": 0, "plaintext_logins": 0, "login_only_sessions": 0,
                           "full_tls_sessions": 0, "unencrypted_sessions": 0, "requests": 0, "statements": 0,
                           "attentions": 0, "dropped_by_fault": 0, "refused_encryption": 0,
-                          "prelogin_client_encryption": {}, "prelogin_server_encryption": {}}
+                          "prelogin_client_encryption": {}, "prelogin_server_encryption": {},
+                          "round_trips": 0, "connect_round_trips": 0, "rpcs": 0, "by_node": {},
+                          "per_connection": collections.deque(maxlen=5000)}
+
+    def node_stat(self, node, k, n=1):
+        with self.stats_lock:
+            m = self.stats["by_node"].setdefault(node.name, {"connections": 0, "logins_ok": 0, "requests": 0,
+                                                             "statements": 0, "rpcs": 0, "round_trips": 0,
+                                                             "connect_round_trips": 0})
+            m[k] += n
+
+    def stats_json(self):
+        with self.stats_lock:
+            out = {k: (list(v) if isinstance(v, collections.deque) else v) for k, v in self.stats.items()}
+            return json.loads(json.dumps(out))
 
     def stat(self, k, n=1):
         with self.stats_lock:
@@ -165,6 +182,10 @@ class Server:
     def statement_hook(self, sess, text):
         f = self.faults
         self.stat("statements")
+        self.node_stat(sess.node, "statements")
+        h = getattr(sess, "handler", None)
+        if h is not None:
+            h.cstats["statements"] += 1
         with self.state.lock:
             if f.drop_node is not None and f.drop_node != sess.node.name:
                 applies = False
@@ -259,12 +280,33 @@ class ConnHandler:
         self.mode = "none"          # full | login-only | none
         self.logged_in = False
         self.pending_attention = False
+        self.cstats = {"node": node.name, "spid": None, "round_trips": 0, "connect_round_trips": 0,
+                       "requests": 0, "statements": 0, "rpcs": 0, "closed": False}
+
+    def round_trip(self, sleep=True):
+        """One client message answered: count it and (when latency is set) sleep once."""
+        srv = self.server
+        srv.stat("round_trips")
+        srv.node_stat(self.node, "round_trips")
+        self.cstats["round_trips"] += 1
+        if not self.logged_in:
+            srv.stat("connect_round_trips")
+            srv.node_stat(self.node, "connect_round_trips")
+            self.cstats["connect_round_trips"] += 1
+        if sleep:
+            self.latency()
+
+    def handshake_round_trip(self):
+        self.round_trip(sleep=self.server.faults.latency_handshake)
 
     def run(self):
         srv = self.server
         srv.stat("connections")
+        srv.node_stat(self.node, "connections")
         with srv.conns_lock:
             srv.conns.add(self)
+        with srv.stats_lock:
+            srv.stats["per_connection"].append(self.cstats)
         try:
             self.handshake_and_login()
             while True:
@@ -277,6 +319,7 @@ class ConnHandler:
         finally:
             with srv.conns_lock:
                 srv.conns.discard(self)
+            self.cstats["closed"] = True
             self.transport.close()
 
     def count_packet(self, typ):
@@ -308,6 +351,7 @@ class ConnHandler:
         else:
             senc = tds.ENC_REQ if srv.force_encryption else tds.ENC_NOT_SUP
         srv.stat_map("prelogin_server_encryption", str(senc))
+        self.handshake_round_trip()
         t.send_message(tds.PT_REPLY, tds.encode_prelogin(senc), packet_size=4096)
         if senc in (tds.ENC_ON, tds.ENC_REQ):
             self.mode = "full"
@@ -317,7 +361,7 @@ class ConnHandler:
             self.mode = "none"
         typ, _st, payload = t.read_message()
         if typ == tds.PT_PRELOGIN and senc != tds.ENC_NOT_SUP:
-            t.tls_handshake(srv.tls_ctx, payload)
+            t.tls_handshake(srv.tls_ctx, payload, before_reply=self.handshake_round_trip)
             srv.stat("tls_handshakes")
             typ, _st, payload = t.read_message()
         elif typ == tds.PT_LOGIN7:
@@ -409,14 +453,16 @@ class ConnHandler:
             body += tds.tok_featureextack_utf8()
         body += tds.tok_envchange_str(4, str(packet_size), "4096")
         body += tds.tok_done(0, 0, 0, ver)
-        self.latency()
+        self.round_trip()
         t.send_message(tds.PT_REPLY, body, packet_size=4096)
         t.packet_size = packet_size
         self.sess = sess
         self.ex = ex
         self.ver = ver
         self.logged_in = True
+        self.cstats["spid"] = spid
         srv.stat("logins_ok")
+        srv.node_stat(node, "logins_ok")
         log(f"{node.name}: login {lg['username']} spid {spid} tds {ver:08x} mode {self.mode}")
 
     # ------------------------------------------------------------ requests
@@ -453,11 +499,14 @@ class ConnHandler:
             t.send_message(tds.PT_REPLY, tds.tok_done(0, 0, 0, self.ver))
             return
         srv.stat("requests")
+        srv.node_stat(self.node, "requests")
+        self.cstats["requests"] += 1
+        self.round_trip(sleep=False)
         sess = self.sess
         if not self.node.up:
             raise Closed()
         out = Out(self.ver, self.node.name)
-        # latency per round trip, interruptible by attention
+        # latency once per request message (= per round trip), interruptible by attention
         ms = srv.faults.latency_ms
         if ms:
             end = time.time() + ms / 1000.0
@@ -513,6 +562,9 @@ class ConnHandler:
             name = {10: "sp_executesql", 11: "sp_prepare", 12: "sp_execute", 13: "sp_prepexec",
                     15: "sp_unprepare"}.get(call["procid"], f"proc#{call['procid']}")
         params = [(pn or None, v) for pn, _t, v, _o in call["params"]]
+        srv.stat("rpcs")
+        srv.node_stat(self.node, "rpcs")
+        self.cstats["rpcs"] += 1
         srv.statement_hook(self.sess, "EXEC " + name)
         pname = name.split(".")[-1].strip("[]")
         status = 0
@@ -523,8 +575,7 @@ class ConnHandler:
                 try:
                     status = self.ex.call_proc(pname, params, sub, 0xFF)
                 finally:
-                    if srv.state.dirty:
-                        srv.state.save()
+                    srv.state.flush()
         except SqlError as e:
             e.proc = pname if pname.lower() != "sp_executesql" else ""
             sub.error(e)
@@ -556,12 +607,29 @@ def parse_args(argv):
     p.add_argument("--readable-secondaries", choices=["yes", "no", "read-only", "read_only"], default="yes")
     p.add_argument("--force-encryption", action="store_true")
     p.add_argument("--latency-ms", type=int, default=0)
+    p.add_argument("--latency-handshake", action="store_true",
+                   help="also sleep --latency-ms before the PRELOGIN answer and each TLS handshake flight "
+                        "(every round trip of a connect pays the latency, as on a real network)")
+    p.add_argument("--extra-databases", type=int, default=0, metavar="N",
+                   help="N more AG databases DB0001..DBnnnn with a DMK and DMKAGENT_TEST_CERT")
+    p.add_argument("--database-name", action="append", default=[], metavar="NAME",
+                   help="an AG database with exactly this name (repeatable)")
     p.add_argument("--control-port", type=int)
     p.add_argument("--downgrade", action="store_true",
                    help="attacker downgrade: answer ENCRYPT_OFF to every client (see README)")
     a = p.parse_args(argv)
     if a.nodes < 1 or a.nodes > 16:
         p.error("--nodes must be 1..16")
+    if a.extra_databases < 0 or a.extra_databases > 9999:
+        p.error("--extra-databases must be 0..9999")
+    seen = {"master", "tempdb", "model", "msdb"} | ({"cm_p01"} if a.scenario == "configmgr" else set())
+    seen |= {f"db{i:04d}" for i in range(1, a.extra_databases + 1)}
+    for n in a.database_name:
+        if not n or len(n) > 128:
+            p.error(f"--database-name must be 1..128 characters: {n!r}")
+        if n.lower() in seen:
+            p.error(f"--database-name {n!r}: a database with that name already exists")
+        seen.add(n.lower())
     return a
 
 

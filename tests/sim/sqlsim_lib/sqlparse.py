@@ -597,6 +597,20 @@ class Parser:
             if self.accept_kw("authorization"):
                 self.ident()
             return {"kind": "create_role", "name": name}
+        if self.accept_kw("database"):
+            name = self.ident()
+            # ON / LOG ON file specs, COLLATE, WITH options: accepted and ignored (no files are modelled)
+            depth = 0
+            while self.peek().kind != "eof":
+                if depth == 0 and (self.is_op(";") or (self.peek().kind == "ident" and
+                                                      self.peek().val.lower() in STMT_START - {"with"})):
+                    break
+                if self.is_op("("):
+                    depth += 1
+                elif self.is_op(")"):
+                    depth -= 1
+                self.next()
+            return {"kind": "create_database", "name": name}
         self.fail()
 
     def pk_options(self):
@@ -699,6 +713,16 @@ class Parser:
         if self.accept_kw("master"):
             self.expect_kw("key")
             return {"kind": "drop_mk"}
+        if self.accept_kw("database"):
+            if_exists = False
+            if self.is_kw("if") and self.is_kw("exists", k=1):
+                self.next()
+                self.next()
+                if_exists = True
+            names = [self.ident()]
+            while self.accept_op(","):
+                names.append(self.ident())
+            return {"kind": "drop_database", "names": names, "if_exists": if_exists}
         w = self.accept_kw("certificate", "login", "user", "role")
         if not w:
             self.fail()

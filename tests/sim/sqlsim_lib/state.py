@@ -102,8 +102,30 @@ def key_pem(key):
                              serialization.NoEncryption()).decode()
 
 
+_KEY_CACHE = {}
+_PUB_CACHE = {}
+
+
 def load_key(pem):
-    return serialization.load_pem_private_key(pem.encode(), None)
+    """Parsed private keys are cached by their PEM text: loading an RSA key checks it (tens of ms), and
+    the probes (DECRYPTBYCERT) run once per database per replica.  Callers never mutate key objects."""
+    k = _KEY_CACHE.get(pem)
+    if k is None:
+        k = serialization.load_pem_private_key(pem.encode(), None)
+        if len(_KEY_CACHE) > 4096:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[pem] = k
+    return k
+
+
+def cert_public_key(der_b64):
+    k = _PUB_CACHE.get(der_b64)
+    if k is None:
+        k = x509.load_der_x509_certificate(base64.b64decode(der_b64)).public_key()
+        if len(_PUB_CACHE) > 4096:
+            _PUB_CACHE.clear()
+        _PUB_CACHE[der_b64] = k
+    return k
 
 
 def cert_record(cert_der, key_pem_text, prot, cid, principal_id):
@@ -127,8 +149,7 @@ def cert_record(cert_der, key_pem_text, prot, cid, principal_id):
 
 
 def cert_encrypt(der_b64, data):
-    cert = x509.load_der_x509_certificate(base64.b64decode(der_b64))
-    return cert.public_key().encrypt(data, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()),
+    return cert_public_key(der_b64).encrypt(data, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()),
                                                         algorithm=hashes.SHA1(), label=None))
 
 
@@ -190,6 +211,7 @@ def new_node(idx, base_port, sa_password):
         "credentials": {},        # id(str) -> {name, identity, secret, create_date, family_guid}
         "next_credential_id": 65536,
         "system_dbs": dbs,
+        "local_dbs": {},          # databases created with CREATE DATABASE on this node (not in the AG)
     }
 
 
@@ -201,28 +223,60 @@ class State:
         self.lock = threading.RLock()
         self.ag = None
         self.nodes = []
-        self.dirty = False
+        self.dirty = False            # anything may have changed: save() compares and writes what differs
+        self.dirty_nodes = set()      # only these nodes' master.json changed (mark_node)
+        self._written = {}            # path -> digest of the content last written
 
     # ------------------------------------------------------ persistence
-    def _write(self, path, obj):
+    # Compact JSON (the C encoder), and a file is rewritten only when its content changed: with a hundred
+    # databases the replicated copies are large, and most statements (sp_control_dbmasterkey_password) only
+    # change one node's master.json (mark_node).
+    @staticmethod
+    def _dump(obj):
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+    def _write(self, path, obj, text=None):
+        text = self._dump(obj) if text is None else text
+        digest = hashlib.sha256(text.encode()).digest()
+        if self._written.get(path) == digest and os.path.exists(path):
+            return
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        self._written[path] = digest
+
+    def mark_node(self, node):
+        """Only this node's own state (master.json: SMK, logins, credentials, local databases) changed."""
+        self.dirty_nodes.add(node.idx)
+
+    def flush(self):
+        """Persist what the last statement changed, if anything."""
+        if self.dirty:
+            self.save()
+        elif self.dirty_nodes:
+            with self.lock:
+                for i in sorted(self.dirty_nodes):
+                    nd = os.path.join(self.dir, f"node{i}")
+                    os.makedirs(nd, exist_ok=True)
+                    self._write(os.path.join(nd, "master.json"), self.nodes[i].d)
+                self.dirty_nodes.clear()
 
     def save(self):
         with self.lock:
             os.makedirs(self.dir, exist_ok=True)
+            # each node's copy of the replicated databases (sync commit: identical): serialised once
+            replica = '{"databases":' + self._dump(self.ag["databases"]) + "}"
             for n in self.nodes:
                 nd = os.path.join(self.dir, f"node{n.idx}")
                 os.makedirs(nd, exist_ok=True)
                 self._write(os.path.join(nd, "master.json"), n.d)
-                # each node's copy of the replicated databases (sync commit: identical)
-                self._write(os.path.join(nd, "replica.json"), {"databases": self.ag["databases"]})
+                self._write(os.path.join(nd, "replica.json"), None, replica)
             self._write(os.path.join(self.dir, "ag.json"), self.ag)
             self.dirty = False
+            self.dirty_nodes.clear()
 
     def load_or_init(self, args, sa_password, dmk_password):
         agp = os.path.join(self.dir, "ag.json")
@@ -233,6 +287,7 @@ class State:
                 with open(os.path.join(self.dir, f"node{i}", "master.json")) as f:
                     nd = json.load(f)
                 nd["logins"]["sa"]["password"] = sa_password
+                nd.setdefault("local_dbs", {})
                 self.nodes.append(Node(i, nd))
             return False
         self.ag = {
@@ -246,6 +301,12 @@ class State:
             self.nodes.append(Node(i, new_node(i, args.port, sa_password)))
         if args.scenario == "configmgr":
             self.make_configmgr("CM_P01", dmk_password)
+        extra = [f"DB{i:04d}" for i in range(1, (getattr(args, "extra_databases", 0) or 0) + 1)]
+        extra += list(getattr(args, "database_name", None) or [])
+        if extra:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)   # shared: fast start
+            for name in extra:
+                self.make_test_db(name, dmk_password, key)
         self.save()
         return True
 
@@ -313,3 +374,34 @@ class State:
             "rows": rows}
         db["functions"] = ["RecoveryAndHardwareCore.DecryptString"]
         self.ag["databases"][dbname] = db
+
+    def make_test_db(self, dbname, dmk_password, key=None):
+        """An AG database for --extra-databases / --database-name: a DMK encrypted by the primary's SMK and
+        by the --dmk-password-file password (or one nobody knows), and the certificate DMKAGENT_TEST_CERT
+        whose private key is under the DMK.  key: an RSA key to reuse (one per start keeps start-up fast;
+        the certificates still differ: own serial number, so own thumbprint)."""
+        if any(n.lower() == dbname.lower() for n in self.ag["databases"]) or dbname.lower() in SYSTEM_DBS:
+            raise ValueError(f"duplicate database name {dbname!r}")
+        db = new_database(dbname, self.ag["next_db_id"])
+        self.ag["next_db_id"] += 1
+        db["group_database_id"] = newguid()
+        prim = self.primary()
+        dmk = {"key_guid": newguid(), "material": secrets.token_hex(32), "create_date": now().isoformat(),
+               "modify_date": now().isoformat(),
+               "encryptions": [pw_encryption(dmk_password or secrets.token_urlsafe(24)),
+                               {"kind": "smk", "smk": prim.d["smk"]["key_guid"], "node": prim.idx}]}
+        db["dmk"] = dmk
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        start = now()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dmkagent test")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+                .sign(key, hashes.SHA256()))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        cid = db["next_cert_id"]
+        db["next_cert_id"] += 1
+        db["certificates"]["DMKAGENT_TEST_CERT"] = cert_record(der, key_pem(key),
+                                                               {"kind": "MK", "dmk": dmk["key_guid"]}, cid, 1)
+        self.ag["databases"][dbname] = db
+        return db

@@ -121,8 +121,10 @@ class Transport:
         self._send_raw(out)
 
     # -------------------------------------------------------- TLS inside PRELOGIN
-    def tls_handshake(self, ctx, first_payload):
-        """first_payload: the payload of the 0x12 packet(s) that began the handshake."""
+    def tls_handshake(self, ctx, first_payload, before_reply=None):
+        """first_payload: the payload of the 0x12 packet(s) that began the handshake.
+        before_reply(): called before each flight sent in answer to a client flight (latency)."""
+        before_reply = before_reply or (lambda: None)
         self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = ctx.wrap_bio(self.inb, self.outb, server_side=True)
         self.inb.write(first_payload)
@@ -133,6 +135,7 @@ class Transport:
             except ssl.SSLWantReadError:
                 out = self.outb.read()
                 if out:
+                    before_reply()
                     self.send_message(tds.PT_PRELOGIN, out, packet_size=4096)
                 typ, _st, payload = self.read_message()
                 if typ != tds.PT_PRELOGIN:
@@ -148,6 +151,7 @@ class Transport:
                 raise Closed(str(e))
         out = self.outb.read()
         if out:
+            before_reply()
             self.send_message(tds.PT_PRELOGIN, out, packet_size=4096)
         # any bytes read past the last handshake packet belong to TLS
         if self.raw:
