@@ -44,6 +44,15 @@ sql_ag_free(struct sql_ag *ag)
 	ag->nreplicas = ag->ndatabases = 0;
 }
 
+/* The catalog reads of discovery: fixed text, no data in it. */
+#define Q_AGS "SELECT group_id, name FROM sys.availability_groups"
+#define Q_REPS "SELECT replica_id, group_id, replica_server_name, endpoint_url, " \
+	"read_only_routing_url, secondary_role_allow_connections FROM sys.availability_replicas"
+#define Q_STATES "SELECT replica_id, group_id, role_desc, connected_state, " \
+	"synchronization_health_desc FROM sys.dm_hadr_availability_replica_states"
+#define Q_GSTATES "SELECT group_id, primary_replica FROM sys.dm_hadr_availability_group_states"
+#define Q_DBS "SELECT group_id, database_name FROM sys.availability_databases_cluster"
+
 int
 sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
     struct dmk_err *err)
@@ -55,7 +64,28 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 
 	memset(out, 0, sizeof(*out));
 	sql_session_perm_hint(s, "discovery needs VIEW SERVER STATE and VIEW ANY DEFINITION");
-	if ((rc = sql_query(s, "SELECT group_id, name FROM sys.availability_groups", &ags, err)) != 0)
+	/* All five in one round trip; on any error, one by one for a precise message. */
+	{
+		struct sql_stmt *st = sql_stmt_new();
+		struct sql_result **sets = NULL;
+		struct dmk_err e2;
+		size_t ns = 0;
+
+		if (st != NULL && sql_stmt_raw(st, Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES
+		    ";\n" Q_DBS ";\n") == 0 && sql_exec_sets(s, st, &sets, &ns, &e2) == 0) {
+			if (ns == 5 && sql_call_errors(s, NULL, 0) == 0) {
+				ags = sets[0];
+				reps = sets[1];
+				states = sets[2];
+				gstates = sets[3];
+				dbs = sets[4];
+				free(sets);
+			} else
+				sql_sets_free(sets, ns);
+		}
+		sql_stmt_free(st);
+	}
+	if (ags == NULL && (rc = sql_query(s, Q_AGS, &ags, err)) != 0)
 		goto out;
 	for (i = 0; i < ags->nrows; i++) {
 		if (ag_name != NULL && *ag_name != '\0' &&
@@ -80,9 +110,7 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 	util_strlcpy(out->name, str_of(ags, found, "name"), sizeof(out->name));
 	util_strlcpy(out->group_id, str_of(ags, found, "group_id"), sizeof(out->group_id));
 
-	if ((rc = sql_query(s, "SELECT replica_id, group_id, replica_server_name, endpoint_url, "
-	    "read_only_routing_url, secondary_role_allow_connections "
-	    "FROM sys.availability_replicas", &reps, err)) != 0)
+	if (reps == NULL && (rc = sql_query(s, Q_REPS, &reps, err)) != 0)
 		goto out;
 	if ((out->replicas = calloc(reps->nrows + 1, sizeof(*out->replicas))) == NULL ||
 	    (ids = calloc(reps->nrows + 1, sizeof(*ids))) == NULL) {
@@ -109,9 +137,7 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 		goto out;
 	}
 
-	if ((rc = sql_query(s, "SELECT replica_id, group_id, role_desc, connected_state, "
-	    "synchronization_health_desc FROM sys.dm_hadr_availability_replica_states",
-	    &states, err)) != 0)
+	if (states == NULL && (rc = sql_query(s, Q_STATES, &states, err)) != 0)
 		goto out;
 	for (i = 0; i < states->nrows; i++)
 		for (j = 0; j < out->nreplicas; j++) {
@@ -125,8 +151,7 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 			r->connected = int_of(states, i, "connected_state", 0) == 1;
 		}
 
-	if ((rc = sql_query(s, "SELECT group_id, primary_replica "
-	    "FROM sys.dm_hadr_availability_group_states", &gstates, err)) != 0)
+	if (gstates == NULL && (rc = sql_query(s, Q_GSTATES, &gstates, err)) != 0)
 		goto out;
 	for (i = 0; i < gstates->nrows; i++)
 		if (strcasecmp(str_of(gstates, i, "group_id"), out->group_id) == 0)
@@ -137,8 +162,7 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 			if (strcasecmp(out->replicas[j].role, "PRIMARY") == 0)
 				util_strlcpy(out->primary, out->replicas[j].name, sizeof(out->primary));
 
-	if ((rc = sql_query(s, "SELECT group_id, database_name "
-	    "FROM sys.availability_databases_cluster", &dbs, err)) != 0)
+	if (dbs == NULL && (rc = sql_query(s, Q_DBS, &dbs, err)) != 0)
 		goto out;
 	if ((out->databases = calloc(dbs->nrows + 1, sizeof(*out->databases))) == NULL) {
 		rc = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
