@@ -179,6 +179,31 @@ class Register(unittest.TestCase):
             self.assertEqual(len(lab.credentials(n)), 1, f"node {n}")
 
 
+    def test_prune_drops_credentials_of_old_passwords(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        self.assertEqual(lab.agent("register")[0], 0, lab.last)
+        # A DBA changes the DMK password by hand and stores the new one.
+        new = strong_password()
+        q = lambda v: v.replace("'", "''")
+        lab.query(f"ALTER MASTER KEY ADD ENCRYPTION BY PASSWORD = N'{q(new)}'", node=0, database="CM_P01")
+        lab.query(f"ALTER MASTER KEY DROP ENCRYPTION BY PASSWORD = N'{q(lab.dmk_password)}'",
+                  node=0, database="CM_P01")
+        lab.put_dmk_password(value=new, overwrite=True)
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("1 other credential(s) for this database (stale? see --prune)", out)
+        for n in range(self.nodes):
+            self.assertEqual(len(lab.credentials(n)), 2)
+        rc, out, err = lab.agent("register", "--prune")
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("dropped the credential of store version 1", out)
+        for n in range(self.nodes):
+            self.assertEqual(len(lab.credentials(n)), 1, f"node {n}")
+        self.assertEqual(lab.agent("verify")[0], 0, lab.last)
+        self.assertNotIn(new, out + err + lab.audit_text())
+
+
 class RegisterFive(Register):
     nodes = 5
 
@@ -192,6 +217,7 @@ class RegisterFive(Register):
     test_failover_test_visits_every_replica_and_returns = None
     test_connection_dropped_mid_register_converges = None
     test_failover_during_register_converges = None
+    test_prune_drops_credentials_of_old_passwords = None
 
 
 class Names(unittest.TestCase):
