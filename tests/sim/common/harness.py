@@ -19,28 +19,72 @@ PY = "/usr/bin/python3"     # Debian's python3: python3-tds, -hvac, -cryptograph
 SKIP = 77
 
 
+_RESERVATIONS = "/tmp/dmkagent-test-ports"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def free_port_block(n):
-    """A base port with n consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        base = s.getsockname()[1]
-        s.close()
-        if base + n >= 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            t = socket.socket()
-            try:
-                t.bind(("127.0.0.1", p))
-            except OSError:
-                ok = False
-            finally:
-                t.close()
-            if not ok:
-                break
-        if ok:
-            return base
+    """A base port with n consecutive free ports on 127.0.0.1.
+
+    Tests run in parallel, so a port that is free now can be taken before the
+    simulator binds it.  Two precautions: the block is chosen below the
+    kernel's ephemeral range (client sockets of other tests never land
+    there), and it is reserved in a shared file, under flock, for as long as
+    this process lives.
+    """
+    import fcntl
+    import random
+    lo, hi = 20000, 32000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            eph = int(f.read().split()[0])
+            hi = min(hi, eph - 1)
+    except (OSError, ValueError):
+        pass
+    fd = os.open(_RESERVATIONS, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with os.fdopen(os.dup(fd), "r+") as f:
+            taken = []
+            for line in f.read().splitlines():
+                try:
+                    b, m, pid = (int(x) for x in line.split())
+                except ValueError:
+                    continue
+                if _pid_alive(pid):
+                    taken.append((b, m, pid))
+            for _ in range(500):
+                base = random.randrange(lo, hi - n)
+                if any(base < b + m and b < base + n for b, m, _ in taken):
+                    continue
+                ok = True
+                for p in range(base, base + n):
+                    t = socket.socket()
+                    try:
+                        t.bind(("127.0.0.1", p))
+                    except OSError:
+                        ok = False
+                    finally:
+                        t.close()
+                    if not ok:
+                        break
+                if ok:
+                    taken.append((base, n, os.getpid()))
+                    f.seek(0)
+                    f.truncate()
+                    f.write("".join(f"{b} {m} {pid}\n" for b, m, pid in taken))
+                    return base
+    finally:
+        os.close(fd)
     raise RuntimeError("no free port block")
 
 
