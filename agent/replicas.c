@@ -537,6 +537,47 @@ ag_close(struct ag_run *run)
 	memset(run, 0, sizeof(*run));
 }
 
+int
+ag_failover_to(struct ag_run *run, struct rep_run *target, struct dmk_err *err)
+{
+	struct sql_session *s = NULL;
+	struct sql_stmt *st = NULL;
+	int r, tries;
+
+	if ((r = rep_connect(target, &s, err)) != 0)
+		return r;
+	if ((st = sql_stmt_new()) == NULL) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = sql_stmt_raw(st, "ALTER AVAILABILITY GROUP ")) != 0 ||
+	    (r = sql_stmt_ident(st, run->ag->name, err)) != 0 ||
+	    (r = sql_stmt_raw(st, " FAILOVER")) != 0)
+		goto out;
+	if ((r = sql_exec(s, st, NULL, err)) != 0)
+		goto out;
+	/* The statement returns once the target accepts; wait for the role. */
+	for (tries = 0; tries < 50; tries++) {
+		struct sql_result *res = NULL;
+		const struct sql_value *v;
+		int primary = 0;
+		if (sql_query(s, "SELECT role_desc FROM sys.dm_hadr_availability_replica_states "
+		    "WHERE is_local = 1", &res, err) == 0 && res && res->nrows > 0 &&
+		    (v = sql_cell(res, 0, "role_desc")) && v->type == SQLT_STR &&
+		    strcmp(v->s, "PRIMARY") == 0)
+			primary = 1;
+		sql_result_free(res);
+		if (primary)
+			goto out;
+		util_sleep_ms(200);
+	}
+	r = dmk_errf(err, DMK_ERR_TIMEOUT, "%s did not become primary", target->rep->name);
+out:
+	sql_stmt_free(st);
+	sql_close(s);
+	return r;
+}
+
 /* ---- registration records ---- */
 
 static json_t *
@@ -553,9 +594,10 @@ regstate_load(struct agent *a, char *path, size_t plen)
 	return j;
 }
 
-int
-regstate_set(struct agent *a, const char *ag, const char *replica, const char *family,
-    const char *reference, const char *version, const char *credential, struct dmk_err *err)
+static int
+regstate_write(struct agent *a, const char *ag, const char *replica, const char *family,
+    const char *reference, const char *version, const char *credential, int exact,
+    struct dmk_err *err)
 {
 	char path[4200], tmp[4300], t[32];
 	json_t *root, *o, *rec;
@@ -573,7 +615,7 @@ regstate_set(struct agent *a, const char *ag, const char *replica, const char *f
 	json_object_set_new(o, "version", json_string(version));
 	if (credential && credential[0])
 		json_object_set_new(o, "credential", json_string(credential));
-	else {
+	else if (!exact) {
 		json_t *old = json_object_get(rec, family);
 		json_t *oc = old ? json_object_get(old, "credential") : NULL;
 		if (oc)
@@ -590,6 +632,20 @@ regstate_set(struct agent *a, const char *ag, const char *replica, const char *f
 	json_decref(root);
 	pthread_mutex_unlock(&state_mtx);
 	return r;
+}
+
+int
+regstate_set(struct agent *a, const char *ag, const char *replica, const char *family,
+    const char *reference, const char *version, const char *credential, struct dmk_err *err)
+{
+	return regstate_write(a, ag, replica, family, reference, version, credential, 0, err);
+}
+
+int
+regstate_set_exact(struct agent *a, const char *ag, const char *replica, const char *family,
+    const char *reference, const char *version, const char *credential, struct dmk_err *err)
+{
+	return regstate_write(a, ag, replica, family, reference, version, credential, 1, err);
 }
 
 int

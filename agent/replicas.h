@@ -117,9 +117,18 @@ int rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err)
 int probe_auto_open(struct sql_session *s, const char *db, const char *cert,
     struct dmk_err *err);
 
+/* ALTER AVAILABILITY GROUP [AG] FAILOVER, run on target (as the docs say),
+ * then wait until target reports itself PRIMARY. */
+int ag_failover_to(struct ag_run *run, struct rep_run *target, struct dmk_err *err);
+
 /* Registration records kept in state_dir: which store version and which
  * credential this agent registered per AG, replica and database family. */
 int regstate_set(struct agent *a, const char *ag, const char *replica,
+    const char *family, const char *reference, const char *version,
+    const char *credential, struct dmk_err *err);
+/* The same, but the credential is exactly this one (NULL or "": none known),
+ * where regstate_set keeps the previous name when given none. */
+int regstate_set_exact(struct agent *a, const char *ag, const char *replica,
     const char *family, const char *reference, const char *version,
     const char *credential, struct dmk_err *err);
 int regstate_get(struct agent *a, const char *ag, const char *replica,

@@ -1,17 +1,1305 @@
-/* rotate.c: dmkagent rotate and recover.  (Filled in by the rotation issue.) */
+/*
+ * rotate.c: dmkagent rotate and recover: a new DMK password for each
+ * database, without a moment in which some replica could not open its DMK
+ * with a password the store holds.
+ *
+ * The state machine (one database at a time, under the store lease and
+ * the local lock; "fp" is the failpoint at each boundary):
+ *   1 lease         take the store lease                       fp after-lease
+ *   2 prove         the store's current password opens the DMK
+ *                   on the primary                             fp after-prove
+ *     (regenerate)  a fresh escrowed backup                    fp after-backup
+ *   3 pending       a generated password written to the store
+ *                   as a new version marked pending, with
+ *                   check-and-set on the newest version        fp after-pending
+ *   4 apply         ALTER MASTER KEY ADD ENCRYPTION BY PASSWORD
+ *                   on the primary (skipped if it opens)       fp after-add
+ *                   (regenerate: register first, then
+ *                   REGENERATE WITH ENCRYPTION BY PASSWORD)    fp after-regenerate
+ *   5 register      sp_control_dbmasterkey_password add on
+ *                   every replica; the old credential stays    fp after-register
+ *   6 verify+mark   every replica holds it (15594) and the DMK
+ *                   opens where readable; new version marked
+ *                   current, then the old one retiring          fp after-verify,
+ *                                                   after-mark-current, after-verify-mark
+ *   7 drop+retire   drop the old password on the primary (never
+ *                   the last one), then the old credential on
+ *                   every replica; old version marked retired   fp after-drop-primary,
+ *                                          after-drop-replicas, after-retire
+ *     release       the lease                                   fp after-release
+ * Resume: the store's markers say where a run stopped.  The newest version
+ * marked pending is an unfinished rotation (its dmkagent-replaces marker
+ * names the old version); SQL Server then says whether step 4 happened
+ * (the new password opens the DMK on the primary).  A current version
+ * whose replaced version is not yet retired, or a version marked
+ * retiring, means step 7 is left.  The invariant at every boundary: the
+ * old password stays on the DMK and registered everywhere until the new
+ * one is proven on the primary and registered on every replica.
+ */
+#include <getopt.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
 #include "dmk.h"
+#include "secret.h"
 #include "cli.h"
 #include "failpoint.h"
+#include "genpass.h"
+#include "lease.h"
+#include "backup.h"
 #include "replicas.h"
+
+#define MARK_MODE "dmkagent-mode"           /* rotate|regenerate|recover */
+#define MARK_REPLACES "dmkagent-replaces"   /* the version a pending one replaces */
+
+enum rot_mode { MODE_ROTATE = 0, MODE_REGENERATE, MODE_RECOVER };
+static const char *const mode_names[] = { "rotate", "regenerate", "recover" };
+
+enum rot_step {
+	STEP_PROVE = 1, STEP_APPLY, STEP_REGISTER, STEP_VERIFY, STEP_DROP, STEP_DONE,
+};
+static const char *const step_names[] = { "", "prove the current password and write a new "
+	"pending version", "put the new password on the DMK (primary)", "register it on every "
+	"replica", "verify every replica and mark it current", "drop the old password and "
+	"retire it", "nothing left" };
+
+struct rot {
+	struct agent *a;
+	struct ag_run *run;
+	size_t pi;
+	struct db_plan *p;
+	const char *cmd;              /* "rotate" or "recover": failpoints and audit */
+	struct store *st;
+	const struct secret_ref *ref;
+	struct sql_session *ps;       /* the primary, through the listener */
+	int mode, step, resumed, dry;
+	int recover_ok;               /* recover: this primary's SMK opens the DMK */
+	char rid[33];
+	char latest[80];              /* the newest version, for check-and-set */
+	int have_old, have_new;
+	struct secret *oldpw, *newpw;
+	struct prov_version oldv, newv;
+	int have_prev;                /* an older version marked current, behind an unmarked one */
+	struct prov_version prevv;
+	char note[256];               /* why a step was skipped, for the report */
+};
+
+static void
+rot_fp(struct rot *r, const char *boundary)
+{
+	char name[96];
+
+	snprintf(name, sizeof(name), "%s:%s", r->cmd, boundary);
+	failpoint(name);
+}
+
+static void
+rot_audit(struct rot *r, const char *action, const char *replica, const char *version,
+    const char *outcome, const char *error)
+{
+	struct audit_target t = { r->run->ag->name, replica, r->p->db->name };
+	struct audit_keys k = { r->p->primary_keys.dmk_key_guid, NULL, r->p->store,
+	    r->ref->text, version, r->p->primary_keys.family_guid };
+	char act[64];
+
+	snprintf(act, sizeof(act), "%s-%s", r->cmd, action);
+	agent_audit(r->a, act, &t, &k, outcome, error);
+}
+
+static void
+rot_free(struct rot *r)
+{
+	secret_free(r->oldpw);
+	secret_free(r->newpw);
+	r->oldpw = r->newpw = NULL;
+	r->have_old = r->have_new = 0;
+	sql_close(r->ps);
+	r->ps = NULL;
+}
+
+static void
+reps_free(struct ag_run *run)
+{
+	size_t i;
+
+	for (i = 0; i < run->nreps; i++)
+		free(run->reps[i].dbs);
+	free(run->reps);
+	run->reps = NULL;
+	run->nreps = 0;
+}
+
+static void say(struct rot *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- the store's side ---- */
+
+static void
+by_marker(char *out, size_t n)
+{
+	struct passwd *pw = getpwuid(geteuid());
+	char host[256];
+
+	if (gethostname(host, sizeof(host)) != 0)
+		util_strlcpy(host, "?", sizeof(host));
+	host[sizeof(host) - 1] = '\0';
+	snprintf(out, n, "%s@%s", pw && pw->pw_name ? pw->pw_name : "?", host);
+}
+
+static int
+rot_mark(struct rot *r, const char *version, const char *state, struct dmk_err *err)
+{
+	struct prov_meta m;
+	char by[300], t[32];
+	int rc;
+
+	memset(&m, 0, sizeof(m));
+	by_marker(by, sizeof(by));
+	util_rfc3339(time(NULL), t, sizeof(t));
+	prov_meta_set(&m, PROV_MARK_STATE, state);
+	prov_meta_set(&m, PROV_MARK_BY, by);
+	prov_meta_set(&m, PROV_MARK_TIME, t);
+	if (r->st->ops->set_meta == NULL)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: the store keeps no markers",
+		    r->ref->text);
+	if ((rc = r->st->ops->set_meta(r->st, r->ref, version, &m, err)) != 0)
+		return dmk_err_prefix(err, "%s: marking version %s %s", r->ref->text, version, state);
+	snprintf(by, sizeof(by), "mark-%s", state);
+	rot_audit(r, by, NULL, version, state, NULL);
+	if (r->have_old && strcmp(version, r->oldv.id) == 0)
+		prov_meta_set(&r->oldv.meta, PROV_MARK_STATE, state);
+	if (r->have_new && strcmp(version, r->newv.id) == 0)
+		prov_meta_set(&r->newv.meta, PROV_MARK_STATE, state);
+	return 0;
+}
+
+static int
+live(const struct prov_version *v)
+{
+	return !v->deleted && !v->destroyed && !v->disabled;
+}
+
+static const char *
+state_of(const struct prov_version *v)
+{
+	const char *s = prov_meta_get(&v->meta, PROV_MARK_STATE);
+	return s ? s : "";
+}
+
+/*
+ * Read the store's versions and markers: where does this database stand?
+ * Fills mode, step, rid, latest and the old/new versions and passwords.
+ */
+static int
+rot_analyse(struct rot *r, struct dmk_err *err)
+{
+	struct prov_version *v = NULL;
+	size_t n = 0, i;
+	long ip = -1, ic = -1, ir = -1, io = -1, newest = -1;
+	const char *m;
+	int rc;
+
+	secret_free(r->oldpw);
+	secret_free(r->newpw);
+	r->oldpw = r->newpw = NULL;
+	r->have_old = r->have_new = 0;
+	r->latest[0] = r->rid[0] = '\0';
+	if (r->ref->kind != REF_STORE)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: %s is not in a store: rotation needs "
+		    "a store with versions and markers", r->p->db->name, r->ref->text);
+	if ((rc = agent_store(r->a, r->ref->store, &r->st, err)) != 0)
+		return rc;
+	if (r->st->ops->list_versions == NULL || r->st->ops->set_meta == NULL ||
+	    r->st->ops->put == NULL)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: store %s keeps no versions or "
+		    "markers", r->ref->text, r->ref->store);
+	rc = r->st->ops->list_versions(r->st, r->ref, &v, &n, err);
+	if (rc == DMK_ERR_NOTFOUND)
+		n = 0, rc = 0;
+	else if (rc != 0)
+		return dmk_err_prefix(err, "%s", r->ref->text);
+	if (n > 0)
+		util_strlcpy(r->latest, v[n - 1].id, sizeof(r->latest));
+	for (i = n; i-- > 0; )
+		if (live(&v[i])) {
+			newest = (long)i;
+			break;
+		}
+	if (newest >= 0 && strcmp(state_of(&v[newest]), "pending") == 0)
+		ip = newest;
+	for (i = n; i-- > 0; ) {
+		const char *s = state_of(&v[i]);
+		if (!live(&v[i]) || (long)i == ip)
+			continue;
+		if (ic < 0 && (s[0] == '\0' || strcmp(s, "current") == 0))
+			ic = (long)i;
+		if (ir < 0 && strcmp(s, "retiring") == 0)
+			ir = (long)i;
+	}
+	if (ip >= 0) {
+		/* an unfinished rotation: continue it */
+		r->newv = v[ip];
+		r->have_new = 1;
+		util_strlcpy(r->rid, (m = prov_meta_get(&v[ip].meta, PROV_MARK_ROTATION)) ? m : "",
+		    sizeof(r->rid));
+		m = prov_meta_get(&v[ip].meta, MARK_MODE);
+		r->mode = m && strcmp(m, "regenerate") == 0 ? MODE_REGENERATE :
+		    m && strcmp(m, "recover") == 0 ? MODE_RECOVER : MODE_ROTATE;
+		if ((m = prov_meta_get(&v[ip].meta, MARK_REPLACES)) != NULL && m[0])
+			for (i = 0; i < n; i++)
+				if (strcmp(v[i].id, m) == 0 && live(&v[i]))
+					io = (long)i;
+		if (io < 0 && r->mode != MODE_RECOVER)
+			io = ic >= 0 ? ic : ir;
+		r->step = STEP_APPLY;
+		r->resumed = 1;
+	} else if (ic >= 0) {
+		if ((m = prov_meta_get(&v[ic].meta, MARK_REPLACES)) != NULL && m[0])
+			for (i = 0; i < n; i++)
+				if (strcmp(v[i].id, m) == 0 && live(&v[i]) && (long)i != ic &&
+				    strcmp(state_of(&v[i]), "retired") != 0)
+					io = (long)i;
+		if (io < 0 && ir >= 0 && ir != ic)
+			io = ir;
+		r->newv = v[ic];
+		r->have_new = 1;
+		if (io >= 0) {
+			r->step = STEP_DROP;
+			r->resumed = 1;
+			util_strlcpy(r->rid, (m = prov_meta_get(&v[ic].meta, PROV_MARK_ROTATION)) ?
+			    m : "", sizeof(r->rid));
+		} else {
+			/* nothing unfinished: the current version is the old one of a new rotation */
+			io = ic;
+			r->have_prev = 0;
+			if (state_of(&v[ic])[0] == '\0')
+				for (i = (size_t)ic; i-- > 0 && !r->have_prev; )
+					if (live(&v[i]) && strcmp(state_of(&v[i]), "current") == 0) {
+						r->prevv = v[i];
+						r->have_prev = 1;
+					}
+			r->have_new = 0;
+			r->step = STEP_PROVE;
+			r->resumed = 0;
+		}
+	} else {
+		r->step = STEP_PROVE;    /* nothing usable in the store (recover) */
+		r->resumed = 0;
+	}
+	if (io >= 0) {
+		r->oldv = v[io];
+		r->have_old = 1;
+	}
+	free(v);
+	if (r->have_old && (rc = r->st->ops->get(r->st, r->ref, r->oldv.id, &r->oldpw, NULL,
+	    err)) != 0)
+		return dmk_err_prefix(err, "%s version %s", r->ref->text, r->oldv.id);
+	if (r->have_new && (rc = r->st->ops->get(r->st, r->ref, r->newv.id, &r->newpw, NULL,
+	    err)) != 0)
+		return dmk_err_prefix(err, "%s version %s", r->ref->text, r->newv.id);
+	return 0;
+}
+
+/* Step 3: the new password, in the store, pending, before SQL Server knows it. */
+static int
+rot_write_pending(struct rot *r, struct dmk_err *err)
+{
+	struct pass_policy pp;
+	struct prov_meta m;
+	struct prov_version nv;
+	char by[300], t[32];
+	int rc;
+
+	memset(&pp, 0, sizeof(pp));
+	pp.length = r->a->cfg->password_length;
+	util_strlcpy(pp.avoid, r->a->cfg->password_avoid, sizeof(pp.avoid));
+	if ((rc = genpass(&pp, &r->newpw, err)) != 0)
+		return rc;
+	util_random_id(r->rid, sizeof(r->rid));
+	by_marker(by, sizeof(by));
+	util_rfc3339(time(NULL), t, sizeof(t));
+	memset(&m, 0, sizeof(m));
+	prov_meta_set(&m, PROV_MARK_STATE, "pending");
+	prov_meta_set(&m, PROV_MARK_ROTATION, r->rid);
+	prov_meta_set(&m, PROV_MARK_BY, by);
+	prov_meta_set(&m, PROV_MARK_TIME, t);
+	prov_meta_set(&m, MARK_MODE, mode_names[r->mode]);
+	if (r->have_old)
+		prov_meta_set(&m, MARK_REPLACES, r->oldv.id);
+	memset(&nv, 0, sizeof(nv));
+	rc = r->st->ops->put(r->st, r->ref, r->newpw, r->latest[0] ? r->latest : "0", &m, &nv, err);
+	if (rc != 0 && nv.id[0] != '\0') {
+		/* the version landed but its markers did not: once more */
+		struct dmk_err e2;
+		if (r->st->ops->set_meta(r->st, r->ref, nv.id, &m, &e2) == 0)
+			rc = 0;
+	}
+	if (rc != 0) {
+		rot_audit(r, "pending", NULL, nv.id[0] ? nv.id : NULL, "failed", err->msg);
+		return dmk_err_prefix(err, "%s: writing the new pending version", r->p->db->name);
+	}
+	r->newv = nv;
+	r->newv.meta = m;
+	r->have_new = 1;
+	util_strlcpy(r->latest, nv.id, sizeof(r->latest));
+	rot_audit(r, "pending", NULL, nv.id, "written", NULL);
+	return 0;
+}
+
+/* ---- the primary ---- */
+
+static int
+rot_primary(struct rot *r, struct dmk_err *err)
+{
+	const struct conf_ag *ag = r->run->ag;
+	struct sql_endpoint ep;
+
+	if (r->ps != NULL)
+		return 0;
+	memset(&ep, 0, sizeof(ep));
+	snprintf(ep.name, sizeof(ep.name), "%s listener", ag->name);
+	util_strlcpy(ep.host, ag->listener_host, sizeof(ep.host));
+	ep.port = ag->listener_port;
+	util_strlcpy(ep.tls_name, ag->listener_host, sizeof(ep.tls_name));
+	return sql_connect(&ep, &r->run->login, &r->ps, err);
+}
+
+/* 0 opens, DMK_ERR_WRONGPASS does not, other: cannot tell (error set). */
+static int
+rot_probe(struct rot *r, const struct secret *pw, struct dmk_err *err)
+{
+	int rc;
+
+	if ((rc = rot_primary(r, err)) != 0)
+		return rc;
+	return sql_dmk_probe(r->ps, r->p->db->name, pw, err);
+}
+
+/* USE [db]; ALTER MASTER KEY <what> [= pw].  Returns SQL Server's error number
+ * in *num (0 on success). */
+static int
+rot_alter(struct rot *r, const char *what, const struct secret *pw, int *num,
+    struct dmk_err *err)
+{
+	struct sql_stmt *st;
+	int rc;
+
+	*num = 0;
+	if ((rc = rot_primary(r, err)) != 0)
+		return rc;
+	if ((st = sql_stmt_new()) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	if ((rc = sql_stmt_raw(st, "USE ")) == 0 &&
+	    (rc = sql_stmt_ident(st, r->p->db->name, err)) == 0 &&
+	    (rc = sql_stmt_raw(st, "; ALTER MASTER KEY ")) == 0 &&
+	    (rc = sql_stmt_raw(st, what)) == 0 &&
+	    (rc = sql_stmt_secret(st, pw, err)) == 0)
+		rc = sql_exec(r->ps, st, NULL, err);
+	if (rc == DMK_ERR_SQL)
+		*num = sql_last_error(r->ps)->number;
+	sql_stmt_free(st);
+	return rc;
+}
+
+/* Facts of the database from the primary when ag_open did not get them
+ * (no usable store version: recover). */
+static int
+rot_facts(struct rot *r, struct dmk_err *err)
+{
+	struct db_plan *p = r->p;
+	struct sql_stmt *st;
+	struct sql_result *res = NULL;
+	const struct sql_value *v;
+	int rc;
+
+	if (p->primary_keys.family_guid[0] && p->cert[0])
+		return 0;
+	if ((rc = rot_primary(r, err)) != 0)
+		return rc;
+	if (!p->primary_keys.family_guid[0] &&
+	    (rc = sql_db_keys(r->ps, p->db->name, &p->primary_keys, err)) != 0)
+		return rc;
+	if (p->cert[0])
+		return 0;
+	if (p->db->ncertificates > 0) {
+		util_strlcpy(p->cert, p->db->certificates[0], sizeof(p->cert));
+		return 0;
+	}
+	if ((st = sql_stmt_new()) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	if ((rc = sql_stmt_raw(st, "USE ")) == 0 && (rc = sql_stmt_ident(st, p->db->name, err)) == 0 &&
+	    (rc = sql_stmt_raw(st, "; SELECT TOP 1 name FROM sys.certificates "
+	    "WHERE pvt_key_encryption_type = 'MK' ORDER BY certificate_id")) == 0 &&
+	    (rc = sql_exec(r->ps, st, &res, err)) == 0 && res && res->nrows > 0 &&
+	    (v = sql_cell(res, 0, "name")) != NULL && v->type == SQLT_STR)
+		util_strlcpy(p->cert, v->s, sizeof(p->cert));
+	sql_result_free(res);
+	sql_stmt_free(st);
+	return rc;
+}
+
+/* ---- every replica ---- */
+
+/* The credentials of this database's family on one replica. */
+static int
+fam_creds(struct sql_session *s, struct rot *r, char names[8][160], struct dmk_err *err)
+{
+	struct sql_result *all = NULL;
+	int n, rc;
+
+	memset(names, 0, 8 * 160);
+	if ((rc = rep_credentials(s, &all, err)) != 0)
+		return rc;
+	n = creds_of(all, r->p->primary_keys.family_guid, names);
+	sql_result_free(all);
+	return n;
+}
+
+static int
+in_names(char names[8][160], int n, const char *want)
+{
+	int i;
+
+	for (i = 0; i < n && i < 8; i++)
+		if (want[0] && strcmp(names[i], want) == 0)
+			return 1;
+	return 0;
+}
+
+/* Add the new password's credential; 1 added, 0 already there, <0 error. */
+static int
+ensure_new(struct rep_run *rr, struct sql_session *s, struct rot *r, struct dmk_err *err)
+{
+	char before[8][160], after[8][160];
+	struct rep_db *d = &rr->dbs[r->pi];
+	int nb, na, i, rc;
+
+	if ((nb = fam_creds(s, r, before, err)) < 0)
+		return nb;
+	rc = sql_dmk_password(s, r->p->db->name, r->newpw, "add", err);
+	if (rc != 0 && sql_last_error(s)->number == 15594)
+		return 0;
+	if (rc != 0)
+		return rc;
+	if ((na = fam_creds(s, r, after, err)) < 0)
+		return 1;
+	for (i = 0; i < na && i < 8; i++)
+		if (!in_names(before, nb, after[i]))
+			util_strlcpy(d->credential, after[i], sizeof(d->credential));
+	return 1;
+}
+
+static int
+work_register(struct rep_run *rr, struct sql_session *s)
+{
+	struct rot *r = rr->run->ctx;
+	struct rep_db *d = &rr->dbs[r->pi];
+	struct dmk_err e;
+	int rc = ensure_new(rr, s, r, &e);
+
+	d->outcome = rc == 1 ? OUT_ADDED : rc == 0 ? OUT_PRESENT : OUT_FAILED;
+	if (rc < 0)
+		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+	rot_audit(r, "register", rr->rep->name, r->newv.id, rc == 1 ? "added" : rc == 0 ?
+	    "unchanged" : "failed", rc < 0 ? e.msg : NULL);
+	return rc < 0 ? DMK_ERR_INCOMPLETE : 0;
+}
+
+static int
+work_verify(struct rep_run *rr, struct sql_session *s)
+{
+	struct rot *r = rr->run->ctx;
+	struct rep_db *d = &rr->dbs[r->pi];
+	struct dmk_err e;
+	int rc, o = -1;
+
+	/* 15594 proves a credential with exactly this password is here. */
+	rc = ensure_new(rr, s, r, &e);
+	if (rc >= 0 && (rr->is_primary || rr->rep->secondary_allow != 0)) {
+		o = probe_auto_open(s, r->p->db->name, r->p->cert, &e);
+		if (o == 0) {
+			rc = DMK_ERR_VERIFY;
+			snprintf(e.msg, sizeof(e.msg), "%s: the DMK does not open by itself here",
+			    rr->rep->name);
+		}
+	}
+	d->outcome = rc >= 0 ? OUT_OK : OUT_GAP;
+	d->auto_open = o;
+	if (rc < 0)
+		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+	rot_audit(r, "verify", rr->rep->name, r->newv.id, rc >= 0 ? "ok" : "gap",
+	    rc < 0 ? e.msg : NULL);
+	if (rc >= 0 && regstate_set(r->a, r->run->ag->name, rr->rep->name,
+	    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, d->credential, &e) != 0)
+		log_warn("%s", e.msg);
+	return rc < 0 ? DMK_ERR_INCOMPLETE : 0;
+}
+
+static int
+work_drop(struct rep_run *rr, struct sql_session *s)
+{
+	struct rot *r = rr->run->ctx;
+	struct rep_db *d = &rr->dbs[r->pi];
+	char names[8][160], ver[80], cred[160];
+	const char *keep = "";
+	struct dmk_err e;
+	int rc, n, dropped = 0;
+
+	/* Never drop the old credential unless the new one is here. */
+	if ((rc = ensure_new(rr, s, r, &e)) < 0)
+		goto out;
+	rc = sql_dmk_password(s, r->p->db->name, r->oldpw, "drop", &e);
+	if (rc != 0 && sql_last_error(s)->number == 15595)
+		rc = 0;
+	else if (rc == 0)
+		dropped = 1;
+	if (rc != 0)
+		goto out;
+	/* Which credential is ours now: the one this run added, the one
+	 * recorded before if still there, or the only one left. */
+	if ((n = fam_creds(s, r, names, &e)) < 0) {
+		rc = n;
+		goto out;
+	}
+	regstate_get(r->a, r->run->ag->name, rr->rep->name, r->p->primary_keys.family_guid,
+	    ver, sizeof(ver), cred, sizeof(cred));
+	if (in_names(names, n, d->credential))
+		keep = d->credential;
+	else if (in_names(names, n, cred))
+		keep = cred;
+	else if (n == 1)
+		keep = names[0];
+	if (regstate_set_exact(r->a, r->run->ag->name, rr->rep->name,
+	    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, keep, &e) != 0)
+		log_warn("%s", e.msg);
+out:
+	d->outcome = rc == 0 ? (dropped ? OUT_DROPPED : OUT_OK) : OUT_FAILED;
+	if (rc != 0)
+		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+	rot_audit(r, "drop-credential", rr->rep->name, r->oldv.id, rc != 0 ? "failed" :
+	    dropped ? "dropped" : "already gone", rc != 0 ? e.msg : NULL);
+	return rc != 0 ? DMK_ERR_INCOMPLETE : 0;
+}
+
+/* Run one job on every replica; DMK_ERR_INCOMPLETE naming the first gap. */
+static int
+rot_each(struct rot *r, int (*work)(struct rep_run *, struct sql_session *), const char *what,
+    struct dmk_err *err)
+{
+	size_t i;
+	int rc;
+
+	reps_free(r->run);
+	r->run->ctx = r;
+	rc = ag_each_replica(r->run, work);
+	if (rc == 0)
+		return 0;
+	for (i = 0; i < r->run->nreps; i++) {
+		struct rep_run *rr = &r->run->reps[i];
+		if (!rr->reached)
+			return dmk_errf(err, DMK_ERR_INCOMPLETE, "%s: %s: replica %s not reached: %s",
+			    r->p->db->name, what, rr->rep->name, rr->error);
+		if (rr->code != 0)
+			return dmk_errf(err, DMK_ERR_INCOMPLETE, "%s: %s: replica %s: %s",
+			    r->p->db->name, what, rr->rep->name, rr->dbs ? rr->dbs[r->pi].detail : "");
+	}
+	return dmk_errf(err, rc, "%s: %s: incomplete", r->p->db->name, what);
+}
+
+/* ---- the steps ---- */
+
+/*
+ * The newest version has no markers and does not open the DMK, while an
+ * older one marked current does: a pending write whose markers never
+ * landed (the store failed between the two requests), or a password put
+ * into the store behind dmkagent's back.  Either way it is what the store
+ * says the password should be: continue it as a pending rotation.
+ * 0 adopted (r->step is then STEP_APPLY), 1 not adopted, <0 error.
+ */
+static int
+adopt_unmarked(struct rot *r, struct dmk_err *err)
+{
+	struct secret *prevpw = NULL;
+	struct prov_meta m;
+	char by[300], t[32];
+	int rc;
+
+	if ((rc = r->st->ops->get(r->st, r->ref, r->prevv.id, &prevpw, NULL, err)) != 0)
+		return rc;
+	if ((rc = rot_probe(r, prevpw, err)) != 0) {
+		secret_free(prevpw);
+		return rc == DMK_ERR_WRONGPASS ? 1 : rc;
+	}
+	util_random_id(r->rid, sizeof(r->rid));
+	by_marker(by, sizeof(by));
+	util_rfc3339(time(NULL), t, sizeof(t));
+	memset(&m, 0, sizeof(m));
+	prov_meta_set(&m, PROV_MARK_STATE, "pending");
+	prov_meta_set(&m, PROV_MARK_ROTATION, r->rid);
+	prov_meta_set(&m, PROV_MARK_BY, by);
+	prov_meta_set(&m, PROV_MARK_TIME, t);
+	prov_meta_set(&m, MARK_MODE, mode_names[MODE_ROTATE]);
+	prov_meta_set(&m, MARK_REPLACES, r->prevv.id);
+	if ((rc = r->st->ops->set_meta(r->st, r->ref, r->oldv.id, &m, err)) != 0) {
+		secret_free(prevpw);
+		return dmk_err_prefix(err, "%s: marking unmarked version %s pending", r->ref->text,
+		    r->oldv.id);
+	}
+	rot_audit(r, "adopt", NULL, r->oldv.id, "pending", NULL);
+	say(r, "store version %s has no markers and does not open the DMK; version %s does: "
+	    "continuing %s as a pending rotation", r->oldv.id, r->prevv.id, r->oldv.id);
+	secret_free(r->newpw);
+	r->newpw = r->oldpw;
+	r->newv = r->oldv;
+	r->newv.meta = m;
+	r->have_new = 1;
+	r->oldpw = prevpw;
+	r->oldv = r->prevv;
+	r->have_prev = 0;
+	r->mode = MODE_ROTATE;
+	r->resumed = 1;
+	r->step = STEP_APPLY;
+	return 0;
+}
+
+static int
+step_prove(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
+	if (!r->have_old)
+		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: %s holds no current password: use "
+		    "dmkagent recover", r->p->db->name, r->ref->text);
+	rc = rot_probe(r, r->oldpw, err);
+	rot_audit(r, "prove", NULL, r->oldv.id, rc == 0 ? "opens" : "failed", rc ? err->msg : NULL);
+	if (rc == DMK_ERR_WRONGPASS && r->have_prev) {
+		if ((rc = adopt_unmarked(r, err)) <= 0)
+			return rc;
+		rc = DMK_ERR_WRONGPASS;
+	}
+	if (rc == DMK_ERR_WRONGPASS)
+		return dmk_errf(err, rc, "%s: the store's current password (%s version %s) does not "
+		    "open the DMK on the primary; nothing was changed (dmkagent recover gives a DMK "
+		    "whose password nobody knows a new one)", r->p->db->name, r->ref->text,
+		    r->oldv.id);
+	if (rc != 0)
+		return rc;
+	rot_fp(r, "after-prove");
+	if (r->mode == MODE_REGENERATE) {
+		if ((rc = backup_database(r->run, r->p, r->ps, err)) != 0) {
+			rot_audit(r, "backup", NULL, r->oldv.id, "failed", err->msg);
+			return dmk_err_prefix(err, "%s: rotate --regenerate refused: it makes new key "
+			    "material and needs a fresh escrowed backup first, which failed",
+			    r->p->db->name);
+		}
+		rot_audit(r, "backup", NULL, r->oldv.id, "ok", NULL);
+		rot_fp(r, "after-backup");
+	}
+	if ((rc = rot_write_pending(r, err)) != 0)
+		return rc;
+	rot_fp(r, "after-pending");
+	return 0;
+}
+
+static int
+step_apply(struct rot *r, struct dmk_err *err)
+{
+	int rc, num, o;
+
+	rc = rot_probe(r, r->newpw, err);
+	if (rc == 0) {
+		snprintf(r->note, sizeof(r->note), "the new password already opened the DMK");
+		return 0;
+	}
+	if (rc != DMK_ERR_WRONGPASS)
+		return rc;
+	if (r->mode == MODE_RECOVER) {
+		if ((o = probe_auto_open(r->ps, r->p->db->name, r->p->cert, err)) != 1)
+			return o < -1 ? o : dmk_errf(err, DMK_ERR_WRONGPASS, "%s: the DMK does not "
+			    "open by itself on the primary; recover needs a node whose service master "
+			    "key opens it", r->p->db->name);
+	} else {
+		/* Only on top of a password that still opens it. */
+		if (!r->have_old || (rc = rot_probe(r, r->oldpw, err)) == DMK_ERR_WRONGPASS)
+			return dmk_errf(err, DMK_ERR_WRONGPASS, "%s: neither the pending password "
+			    "(version %s) nor the one it replaces opens the DMK on the primary; "
+			    "nothing was changed", r->p->db->name, r->newv.id);
+		if (rc != 0)
+			return rc;
+	}
+	if (r->mode == MODE_REGENERATE) {
+		/* The new credential everywhere first: after REGENERATE only the new
+		 * password (and the SMK) opens the DMK. */
+		if ((rc = rot_each(r, work_register, "registering before REGENERATE", err)) != 0)
+			return rc;
+		rot_fp(r, "after-register");
+		if (r->resumed && (rc = backup_database(r->run, r->p, r->ps, err)) != 0)
+			return dmk_err_prefix(err, "%s: refusing to REGENERATE without a fresh "
+			    "escrowed backup", r->p->db->name);
+		rc = rot_alter(r, "REGENERATE WITH ENCRYPTION BY PASSWORD = ", r->newpw, &num, err);
+		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
+		    rc ? err->msg : NULL);
+		if (rc != 0)
+			return rc;
+		rot_fp(r, "after-regenerate");
+		return 0;
+	}
+	rc = rot_alter(r, "ADD ENCRYPTION BY PASSWORD = ", r->newpw, &num, err);
+	if (rc != 0 && num == 15579)
+		rc = 0;    /* already added */
+	rot_audit(r, "add", NULL, r->newv.id, rc == 0 ? "added" : "failed", rc ? err->msg : NULL);
+	if (rc != 0)
+		return rc;
+	rot_fp(r, "after-add");
+	return 0;
+}
+
+static int
+step_verify(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
+	if ((rc = rot_probe(r, r->newpw, err)) != 0)
+		return rc == DMK_ERR_WRONGPASS ? dmk_errf(err, DMK_ERR_VERIFY, "%s: the new "
+		    "password does not open the DMK on the primary", r->p->db->name) : rc;
+	if ((rc = rot_each(r, work_verify, "verifying", err)) != 0)
+		return rc;
+	rot_fp(r, "after-verify");
+	if ((rc = rot_mark(r, r->newv.id, "current", err)) != 0)
+		return rc;
+	rot_fp(r, "after-mark-current");
+	if (r->have_old) {
+		if ((rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
+			return rc;
+		rot_fp(r, "after-verify-mark");
+	}
+	return 0;
+}
+
+static int
+step_drop(struct rot *r, struct dmk_err *err)
+{
+	int rc, num;
+	const char *how;
+
+	if (!r->have_old)
+		return 0;
+	if (strcmp(state_of(&r->oldv), "retiring") != 0 &&
+	    (rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
+		return rc;
+	/* Never drop the old one unless the new one opens the DMK. */
+	if ((rc = rot_probe(r, r->newpw, err)) != 0)
+		return rc == DMK_ERR_WRONGPASS ? dmk_errf(err, DMK_ERR_VERIFY, "%s: the current "
+		    "password (version %s) does not open the DMK on the primary; the old one is "
+		    "kept", r->p->db->name, r->newv.id) : rc;
+	rc = rot_probe(r, r->oldpw, err);
+	if (rc == DMK_ERR_WRONGPASS) {
+		how = "already gone";
+		rc = 0;
+	} else if (rc != 0)
+		return rc;
+	else {
+		rc = rot_alter(r, "DROP ENCRYPTION BY PASSWORD = ", r->oldpw, &num, err);
+		how = "dropped";
+		if (rc != 0 && num == 15313) {
+			how = "already gone";
+			rc = 0;
+		} else if (rc != 0 && num == 15558)
+			dmk_err_prefix(err, "%s: refusing: the old password is the DMK's last one",
+			    r->p->db->name);
+	}
+	rot_audit(r, "drop", NULL, r->oldv.id, rc == 0 ? how : "failed", rc ? err->msg : NULL);
+	if (rc != 0)
+		return rc;
+	rot_fp(r, "after-drop-primary");
+	if ((rc = rot_each(r, work_drop, "dropping the old credential", err)) != 0)
+		return rc;
+	rot_fp(r, "after-drop-replicas");
+	if ((rc = rot_mark(r, r->oldv.id, "retired", err)) != 0)
+		return rc;
+	rot_fp(r, "after-retire");
+	return 0;
+}
+
+/* From r->step to the end.  The step a failure happened in stays in r->step. */
+static int
+rot_steps(struct rot *r, struct dmk_err *err)
+{
+	int rc = 0;
+
+	if (r->step == STEP_PROVE) {
+		if ((rc = step_prove(r, err)) != 0)
+			return rc;
+		r->step = STEP_APPLY;
+	}
+	if (r->step == STEP_APPLY) {
+		if ((rc = step_apply(r, err)) != 0)
+			return rc;
+		r->step = STEP_REGISTER;
+	}
+	if (r->step == STEP_REGISTER) {
+		if ((rc = rot_each(r, work_register, "registering", err)) != 0)
+			return rc;
+		if (r->mode != MODE_REGENERATE)
+			rot_fp(r, "after-register");
+		r->step = STEP_VERIFY;
+	}
+	if (r->step == STEP_VERIFY) {
+		if ((rc = step_verify(r, err)) != 0)
+			return rc;
+		r->step = STEP_DROP;
+	}
+	if (r->step == STEP_DROP) {
+		if ((rc = step_drop(r, err)) != 0)
+			return rc;
+		r->step = STEP_DONE;
+	}
+	return 0;
+}
+
+/* Where a resumed rotation stands, by asking the primary (read only). */
+static int
+rot_where(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
+	if (r->step != STEP_APPLY)
+		return 0;
+	rc = rot_probe(r, r->newpw, err);
+	if (rc == 0)
+		r->step = STEP_REGISTER;
+	return rc == 0 || rc == DMK_ERR_WRONGPASS ? 0 : rc;
+}
+
+static void
+say(struct rot *r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (r->a->quiet)
+		return;
+	fprintf(r->a->out, "%s/%s: ", r->run->ag->name, r->p->db->name);
+	va_start(ap, fmt);
+	vfprintf(r->a->out, fmt, ap);
+	va_end(ap);
+	fputc('\n', r->a->out);
+}
+
+/*
+ * One database: lease, where it stands, the steps, release.  Returns 0, or
+ * an error; a finished resumed rotation does not start another one.
+ */
+static int
+rot_db(struct rot *r, int if_due, struct dmk_err *err)
+{
+	struct lease l;
+	struct dmk_err e2;
+	int rc, rounds, rel;
+
+	memset(&l, 0, sizeof(l));
+	if (!r->dry) {
+		if ((rc = lease_take(r->a, r->ref, r->run->ag->name, r->p->db->name, r->cmd, &l,
+		    err)) != 0) {
+			rot_audit(r, "lease", NULL, NULL, "refused", err->msg);
+			return rc;
+		}
+		rot_audit(r, "lease", NULL, l.version, "taken", NULL);
+		rot_fp(r, "after-lease");
+	}
+	if ((rc = rot_analyse(r, err)) != 0 || (rc = rot_facts(r, err)) != 0)
+		goto out;
+	for (rounds = 0; rounds < 4; rounds++) {
+		int was_resumed = r->resumed;
+
+		if (r->step == STEP_PROVE) {
+			if (rounds > 0)
+				break;    /* finished what was unfinished: that is this run's rotation */
+			if (r->mode == MODE_RECOVER) {
+				if (!r->recover_ok || r->dry)
+					break;
+				/* Nothing in the store opens it: a new password, pending,
+				 * replacing nothing (wrong versions stay as they are). */
+				secret_free(r->oldpw);
+				r->oldpw = NULL;
+				r->have_old = 0;
+				if ((rc = rot_write_pending(r, err)) != 0)
+					goto out;
+				rot_fp(r, "after-pending");
+				r->step = STEP_APPLY;
+			}
+			if (if_due) {
+				time_t due = r->oldv.created + (time_t)r->p->db->rotate_every;
+				char t[32];
+				if (r->p->db->rotate_every <= 0) {
+					say(r, "not due (no rotate_every)");
+					break;
+				}
+				if (r->oldv.created != 0 && due > time(NULL)) {
+					util_rfc3339(due, t, sizeof(t));
+					say(r, "not due until %s (version %s)", t, r->oldv.id);
+					break;
+				}
+			}
+		}
+		if (r->dry) {
+			if ((rc = rot_where(r, err)) != 0)
+				goto out;
+			if (r->step == STEP_PROVE)
+				say(r, "would %s: prove store version %s, write a new version pending, "
+				    "%s on the primary, register it on %zu replica(s), verify, mark it "
+				    "current, drop version %s's password and retire it",
+				    mode_names[r->mode], r->oldv.id, r->mode == MODE_REGENERATE ?
+				    "back up, then REGENERATE" : "ADD ENCRYPTION BY PASSWORD",
+				    r->run->info.nreplicas, r->oldv.id);
+			else
+				say(r, "would resume %s %s (version %s replacing %s) at step: %s",
+				    mode_names[r->mode], r->rid[0] ? r->rid : "-", r->newv.id,
+				    r->have_old ? r->oldv.id : "-", step_names[r->step]);
+			break;
+		}
+		if (was_resumed)
+			say(r, "resuming %s %s (version %s replacing %s) at step: %s",
+			    mode_names[r->mode], r->rid[0] ? r->rid : "-", r->newv.id,
+			    r->have_old ? r->oldv.id : "-", step_names[r->step]);
+		r->note[0] = '\0';
+		if ((rc = rot_steps(r, err)) != 0)
+			goto out;
+		say(r, "%s: store version %s is current%s%s%s", was_resumed ? "finished" :
+		    r->mode == MODE_REGENERATE ? "regenerated" : "rotated", r->newv.id,
+		    r->have_old ? ", version " : "", r->have_old ? r->oldv.id : "",
+		    r->have_old ? " retired" : "");
+		if ((rc = rot_analyse(r, err)) != 0)
+			goto out;
+	}
+out:
+	if (rc != 0)
+		rot_audit(r, "stopped", NULL, r->have_new ? r->newv.id : NULL, step_names[r->step],
+		    err->msg);
+	rel = lease_release(r->a, &l, &e2);
+	if (rel != 0)
+		log_warn("%s", e2.msg);
+	else if (!r->dry && l.ref.path[0])
+		rot_audit(r, "release", NULL, NULL, "released", NULL);
+	if (rc == 0)
+		rot_fp(r, "after-release");
+	return rc;
+}
+
+/* ---- commands ---- */
+
+struct opts {
+	const char *ag, *db;
+	int if_due, dry, regenerate;
+};
+
+static int
+keep_worst(int worst, int rc)
+{
+	if (rc == 0)
+		return worst;
+	if (worst == 0 || dmk_exit_code(rc) == DMK_EXIT_LOCKED ||
+	    (dmk_exit_code(worst) == DMK_EXIT_INCOMPLETE && rc != DMK_ERR_INCOMPLETE))
+		return rc;
+	return worst;
+}
 
 int
 cmd_rotate(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	return dmk_errf(err, DMK_ERR_UNSUPPORTED, "rotate is not built yet");
+	static const struct option lo[] = {
+		{ "ag", required_argument, NULL, 'a' },
+		{ "database", required_argument, NULL, 'd' },
+		{ "if-due", no_argument, NULL, 'i' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ "regenerate", no_argument, NULL, 'r' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct opts o;
+	const struct conf_ag **ags = NULL;
+	size_t nags = 0, i, j;
+	int ch, rc, worst = 0;
+
+	memset(&o, 0, sizeof(o));
+	while ((ch = getopt_long(argc, argv, "a:d:inr", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'a': o.ag = optarg; break;
+		case 'd': o.db = optarg; break;
+		case 'i': o.if_due = 1; break;
+		case 'n': o.dry = 1; break;
+		case 'r': o.regenerate = 1; break;
+		default:
+			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent rotate [--ag AG] "
+			    "[--database DB] [--if-due] [--dry-run] [--regenerate]");
+		}
+	}
+	if (optind != argc)
+		return dmk_errf(err, DMK_ERR_USAGE, "rotate takes no arguments");
+	if ((rc = ag_select(a, o.ag, o.db, &ags, &nags, err)) != 0)
+		return rc;
+	if (!o.dry && (rc = agent_begin(a, "rotate", err)) != 0)
+		goto out;
+	for (i = 0; i < nags; i++) {
+		struct ag_run run;
+		struct dmk_err e;
+
+		if ((rc = ag_open(a, ags[i], o.db, 0, &run, &e)) != 0) {
+			log_error("%s", e.msg);
+			if (keep_worst(worst, rc) != worst)
+				worst = rc, *err = e;
+			ag_close(&run);
+			continue;
+		}
+		for (j = 0; j < run.nplans; j++) {
+			struct rot r;
+
+			if (!run.plans[j].in_ag) {
+				log_error("%s", run.plans[j].error);
+				if (keep_worst(worst, DMK_ERR_INCOMPLETE) != worst)
+					worst = DMK_ERR_INCOMPLETE, dmk_errf(err, worst, "%s",
+					    run.plans[j].error);
+				continue;
+			}
+			memset(&r, 0, sizeof(r));
+			r.a = a;
+			r.run = &run;
+			r.pi = j;
+			r.p = &run.plans[j];
+			r.ref = &r.p->db->dmk_password;
+			r.cmd = "rotate";
+			r.dry = o.dry;
+			r.mode = o.regenerate ? MODE_REGENERATE : MODE_ROTATE;
+			dmk_err_clear(&e);
+			rc = rot_db(&r, o.if_due, &e);
+			if (rc == 0 && r.resumed == 0 && o.regenerate && r.mode != MODE_REGENERATE)
+				say(&r, "finished an unfinished rotation first; run rotate --regenerate "
+				    "again to regenerate");
+			rot_free(&r);
+			if (rc != 0) {
+				fprintf(stderr, "dmkagent: %s\n", e.msg);
+				if (keep_worst(worst, rc) != worst)
+					worst = rc, *err = e;
+			}
+		}
+		ag_close(&run);
+	}
+	if (!o.dry)
+		agent_end(a, "rotate", worst);
+	rc = worst;
+	if (rc != 0)
+		dmk_err_prefix(err, "rotate stopped (a rerun continues where it stopped)");
+out:
+	free(ags);
+	return rc;
+}
+
+/* ---- recover ---- */
+
+static int
+noop_work(struct rep_run *rr, struct sql_session *s)
+{
+	(void)rr;
+	(void)s;
+	return 0;
+}
+
+/* Does the DMK of plan p open by itself on the current primary? */
+static int
+auto_opens(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
+	if ((rc = rot_facts(r, err)) != 0)
+		return rc;
+	if (r->p->cert[0] == '\0')
+		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: no certificate under the DMK to test it "
+		    "with", r->p->db->name);
+	return probe_auto_open(r->ps, r->p->db->name, r->p->cert, err);
+}
+
+static void
+runbook_help(struct agent *a, const char *db)
+{
+	fprintf(a->out, "%s: no replica's service master key opens the DMK, and no password in "
+	    "the store does.  dmkagent will not drop a DMK or a certificate.  The runbook's way "
+	    "out (Microsoft, ConfigMgr BitLocker recovery data on Always On): on the primary, "
+	    "restore the DMK from a backup (RESTORE MASTER KEY ... FORCE) or, losing the "
+	    "encrypted recovery keys, drop and recreate the certificate and the DMK with a "
+	    "known password, then put that password in the store (dmkagent store put) and run "
+	    "dmkagent register.\n", db);
 }
 
 int
 cmd_recover(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	return dmk_errf(err, DMK_ERR_UNSUPPORTED, "recover is not built yet");
+	static const struct option lo[] = {
+		{ "ag", required_argument, NULL, 'a' },
+		{ "database", required_argument, NULL, 'd' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct opts o;
+	const struct conf_ag **ags = NULL;
+	size_t nags = 0, i, j;
+	int ch, rc, worst = 0;
+
+	memset(&o, 0, sizeof(o));
+	while ((ch = getopt_long(argc, argv, "a:d:n", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'a': o.ag = optarg; break;
+		case 'd': o.db = optarg; break;
+		case 'n': o.dry = 1; break;
+		default:
+			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent recover [--ag AG] "
+			    "[--database DB] [--dry-run]");
+		}
+	}
+	if (optind != argc)
+		return dmk_errf(err, DMK_ERR_USAGE, "recover takes no arguments");
+	if ((rc = ag_select(a, o.ag, o.db, &ags, &nags, err)) != 0)
+		return rc;
+	if (!o.dry && (rc = agent_begin(a, "recover", err)) != 0)
+		goto out;
+	for (i = 0; i < nags; i++) {
+		char tried[16][520];
+		size_t ntried = 0, k;
+		int again = 1, round;
+
+		for (round = 0; again && round < 16; round++) {
+			struct ag_run run;
+			struct dmk_err e;
+			int need_node = 0;
+
+			again = 0;
+			if ((rc = ag_open(a, ags[i], o.db, 0, &run, &e)) != 0) {
+				log_error("%s", e.msg);
+				if (keep_worst(worst, rc) != worst)
+					worst = rc, *err = e;
+				ag_close(&run);
+				break;
+			}
+			if (ntried < 16)
+				util_strlcpy(tried[ntried++], run.info.primary, sizeof(tried[0]));
+			for (j = 0; j < run.nplans; j++) {
+				struct rot r;
+				int opens;
+
+				if (!run.plans[j].in_ag)
+					continue;
+				memset(&r, 0, sizeof(r));
+				r.a = a;
+				r.run = &run;
+				r.pi = j;
+				r.p = &run.plans[j];
+				r.ref = &r.p->db->dmk_password;
+				r.cmd = "recover";
+				r.dry = o.dry;
+				r.mode = MODE_RECOVER;
+				dmk_err_clear(&e);
+				if ((rc = rot_analyse(&r, &e)) != 0 || (rc = rot_facts(&r, &e)) != 0)
+					goto one_done;
+				if (r.step == STEP_PROVE && r.have_old &&
+				    (rc = rot_probe(&r, r.oldpw, &e)) == 0) {
+					say(&r, "nothing to recover: the store's current password (version "
+					    "%s) opens the DMK (use rotate for a new one)", r.oldv.id);
+					goto one_done;
+				}
+				if (rc != 0 && rc != DMK_ERR_WRONGPASS)
+					goto one_done;
+				rc = 0;
+				if (r.step != STEP_PROVE) {
+					/* an unfinished rotate or recover: finish it */
+					if ((rc = rot_where(&r, &e)) != 0)
+						goto one_done;
+					if (r.step != STEP_APPLY || r.mode != MODE_RECOVER) {
+						rot_free(&r);
+						rc = rot_db(&r, 0, &e);
+						goto one_done;
+					}
+				}
+				opens = auto_opens(&r, &e);
+				if (opens < -1) {
+					rc = opens;
+					goto one_done;
+				}
+				if (opens != 1) {
+					say(&r, "the DMK does not open by itself on the primary %s",
+					    run.info.primary);
+					need_node = 1;
+					goto one_done;
+				}
+				if (o.dry) {
+					say(&r, "would recover on %s: its service master key opens the DMK; "
+					    "write a new password pending, ADD ENCRYPTION BY PASSWORD, register "
+					    "it on %zu replica(s), verify, mark it current", run.info.primary,
+					    run.info.nreplicas);
+					goto one_done;
+				}
+				rot_free(&r);
+				r.recover_ok = 1;
+				rc = rot_db(&r, 0, &e);
+one_done:
+				rot_free(&r);
+				if (rc != 0) {
+					fprintf(stderr, "dmkagent: %s\n", e.msg);
+					if (keep_worst(worst, rc) != worst)
+						worst = rc, *err = e;
+				}
+			}
+			if (need_node) {
+				/* Fail over, as the runbook does, to a replica not yet tried. */
+				struct dmk_err fe;
+				struct rep_run *target = NULL;
+
+				reps_free(&run);
+				ag_each_replica(&run, noop_work);
+				for (k = 0; k < run.nreps && target == NULL; k++) {
+					size_t t2;
+					int seen = 0;
+					for (t2 = 0; t2 < ntried; t2++)
+						if (strcasecmp(tried[t2], run.reps[k].rep->name) == 0)
+							seen = 1;
+					if (!seen && run.reps[k].reached)
+						target = &run.reps[k];
+				}
+				if (target == NULL) {
+					for (j = 0; j < run.nplans; j++)
+						runbook_help(a, run.plans[j].db->name);
+					if (worst == 0) {
+						worst = DMK_ERR_WRONGPASS;
+						dmk_errf(err, worst, "no replica can open the DMK: see above");
+					}
+				} else if (o.dry) {
+					fprintf(a->out, "%s: would fail over to %s and test there\n",
+					    ags[i]->name, target->rep->name);
+				} else {
+					fprintf(a->out, "%s: failing over to %s to test its service master "
+					    "key\n", ags[i]->name, target->rep->name);
+					struct audit_target t = { ags[i]->name, target->rep->name, NULL };
+					rc = ag_failover_to(&run, target, &fe);
+					agent_audit(a, "recover-failover", &t, NULL, rc == 0 ? "ok" : "failed",
+					    rc ? fe.msg : NULL);
+					if (rc != 0) {
+						fprintf(stderr, "dmkagent: %s\n", fe.msg);
+						if (ntried < 16)
+							util_strlcpy(tried[ntried++], target->rep->name,
+							    sizeof(tried[0]));
+					} else {
+						failpoint("recover:after-failover");
+						util_sleep_ms(300);
+					}
+					again = 1;
+				}
+			}
+			ag_close(&run);
+		}
+	}
+	if (!o.dry)
+		agent_end(a, "recover", worst);
+	rc = worst;
+out:
+	free(ags);
+	return rc;
 }

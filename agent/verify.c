@@ -172,47 +172,6 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 /* ---- --failover-test ---- */
 
 static int
-failover_to(struct ag_run *run, struct rep_run *target, struct dmk_err *err)
-{
-	struct sql_session *s = NULL;
-	struct sql_stmt *st = NULL;
-	int r, tries;
-
-	if ((r = rep_connect(target, &s, err)) != 0)
-		return r;
-	if ((st = sql_stmt_new()) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((r = sql_stmt_raw(st, "ALTER AVAILABILITY GROUP ")) != 0 ||
-	    (r = sql_stmt_ident(st, run->ag->name, err)) != 0 ||
-	    (r = sql_stmt_raw(st, " FAILOVER")) != 0)
-		goto out;
-	if ((r = sql_exec(s, st, NULL, err)) != 0)
-		goto out;
-	/* The statement returns once the target accepts; wait for the role. */
-	for (tries = 0; tries < 50; tries++) {
-		struct sql_result *res = NULL;
-		const struct sql_value *v;
-		int primary = 0;
-		if (sql_query(s, "SELECT role_desc FROM sys.dm_hadr_availability_replica_states "
-		    "WHERE is_local = 1", &res, err) == 0 && res && res->nrows > 0 &&
-		    (v = sql_cell(res, 0, "role_desc")) && v->type == SQLT_STR &&
-		    strcmp(v->s, "PRIMARY") == 0)
-			primary = 1;
-		sql_result_free(res);
-		if (primary)
-			goto out;
-		util_sleep_ms(200);
-	}
-	r = dmk_errf(err, DMK_ERR_TIMEOUT, "%s did not become primary", target->rep->name);
-out:
-	sql_stmt_free(st);
-	sql_close(s);
-	return r;
-}
-
-static int
 failover_test(struct agent *a, struct ag_run *run)
 {
 	struct rep_run *orig = NULL;
@@ -229,7 +188,7 @@ failover_test(struct agent *a, struct ag_run *run)
 
 		if (!rr->reached)
 			continue;
-		if (!rr->is_primary && failover_to(run, rr, &e) != 0) {
+		if (!rr->is_primary && ag_failover_to(run, rr, &e) != 0) {
 			fprintf(a->out, "  %-12s failover test: cannot fail over: %s\n", rr->rep->name, e.msg);
 			bad = 1;
 			continue;
@@ -258,7 +217,7 @@ failover_test(struct agent *a, struct ag_run *run)
 	}
 	if (orig != NULL) {
 		struct dmk_err e;
-		if (failover_to(run, orig, &e) != 0) {
+		if (ag_failover_to(run, orig, &e) != 0) {
 			fprintf(a->out, "  could not return to the original primary %s: %s\n",
 			    orig->rep->name, e.msg);
 			bad = 1;
