@@ -18,7 +18,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # Node 20 from the npm registry, where the system's is older (scripts/setup.sh).
 [ -x tests/js/.node/bin/node ] && export PATH="$PWD/tests/js/.node/bin:$PATH"
 # Default build: every suite.  Sanitizer build: every suite that runs our C
-# code (the simulators are Python and run once), with libFuzzer for real.
+# code (the simulators are Python and run once), with libFuzzer for real; the
+# rotation fault matrix (minutes of simulator time) runs in the default build only.
 meson test -C build --num-processes 2 --print-errorlogs "$@"
-meson test -C build-san --num-processes 2 --print-errorlogs --no-suite sim --no-suite real "$@"
+meson test -C build-san --num-processes 2 --print-errorlogs --no-suite sim --no-suite real --no-suite matrix "$@"
 exec /usr/bin/python3 scripts/testsummary.py build/meson-logs/testlog.json build-san/meson-logs/testlog.json
