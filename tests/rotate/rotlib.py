@@ -7,7 +7,24 @@ import sys
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import lab as _labmod  # noqa: E402
 from lab import Lab  # noqa: E402,F401
+
+
+def _snapshot_binary():
+    """Run a private copy of dmkagent: the build directory is shared, and a
+    relink in the middle of a long matrix would make exec fail (EACCES)."""
+    import atexit
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="dmkrot-bin-")
+    dst = os.path.join(d, "dmkagent")
+    shutil.copy2(_labmod.DMK, dst)
+    _labmod.DMK = dst
+    atexit.register(shutil.rmtree, d, True)
+
+
+_snapshot_binary()
 
 KV = "secret"
 PATH = "sql/ag1/cm_p01/dmk"

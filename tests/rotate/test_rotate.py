@@ -13,7 +13,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rotlib  # noqa: E402
 from rotlib import Lab, converged, store_versions, store_current, opens  # noqa: E402
-from lab import DMK  # noqa: E402
+import lab as _labmod  # noqa: E402
 
 
 def set_db_option(lab, line):
@@ -138,10 +138,10 @@ class Rotate(unittest.TestCase):
         lab = self.lab
         lab.control("/faults", {"latency_ms": 40})
         e = dict(os.environ)
-        p1 = subprocess.Popen([DMK, "-c", lab.config, "rotate"], stdout=subprocess.PIPE,
+        p1 = subprocess.Popen([_labmod.DMK, "-c", lab.config, "rotate"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=e)
         time.sleep(0.3)
-        p2 = subprocess.Popen([DMK, "-c", config2, "rotate"], stdout=subprocess.PIPE,
+        p2 = subprocess.Popen([_labmod.DMK, "-c", config2, "rotate"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=e)
         o1, e1 = p1.communicate(timeout=120)
         o2, e2 = p2.communicate(timeout=120)
