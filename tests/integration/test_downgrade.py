@@ -48,6 +48,26 @@ class Downgrade(unittest.TestCase):
             self.run_all(lab, r"refused full TLS encryption \(PRELOGIN answered ENCRYPT_NOT_SUP\)")
             self.check_nothing_in_clear(lab)
 
+    def test_server_reporting_no_encryption_refused(self):
+        """The second line: a server whose TLS the relay accepted but which says the
+        session is not encrypted (encrypt_option FALSE) gets no statement that carries a
+        password: the question leads each session's first batch."""
+        with Lab(nodes=3) as lab:
+            lab.put_dmk_password()
+            lab.control("/faults", {"report_unencrypted": True})
+            for cmd in COMMANDS:
+                rc, out, err = lab.agent(*cmd)
+                self.assertNotEqual(rc, 0, f"{cmd}: accepted\n{out}{err}")
+                self.assertIn("reports this connection as not encrypted (encrypt_option = FALSE)",
+                              out + err, cmd)
+                self.assertNotIn(lab.dmk_password, out + err)
+            lab.control("/faults/clear", {})
+            for n in range(lab.nodes):
+                self.assertEqual(lab.credentials(n), [], f"node {n} got a credential")
+            # and with the fault gone the same lab registers: the test can tell the difference
+            rc, out, err = lab.agent("register")
+            self.assertEqual(rc, 0, out + err)
+
     def test_untrusted_certificate_refused(self):
         with Lab(nodes=3, server_cert="untrusted") as lab:
             lab.put_dmk_password()

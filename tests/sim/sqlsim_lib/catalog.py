@@ -423,6 +423,8 @@ def v_dm_exec_connections(ex, db):
     for s in ex.server.sessions_of(ex.node):
         h = getattr(s, "handler", None)
         full = bool(h is not None and h.mode == "full" and h.transport.tls is not None)
+        if ex.server.faults.report_unencrypted:
+            full = False
         rows.append([s.spid, s.spid, s.connect_time, "TCP", "TSQL", s.ver, "TRUE" if full else "FALSE", "SQL",
                      "127.0.0.1", s.client_port, "127.0.0.1", s.local_port, s.connection_id])
     return cols, rows

@@ -105,7 +105,7 @@ def sim_get(sim, path):
 
 FAULT_KEYS = {"latency_ms": int, "latency_handshake": bool, "drop_after_statements": int, "drop_at_pattern": str, "drop_when": str,
               "drop_node": str, "failover_at_statement": int, "failover_target": str, "downgrade": bool,
-              "encrypt_not_sup": bool}
+              "encrypt_not_sup": bool, "report_unencrypted": bool}
 
 
 def sim_post(sim, path, body):

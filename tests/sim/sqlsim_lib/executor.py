@@ -304,7 +304,10 @@ class Executor:
                 try:
                     self.stmt(s, out, tok)
                 finally:
-                    self.state.flush()
+                    # Persisted once per request: statements inside a procedure (sp_executesql)
+                    # are flushed by the RPC that called it, as a commit would group them.
+                    if not in_proc:
+                        self.state.flush()
             self.sess.error = 0
             return True
         except ReturnSignal:

@@ -41,6 +41,7 @@ class Faults:
         self.latency_handshake = getattr(self, "latency_handshake", False)   # survives clear (an option)
         self.downgrade = False
         self.encrypt_not_sup = False
+        self.report_unencrypted = False       # dm_exec_connections says FALSE (tests the client's second line)
         self.statements = 0                   # statements seen since the faults were set
 
     def to_json(self):
@@ -518,10 +519,18 @@ class ConnHandler:
             if typ == tds.PT_BATCH:
                 hdr = tds.skip_all_headers(payload, self.ver)
                 text = payload[hdr:].decode("utf-16-le", "replace")
+                if os.environ.get("SQLSIM_TRACE"):
+                    with open(os.environ["SQLSIM_TRACE"], "a") as tf:
+                        # a debugging aid (bench/README.md); N'...' literals never reach it
+                        shown = re.sub(r"N'(?:[^']|'')*'", "N'?'", text)[:120]
+                        tf.write(f"{self.node.name} {id(self)} BATCH {shown!r}\n")
                 self.ex.run_batch(text, out, hook=srv.statement_hook)
                 if not out.has_done():
                     out.done(0)
             elif typ == tds.PT_RPC:
+                if os.environ.get("SQLSIM_TRACE"):
+                    with open(os.environ["SQLSIM_TRACE"], "a") as tf:
+                        tf.write(f"{self.node.name} {id(self)} RPC\n")
                 try:
                     calls = tds.decode_rpc(payload, self.ver)
                 except Exception as e:
