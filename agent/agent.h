@@ -31,6 +31,8 @@ struct agent {
 	long long wait_seconds;      /* --wait */
 	int lock_fd;
 	FILE *out;                   /* stdout, or a test's stream */
+	struct json_t *regstate;     /* state_dir/registered.json, read once (replicas.c) */
+	int regstate_dirty;          /* changed since last written */
 };
 
 void agent_init(struct agent *a);
@@ -61,5 +63,7 @@ void agent_end(struct agent *a, const char *command, int result);
 /* An audit record for one action; failures to audit are reported, once. */
 int agent_audit(struct agent *a, const char *action, const struct audit_target *t,
     const struct audit_keys *k, const char *outcome, const char *error);
+/* n records in one write and one fsync (a replica's batch). */
+int agent_audit_many(struct agent *a, const struct audit_entry *e, size_t n);
 
 #endif

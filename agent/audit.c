@@ -149,28 +149,22 @@ str_or_null(const char *s)
 	return s ? json_string(s) : json_null();
 }
 
-int
-audit_record(struct audit *a, const char *action, const struct audit_target *t,
-    const struct audit_keys *k, const char *outcome, const char *error,
-    struct dmk_err *err)
+/* One record's line, chained to prev, into line (reset first). */
+static int
+build_line(struct audit *a, long long seq, const char *prev, const struct audit_entry *e,
+    struct buf *line, struct dmk_err *err)
 {
-	char prev[65], mac[65], tbuf[32];
-	long long seq;
-	json_t *rec = NULL, *o;
+	const struct audit_target *t = e->target;
+	const struct audit_keys *k = e->keys;
+	char mac[65], tbuf[32];
+	json_t *rec, *o;
 	char *s = NULL;
-	struct buf line;
 	int r;
 
-	buf_init(&line, AUDIT_LINE_MAX);
-	if (a->fd == -1)
-		return dmk_errf(err, DMK_ERR_INTERNAL, "audit log not open");
-	if (flock(a->fd, LOCK_EX) == -1)
-		return dmk_errf(err, DMK_ERR_IO, "%s: flock: %s", a->path, strerror(errno));
-	if ((r = read_tail(a->path, prev, &seq, err)) != 0)
-		goto out;
+	line->len = 0;
 	util_rfc3339(time(NULL), tbuf, sizeof(tbuf));
 	rec = json_object();
-	json_object_set_new(rec, "seq", json_integer(seq + 1));
+	json_object_set_new(rec, "seq", json_integer(seq));
 	json_object_set_new(rec, "time", json_string(tbuf));
 	json_object_set_new(rec, "run_id", json_string(a->run_id));
 	o = json_object();
@@ -179,7 +173,7 @@ audit_record(struct audit *a, const char *action, const struct audit_target *t,
 	json_object_set_new(o, "host", json_string(a->host));
 	json_object_set_new(o, "pid", json_integer(a->pid));
 	json_object_set_new(rec, "actor", o);
-	json_object_set_new(rec, "action", json_string(action));
+	json_object_set_new(rec, "action", json_string(e->action));
 	o = json_object();
 	json_object_set_new(o, "ag", str_or_null(t ? t->ag : NULL));
 	json_object_set_new(o, "replica", str_or_null(t ? t->replica : NULL));
@@ -201,26 +195,63 @@ audit_record(struct audit *a, const char *action, const struct audit_target *t,
 			json_object_set_new(o, "version", json_string(k->version));
 	}
 	json_object_set_new(rec, "keys", o);
-	json_object_set_new(rec, "outcome", json_string(outcome ? outcome : "ok"));
-	json_object_set_new(rec, "error", str_or_null(error));
+	json_object_set_new(rec, "outcome", json_string(e->outcome ? e->outcome : "ok"));
+	json_object_set_new(rec, "error", str_or_null(e->error));
 	json_object_set_new(rec, "prev", json_string(prev));
 	if ((s = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "cannot encode audit record");
-		goto out;
+		json_decref(rec);
+		return dmk_errf(err, DMK_ERR_NOMEM, "cannot encode audit record");
 	}
-	if ((r = buf_append(&line, s, strlen(s) - 1)) != 0)  /* drop the final } */
+	json_decref(rec);
+	if ((r = buf_append(line, s, strlen(s) - 1)) != 0)  /* drop the final } */
 		goto enc;
 	if (a->key != NULL) {
 		/* The MAC covers the bytes up to here, and is the last member. */
-		if ((r = buf_puts(&line, "}")) != 0 || (r = hmac_hex(a->key, line.data, line.len, mac)) != 0)
+		if ((r = buf_puts(line, "}")) != 0 || (r = hmac_hex(a->key, line->data, line->len, mac)) != 0)
 			goto enc;
-		line.len--;
-		if ((r = buf_printf(&line, ",\"mac\":\"%s\"", mac)) != 0)
+		line->len--;
+		if ((r = buf_printf(line, ",\"mac\":\"%s\"", mac)) != 0)
 			goto enc;
 	}
-	if ((r = buf_puts(&line, "}\n")) != 0)
+	if ((r = buf_puts(line, "}\n")) != 0)
 		goto enc;
-	if (write(a->fd, line.data, line.len) != (ssize_t)line.len) {
+	json_free_dump(s);
+	return 0;
+enc:
+	json_free_dump(s);
+	return dmk_errf(err, r, "%s: audit record too large", a->path);
+}
+
+int
+audit_record_many(struct audit *a, const struct audit_entry *e, size_t n, struct dmk_err *err)
+{
+	char prev[65];
+	long long seq;
+	struct buf line, all;
+	size_t i;
+	int r;
+
+	if (a->fd == -1)
+		return dmk_errf(err, DMK_ERR_INTERNAL, "audit log not open");
+	if (n == 0)
+		return 0;
+	buf_init(&line, AUDIT_LINE_MAX);
+	buf_init(&all, n * AUDIT_LINE_MAX);
+	if (flock(a->fd, LOCK_EX) == -1)
+		return dmk_errf(err, DMK_ERR_IO, "%s: flock: %s", a->path, strerror(errno));
+	if ((r = read_tail(a->path, prev, &seq, err)) != 0)
+		goto out;
+	for (i = 0; i < n; i++) {
+		if ((r = build_line(a, seq + 1 + (long long)i, prev, &e[i], &line, err)) != 0)
+			goto out;
+		sha256_hex(line.data, line.len - 1, prev);   /* the next record's prev */
+		if ((r = buf_append(&all, line.data, line.len)) != 0) {
+			r = dmk_errf(err, r, "%s: audit batch too large", a->path);
+			goto out;
+		}
+	}
+	/* One write and one fsync for the batch: all of it is durable before we return. */
+	if (write(a->fd, all.data, all.len) != (ssize_t)all.len) {
 		r = dmk_errf(err, DMK_ERR_IO, "%s: write: %s", a->path, strerror(errno));
 		goto out;
 	}
@@ -229,15 +260,21 @@ audit_record(struct audit *a, const char *action, const struct audit_target *t,
 		goto out;
 	}
 	r = 0;
-	goto out;
-enc:
-	r = dmk_errf(err, r, "%s: audit record too large", a->path);
 out:
 	flock(a->fd, LOCK_UN);
-	json_free_dump(s);
-	json_decref(rec);
 	buf_free(&line);
+	buf_free(&all);
 	return r;
+}
+
+int
+audit_record(struct audit *a, const char *action, const struct audit_target *t,
+    const struct audit_keys *k, const char *outcome, const char *error,
+    struct dmk_err *err)
+{
+	struct audit_entry e = { action, t, k, outcome, error };
+
+	return audit_record_many(a, &e, 1, err);
 }
 
 static int

@@ -11,7 +11,8 @@
  *
  * The API takes names, identifiers and outcomes only: there is no way to
  * hand it a struct secret.  Records are appended with O_APPEND under an
- * exclusive flock and fsync'd one by one; the file is created 0600.
+ * exclusive flock and fsync'd before the call returns (a batch: one write,
+ * one fsync); the file is created 0600.
  */
 #ifndef DMK_AUDIT_H
 #define DMK_AUDIT_H
@@ -49,11 +50,23 @@ struct audit {
 	pid_t pid;
 };
 
+/* One record to append: what audit_record takes, as a value. */
+struct audit_entry {
+	const char *action;
+	const struct audit_target *target;
+	const struct audit_keys *keys;
+	const char *outcome;
+	const char *error;
+};
+
 /* key may be NULL; it is copied. */
 int audit_open(struct audit *a, const char *path, const struct secret *key,
     const char *run_id, struct dmk_err *err);
 int audit_record(struct audit *a, const char *action, const struct audit_target *t,
     const struct audit_keys *k, const char *outcome, const char *error,
+    struct dmk_err *err);
+/* n records chained in order, one write and one fsync: all or none. */
+int audit_record_many(struct audit *a, const struct audit_entry *e, size_t n,
     struct dmk_err *err);
 void audit_close(struct audit *a);
 

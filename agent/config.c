@@ -9,6 +9,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,26 @@ struct parse_ctx {
 	/* reader over memory */
 	const char *text, *pos;
 };
+
+
+/*
+ * Room for element n of an array that holds n: capacity doubles when n is
+ * 0 or a power of two, so the array needs no capacity field and a config of
+ * a thousand databases is not copied a thousand times.  The old pointer
+ * stays valid on failure (NULL).
+ */
+static void *
+grow(void *p, size_t n, size_t size)
+{
+	size_t cap;
+
+	if (n != 0 && (n & (n - 1)) != 0)
+		return p;                    /* room left */
+	cap = n == 0 ? 1 : 2 * n;
+	if (cap > SIZE_MAX / size)
+		return NULL;
+	return realloc(p, cap * size);
+}
 
 static char *
 xstrdup(const char *s)
@@ -94,7 +115,7 @@ handler(void *user, const char *section, const char *name, const char *value)
 	    pc->secs[pc->nsecs - 1].line == pc->section_line)
 		sec = &pc->secs[pc->nsecs - 1];
 	if (sec == NULL) {
-		struct raw_section *n = realloc(pc->secs, (pc->nsecs + 1) * sizeof(*n));
+		struct raw_section *n = grow(pc->secs, pc->nsecs, sizeof(*n));
 		if (n == NULL)
 			goto nomem;
 		pc->secs = n;
@@ -106,7 +127,7 @@ handler(void *user, const char *section, const char *name, const char *value)
 	}
 	if (name == NULL)
 		return 1;
-	kv = realloc(sec->kv, (sec->nkv + 1) * sizeof(*kv));
+	kv = grow(sec->kv, sec->nkv, sizeof(*kv));
 	if (kv == NULL)
 		goto nomem;
 	sec->kv = kv;
@@ -452,7 +473,7 @@ interp_store(const char *path, struct raw_section *sec, const char *name,
 	if (type == NULL)
 		FAIL(DMK_ERR_CONFIG, sec->line, "[store %s] needs 'type' (one of: %s)", name,
 		    "hashicorp-vault, azure-key-vault");
-	st = realloc(cfg->stores, (cfg->nstores + 1) * sizeof(*st));
+	st = grow(cfg->stores, cfg->nstores, sizeof(*st));
 	if (st == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	cfg->stores = st;
@@ -522,7 +543,7 @@ interp_ag(const char *path, struct raw_section *sec, const char *label,
 		    "(1 to 128 characters of valid UTF-8)");
 	if (config_ag(cfg, label) != NULL)
 		FAIL(DMK_ERR_CONFIG, sec->line, "[ag %s] is defined twice", label);
-	ag = realloc(cfg->ags, (cfg->nags + 1) * sizeof(*ag));
+	ag = grow(cfg->ags, cfg->nags, sizeof(*ag));
 	if (ag == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	cfg->ags = ag;
@@ -552,7 +573,7 @@ interp_ag(const char *path, struct raw_section *sec, const char *label,
 			def = find_key(ag_keys, "replica");
 			if ((r = check_value(path, secname, kv, "replica", def, NULL, &num, err)) != 0)
 				return r;
-			rp = realloc(ag->replicas, (ag->nreplicas + 1) * sizeof(*rp));
+			rp = grow(ag->replicas, ag->nreplicas, sizeof(*rp));
 			if (rp == NULL)
 				return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 			ag->replicas = rp;
@@ -619,7 +640,7 @@ interp_db(const char *path, struct raw_section *sec, const char *label,
 
 	if ((slash = strchr(label, '/')) == NULL || slash == label || slash[1] == '\0')
 		FAIL(DMK_ERR_CONFIG, sec->line, "a database section is [database AG/DATABASE]");
-	db = realloc(cfg->dbs, (cfg->ndbs + 1) * sizeof(*db));
+	db = grow(cfg->dbs, cfg->ndbs, sizeof(*db));
 	if (db == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	cfg->dbs = db;

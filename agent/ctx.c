@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "dmk.h"
 #include "secret.h"
 #include "agent.h"
@@ -42,6 +44,8 @@ agent_free(struct agent *a)
 	a->audit_open = 0;
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;
+	json_decref(a->regstate);
+	a->regstate = NULL;
 	config_free(a->cfg);
 	a->cfg = NULL;
 }
@@ -250,6 +254,22 @@ agent_audit(struct agent *a, const char *action, const struct audit_target *t,
 		return 0;
 	pthread_mutex_lock(&audit_mtx);
 	r = audit_record(&a->audit, action, t, k, outcome, error, &err);
+	pthread_mutex_unlock(&audit_mtx);
+	if (r != 0)
+		log_error("%s", err.msg);
+	return r;
+}
+
+int
+agent_audit_many(struct agent *a, const struct audit_entry *e, size_t n)
+{
+	struct dmk_err err;
+	int r;
+
+	if (!a->audit_open || n == 0)
+		return 0;
+	pthread_mutex_lock(&audit_mtx);
+	r = audit_record_many(&a->audit, e, n, &err);
 	pthread_mutex_unlock(&audit_mtx);
 	if (r != 0)
 		log_error("%s", err.msg);

@@ -95,7 +95,7 @@ prune_work(struct rep_run *rr, struct sql_session *s)
 
 static int
 add_chunk(struct ag_run *run, struct sql_session *s, size_t *idx, size_t n, int *ambiguous,
-    int *n15594, struct dmk_err *err)
+    int *n15594, struct sql_result **after, struct dmk_err *err)
 {
 	const char *dbs[SQL_DMK_MANY_MAX];
 	const struct secret *pws[SQL_DMK_MANY_MAX];
@@ -105,7 +105,7 @@ add_chunk(struct ag_run *run, struct sql_session *s, size_t *idx, size_t n, int 
 		dbs[i] = run->plans[idx[i]].db->name;
 		pws[i] = run->plans[idx[i]].pw;
 	}
-	return sql_dmk_password_many(s, dbs, pws, n, "add", ambiguous, n15594, err);
+	return sql_dmk_password_many(s, dbs, pws, n, "add", ambiguous, n15594, after, err);
 }
 
 static int
@@ -113,13 +113,23 @@ register_work(struct rep_run *rr, struct sql_session *s)
 {
 	struct ag_run *run = rr->run;
 	struct sql_result *before = NULL, *after = NULL;
-	size_t *idx = NULL, nidx = 0, i, c;
+	size_t *idx = NULL, nidx = 0, i, c, nent = 0;
 	int failed = 0, r, *chunk_present = NULL;
+	struct audit_entry *ent = NULL;
+	struct audit_target *tg = NULL;
+	struct audit_keys *ks = NULL;
 	struct dmk_err e;
 
 	if ((idx = calloc(run->nplans + 1, sizeof(*idx))) == NULL ||
-	    (chunk_present = calloc(run->nplans / ADD_CHUNK + 2, sizeof(int))) == NULL) {
+	    (chunk_present = calloc(run->nplans / ADD_CHUNK + 2, sizeof(int))) == NULL ||
+	    (ent = calloc(run->nplans + 1, sizeof(*ent))) == NULL ||
+	    (tg = calloc(run->nplans + 1, sizeof(*tg))) == NULL ||
+	    (ks = calloc(run->nplans + 1, sizeof(*ks))) == NULL) {
 		free(idx);
+		free(chunk_present);
+		free(ent);
+		free(tg);
+		free(ks);
 		return DMK_ERR_NOMEM;
 	}
 	if ((r = rep_credentials(s, &before, &e)) != 0) {
@@ -129,9 +139,8 @@ register_work(struct rep_run *rr, struct sql_session *s)
 				rr->dbs[i].outcome = OUT_FAILED;
 				util_strlcpy(rr->dbs[i].detail, e.msg, sizeof(rr->dbs[i].detail));
 			}
-		free(idx);
-		free(chunk_present);
-		return DMK_ERR_INCOMPLETE;
+		r = DMK_ERR_INCOMPLETE;
+		goto out;
 	}
 	for (i = 0; i < run->nplans; i++) {
 		struct db_plan *p = &run->plans[i];
@@ -160,7 +169,9 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		size_t n = nidx - i < ADD_CHUNK ? nidx - i : ADD_CHUNK, j;
 		int ambiguous = 0, n15594 = 0;
 
-		r = add_chunk(run, s, idx + i, n, &ambiguous, &n15594, &e);
+		/* the last chunk reads the credentials afterwards in the same request */
+		r = add_chunk(run, s, idx + i, n, &ambiguous, &n15594,
+		    i + n == nidx ? &after : NULL, &e);
 		chunk_present[i / ADD_CHUNK] = ambiguous ? -1 : n15594;
 		for (j = 0; j < n; j++) {
 			struct rep_db *d = &rr->dbs[idx[i + j]];
@@ -171,7 +182,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 				d->outcome = OUT_NONE;   /* the credentials tell, below */
 		}
 	}
-	if (nidx > 0 && rep_credentials(s, &after, &e) != 0)
+	if (nidx > 0 && after == NULL && rep_credentials(s, &after, &e) != 0)
 		after = NULL;
 	/* Pass 1: a credential that was not there before is ours. */
 	for (i = 0; i < nidx && after != NULL; i++) {
@@ -211,8 +222,8 @@ register_work(struct rep_run *rr, struct sql_session *s)
 	for (i = 0; i < nidx; i++) {
 		struct db_plan *p = &run->plans[idx[i]];
 		struct rep_db *d = &rr->dbs[idx[i]];
-		struct audit_target t = { run->ag->name, rr->rep->name, p->db->name };
-		struct audit_keys k;
+		struct audit_target *t = &tg[nent];
+		struct audit_keys *k = &ks[nent];
 
 		if (d->outcome == OUT_NONE) {
 			/* The batch cannot tell: ask for this database alone. */
@@ -228,20 +239,26 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		}
 		if (d->outcome == OUT_FAILED)
 			failed = 1;
-		memset(&k, 0, sizeof(k));
-		k.family_guid = p->primary_keys.family_guid;
-		k.dmk_key_guid = p->primary_keys.dmk_key_guid;
-		k.store = p->store;
-		k.reference = p->db->dmk_password.text;
-		k.version = p->ver.id;
-		agent_audit(run->a, "register", &t, &k, d->outcome == OUT_FAILED ? "failed" :
-		    d->outcome == OUT_ADDED ? "added" : "unchanged",
-		    d->outcome == OUT_FAILED ? d->detail : NULL);
+		/* Audited and recorded below, once for the replica's batch. */
+		t->ag = run->ag->name;
+		t->replica = rr->rep->name;
+		t->database = p->db->name;
+		k->family_guid = p->primary_keys.family_guid;
+		k->dmk_key_guid = p->primary_keys.dmk_key_guid;
+		k->store = p->store;
+		k->reference = p->db->dmk_password.text;
+		k->version = p->ver.id;
+		ent[nent].action = "register";
+		ent[nent].target = t;
+		ent[nent].keys = k;
+		ent[nent].outcome = d->outcome == OUT_FAILED ? "failed" :
+		    d->outcome == OUT_ADDED ? "added" : "unchanged";
+		ent[nent].error = d->outcome == OUT_FAILED ? d->detail : NULL;
+		nent++;
 		if (d->outcome == OUT_FAILED)
 			continue;
-		if (regstate_set(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
-		    p->db->dmk_password.text, p->ver.id, d->credential, &e) != 0)
-			log_warn("%s", e.msg);
+		regstate_stage(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
+		    p->db->dmk_password.text, p->ver.id, d->credential, 0);
 		{
 			int others = d->keys.ncredentials - (d->outcome == OUT_PRESENT);
 			if (others > 0)
@@ -251,11 +268,19 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		if (run->prune && rr->is_primary)
 			find_stale(rr, s, p);
 	}
+	agent_audit_many(run->a, ent, nent);
+	if (regstate_flush(run->a, &e) != 0)
+		log_warn("%s", e.msg);
+	r = failed ? DMK_ERR_INCOMPLETE : 0;
+out:
 	sql_result_free(before);
 	sql_result_free(after);
 	free(idx);
 	free(chunk_present);
-	return failed ? DMK_ERR_INCOMPLETE : 0;
+	free(ent);
+	free(tg);
+	free(ks);
+	return r;
 }
 
 static void
@@ -403,9 +428,11 @@ cmd_register(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		fprintf(a->out, "%s\n", s);
 		json_free_dump(s);
 		json_decref(root);
-	} else if (!dry)
-		fprintf(a->out, changed ? "%zu credential(s) added\n" :
-		    "nothing to change: every replica already had the password registered\n", changed);
+	} else if (!dry && changed)
+		fprintf(a->out, "%zu credential(s) added\n", changed);
+	else if (!dry && worst == 0)
+		fprintf(a->out, "nothing to change: every replica already had the password "
+		    "registered\n");
 	if (worst == DMK_ERR_INCOMPLETE)
 		dmk_errf(err, worst, "incomplete: not every replica or database was done (see above); "
 		    "a rerun finishes the rest");

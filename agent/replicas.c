@@ -122,9 +122,7 @@ endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_e
 int
 rep_credentials(struct sql_session *s, struct sql_result **out, struct dmk_err *err)
 {
-	return sql_query(s, "SELECT m.family_guid AS family_guid, c.name AS name "
-	    "FROM sys.master_key_passwords AS m JOIN sys.credentials AS c "
-	    "ON c.credential_id = m.credential_id ORDER BY c.name", out, err);
+	return sql_query(s, SQL_CREDENTIALS_QUERY, out, err);
 }
 
 int
@@ -372,14 +370,46 @@ primary_checks(struct sql_session *ls, struct ag_run *run, int probe)
 			primary_one(ls, run, &run->plans[i], probe && !probes_ok, !facts_ok);
 }
 
+/*
+ * The store reads of ag_open, on their own thread while the listener
+ * connects and discovery runs: with a hundred databases they cost as much
+ * as the connect.  The main thread leaves the stores alone until the join.
+ */
+struct prefetch {
+	struct agent *a;
+	struct ag_run *run;
+};
+
+static void *
+prefetch_thread(void *arg)
+{
+	struct prefetch *pf = arg;
+	size_t i;
+
+	for (i = 0; i < pf->run->nplans; i++) {
+		struct db_plan *p = &pf->run->plans[i];
+		struct dmk_err e;
+		int r;
+
+		if ((r = dmk_password_current(pf->a, &p->db->dmk_password, &p->pw, &p->ver,
+		    &e)) != 0) {
+			p->code = r;
+			snprintf(p->error, sizeof(p->error), "%s: %s", p->db->name, e.msg);
+		}
+	}
+	return NULL;
+}
+
 int
 ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int probe,
     struct ag_run *run, struct dmk_err *err)
 {
 	struct sql_endpoint lep;
 	struct sql_session *ls = NULL;
+	struct prefetch pf;
+	pthread_t th;
+	int r, started = 0;
 	size_t i, j;
-	int r;
 
 	memset(run, 0, sizeof(*run));
 	run->a = a;
@@ -394,32 +424,12 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		return dmk_err_prefix(err, "AG %s: login_password", ag->name);
 	run->login.password = run->login_pw;
 
-	memset(&lep, 0, sizeof(lep));
-	snprintf(lep.name, sizeof(lep.name), "%s listener", ag->name);
-	util_strlcpy(lep.host, ag->listener_host, sizeof(lep.host));
-	lep.port = ag->listener_port;
-	util_strlcpy(lep.tls_name, ag->listener_host, sizeof(lep.tls_name));
-	if ((r = sql_connect(&lep, &run->login, &ls, err)) != 0)
-		return dmk_err_prefix(err, "AG %s", ag->name);
-	if ((r = sql_discover_ag(ls, ag->name, &run->info, err)) != 0) {
-		dmk_err_prefix(err, "AG %s: discovery through the listener", ag->name);
-		goto out;
-	}
-	if (run->info.nreplicas == 0) {
-		r = dmk_errf(err, DMK_ERR_SQL, "AG %s: the availability group lists no replicas "
-		    "(is the name right, and is %s:%d its listener?)", ag->name, lep.host, lep.port);
-		goto out;
-	}
-
-	/* The configured databases of this AG. */
-	if ((run->plans = calloc(a->cfg->ndbs + 1, sizeof(*run->plans))) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
+	/* The configured databases of this AG; their passwords are read meanwhile. */
+	if ((run->plans = calloc(a->cfg->ndbs + 1, sizeof(*run->plans))) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	for (i = 0; i < a->cfg->ndbs; i++) {
 		const struct conf_db *db = &a->cfg->dbs[i];
 		struct db_plan *p;
-		struct dmk_err e;
 
 		if (strcmp(db->ag, ag->label) != 0)
 			continue;
@@ -429,22 +439,54 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		p->db = db;
 		util_strlcpy(p->store, db->dmk_password.kind == REF_STORE ? db->dmk_password.store :
 		    "file", sizeof(p->store));
+	}
+	pf.a = a;
+	pf.run = run;
+	if (run->nplans > 0) {
+		if (pthread_create(&th, NULL, prefetch_thread, &pf) == 0)
+			started = 1;
+		else
+			prefetch_thread(&pf);
+	}
+
+	memset(&lep, 0, sizeof(lep));
+	snprintf(lep.name, sizeof(lep.name), "%s listener", ag->name);
+	util_strlcpy(lep.host, ag->listener_host, sizeof(lep.host));
+	lep.port = ag->listener_port;
+	util_strlcpy(lep.tls_name, ag->listener_host, sizeof(lep.tls_name));
+	if ((r = sql_connect(&lep, &run->login, &ls, err)) != 0) {
+		dmk_err_prefix(err, "AG %s", ag->name);
+		goto out;
+	}
+	if ((r = sql_discover_ag(ls, ag->name, &run->info, err)) != 0) {
+		dmk_err_prefix(err, "AG %s: discovery through the listener", ag->name);
+		goto out;
+	}
+	if (run->info.nreplicas == 0) {
+		r = dmk_errf(err, DMK_ERR_SQL, "AG %s: the availability group lists no replicas "
+		    "(is the name right, and is %s:%d its listener?)", ag->name, lep.host, lep.port);
+		goto out;
+	}
+	if (started) {
+		pthread_join(th, NULL);
+		started = 0;
+	}
+	for (i = 0; i < run->nplans; i++) {
+		struct db_plan *p = &run->plans[i];
+
 		for (j = 0; j < run->info.ndatabases; j++)
-			if (strcmp(run->info.databases[j], db->name) == 0)
+			if (strcmp(run->info.databases[j], p->db->name) == 0)
 				p->in_ag = 1;
 		if (!p->in_ag) {
+			secret_free(p->pw);
+			p->pw = NULL;
 			p->code = DMK_ERR_NOTFOUND;
 			snprintf(p->error, sizeof(p->error), "database %s is not in availability "
-			    "group %s", db->name, ag->name);
+			    "group %s", p->db->name, ag->name);
 			continue;
 		}
-		if ((r = dmk_password_current(a, &db->dmk_password, &p->pw, &p->ver, &e)) != 0) {
-			p->code = r;
-			snprintf(p->error, sizeof(p->error), "%s: %s", db->name, e.msg);
-			r = 0;
-			continue;
-		}
-		p->usable = 1;    /* provisionally: the primary decides below */
+		if (p->code == 0)
+			p->usable = 1;    /* provisionally: the primary decides below */
 	}
 	if (run->nplans > 0)
 		primary_checks(ls, run, probe);
@@ -455,6 +497,8 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	}
 	r = 0;
 out:
+	if (started)
+		pthread_join(th, NULL);
 	sql_close(ls);
 	return r;
 }
@@ -580,31 +624,66 @@ out:
 
 /* ---- registration records ---- */
 
-static json_t *
-regstate_load(struct agent *a, char *path, size_t plen)
+/*
+ * state_dir/registered.json is read once per process and kept in struct
+ * agent; regstate_stage changes the copy in memory, regstate_flush writes it
+ * (temporary file, rename).  A replica's batch is staged and written once:
+ * rewriting the file per record made register O(records^2).
+ */
+static int
+regstate_path(struct agent *a, char *path, size_t plen)
 {
+	return snprintf(path, plen, "%s/registered.json", a->cfg->state_dir) >= (int)plen ?
+	    DMK_ERR_USAGE : 0;
+}
+
+/* Under state_mtx. */
+static json_t *
+regstate_root(struct agent *a)
+{
+	char path[4200];
 	json_t *j;
 
-	snprintf(path, plen, "%s/registered.json", a->cfg->state_dir);
-	j = json_load_file(path, 0, NULL);
+	if (a->regstate != NULL)
+		return a->regstate;
+	j = NULL;
+	if (regstate_path(a, path, sizeof(path)) == 0)
+		j = json_load_file(path, 0, NULL);
 	if (!json_is_object(j)) {
 		json_decref(j);
 		j = json_object();
 	}
-	return j;
+	return a->regstate = j;
 }
 
+/* Under state_mtx. */
 static int
-regstate_write(struct agent *a, const char *ag, const char *replica, const char *family,
-    const char *reference, const char *version, const char *credential, int exact,
-    struct dmk_err *err)
+regstate_write_locked(struct agent *a, struct dmk_err *err)
 {
-	char path[4200], tmp[4300], t[32];
+	char path[4200], tmp[4300];
+
+	if (!a->regstate_dirty || a->regstate == NULL)
+		return 0;
+	if (regstate_path(a, path, sizeof(path)) != 0)
+		return dmk_errf(err, DMK_ERR_USAGE, "state_dir: path too long");
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	mkdir(a->cfg->state_dir, 0700);
+	if (json_dump_file(a->regstate, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) != 0 ||
+	    chmod(tmp, 0600) != 0 || rename(tmp, path) != 0)
+		return dmk_errf(err, DMK_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+	a->regstate_dirty = 0;
+	return 0;
+}
+
+int
+regstate_stage(struct agent *a, const char *ag, const char *replica, const char *family,
+    const char *reference, const char *version, const char *credential, int exact)
+{
+	char t[32];
 	json_t *root, *o, *rec;
-	int r = 0;
 
 	pthread_mutex_lock(&state_mtx);
-	root = regstate_load(a, path, sizeof(path));
+	root = regstate_root(a);
 	if ((o = json_object_get(root, ag)) == NULL)
 		json_object_set_new(root, ag, o = json_object());
 	if ((rec = json_object_get(o, replica)) == NULL)
@@ -623,13 +702,18 @@ regstate_write(struct agent *a, const char *ag, const char *replica, const char 
 	}
 	json_object_set_new(o, "time", json_string(t));
 	json_object_set_new(rec, family, o);
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	mkdir(a->cfg->state_dir, 0700);
-	if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0)
-		r = dmk_errf(err, DMK_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-	else
-		chmod(path, 0600);
-	json_decref(root);
+	a->regstate_dirty = 1;
+	pthread_mutex_unlock(&state_mtx);
+	return 0;
+}
+
+int
+regstate_flush(struct agent *a, struct dmk_err *err)
+{
+	int r;
+
+	pthread_mutex_lock(&state_mtx);
+	r = regstate_write_locked(a, err);
 	pthread_mutex_unlock(&state_mtx);
 	return r;
 }
@@ -638,28 +722,28 @@ int
 regstate_set(struct agent *a, const char *ag, const char *replica, const char *family,
     const char *reference, const char *version, const char *credential, struct dmk_err *err)
 {
-	return regstate_write(a, ag, replica, family, reference, version, credential, 0, err);
+	regstate_stage(a, ag, replica, family, reference, version, credential, 0);
+	return regstate_flush(a, err);
 }
 
 int
 regstate_set_exact(struct agent *a, const char *ag, const char *replica, const char *family,
     const char *reference, const char *version, const char *credential, struct dmk_err *err)
 {
-	return regstate_write(a, ag, replica, family, reference, version, credential, 1, err);
+	regstate_stage(a, ag, replica, family, reference, version, credential, 1);
+	return regstate_flush(a, err);
 }
 
 int
 regstate_get(struct agent *a, const char *ag, const char *replica, const char *family,
     char *version, size_t vlen, char *credential, size_t clen)
 {
-	char path[4200];
-	json_t *root, *o;
+	json_t *o;
 	int r = DMK_ERR_NOTFOUND;
 
 	version[0] = credential[0] = '\0';
 	pthread_mutex_lock(&state_mtx);
-	root = regstate_load(a, path, sizeof(path));
-	o = json_object_get(json_object_get(json_object_get(root, ag), replica), family);
+	o = json_object_get(json_object_get(json_object_get(regstate_root(a), ag), replica), family);
 	if (json_is_object(o)) {
 		const char *v = json_string_value(json_object_get(o, "version"));
 		const char *c = json_string_value(json_object_get(o, "credential"));
@@ -667,7 +751,6 @@ regstate_get(struct agent *a, const char *ag, const char *replica, const char *f
 		util_strlcpy(credential, c ? c : "", clen);
 		r = 0;
 	}
-	json_decref(root);
 	pthread_mutex_unlock(&state_mtx);
 	return r;
 }

@@ -131,6 +131,12 @@ int regstate_set(struct agent *a, const char *ag, const char *replica,
 int regstate_set_exact(struct agent *a, const char *ag, const char *replica,
     const char *family, const char *reference, const char *version,
     const char *credential, struct dmk_err *err);
+/* regstate_set without writing (exact as above); regstate_flush writes what
+ * was staged.  For batches: one write per replica, not per record. */
+int regstate_stage(struct agent *a, const char *ag, const char *replica,
+    const char *family, const char *reference, const char *version,
+    const char *credential, int exact);
+int regstate_flush(struct agent *a, struct dmk_err *err);
 int regstate_get(struct agent *a, const char *ag, const char *replica,
     const char *family, char *version, size_t vlen, char *credential, size_t clen);
 

@@ -27,28 +27,34 @@
 #include "replicas.h"
 
 /*
- * One round trip for every database: "does the DMK open by itself here?"
- * via a certificate under it.  opened[i] gets 1, 0, or -1 (cannot tell).
+ * One round trip for the replica's credentials (*creds, NULL if that
+ * statement failed) and, where the replica is readable, every database's
+ * "does the DMK open by itself here?" via a certificate under it.
+ * opened[i] gets 1, 0, or -1 (cannot tell).
  * DB_NAME() guards against a USE that failed (a secondary that does not
  * allow reads): the probe would otherwise run in the wrong database.
  */
 static void
-probe_all(struct rep_run *rr, struct sql_session *s, int *opened)
+probe_all(struct rep_run *rr, struct sql_session *s, int *opened, struct sql_result **creds)
 {
 	struct ag_run *run = rr->run;
 	struct sql_result **sets = NULL;
 	struct sql_stmt *st;
 	struct dmk_err e;
 	size_t i, n = 0, k;
-	int r = 0;
+	int r = 0, probing = rr->is_primary || rr->rep->secondary_allow != 0;
 
 	for (i = 0; i < run->nplans; i++)
 		opened[i] = -1;
+	*creds = NULL;
 	if ((st = sql_stmt_new()) == NULL)
 		return;
+	/* The credentials first, in the same round trip. */
+	r = sql_stmt_raw(st, SQL_CREDENTIALS_QUERY ";\n");
+	n = 1;
 	for (i = 0; i < run->nplans && r == 0; i++) {
 		struct db_plan *p = &run->plans[i];
-		if (!p->usable || p->cert[0] == '\0')
+		if (!p->usable || p->cert[0] == '\0' || !probing)
 			continue;
 		if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
 		    (r = sql_stmt_raw(st, "; SELECT ")) != 0 || (r = sql_stmt_int(st, (long long)i)) != 0 ||
@@ -65,8 +71,16 @@ probe_all(struct rep_run *rr, struct sql_session *s, int *opened)
 	}
 	if (r == 0 && n > 0 && sql_exec_sets(s, st, &sets, &n, &e) == 0) {
 		for (k = 0; k < n; k++) {
-			const struct sql_value *iv = sql_cell(sets[k], 0, "i");
-			const struct sql_value *ov = sql_cell(sets[k], 0, "opened");
+			const struct sql_value *iv, *ov;
+
+			if (sets[k]->ncols == 2 && strcmp(sets[k]->cols[0], "family_guid") == 0 &&
+			    strcmp(sets[k]->cols[1], "name") == 0 && *creds == NULL) {
+				*creds = sets[k];
+				sets[k] = NULL;
+				continue;
+			}
+			iv = sql_cell(sets[k], 0, "i");
+			ov = sql_cell(sets[k], 0, "opened");
 			if (iv && ov && iv->type == SQLT_INT && ov->type == SQLT_INT &&
 			    iv->i >= 0 && (size_t)iv->i < run->nplans)
 				opened[iv->i] = ov->i < 0 ? -1 : ov->i != 0;
@@ -87,7 +101,9 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 
 	if ((opened = calloc(run->nplans + 1, sizeof(int))) == NULL)
 		return DMK_ERR_NOMEM;
-	if (rep_credentials(s, &all, &e) != 0) {
+	/* credentials and probes in one round trip; the credentials alone if that failed */
+	probe_all(rr, s, opened, &all);
+	if (all == NULL && rep_credentials(s, &all, &e) != 0) {
 		for (i = 0; i < run->nplans; i++)
 			if (run->plans[i].usable) {
 				rr->dbs[i].outcome = OUT_GAP;
@@ -97,11 +113,6 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 		free(opened);
 		return DMK_ERR_INCOMPLETE;
 	}
-	if (rr->is_primary || rr->rep->secondary_allow != 0)
-		probe_all(rr, s, opened);
-	else
-		for (i = 0; i < run->nplans; i++)
-			opened[i] = -1;
 	for (i = 0; i < run->nplans; i++) {
 		struct db_plan *p = &run->plans[i];
 		struct rep_db *d = &rr->dbs[i];

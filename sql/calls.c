@@ -278,19 +278,31 @@ out:
 	return rc;
 }
 
+/* A set with SQL_CREDENTIALS_QUERY's columns. */
+static int
+is_credentials(const struct sql_result *r)
+{
+	return r != NULL && r->ncols == 2 && strcmp(r->cols[0], "family_guid") == 0 &&
+	    strcmp(r->cols[1], "name") == 0;
+}
+
 int
 sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
     const struct secret *const *pws, size_t n, const char *action, int *ambiguous,
-    int *n_expected, struct dmk_err *err)
+    int *n_expected, struct sql_result **after, struct dmk_err *err)
 {
-	struct sql_param p[2 + 2 * SQL_DMK_MANY_MAX];
+	struct sql_result **sets = NULL;
+	size_t nsets = 0;
+	struct sql_param p[3 + 2 * SQL_DMK_MANY_MAX];
 	char names[2 * SQL_DMK_MANY_MAX][16];
 	struct sql_stmt *text = NULL, *decl = NULL;
-	int errs[64], expect, r = 0;
+	int errs[SQL_CALL_ERRORS_MAX], expect, r = 0;
 	size_t i, k = 0, ne;
 
 	*ambiguous = 0;
 	*n_expected = 0;
+	if (after != NULL)
+		*after = NULL;
 	if (n == 0 || n > SQL_DMK_MANY_MAX)
 		return dmk_errf(err, DMK_ERR_BADINPUT, "bad number of databases");
 	if (strcmp(action, "add") != 0 && strcmp(action, "drop") != 0)
@@ -305,7 +317,14 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 	p[k++].type = SQLP_NVARCHAR;
 	p[k].name = "@params";
 	p[k++].type = SQLP_NVARCHAR;
-	for (i = 0; i < n && r == 0; i++) {
+	/*
+	 * Positional arguments and one @a for the action keep each statement
+	 * short: @stmt and @params travel as nvarchar(4000) (db-lib's limit),
+	 * and the chunk size is what fits.
+	 */
+	if ((r = sql_stmt_raw(decl, "@a nvarchar(8)")) != 0)
+		goto build;
+	for (i = 0; i < n; i++) {
 		if (!sql_valid_name(dbs[i])) {
 			r = dmk_errf(err, DMK_ERR_BADINPUT, "bad database name");
 			goto out;
@@ -313,19 +332,17 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 		snprintf(names[2 * i], sizeof(names[0]), "@d%zu", i);
 		snprintf(names[2 * i + 1], sizeof(names[0]), "@p%zu", i);
 		/* Parameter names and keywords only: the values travel as parameters. */
-		if ((r = sql_stmt_raw(text, "EXEC sp_control_dbmasterkey_password @db_name = ")) != 0 ||
+		if ((r = sql_stmt_raw(text, "EXEC sp_control_dbmasterkey_password ")) != 0 ||
 		    (r = sql_stmt_raw(text, names[2 * i])) != 0 ||
-		    (r = sql_stmt_raw(text, ", @password = ")) != 0 ||
+		    (r = sql_stmt_raw(text, ",")) != 0 ||
 		    (r = sql_stmt_raw(text, names[2 * i + 1])) != 0 ||
-		    (r = sql_stmt_raw(text, ", @action = ")) != 0 ||
-		    (r = sql_stmt_nstr(text, action, err)) != 0 ||
-		    (r = sql_stmt_raw(text, ";\n")) != 0 ||
-		    (i > 0 && (r = sql_stmt_raw(decl, ", ")) != 0) ||
+		    (r = sql_stmt_raw(text, ",@a;\n")) != 0 ||
+		    (r = sql_stmt_raw(decl, ",")) != 0 ||
 		    (r = sql_stmt_raw(decl, names[2 * i])) != 0 ||
-		    (r = sql_stmt_raw(decl, " nvarchar(128), ")) != 0 ||
+		    (r = sql_stmt_raw(decl, " sysname,")) != 0 ||
 		    (r = sql_stmt_raw(decl, names[2 * i + 1])) != 0 ||
-		    (r = sql_stmt_raw(decl, " nvarchar(128)")) != 0)
-			break;
+		    (r = sql_stmt_raw(decl, " sysname")) != 0)
+			goto build;
 		p[k].name = names[2 * i];
 		p[k].type = SQLP_NVARCHAR;
 		p[k++].str = dbs[i];
@@ -333,21 +350,36 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 		p[k].type = SQLP_NVARCHAR;
 		p[k++].secret = pws[i];
 	}
+	p[k].name = "@a";
+	p[k].type = SQLP_NVARCHAR;
+	p[k++].str = action;
+	if (after != NULL)
+		r = sql_stmt_raw(text, SQL_CREDENTIALS_QUERY ";\n");
+build:
 	if (r != 0) {
 		r = dmk_errf(err, r == DMK_ERR_NOMEM ? r : DMK_ERR_INTERNAL, "cannot build the request");
 		goto out;
 	}
 	p[0].str = sql_stmt_text(text);
 	p[1].str = sql_stmt_text(decl);
-	r = sql_rpc(s, "sp_executesql", p, k, NULL, err);
-	ne = sql_call_errors(s, errs, 64);
-	for (i = 0; i < ne && i < 64; i++) {
+	if (after != NULL) {
+		r = sql_rpc_sets(s, "sp_executesql", p, k, &sets, &nsets, err);
+		/* the credentials are the last set, and only if that statement ran */
+		if (r == 0 && nsets > 0 && is_credentials(sets[nsets - 1])) {
+			*after = sets[nsets - 1];
+			sets[nsets - 1] = NULL;
+		}
+		sql_sets_free(sets, nsets);
+	} else
+		r = sql_rpc(s, "sp_executesql", p, k, NULL, err);
+	ne = sql_call_errors(s, errs, SQL_CALL_ERRORS_MAX);
+	for (i = 0; i < ne && i < SQL_CALL_ERRORS_MAX; i++) {
 		if (errs[i] == expect)
 			(*n_expected)++;
 		else
 			*ambiguous = 1;
 	}
-	if (ne > 64)
+	if (ne > SQL_CALL_ERRORS_MAX || ne > n)
 		*ambiguous = 1;
 	if (r == DMK_ERR_SQL && ne > 0)
 		r = 0;   /* statement errors: the caller reads the credentials */

@@ -38,6 +38,7 @@
 #include <openssl/crypto.h>
 
 #include "../agent/dmk.h"
+#include "../agent/buf.h"
 #include "../agent/secret.h"
 #include "relay.h"
 #include "sql_int.h"
@@ -57,8 +58,10 @@ struct sql_session {
 	char dberr_text[256];
 	int timed_out, dead;
 	const char *perm_hint;     /* what permission the current call needs */
-	int errnos[64];            /* every error number (severity > 10) of the current call */
-	size_t nerrnos;
+	int errnos[SQL_CALL_ERRORS_MAX]; /* error numbers (severity > 10) of the current call */
+	size_t nerrnos;            /* how many there were (may exceed what errnos holds) */
+	int enc_unchecked;         /* encrypt_option not read yet (see enc_gate) */
+	char enc_refused[300];     /* why the session may not be used, or "" */
 };
 
 /* ---- process-wide: db-lib init, handlers, the private freetds.conf ---- */
@@ -114,8 +117,9 @@ msg_handler(DBPROCESS *d, DBINT msgno, int state, int severity, char *text, char
 	util_strlcpy(e.proc, proc ? proc : "", sizeof(e.proc));
 	if (s->first.number == 0)
 		s->first = e;
-	if (s->nerrnos < sizeof(s->errnos) / sizeof(s->errnos[0]))
-		s->errnos[s->nerrnos++] = e.number;
+	if (s->nerrnos < SQL_CALL_ERRORS_MAX)
+		s->errnos[s->nerrnos] = e.number;
+	s->nerrnos++;
 	return 0;
 }
 
@@ -189,7 +193,7 @@ conf_write(const char *ca_pem)
 		fprintf(f, "[dmk_%u]\n\thost = 127.0.0.1\n\tport = %d\n\ttds version = 7.4\n"
 		    "\tclient charset = UTF-8\n\tencryption = require\n\tca file = %s\n"
 		    "\tcheck certificate hostname = yes\n\tenable tls v1 = no\n"
-		    "\tconnect timeout = %ld\n\ttimeout = %ld\n\ttext size = 1048576\n",
+		    "\tconnect timeout = %ld\n\ttimeout = %ld\n\ttext size = 0\n",
 		    c->id, c->port, ca_pem, c->connect_timeout, c->query_timeout);
 	if (fclose(f) != 0 || rename(tmp, conf_path) != 0) {
 		(void)unlink(tmp);
@@ -346,29 +350,123 @@ sql_last_error(const struct sql_session *s)
 	return &s->last;
 }
 
-/* Second line (the relay is the guard): ask the server how we are connected. */
-static int
-check_encrypt_option(struct sql_session *s, struct dmk_err *err)
-{
-	struct sql_result *res = NULL;
-	const struct sql_value *v;
-	struct dmk_err e = { 0 };
-	int rc = 0;
+/*
+ * Second line (the relay is the guard): ask the server how we are connected.
+ * The question never fails: without VIEW SERVER STATE it answers NULL (and we
+ * rely on the relay), so it can lead any batch of fixed text.  It is asked
+ * before the session's first call that could carry a secret (enc_gate), or
+ * as the first statement of its first fixed-text batch (enc_fused): the
+ * connection's first round trip does real work.  SET TEXTSIZE goes with it
+ * (blobs such as CERTPRIVATEKEY's are cut at @@TEXTSIZE): FreeTDS would
+ * otherwise send its own "set textsize" as a round trip of its own before
+ * our first batch ("text size = 0" in our freetds.conf stops that).
+ */
+#define SQL_TEXTSIZE "1048576"
+#define ENC_CHECK_SQL \
+	"SET TEXTSIZE " SQL_TEXTSIZE ";\n" \
+	"IF HAS_PERMS_BY_NAME(NULL, NULL, 'VIEW SERVER STATE') = 1 " \
+	"SELECT encrypt_option FROM sys.dm_exec_connections WHERE session_id = @@SPID " \
+	"ELSE SELECT CAST(NULL AS nvarchar(40)) AS encrypt_option;\n"
 
-	if (sql_query(s, "SELECT encrypt_option FROM sys.dm_exec_connections "
-	    "WHERE session_id = @@SPID", &res, &e) != 0) {
-		if (s->dead)
-			return dmk_errf(err, e.code, "%s", e.msg);
-		memset(&s->last, 0, sizeof(s->last));   /* our probe, not the caller's */
-		log_debug("%s: cannot read encrypt_option (%s); relying on the relay", s->name, e.msg);
+static int run_batch(struct sql_session *s, const char *text, struct sql_result **res,
+    struct dmk_err *err);
+static int collect_all(struct sql_session *s, struct sql_result ***sets, size_t *nsets);
+
+static int
+enc_verdict(struct sql_session *s, const struct sql_result *res, struct dmk_err *err)
+{
+	const struct sql_value *v;
+
+	v = res != NULL && res->nrows ? sql_cell(res, 0, "encrypt_option") : NULL;
+	if (v == NULL || v->type != SQLT_STR) {
+		log_debug("%s: encrypt_option not readable (no VIEW SERVER STATE?); relying on "
+		    "the relay", s->name);
 		return 0;
 	}
-	v = res->nrows ? sql_cell(res, 0, "encrypt_option") : NULL;
-	if (v != NULL && v->type == SQLT_STR && strcasecmp(v->s, "TRUE") != 0)
-		rc = dmk_errf(err, DMK_ERR_TLS, "%s: the server reports this connection as not "
-		    "encrypted (encrypt_option = %s)", s->name, v->s);
+	if (strcasecmp(v->s, "TRUE") != 0) {
+		snprintf(s->enc_refused, sizeof(s->enc_refused), "%s: the server reports this "
+		    "connection as not encrypted (encrypt_option = %.40s)", s->name, v->s);
+		return dmk_errf(err, DMK_ERR_TLS, "%s", s->enc_refused);
+	}
+	log_debug("%s: the server reports the connection encrypted", s->name);
+	return 0;
+}
+
+/* Before a call that may carry a secret: the check in its own round trip. */
+static int
+enc_gate(struct sql_session *s, struct dmk_err *err)
+{
+	struct sql_result *res = NULL;
+	int rc;
+
+	if (!s->enc_unchecked)
+		return 0;
+	s->enc_unchecked = 0;
+	if ((rc = run_batch(s, ENC_CHECK_SQL, &res, err)) != 0) {
+		if (s->dead)
+			return rc;
+		memset(&s->last, 0, sizeof(s->last));   /* our probe, not the caller's */
+		log_debug("%s: cannot read encrypt_option (%s); relying on the relay", s->name,
+		    err->msg);
+		return 0;
+	}
+	rc = enc_verdict(s, res, err);
 	sql_result_free(res);
 	return rc;
+}
+
+/*
+ * Send fixed text (no secret) led by the check when it is still due:
+ * every result set of the caller's statements, in order, with the check's
+ * own set taken off and judged.  Only a failed connection or a failed check
+ * is an error; statement errors are left in the call's error list.
+ */
+static int
+enc_fused(struct sql_session *s, const char *text, struct sql_result ***sets, size_t *nsets,
+    struct dmk_err *err)
+{
+	struct buf b;
+	int rc, lead = s->enc_unchecked;
+
+	*sets = NULL;
+	*nsets = 0;
+	buf_init(&b, 0);
+	if ((lead && (rc = buf_puts(&b, ENC_CHECK_SQL)) != 0) || (rc = buf_puts(&b, text)) != 0) {
+		buf_free(&b);
+		return dmk_errf(err, rc, "%s: batch too large", s->name);
+	}
+	s->first.number = 0;
+	s->nerrnos = 0;
+	s->dberr = 0;
+	s->dberr_text[0] = '\0';
+	s->enc_unchecked = 0;
+	rc = dbcmd(s->dbproc, b.data) == FAIL || dbsqlsend(s->dbproc) == FAIL;
+	dbfreebuf(s->dbproc);
+	buf_free(&b);
+	if (rc)
+		return session_error(s, err);
+	if ((rc = collect_all(s, sets, nsets)) != 0) {
+		sql_sets_free(*sets, *nsets);
+		*sets = NULL;
+		*nsets = 0;
+		return rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") : session_error(s, err);
+	}
+	if (!lead)
+		return 0;
+	rc = *nsets > 0 ? enc_verdict(s, (*sets)[0], err) :
+	    dmk_errf(err, DMK_ERR_TLS, "%s: no answer to the encryption check", s->name);
+	if (rc != 0) {
+		if (*nsets == 0)
+			snprintf(s->enc_refused, sizeof(s->enc_refused), "%s", err->msg);
+		sql_sets_free(*sets, *nsets);
+		*sets = NULL;
+		*nsets = 0;
+		return rc;
+	}
+	sql_result_free((*sets)[0]);
+	memmove(*sets, *sets + 1, (*nsets - 1) * sizeof(**sets));
+	(*nsets)--;
+	return 0;
 }
 
 int
@@ -468,8 +566,7 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 		    "(TDSHOST or TDSPORT set?); refusing the session", s->name);
 		goto fail;
 	}
-	if ((rc = check_encrypt_option(s, err)) != 0)
-		goto fail;
+	s->enc_unchecked = 1;     /* asked with the first call: enc_gate, enc_fused */
 	call_reset(s);
 	*out = s;
 	return 0;
@@ -766,7 +863,7 @@ sql_call_errors(const struct sql_session *s, int *nums, size_t max)
 {
 	size_t i;
 
-	for (i = 0; i < s->nerrnos && i < max; i++)
+	for (i = 0; i < s->nerrnos && i < max && i < SQL_CALL_ERRORS_MAX; i++)
 		nums[i] = s->errnos[i];
 	return s->nerrnos;
 }
@@ -784,6 +881,10 @@ sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_resul
 	if (text == NULL || *text == '\0')
 		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
 	if ((rc = usable(s, err)) != 0)
+		return rc;
+	if (!sql_stmt_has_secret(st))
+		return enc_fused(s, text, sets, nsets, err);
+	if ((rc = enc_gate(s, err)) != 0)
 		return rc;
 	s->first.number = 0;
 	s->nerrnos = 0;
@@ -820,6 +921,8 @@ usable(struct sql_session *s, struct dmk_err *err)
 {
 	if (s == NULL || s->dbproc == NULL)
 		return dmk_errf(err, DMK_ERR_INTERNAL, "no session");
+	if (s->enc_refused[0])
+		return dmk_errf(err, DMK_ERR_TLS, "%s; refusing to use it", s->enc_refused);
 	if (s->dead || dbdead(s->dbproc))
 		return dmk_errf(err, s->timed_out ? DMK_ERR_TIMEOUT : DMK_ERR_UNREACHABLE,
 		    "%s: the connection is closed", s->name);
@@ -855,8 +958,12 @@ sql_exec(struct sql_session *s, const struct sql_stmt *st, struct sql_result **r
 {
 	const char *text = sql_stmt_text(st);
 
+	int rc;
+
 	if (text == NULL || *text == '\0')
 		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
+	if ((rc = usable(s, err)) != 0 || (rc = enc_gate(s, err)) != 0)
+		return rc;
 	return run_batch(s, text, res, err);
 }
 
@@ -864,16 +971,39 @@ int
 sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
     struct dmk_err *err)
 {
+	struct sql_result **sets = NULL;
+	size_t n = 0, i;
+	int rc;
+
 	if (fixed_sql == NULL || *fixed_sql == '\0')
 		return dmk_errf(err, DMK_ERR_INTERNAL, "empty SQL query");
-	return run_batch(s, fixed_sql, res, err);
+	if ((rc = usable(s, err)) != 0)
+		return rc;
+	if (!s->enc_unchecked)
+		return run_batch(s, fixed_sql, res, err);
+	/* The session's first call: the encryption check rides along. */
+	if (res != NULL)
+		*res = NULL;
+	if ((rc = enc_fused(s, fixed_sql, &sets, &n, err)) != 0)
+		return rc;
+	if (s->first.number != 0) {
+		sql_sets_free(sets, n);
+		return session_error(s, err);
+	}
+	for (i = 0; i < n; i++)
+		if (i == 0 && res != NULL)
+			*res = sets[0];
+		else
+			sql_result_free(sets[i]);
+	free(sets);
+	return 0;
 }
 
 /* ---- RPC ---- */
 
-int
-sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
-    int *retstatus, struct dmk_err *err)
+static int
+rpc_call(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
+    int *retstatus, struct sql_result ***sets, size_t *nsets, struct dmk_err *err)
 {
 	DBBIGINT i8;
 	DBINT i4;
@@ -883,7 +1013,7 @@ sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size
 	/* Integer values must stay put until dbrpcsend(). */
 	DBBIGINT *ints = NULL;
 
-	if ((rc = usable(s, err)) != 0)
+	if ((rc = usable(s, err)) != 0 || (rc = enc_gate(s, err)) != 0)
 		return rc;
 	s->first.number = 0;
 	s->nerrnos = 0;
@@ -966,7 +1096,19 @@ sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size
 		rc = session_error(s, err);
 		goto out;
 	}
-	if (collect(s, NULL, &ret) != 0) {
+	if (sets != NULL) {
+		/* every result set; statement errors are the caller's to read */
+		if ((rc = collect_all(s, sets, nsets)) != 0) {
+			sql_sets_free(*sets, *nsets);
+			*sets = NULL;
+			*nsets = 0;
+			rc = rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") :
+			    session_error(s, err);
+			goto out;
+		}
+		if (s->first.number != 0)
+			(void)session_error(s, err);
+	} else if (collect(s, NULL, &ret) != 0) {
 		rc = session_error(s, err);
 		goto out;
 	}
@@ -982,6 +1124,22 @@ out:
 		free(ints);
 	}
 	return rc;
+}
+
+int
+sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
+    int *retstatus, struct dmk_err *err)
+{
+	return rpc_call(s, proc, p, n, retstatus, NULL, NULL, err);
+}
+
+int
+sql_rpc_sets(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
+    struct sql_result ***sets, size_t *nsets, struct dmk_err *err)
+{
+	*sets = NULL;
+	*nsets = 0;
+	return rpc_call(s, proc, p, n, NULL, sets, nsets, err);
 }
 
 void

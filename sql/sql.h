@@ -127,7 +127,9 @@ int sql_exec(struct sql_session *s, const struct sql_stmt *st, struct sql_result
 int sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_result ***sets,
     size_t *nsets, struct dmk_err *err);
 void sql_sets_free(struct sql_result **sets, size_t n);
-/* Every SQL Server error number of the last call (up to max); returns the count. */
+/* Every SQL Server error number of the last call (up to max and to
+ * SQL_CALL_ERRORS_MAX); returns how many there were, which may be more. */
+#define SQL_CALL_ERRORS_MAX 512
 size_t sql_call_errors(const struct sql_session *s, int *nums, size_t max);
 
 /* A fixed query with no data in it (catalog reads). */
@@ -150,6 +152,16 @@ struct sql_param {
  * 1..4000 bytes of UTF-8 (db-lib sends an empty string as NULL: refused). */
 int sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
     int *retstatus, struct dmk_err *err);
+/* The same, keeping every result set; statement errors do not fail it (read
+ * sql_call_errors()): only a lost connection does. */
+int sql_rpc_sets(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
+    struct sql_result ***sets, size_t *nsets, struct dmk_err *err);
+
+/* Every DMK credential on the server: columns family_guid, name. */
+#define SQL_CREDENTIALS_QUERY \
+	"SELECT m.family_guid AS family_guid, c.name AS name " \
+	"FROM sys.master_key_passwords AS m JOIN sys.credentials AS c " \
+	"ON c.credential_id = m.credential_id ORDER BY c.name"
 
 /* ---- the calls the agent makes ---- */
 /* sp_control_dbmasterkey_password @db_name, @password, @action = add|drop.
@@ -164,12 +176,13 @@ int sql_dmk_password(struct sql_session *s, const char *db, const struct secret 
  * *n_expected counts the 15594 (add) or 15595 (drop) answers, and
  * *ambiguous is set when any other error occurred (which database it
  * belonged to is not known: ask database by database).  Only a failed
- * connection or bad input is an error.
+ * connection or bad input is an error.  With after != NULL the same request
+ * then reads SQL_CREDENTIALS_QUERY into *after (NULL if it could not).
  */
-#define SQL_DMK_MANY_MAX 36
+#define SQL_DMK_MANY_MAX 70    /* what fits in @stmt's 4000 bytes (calls.c) */
 int sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
     const struct secret *const *pws, size_t n, const char *action, int *ambiguous,
-    int *n_expected, struct dmk_err *err);
+    int *n_expected, struct sql_result **after, struct dmk_err *err);
 /* USE db; OPEN MASTER KEY DECRYPTION BY PASSWORD; CLOSE MASTER KEY.
  * DMK_ERR_WRONGPASS for 15313, DMK_ERR_NOTFOUND when there is no DMK.
  * The session stays in db afterwards.  On a secondary that does not allow
