@@ -2,8 +2,28 @@
 # scripts/bench.sh: build, then run the benchmarks (never part of the test suite; speed targets live here).
 #   scripts/bench.sh                 # bench/register at D=100, R=5, L=20 ms (naive script at D=10, extrapolated)
 #   scripts/bench.sh -D 20 -R 3      # any bench/register option is passed through
+#   scripts/bench.sh register [...]  # the same, named
+#   scripts/bench.sh rotate [...]    # bench/rotate: one database on R=5 at L=20 ms against its bound, then D=100
+#   scripts/bench.sh all             # both, with their defaults; fails when either does
+# BUILDDIR (default build) picks the build directory; DMKAGENT, when set, the binary.
 # Exit status: 0 when every target is met, 1 when one is missed (the table says which), 2 on set-up errors.
 set -eu
 cd "$(dirname "$0")/.."
-ninja -C build >/dev/null || { echo "bench.sh: build failed (ninja -C build)" >&2; exit 2; }
-SRCDIR=$PWD PYTHONPATH=$PWD exec /usr/bin/python3 bench/register "$@"
+B=${BUILDDIR:-build}
+ninja -C "$B" >/dev/null || { echo "bench.sh: build failed (ninja -C $B)" >&2; exit 2; }
+DMKAGENT=${DMKAGENT:-$PWD/$B/dmkagent}
+export DMKAGENT
+case "${1:-}" in
+register|rotate)
+	b=$1; shift
+	SRCDIR=$PWD PYTHONPATH=$PWD exec /usr/bin/python3 "bench/$b" "$@" ;;
+all)
+	rc=0
+	SRCDIR=$PWD PYTHONPATH=$PWD /usr/bin/python3 bench/register || rc=$?
+	r2=0
+	SRCDIR=$PWD PYTHONPATH=$PWD /usr/bin/python3 bench/rotate || r2=$?
+	[ "$r2" -gt "$rc" ] && rc=$r2
+	exit "$rc" ;;
+*)
+	SRCDIR=$PWD PYTHONPATH=$PWD exec /usr/bin/python3 bench/register "$@" ;;
+esac
