@@ -19,6 +19,41 @@
  * wiped memory all the same.  --restore-test then proves, in a scratch
  * database on the primary, that the escrowed bytes give back the same
  * certificates (thumbprints) and DMK (key_guid), and drops it.
+ *
+ * The steps of one run ("fp" is the failpoint at each boundary, named
+ * backup:<fp>; each fires the first time its boundary is reached, also
+ * inside rotate --regenerate's backup_database()):
+ *   1 passwords    a missing backup password generated and created in
+ *                  the store (check-and-set 0)                fp after-password
+ *   2 read         OPEN MASTER KEY for the session; every certificate
+ *                  with CERTENCODED/CERTPRIVATEKEY
+ *   3 dmk file     BACKUP MASTER KEY TO FILE on the primary, read back
+ *                  with OPENROWSET, the key closed           fp after-dmk-file
+ *   4 escrow       per certificate, then the DMK: a new version written
+ *                  (check-and-set on the one seen)           fp after-escrow-cert,
+ *                                                               after-escrow-dmk
+ *                  read back and compared, then audited      fp after-readback-cert,
+ *                                                               after-readback-dmk
+ *                  all of the database's backups escrowed    fp after-database
+ *   5 restore test (--restore-test) a scratch database made  fp after-restore-scratch
+ *                  the DMK, then the certificates restored
+ *                  there and compared; the scratch database
+ *                  dropped                                   fp after-restore-test
+ *   6 smk          (--smk) the SMK backup password (step 1); BACKUP
+ *                  SERVICE MASTER KEY to a file on every replica,
+ *                  read back                                 fp after-smk-files
+ *                  per replica, escrowed as in step 4        fp after-escrow-smk,
+ *                                                               after-readback-smk
+ * Resume: there is nothing to resume.  Nothing in SQL Server changes but
+ * the files left under C:\Windows\Temp (never read again: each run writes
+ * and reads its own) and, when a run dies in step 5, its scratch
+ * database.  Escrows are new versions (a value lands whole or not at
+ * all; a store that writes markers apart may lack them), so a dead run
+ * leaves at most a version that was never read back or audited, and the
+ * next run writes new versions on top of it, each read back.  A scratch
+ * database's name carries a tag of this host and state_dir, so the next
+ * run (under the same local lock, so never beside a live one) drops what
+ * a dead run left before it makes its own.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -34,6 +69,7 @@
 #include "buf.h"
 #include "secret.h"
 #include "cli.h"
+#include "failpoint.h"
 #include "genpass.h"
 #include "backup.h"
 
@@ -48,6 +84,18 @@
 enum bk_kind { BK_CERT = 0, BK_DMK, BK_SMK };
 static const char *const kind_names[] = { "cert-backup", "dmk-backup", "smk-backup" };
 static const char *const kind_text[] = { "certificate", "master key", "service master key" };
+static const char *const kind_fp[] = { "cert", "dmk", "smk" };   /* failpoint names */
+
+/* A step boundary: backup:<boundary>[-<kind>] (failpoint.h; nothing in a
+ * release build). */
+static void
+bk_fp(const char *boundary, const char *kind)
+{
+	char name[64];
+
+	snprintf(name, sizeof(name), "backup:%s%s%s", boundary, kind ? "-" : "", kind ? kind : "");
+	failpoint(name);
+}
 
 /* One escrowed backup: what the report, the audit and the restore test need. */
 struct bk_item {
@@ -213,6 +261,7 @@ backup_password(struct agent *a, const struct secret_ref *ref, const struct audi
 	}
 	log_info("%s: no backup password yet; generated one and stored it (version %s)",
 	    ref->text, ver->id);
+	bk_fp("after-password", NULL);
 	return 0;
 }
 
@@ -360,6 +409,7 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 	if (r != 0)
 		return dmk_err_prefix(err, "%s", it->ref.text);
 	util_strlcpy(it->version, nv.id, sizeof(it->version));
+	bk_fp("after-escrow", kind_fp[it->kind]);
 	memset(&bv, 0, sizeof(bv));
 	if ((r = st->ops->get(st, &it->ref, nv.id, &back, &bv, err)) != 0)
 		return dmk_err_prefix(err, "%s: reading back version %s", it->ref.text, nv.id);
@@ -367,6 +417,8 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 		r = dmk_errf(err, DMK_ERR_VERIFY, "%s: version %s reads back different from what "
 		    "was written", it->ref.text, nv.id);
 	secret_free(back);
+	if (r == 0)
+		bk_fp("after-readback", kind_fp[it->kind]);
 	return r;
 }
 
@@ -515,6 +567,8 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 	opened = 0;
 	snprintf(what, sizeof(what), "%s: BACKUP MASTER KEY", db->name);
 	dmkrc = exec1(s, st, what, &dmkres, &dmkerr);
+	if (dmkrc == 0)
+		bk_fp("after-dmk-file", NULL);
 
 	if (rs == NULL && failed) {
 		/* no certificate could be read: one failure for them all */
@@ -617,6 +671,8 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 		}
 	}
 	r = failed;
+	if (r == 0)
+		bk_fp("after-database", NULL);
 out:
 	if (opened) {
 		/* step 1 failed after opening the key: close it, best effort */
@@ -748,6 +804,7 @@ backup_smk(struct ag_run *run, struct bk_report *rep, struct dmk_err *err)
 	run->reps = NULL;
 	run->nreps = 0;
 	ag_each_replica(run, smk_work);
+	bk_fp("after-smk-files", NULL);
 	for (i = 0; i < run->nreps; i++) {
 		struct rep_run *rr = &run->reps[i];
 		struct smk_take *tk = &c.takes[i];
@@ -1019,6 +1076,66 @@ out:
 	return r;
 }
 
+#define BK_SCRATCH "dmkagent_restore_test_"
+
+/* "dmkagent_restore_test_<8 hex>_": the scratch databases of this host and
+ * state_dir, i.e. of runs under the same local lock as this one. */
+static void
+scratch_prefix(struct agent *a, char *out, size_t len)
+{
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	char host[256] = "", who[sizeof(host) + sizeof(a->cfg->state_dir) + 2];
+	char hex[2 * SHA256_DIGEST_LENGTH + 1];
+
+	if (gethostname(host, sizeof(host)) != 0)
+		host[0] = '\0';
+	host[sizeof(host) - 1] = '\0';
+	snprintf(who, sizeof(who), "%s\n%s", host, a->cfg->state_dir);
+	SHA256((const unsigned char *)who, strlen(who), md);
+	util_hex(md, 4, hex);
+	snprintf(out, len, BK_SCRATCH "%s_", hex);
+}
+
+/*
+ * Drop the scratch databases an earlier run of this agent left when it
+ * died in the middle of a restore test (SIGKILL, a dropped connection
+ * before its DROP DATABASE).  We hold the local lock, so none of them is
+ * in use; another host's or state_dir's carry another prefix.  Best
+ * effort: a failure is logged and the restore test goes on.
+ */
+static void
+scratch_sweep(struct agent *a, struct sql_session *s, const char *prefix)
+{
+	struct sql_stmt *st = NULL;
+	struct sql_result *res = NULL;
+	struct dmk_err e;
+	const char *name;
+	size_t i, plen = strlen(prefix);
+
+	if ((st = sql_stmt_new()) == NULL || sql_stmt_raw(st, "SELECT name AS name FROM "
+	    "sys.databases WHERE name LIKE N'" BK_SCRATCH "%'") != 0)
+		goto out;
+	if (exec1(s, st, "listing scratch databases", &res, &e) != 0) {
+		log_warn("restore test: %s", e.msg);
+		goto out;
+	}
+	for (i = 0; i < res->nrows; i++) {
+		if ((name = cell_str(res, i, "name")) == NULL || strncmp(name, prefix, plen) != 0)
+			continue;
+		if (stmt_renew(&st, &e) != 0 || sql_stmt_raw(st, "DROP DATABASE IF EXISTS ") != 0 ||
+		    sql_stmt_ident(st, name, &e) != 0 ||
+		    exec1(s, st, "DROP DATABASE", NULL, &e) != 0)
+			log_warn("restore test: the scratch database %s, left by an earlier run, "
+			    "could not be dropped: %s", name, e.msg);
+		else
+			log_info("restore test: dropped the scratch database %s, left by an earlier "
+			    "run that stopped in its restore test", name);
+	}
+out:
+	sql_result_free(res);
+	sql_stmt_free(st);
+}
+
 /* A scratch database on the primary (not in the AG) for one database's
  * backups, [from, to) in rep; dropped at the end whatever happened. */
 static int
@@ -1029,14 +1146,16 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 	struct pass_policy pp;
 	struct secret *tmp_pw = NULL;
 	struct sql_stmt *st = NULL;
-	char scratch[64], rnd[33];
+	char scratch[80], prefix[48], rnd[33];
 	size_t i;
 	int r, created = 0, failed = 0, dmk_done = 0;
 	struct dmk_err e;
 
+	scratch_prefix(a, prefix, sizeof(prefix));
+	scratch_sweep(a, s, prefix);
 	util_random_id(rnd, sizeof(rnd));
 	rnd[12] = '\0';
-	snprintf(scratch, sizeof(scratch), "dmkagent_restore_test_%s", rnd);
+	snprintf(scratch, sizeof(scratch), "%s%s", prefix, rnd);
 	policy_of(a, &pp);
 	if ((r = genpass(&pp, &tmp_pw, err)) != 0)
 		return r;
@@ -1059,6 +1178,7 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 		goto out;
 	}
 	created = 1;
+	bk_fp("after-restore-scratch", NULL);
 	/* The DMK first: the certificates' keys go under it. */
 	for (i = from; i < to; i++) {
 		struct bk_item *it = &rep->items[i];
@@ -1103,16 +1223,26 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 out:
 	if (created) {
 		sql_stmt_free(st);
+		dmk_errf(&e, DMK_ERR_NOMEM, "out of memory");
 		if ((st = sql_stmt_new()) != NULL && sql_stmt_raw(st, "USE master;\n"
 		    "DROP DATABASE IF EXISTS ") == 0 && sql_stmt_ident(st, scratch, &e) == 0 &&
 		    exec1(s, st, "DROP DATABASE", NULL, &e) == 0)
 			log_info("restore test: scratch database %s dropped", scratch);
-		else
+		else {
+			/* Not done: it holds copies of the keys.  The next restore
+			 * test from this host drops it (scratch_sweep). */
 			log_warn("restore test: the scratch database %s could not be dropped: %s; "
-			    "drop it by hand", scratch, e.msg);
+			    "the next restore test from this host drops it", scratch, e.msg);
+			if (r == 0) {
+				r = dmk_err_prefix(&e, "restore test: the scratch database %s is left "
+				    "on the primary (the next restore test drops it)", scratch);
+				*err = e;
+			}
+		}
 	}
 	sql_stmt_free(st);
 	secret_free(tmp_pw);
+	bk_fp("after-restore-test", NULL);
 	for (i = from; i < to; i++) {
 		struct bk_item *it = &rep->items[i];
 		struct audit_target t = { run->ag->name, it->node, it->database };
