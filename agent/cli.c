@@ -71,12 +71,26 @@ static const struct command commands[] = {
 	  "database its DMK (key GUID, encryption by the service master key and by\n"
 	  "passwords), the credentials on each replica and the store's current version.\n" },
 	{ "rotate", cmd_rotate, 1,
-	  "rotate [--ag AG] [--database DB] [--if-due] [--dry-run] [--regenerate]",
+	  "rotate [--ag AG] [--database DB] [--if-due] [--dry-run] [--regenerate] [--no-backup]",
 	  "rotate DMK passwords without ever losing one (a resumable state machine)",
-	  "See dmkagent(1), ROTATION.\n" },
-	{ "recover", cmd_recover, 1, "recover [--ag AG] [--database DB] [--dry-run]",
+	  "Per database: take the store lease, prove the current password on the primary,\n"
+	  "escrow a backup of the certificates and the DMK in the store, write a new\n"
+	  "password pending, add it to the DMK, register it on every replica, verify,\n"
+	  "mark it current, then drop the old one.  A stopped run is finished by the next.\n"
+	  "  --if-due      only databases whose rotate_every has passed\n"
+	  "  --dry-run     print the plan; change nothing\n"
+	  "  --regenerate  new key material (ALTER MASTER KEY REGENERATE); always backs up\n"
+	  "  --no-backup   rotate even without the backup first (refused by default when\n"
+	  "                the backup fails; not with --regenerate)\n"
+	  "With --output json, one JSON document on stdout.  See dmkagent(1), ROTATION.\n" },
+	{ "recover", cmd_recover, 1, "recover [--ag AG] [--database DB] [--dry-run] [--no-backup]",
 	  "give a DMK whose password nobody knows a new password, kept in the store",
-	  "See dmkagent(1), RECOVERY.\n" },
+	  "Finds the replica whose service master key opens the DMK (failing over to it\n"
+	  "if needed), escrows a backup of the certificates and the DMK there, then adds\n"
+	  "a generated password as rotate does.  Nothing is dropped.\n"
+	  "  --dry-run     print the plan; change nothing\n"
+	  "  --no-backup   go on even when the backup first fails\n"
+	  "With --output json, one JSON document on stdout.  See dmkagent(1), RECOVERY.\n" },
 	{ "backup", cmd_backup, 1, "backup [--ag AG] [--database DB] [--smk] [--restore-test]",
 	  "escrow certificate, DMK and SMK backups in the store",
 	  "See dmkagent(1), BACKUPS.\n" },

@@ -90,12 +90,31 @@ record(struct agent *a, const char *state, const char *command, time_t expires)
 	return s;
 }
 
+/* Who holds the lease, as a record names it: for messages. */
+static void
+holder(json_t *o, char *why, size_t wl)
+{
+	const char *st = json_string_value(json_object_get(o, "state"));
+	const char *h = json_string_value(json_object_get(o, "host"));
+	const char *run = json_string_value(json_object_get(o, "run"));
+	const char *exp = json_string_value(json_object_get(o, "expires"));
+	const char *owner = json_string_value(json_object_get(o, "owner"));
+	int pid = (int)json_integer_value(json_object_get(o, "pid"));
+
+	if (st != NULL && strcmp(st, "held") != 0)
+		snprintf(why, wl, "%s by %s@%s pid %d (run %s)", st, owner ? owner : "?",
+		    h ? h : "?", pid, run ? run : "?");
+	else
+		snprintf(why, wl, "held by %s@%s pid %d (run %s) until %s", owner ? owner : "?",
+		    h ? h : "?", pid, run ? run : "?", exp ? exp : "?");
+}
+
 /* May the record (as read) be replaced?  why gets the holder, when not. */
 static int
 takeable(struct agent *a, const struct secret *cur, char *why, size_t wl)
 {
 	char host[256], user[64];
-	const char *st, *h, *run, *exp, *owner;
+	const char *st, *h, *run, *exp;
 	json_t *o;
 	time_t t;
 	int pid, ok = 0;
@@ -110,7 +129,6 @@ takeable(struct agent *a, const struct secret *cur, char *why, size_t wl)
 	h = json_string_value(json_object_get(o, "host"));
 	run = json_string_value(json_object_get(o, "run"));
 	exp = json_string_value(json_object_get(o, "expires"));
-	owner = json_string_value(json_object_get(o, "owner"));
 	pid = (int)json_integer_value(json_object_get(o, "pid"));
 	if (st == NULL || strcmp(st, "held") != 0)
 		ok = 1;
@@ -125,8 +143,7 @@ takeable(struct agent *a, const struct secret *cur, char *why, size_t wl)
 		ok = 1;
 	}
 	if (!ok)
-		snprintf(why, wl, "held by %s@%s pid %d (run %s) until %s", owner ? owner : "?",
-		    h ? h : "?", pid, run ? run : "?", exp ? exp : "?");
+		holder(o, why, wl);
 	json_decref(o);
 	return ok;
 }
@@ -153,6 +170,7 @@ try_take(struct agent *a, struct lease *l, const char *command, char *why, size_
 	if (r == DMK_ERR_DELETED && ver.id[0])
 		expect = ver.id;
 	secret_free(cur);
+	l->written_ms = util_now_ms();
 	if ((rec = record(a, "held", command, time(NULL) + a->cfg->lease_ttl)) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	r = l->st->ops->put(l->st, &l->ref, rec, expect, NULL, &nv, err);
@@ -179,6 +197,7 @@ lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const
 	memset(l, 0, sizeof(*l));
 	if (near->kind != REF_STORE)
 		return 0;   /* a file: reference has no store to coordinate in */
+	util_strlcpy(l->command, command, sizeof(l->command));
 	if ((r = lease_ref(near, ag, db, &l->ref, err)) != 0 ||
 	    (r = agent_store(a, near->store, &l->st, err)) != 0)
 		return r;
@@ -194,6 +213,87 @@ lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const
 			    "; use --wait SECONDS to wait");
 		util_sleep_ms(1000);
 	}
+}
+
+/* Is the record (as read) the one this run wrote?  why gets the holder, when not. */
+static int
+ours(struct agent *a, const struct secret *cur, char *why, size_t wl)
+{
+	const char *st, *run;
+	json_t *o;
+	int ok;
+
+	o = json_loadb(secret_reveal(cur), secret_len(cur), 0, NULL);
+	if (!json_is_object(o)) {
+		json_decref(o);
+		snprintf(why, wl, "overwritten by something that is not a lease record");
+		return 0;
+	}
+	st = json_string_value(json_object_get(o, "state"));
+	run = json_string_value(json_object_get(o, "run"));
+	ok = st != NULL && strcmp(st, "held") == 0 && run != NULL && strcmp(run, a->run_id) == 0;
+	if (!ok)
+		holder(o, why, wl);
+	json_decref(o);
+	return ok;
+}
+
+int
+lease_renew(struct agent *a, struct lease *l, struct dmk_err *err)
+{
+	struct secret *cur = NULL, *rec = NULL;
+	struct prov_version ver, nv;
+	long long ttl_ms = a->cfg->lease_ttl * 1000, age, now = util_now_ms();
+	char why[600] = "";
+	int r;
+
+	if (!l->held)
+		return 0;
+	age = now - l->written_ms;
+	if (age * 3 < ttl_ms)
+		return 0;
+	memset(&ver, 0, sizeof(ver));
+	r = l->st->ops->get(l->st, &l->ref, NULL, &cur, &ver, err);
+	if (r == 0 && strcmp(ver.id, l->version) != 0 && !ours(a, cur, why, sizeof(why))) {
+		secret_free(cur);
+		l->held = 0;    /* not ours to release */
+		return dmk_errf(err, DMK_ERR_LOCKED, "lease %s was taken over (%s): this run "
+		    "outlived lease_ttl (%llds) without renewing it; stopping before the next "
+		    "change (a rerun continues where it stopped)", l->ref.text, why,
+		    (long long)a->cfg->lease_ttl);
+	}
+	secret_free(cur);
+	if (r == 0) {
+		util_strlcpy(l->version, ver.id, sizeof(l->version));
+		now = util_now_ms();
+		if ((rec = record(a, "held", l->command, time(NULL) + a->cfg->lease_ttl)) == NULL)
+			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		memset(&nv, 0, sizeof(nv));
+		r = l->st->ops->put(l->st, &l->ref, rec, l->version, NULL, &nv, err);
+		secret_free(rec);
+		if (r == DMK_ERR_CONFLICT) {
+			l->held = 0;
+			return dmk_errf(err, DMK_ERR_LOCKED, "lease %s: another agent took it over while "
+			    "this run renewed it; stopping before the next change", l->ref.text);
+		}
+		if (r == 0) {
+			util_strlcpy(l->version, nv.id, sizeof(l->version));
+			l->written_ms = now;
+			l->renewals++;
+			log_debug("lease %s renewed (version %s)", l->ref.text, l->version);
+			return 1;
+		}
+	}
+	/* The store could not be asked: no one may take the lease before it
+	 * expires, so carry on while two thirds of the TTL are left. */
+	if (age * 3 < ttl_ms * 2 && dmk_err_is_temporary(r)) {
+		log_warn("lease %s: renewal failed, will try again at the next step: %s",
+		    l->ref.text, err->msg);
+		dmk_err_clear(err);
+		return 0;
+	}
+	return dmk_err_prefix(err, "renewing lease %s (it expires by itself; stopping before "
+	    "the next change)", l->ref.text);
 }
 
 int

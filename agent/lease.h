@@ -14,6 +14,12 @@
  * the caller holds, proves no live run of ours is using it).  A lost race
  * is DMK_ERR_LOCKED, never an interleaving.  Release writes a released
  * record with check-and-set on the version we wrote.
+ *
+ * A run may outlast lease_ttl, so the holder renews: between steps, once a
+ * third of the TTL has passed since it last wrote the record, it writes it
+ * again with a new expiry, with check-and-set on its own version.  Finding
+ * another agent's record there means the lease was taken over (this run
+ * was stalled past its expiry): the holder stops before its next change.
  */
 #ifndef DMK_LEASE_H
 #define DMK_LEASE_H
@@ -25,7 +31,10 @@ struct lease {
 	struct store *st;
 	struct secret_ref ref;        /* the lease record */
 	char version[80];             /* the version we wrote */
+	char command[32];             /* written into each record */
+	long long written_ms;         /* util_now_ms() when we last wrote it */
 	int held;
+	int renewals;                 /* how often this run renewed it */
 };
 
 /*
@@ -34,6 +43,15 @@ struct lease {
  */
 int lease_take(struct agent *a, const struct secret_ref *near, const char *ag,
     const char *db, const char *command, struct lease *l, struct dmk_err *err);
+/*
+ * Renew the lease when more than a third of lease_ttl has passed since it
+ * was written (no-op when not held).  1 renewed, 0 not due, or an error:
+ * DMK_ERR_LOCKED when another agent holds it now (stop before the next
+ * change).  A store that cannot be asked while two thirds of the TTL are
+ * still left is only a warning (no one else may take it before it
+ * expires); later it is an error.
+ */
+int lease_renew(struct agent *a, struct lease *l, struct dmk_err *err);
 /* Release (no-op when not held); failures are reported once and returned. */
 int lease_release(struct agent *a, struct lease *l, struct dmk_err *err);
 

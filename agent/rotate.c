@@ -4,11 +4,15 @@
  * with a password the store holds.
  *
  * The state machine (one database at a time, under the store lease and
- * the local lock; "fp" is the failpoint at each boundary):
+ * the local lock; "fp" is the failpoint at each boundary, CMD:after-...):
  *   1 lease         take the store lease                       fp after-lease
  *   2 prove         the store's current password opens the DMK
- *                   on the primary                             fp after-prove
- *     (regenerate)  a fresh escrowed backup                    fp after-backup
+ *                   on the primary (recover: the DMK opens by
+ *                   itself there, through the node's SMK)       fp after-prove
+ *     backup        certificates and DMK escrowed in the store
+ *                   (backup.h), tagged with the rotation id;
+ *                   refused without one unless --no-backup
+ *                   (never for --regenerate)                   fp after-backup
  *   3 pending       a generated password written to the store
  *                   as a new version marked pending, with
  *                   check-and-set on the newest version        fp after-pending
@@ -27,14 +31,23 @@
  *                   every replica; old version marked retired   fp after-drop-primary,
  *                                          after-drop-replicas, after-retire
  *     release       the lease                                   fp after-release
+ * Between steps (and before each change inside 6 and 7) the lease is
+ * renewed once a third of lease_ttl has passed; a lease found taken over
+ * stops the run there (DMK_ERR_LOCKED), before its next change.
  * Resume: the store's markers say where a run stopped.  The newest version
  * marked pending is an unfinished rotation (its dmkagent-replaces marker
  * names the old version); SQL Server then says whether step 4 happened
  * (the new password opens the DMK on the primary).  A current version
  * whose replaced version is not yet retired, or a version marked
- * retiring, means step 7 is left.  The invariant at every boundary: the
- * old password stays on the DMK and registered everywhere until the new
- * one is proven on the primary and registered on every replica.
+ * retiring, means step 7 is left.  The backup is found again by its
+ * markers (dmkagent-rotation, and dmkagent-before: the newest password
+ * version when it was taken), so a rerun does not take a second one: not
+ * after a stop between backup and pending either, where the rerun takes
+ * over that backup's rotation id.  A resumed rotation with no backup for
+ * its id (--no-backup before, or an older agent) takes one before step 4.
+ * The invariant at every boundary: the old password stays on the DMK and
+ * registered everywhere until the new one is proven on the primary and
+ * registered on every replica.
  */
 #include <getopt.h>
 #include <pwd.h>
@@ -43,6 +56,8 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "dmk.h"
 #include "secret.h"
@@ -55,6 +70,10 @@
 
 #define MARK_MODE "dmkagent-mode"           /* rotate|regenerate|recover */
 #define MARK_REPLACES "dmkagent-replaces"   /* the version a pending one replaces */
+#define MARK_BACKUP "dmkagent-backup"       /* pending: the DMK backup's escrow version */
+#define MARK_BEFORE "dmkagent-before"       /* a backup: the newest password version then */
+#define BK_MARK_GUID "dmkagent-key-guid"    /* backup.c's marker on an escrowed backup */
+#define ROT_MAX_STEPS 24
 
 enum rot_mode { MODE_ROTATE = 0, MODE_REGENERATE, MODE_RECOVER };
 static const char *const mode_names[] = { "rotate", "regenerate", "recover" };
@@ -86,15 +105,38 @@ struct rot {
 	int have_prev;                /* an older version marked current, behind an unmarked one */
 	struct prov_version prevv;
 	char note[256];               /* why a step was skipped, for the report */
+	struct lease *lease;          /* NULL: none (dry run, or a file: reference) */
+	int no_backup;                /* --no-backup */
+	int backed_up;                /* a backup for r->rid is in the store */
+	char bkver[80];               /* its version of the DMK backup escrow */
+	/* for the report (--output json) */
+	const char *outcome;
+	char msg[512];                /* the last thing said */
+	char rep_old[80], rep_new[80], rep_rid[33];
+	int rep_resumed;
+	int renewals;                 /* of the lease, in this run */
+	const char *bk_outcome;       /* escrowed, already escrowed, skipped, failed */
+	const char *steps[ROT_MAX_STEPS];  /* boundaries passed in this run */
+	size_t nsteps;
 };
 
+/* A step boundary: recorded for the report, then the failpoint. */
 static void
 rot_fp(struct rot *r, const char *boundary)
 {
 	char name[96];
 
+	if (r->nsteps < ROT_MAX_STEPS)
+		r->steps[r->nsteps++] = boundary + (strncmp(boundary, "after-", 6) == 0 ? 6 : 0);
 	snprintf(name, sizeof(name), "%s:%s", r->cmd, boundary);
 	failpoint(name);
+}
+
+/* Text for people: stdout, or stderr when stdout carries the JSON report. */
+static FILE *
+textout(struct agent *a)
+{
+	return a->output == OUTPUT_JSON ? stderr : a->out;
 }
 
 static void
@@ -134,6 +176,7 @@ reps_free(struct ag_run *run)
 }
 
 static void say(struct rot *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int rot_keep(struct rot *r, struct dmk_err *err);
 
 /* ---- the store's side ---- */
 
@@ -316,9 +359,10 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 	memset(&pp, 0, sizeof(pp));
 	pp.length = r->a->cfg->password_length;
 	util_strlcpy(pp.avoid, r->a->cfg->password_avoid, sizeof(pp.avoid));
-	if ((rc = genpass(&pp, &r->newpw, err)) != 0)
+	if ((rc = rot_keep(r, err)) != 0 || (rc = genpass(&pp, &r->newpw, err)) != 0)
 		return rc;
-	util_random_id(r->rid, sizeof(r->rid));
+	if (r->rid[0] == '\0')    /* else the id the backup was tagged with */
+		util_random_id(r->rid, sizeof(r->rid));
 	by_marker(by, sizeof(by));
 	util_rfc3339(time(NULL), t, sizeof(t));
 	memset(&m, 0, sizeof(m));
@@ -329,6 +373,8 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 	prov_meta_set(&m, MARK_MODE, mode_names[r->mode]);
 	if (r->have_old)
 		prov_meta_set(&m, MARK_REPLACES, r->oldv.id);
+	if (r->bkver[0])
+		prov_meta_set(&m, MARK_BACKUP, r->bkver);
 	memset(&nv, 0, sizeof(nv));
 	rc = r->st->ops->put(r->st, r->ref, r->newpw, r->latest[0] ? r->latest : "0", &m, &nv, err);
 	if (rc != 0 && nv.id[0] != '\0') {
@@ -439,6 +485,214 @@ rot_facts(struct rot *r, struct dmk_err *err)
 	sql_result_free(res);
 	sql_stmt_free(st);
 	return rc;
+}
+
+/* ---- the lease, kept through a long run ---- */
+
+/* Renew the lease when it is due.  A lease taken over stops the run here,
+ * before its next change; the caller passes the error up. */
+static int
+rot_keep(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
+	if (r->lease == NULL)
+		return 0;
+	if ((rc = lease_renew(r->a, r->lease, err)) == 1)
+		rot_audit(r, "lease", NULL, r->lease->version, "renewed", NULL);
+	if (rc >= 0)
+		return 0;
+	rot_audit(r, "lease", NULL, NULL, rc == DMK_ERR_LOCKED ? "lost" : "renewal failed", err->msg);
+	return dmk_err_prefix(err, "%s", r->p->db->name);
+}
+
+/* ---- the backup taken first ---- */
+
+static void
+rot_bk_audit(struct rot *r, const char *outcome, const char *error)
+{
+	struct audit_target t = { r->run->ag->name, NULL, r->p->db->name };
+	struct audit_keys k = { r->p->primary_keys.dmk_key_guid, NULL, r->p->store,
+	    r->ref->text, r->bkver[0] ? r->bkver : NULL, r->p->primary_keys.family_guid };
+	struct secret_ref ref;
+	struct dmk_err e;
+	char act[64];
+
+	r->bk_outcome = outcome;
+	if (escrow_ref(r->ref, "dmk", NULL, &ref, &e) == 0)
+		k.reference = ref.text;
+	snprintf(act, sizeof(act), "%s-backup", r->cmd);
+	agent_audit(r->a, act, &t, &k, outcome, error);
+}
+
+/* The versions of the DMK backup's escrow (backup.h: <dmk ref>-backup-dmk). */
+static int
+bk_versions(struct rot *r, struct store **st, struct secret_ref *ref,
+    struct prov_version **v, size_t *n, struct dmk_err *err)
+{
+	int rc;
+
+	*v = NULL;
+	*n = 0;
+	if ((rc = escrow_ref(r->ref, "dmk", NULL, ref, err)) != 0 ||
+	    (rc = agent_store(r->a, ref->store, st, err)) != 0)
+		return rc;
+	if ((*st)->ops->list_versions == NULL || (*st)->ops->set_meta == NULL)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: store %s keeps no versions or markers",
+		    ref->text, ref->store);
+	rc = (*st)->ops->list_versions(*st, ref, v, n, err);
+	if (rc == DMK_ERR_NOTFOUND)
+		return 0;
+	return rc ? dmk_err_prefix(err, "%s", ref->text) : 0;
+}
+
+/* Was this backup taken of the DMK as it is now? */
+static int
+bk_same_key(struct rot *r, const struct prov_version *v)
+{
+	const char *want = r->p->primary_keys.dmk_key_guid, *g;
+
+	g = prov_meta_get(&v->meta, BK_MARK_GUID);
+	return want[0] == '\0' || (g != NULL && strcasecmp(g, want) == 0);
+}
+
+/*
+ * A DMK backup already escrowed for this rotation, of the DMK as it is
+ * now.  With r->rid: a version marked with that rotation id.  Without one
+ * (a run stopped between backup and pending): the escrow's newest version,
+ * when it was taken for a rotation while the store's newest password
+ * version was the one it still is; that rotation id becomes ours.
+ * 1 found (r->bkver set), 0 not, <0 error.
+ */
+static int
+bk_find(struct rot *r, struct dmk_err *err)
+{
+	struct secret_ref ref;
+	struct prov_version *v = NULL;
+	struct store *st;
+	const char *rid, *before;
+	size_t n = 0, i;
+	long hit = -1;
+	int rc;
+
+	if ((rc = bk_versions(r, &st, &ref, &v, &n, err)) != 0)
+		return rc;
+	for (i = n; i-- > 0 && hit < 0; ) {
+		if (!live(&v[i]))
+			continue;
+		rid = prov_meta_get(&v[i].meta, PROV_MARK_ROTATION);
+		before = prov_meta_get(&v[i].meta, MARK_BEFORE);
+		if (r->rid[0] != '\0') {
+			if (rid != NULL && strcmp(rid, r->rid) == 0 && bk_same_key(r, &v[i]))
+				hit = (long)i;
+			continue;
+		}
+		if (rid != NULL && rid[0] != '\0' && strlen(rid) < sizeof(r->rid) &&
+		    before != NULL && strcmp(before, r->latest[0] ? r->latest : "0") == 0 &&
+		    bk_same_key(r, &v[i])) {
+			util_strlcpy(r->rid, rid, sizeof(r->rid));
+			hit = (long)i;
+		}
+		break;    /* without an id, only the newest backup can be ours */
+	}
+	if (hit >= 0)
+		util_strlcpy(r->bkver, v[hit].id, sizeof(r->bkver));
+	free(v);
+	return hit >= 0;
+}
+
+/*
+ * Mark the backup backup_database just escrowed (the escrow's newest
+ * version, written at t0 or later) with this rotation's id and the newest
+ * password version, so that a rerun finds it.
+ */
+static int
+bk_tag(struct rot *r, time_t t0, struct dmk_err *err)
+{
+	struct secret_ref ref;
+	struct prov_version *v = NULL;
+	struct prov_meta m;
+	struct store *st;
+	const char *tm;
+	time_t t;
+	size_t n = 0;
+	int rc;
+
+	if ((rc = bk_versions(r, &st, &ref, &v, &n, err)) != 0)
+		goto out;
+	if (n == 0 || !live(&v[n - 1]) ||
+	    (tm = prov_meta_get(&v[n - 1].meta, PROV_MARK_TIME)) == NULL ||
+	    util_parse_rfc3339(tm, &t) != 0 || t < t0) {
+		rc = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: the backup just written is not its newest "
+		    "version", ref.text);
+		goto out;
+	}
+	util_strlcpy(r->bkver, v[n - 1].id, sizeof(r->bkver));
+	memset(&m, 0, sizeof(m));
+	prov_meta_set(&m, PROV_MARK_ROTATION, r->rid);
+	prov_meta_set(&m, MARK_BEFORE, r->latest[0] ? r->latest : "0");
+	if ((rc = st->ops->set_meta(st, &ref, r->bkver, &m, err)) != 0)
+		dmk_err_prefix(err, "%s: marking version %s with the rotation", ref.text, r->bkver);
+out:
+	free(v);
+	return rc;
+}
+
+/*
+ * The backup before anything changes: certificates and DMK escrowed in the
+ * store (backup_database), once per rotation.  Without one the command is
+ * refused, unless --no-backup (never for --regenerate, which makes new key
+ * material).
+ */
+static int
+rot_backup(struct rot *r, struct dmk_err *err)
+{
+	struct dmk_err e2;
+	time_t t0;
+	int rc;
+
+	if (r->backed_up)
+		return 0;
+	if (r->no_backup && r->mode != MODE_REGENERATE) {
+		log_warn("%s/%s: no backup taken first (--no-backup)", r->run->ag->name,
+		    r->p->db->name);
+		rot_bk_audit(r, "skipped", "--no-backup");
+		r->backed_up = 1;
+		return 0;
+	}
+	if ((rc = rot_keep(r, err)) != 0)
+		return rc;
+	if ((rc = bk_find(r, err)) < 0)
+		return dmk_err_prefix(err, "%s: looking for this rotation's backup", r->p->db->name);
+	if (rc == 1) {
+		r->backed_up = 1;
+		say(r, "a backup for rotation %s is already escrowed (DMK backup version %s): not "
+		    "taking another", r->rid, r->bkver);
+		rot_bk_audit(r, "already escrowed", NULL);
+		return 0;
+	}
+	if ((rc = rot_primary(r, err)) != 0)
+		return rc;
+	if (r->rid[0] == '\0')
+		util_random_id(r->rid, sizeof(r->rid));
+	t0 = time(NULL);
+	if ((rc = backup_database(r->run, r->p, r->ps, err)) != 0) {
+		rot_bk_audit(r, "failed", err->msg);
+		if (r->mode == MODE_REGENERATE)
+			return dmk_err_prefix(err, "%s: rotate --regenerate refused: it makes new key "
+			    "material and needs a fresh escrowed backup first, which failed",
+			    r->p->db->name);
+		return dmk_err_prefix(err, "%s: %s refused: the escrowed backup it takes first "
+		    "failed; nothing was changed (--no-backup goes on without one)",
+		    r->p->db->name, r->cmd);
+	}
+	if (bk_tag(r, t0, &e2) != 0)
+		log_warn("%s: %s (the backup is escrowed; a rerun would take another)",
+		    r->p->db->name, e2.msg);
+	r->backed_up = 1;
+	rot_bk_audit(r, "escrowed", NULL);
+	rot_fp(r, "after-backup");
+	return 0;
 }
 
 /* ---- every replica ---- */
@@ -676,8 +930,10 @@ step_prove(struct rot *r, struct dmk_err *err)
 	rc = rot_probe(r, r->oldpw, err);
 	rot_audit(r, "prove", NULL, r->oldv.id, rc == 0 ? "opens" : "failed", rc ? err->msg : NULL);
 	if (rc == DMK_ERR_WRONGPASS && r->have_prev) {
-		if ((rc = adopt_unmarked(r, err)) <= 0)
+		if ((rc = adopt_unmarked(r, err)) < 0)
 			return rc;
+		if (rc == 0)
+			return 0;    /* a pending rotation now: step 4 takes the backup */
 		rc = DMK_ERR_WRONGPASS;
 	}
 	if (rc == DMK_ERR_WRONGPASS)
@@ -688,17 +944,7 @@ step_prove(struct rot *r, struct dmk_err *err)
 	if (rc != 0)
 		return rc;
 	rot_fp(r, "after-prove");
-	if (r->mode == MODE_REGENERATE) {
-		if ((rc = backup_database(r->run, r->p, r->ps, err)) != 0) {
-			rot_audit(r, "backup", NULL, r->oldv.id, "failed", err->msg);
-			return dmk_err_prefix(err, "%s: rotate --regenerate refused: it makes new key "
-			    "material and needs a fresh escrowed backup first, which failed",
-			    r->p->db->name);
-		}
-		rot_audit(r, "backup", NULL, r->oldv.id, "ok", NULL);
-		rot_fp(r, "after-backup");
-	}
-	if ((rc = rot_write_pending(r, err)) != 0)
+	if ((rc = rot_backup(r, err)) != 0 || (rc = rot_write_pending(r, err)) != 0)
 		return rc;
 	rot_fp(r, "after-pending");
 	return 0;
@@ -730,15 +976,18 @@ step_apply(struct rot *r, struct dmk_err *err)
 		if (rc != 0)
 			return rc;
 	}
+	/* A resumed rotation without a backup for its id takes one now, before
+	 * SQL Server changes (a fresh run took it before step 3). */
+	if ((rc = rot_backup(r, err)) != 0)
+		return rc;
 	if (r->mode == MODE_REGENERATE) {
 		/* The new credential everywhere first: after REGENERATE only the new
 		 * password (and the SMK) opens the DMK. */
 		if ((rc = rot_each(r, work_register, "registering before REGENERATE", err)) != 0)
 			return rc;
 		rot_fp(r, "after-register");
-		if (r->resumed && (rc = backup_database(r->run, r->p, r->ps, err)) != 0)
-			return dmk_err_prefix(err, "%s: refusing to REGENERATE without a fresh "
-			    "escrowed backup", r->p->db->name);
+		if ((rc = rot_keep(r, err)) != 0)
+			return rc;
 		rc = rot_alter(r, "REGENERATE WITH ENCRYPTION BY PASSWORD = ", r->newpw, &num, err);
 		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
 		    rc ? err->msg : NULL);
@@ -768,11 +1017,12 @@ step_verify(struct rot *r, struct dmk_err *err)
 	if ((rc = rot_each(r, work_verify, "verifying", err)) != 0)
 		return rc;
 	rot_fp(r, "after-verify");
-	if ((rc = rot_mark(r, r->newv.id, "current", err)) != 0)
+	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_mark(r, r->newv.id, "current", err)) != 0)
 		return rc;
 	rot_fp(r, "after-mark-current");
 	if (r->have_old) {
-		if ((rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
+		if ((rc = rot_keep(r, err)) != 0 ||
+		    (rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
 			return rc;
 		rot_fp(r, "after-verify-mark");
 	}
@@ -801,6 +1051,8 @@ step_drop(struct rot *r, struct dmk_err *err)
 		rc = 0;
 	} else if (rc != 0)
 		return rc;
+	else if ((rc = rot_keep(r, err)) != 0)
+		return rc;
 	else {
 		rc = rot_alter(r, "DROP ENCRYPTION BY PASSWORD = ", r->oldpw, &num, err);
 		how = "dropped";
@@ -815,45 +1067,48 @@ step_drop(struct rot *r, struct dmk_err *err)
 	if (rc != 0)
 		return rc;
 	rot_fp(r, "after-drop-primary");
-	if ((rc = rot_each(r, work_drop, "dropping the old credential", err)) != 0)
+	if ((rc = rot_keep(r, err)) != 0 ||
+	    (rc = rot_each(r, work_drop, "dropping the old credential", err)) != 0)
 		return rc;
 	rot_fp(r, "after-drop-replicas");
-	if ((rc = rot_mark(r, r->oldv.id, "retired", err)) != 0)
+	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_mark(r, r->oldv.id, "retired", err)) != 0)
 		return rc;
 	rot_fp(r, "after-retire");
 	return 0;
 }
 
-/* From r->step to the end.  The step a failure happened in stays in r->step. */
+/* From r->step to the end.  The step a failure happened in stays in r->step;
+ * the lease is renewed (when due) before each. */
 static int
 rot_steps(struct rot *r, struct dmk_err *err)
 {
 	int rc = 0;
 
 	if (r->step == STEP_PROVE) {
-		if ((rc = step_prove(r, err)) != 0)
+		if ((rc = rot_keep(r, err)) != 0 || (rc = step_prove(r, err)) != 0)
 			return rc;
 		r->step = STEP_APPLY;
 	}
 	if (r->step == STEP_APPLY) {
-		if ((rc = step_apply(r, err)) != 0)
+		if ((rc = rot_keep(r, err)) != 0 || (rc = step_apply(r, err)) != 0)
 			return rc;
 		r->step = STEP_REGISTER;
 	}
 	if (r->step == STEP_REGISTER) {
-		if ((rc = rot_each(r, work_register, "registering", err)) != 0)
+		if ((rc = rot_keep(r, err)) != 0 ||
+		    (rc = rot_each(r, work_register, "registering", err)) != 0)
 			return rc;
 		if (r->mode != MODE_REGENERATE)
 			rot_fp(r, "after-register");
 		r->step = STEP_VERIFY;
 	}
 	if (r->step == STEP_VERIFY) {
-		if ((rc = step_verify(r, err)) != 0)
+		if ((rc = rot_keep(r, err)) != 0 || (rc = step_verify(r, err)) != 0)
 			return rc;
 		r->step = STEP_DROP;
 	}
 	if (r->step == STEP_DROP) {
-		if ((rc = step_drop(r, err)) != 0)
+		if ((rc = rot_keep(r, err)) != 0 || (rc = step_drop(r, err)) != 0)
 			return rc;
 		r->step = STEP_DONE;
 	}
@@ -879,13 +1134,22 @@ say(struct rot *r, const char *fmt, ...)
 {
 	va_list ap;
 
+	va_start(ap, fmt);
+	vsnprintf(r->msg, sizeof(r->msg), fmt, ap);
+	va_end(ap);
 	if (r->a->quiet)
 		return;
-	fprintf(r->a->out, "%s/%s: ", r->run->ag->name, r->p->db->name);
-	va_start(ap, fmt);
-	vfprintf(r->a->out, fmt, ap);
-	va_end(ap);
-	fputc('\n', r->a->out);
+	fprintf(textout(r->a), "%s/%s: %s\n", r->run->ag->name, r->p->db->name, r->msg);
+}
+
+/* The versions this database's run is about, for the report. */
+static void
+rot_versions(struct rot *r)
+{
+	util_strlcpy(r->rep_old, r->have_old ? r->oldv.id : "", sizeof(r->rep_old));
+	util_strlcpy(r->rep_new, r->have_new ? r->newv.id : "", sizeof(r->rep_new));
+	if (r->rid[0] != '\0')
+		util_strlcpy(r->rep_rid, r->rid, sizeof(r->rep_rid));
 }
 
 /*
@@ -897,15 +1161,18 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 {
 	struct lease l;
 	struct dmk_err e2;
-	int rc, rounds, rel;
+	int rc, rounds, held;
 
 	memset(&l, 0, sizeof(l));
 	if (!r->dry) {
 		if ((rc = lease_take(r->a, r->ref, r->run->ag->name, r->p->db->name, r->cmd, &l,
 		    err)) != 0) {
 			rot_audit(r, "lease", NULL, NULL, "refused", err->msg);
+			r->outcome = "locked";
 			return rc;
 		}
+		if (l.held)
+			r->lease = &l;
 		rot_audit(r, "lease", NULL, l.version, "taken", NULL);
 		rot_fp(r, "after-lease");
 	}
@@ -920,12 +1187,14 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 			if (r->mode == MODE_RECOVER) {
 				if (!r->recover_ok || r->dry)
 					break;
-				/* Nothing in the store opens it: a new password, pending,
-				 * replacing nothing (wrong versions stay as they are). */
+				/* Nothing in the store opens it: a backup (the DMK opens by
+				 * itself here), then a new password, pending, replacing
+				 * nothing (wrong versions stay as they are). */
 				secret_free(r->oldpw);
 				r->oldpw = NULL;
 				r->have_old = 0;
-				if ((rc = rot_write_pending(r, err)) != 0)
+				if ((rc = rot_backup(r, err)) != 0 ||
+				    (rc = rot_write_pending(r, err)) != 0)
 					goto out;
 				rot_fp(r, "after-pending");
 				r->step = STEP_APPLY;
@@ -933,6 +1202,8 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 			if (if_due) {
 				time_t due = r->oldv.created + (time_t)r->p->db->rotate_every;
 				char t[32];
+				rot_versions(r);
+				r->outcome = "not-due";
 				if (r->p->db->rotate_every <= 0) {
 					say(r, "not due (no rotate_every)");
 					break;
@@ -942,31 +1213,41 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 					say(r, "not due until %s (version %s)", t, r->oldv.id);
 					break;
 				}
+				r->outcome = NULL;
 			}
 		}
 		if (r->dry) {
 			if ((rc = rot_where(r, err)) != 0)
 				goto out;
+			rot_versions(r);
+			r->outcome = "planned";
 			if (r->step == STEP_PROVE)
-				say(r, "would %s: prove store version %s, write a new version pending, "
-				    "%s on the primary, register it on %zu replica(s), verify, mark it "
-				    "current, drop version %s's password and retire it",
-				    mode_names[r->mode], r->oldv.id, r->mode == MODE_REGENERATE ?
-				    "back up, then REGENERATE" : "ADD ENCRYPTION BY PASSWORD",
-				    r->run->info.nreplicas, r->oldv.id);
+				say(r, "would %s: prove store version %s, %s, write a new version "
+				    "pending, %s on the primary, register it on %zu replica(s), verify, "
+				    "mark it current, drop version %s's password and retire it",
+				    mode_names[r->mode], r->oldv.id, r->no_backup && r->mode !=
+				    MODE_REGENERATE ? "take no backup (--no-backup)" : "escrow a backup of "
+				    "the certificates and the DMK", r->mode == MODE_REGENERATE ?
+				    "REGENERATE" : "ADD ENCRYPTION BY PASSWORD", r->run->info.nreplicas,
+				    r->oldv.id);
 			else
 				say(r, "would resume %s %s (version %s replacing %s) at step: %s",
 				    mode_names[r->mode], r->rid[0] ? r->rid : "-", r->newv.id,
 				    r->have_old ? r->oldv.id : "-", step_names[r->step]);
 			break;
 		}
+		r->rep_resumed |= was_resumed;
 		if (was_resumed)
 			say(r, "resuming %s %s (version %s replacing %s) at step: %s",
 			    mode_names[r->mode], r->rid[0] ? r->rid : "-", r->newv.id,
 			    r->have_old ? r->oldv.id : "-", step_names[r->step]);
 		r->note[0] = '\0';
-		if ((rc = rot_steps(r, err)) != 0)
+		rc = rot_steps(r, err);
+		rot_versions(r);
+		if (rc != 0)
 			goto out;
+		r->outcome = was_resumed ? "finished" : r->mode == MODE_REGENERATE ? "regenerated" :
+		    r->mode == MODE_RECOVER ? "recovered" : "rotated";
 		say(r, "%s: store version %s is current%s%s%s", was_resumed ? "finished" :
 		    r->mode == MODE_REGENERATE ? "regenerated" : "rotated", r->newv.id,
 		    r->have_old ? ", version " : "", r->have_old ? r->oldv.id : "",
@@ -975,13 +1256,19 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 			goto out;
 	}
 out:
-	if (rc != 0)
+	if (rc != 0) {
+		r->outcome = rc == DMK_ERR_LOCKED ? "locked" : "stopped";
+		if (r->rep_old[0] == '\0' && r->rep_new[0] == '\0')
+			rot_versions(r);
 		rot_audit(r, "stopped", NULL, r->have_new ? r->newv.id : NULL, step_names[r->step],
 		    err->msg);
-	rel = lease_release(r->a, &l, &e2);
-	if (rel != 0)
+	}
+	r->lease = NULL;
+	r->renewals = l.renewals;
+	held = l.held;
+	if (lease_release(r->a, &l, &e2) != 0)
 		log_warn("%s", e2.msg);
-	else if (!r->dry && l.ref.path[0])
+	else if (held)
 		rot_audit(r, "release", NULL, NULL, "released", NULL);
 	if (rc == 0)
 		rot_fp(r, "after-release");
@@ -992,7 +1279,7 @@ out:
 
 struct opts {
 	const char *ag, *db;
-	int if_due, dry, regenerate;
+	int if_due, dry, regenerate, no_backup;
 };
 
 static int
@@ -1006,6 +1293,146 @@ keep_worst(int worst, int rc)
 	return worst;
 }
 
+/* Report one failure (once, here) and keep the worst for the exit code. */
+static void
+failed(int *worst, struct dmk_err *err, int rc, const struct dmk_err *e)
+{
+	fprintf(stderr, "dmkagent: %s\n", e->msg);
+	if (keep_worst(*worst, rc) != *worst) {
+		*worst = rc;
+		*err = *e;
+	}
+}
+
+static void
+rot_init(struct rot *r, struct agent *a, struct ag_run *run, size_t j, const char *cmd,
+    int mode, const struct opts *o)
+{
+	memset(r, 0, sizeof(*r));
+	r->a = a;
+	r->run = run;
+	r->pi = j;
+	r->p = &run->plans[j];
+	r->ref = &r->p->db->dmk_password;
+	r->cmd = cmd;
+	r->dry = o->dry;
+	r->no_backup = o->no_backup;
+	r->mode = mode;
+}
+
+static json_t *
+jstr(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? json_string(s) : json_null();
+}
+
+/*
+ * One database's part of the --output json report: the store versions, the
+ * step boundaries passed in this run, the outcome and the error text.  No
+ * password is ever in it (nothing here reads one).
+ */
+static json_t *
+rot_json(const struct rot *r, int rc, const struct dmk_err *e)
+{
+	json_t *o = json_object(), *steps = json_array(), *bk = json_null();
+	struct secret_ref ref;
+	struct dmk_err e2;
+	size_t i;
+
+	for (i = 0; i < r->nsteps; i++)
+		json_array_append_new(steps, json_string(r->steps[i]));
+	if (r->bk_outcome != NULL) {
+		bk = json_object();
+		json_object_set_new(bk, "outcome", json_string(r->bk_outcome));
+		json_object_set_new(bk, "reference", escrow_ref(r->ref, "dmk", NULL, &ref, &e2) == 0 ?
+		    json_string(ref.text) : json_null());
+		json_object_set_new(bk, "version", jstr(r->bkver));
+	}
+	json_object_set_new(o, "name", json_string(r->p->db->name));
+	json_object_set_new(o, "reference", json_string(r->ref->text));
+	json_object_set_new(o, "mode", json_string(mode_names[r->mode]));
+	json_object_set_new(o, "rotation", jstr(r->rep_rid));
+	json_object_set_new(o, "resumed", json_boolean(r->rep_resumed));
+	json_object_set_new(o, "old_version", jstr(r->rep_old));
+	json_object_set_new(o, "new_version", jstr(r->rep_new));
+	json_object_set_new(o, "backup", bk);
+	json_object_set_new(o, "steps", steps);
+	json_object_set_new(o, "lease_renewals", json_integer(r->renewals));
+	json_object_set_new(o, "outcome", json_string(r->outcome ? r->outcome :
+	    rc != 0 ? "stopped" : "unchanged"));
+	json_object_set_new(o, "stopped_at", rc != 0 && r->step >= STEP_PROVE &&
+	    r->step <= STEP_DONE ? json_string(step_names[r->step]) : json_null());
+	json_object_set_new(o, "message", jstr(r->msg));
+	json_object_set_new(o, "note", jstr(r->note));
+	json_object_set_new(o, "error", rc != 0 ? json_string(e->msg) : json_null());
+	return o;
+}
+
+/* A database not in its AG (or an AG not reached): the report's entry. */
+static json_t *
+plan_json(const char *name, const char *outcome, const char *error)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "name", json_string(name));
+	json_object_set_new(o, "outcome", json_string(outcome));
+	json_object_set_new(o, "error", jstr(error));
+	return o;
+}
+
+/* Add or replace (recover asks again after a failover) a database's entry. */
+static void
+jdb_put(json_t *jdbs, json_t *o)
+{
+	const char *name = json_string_value(json_object_get(o, "name"));
+	size_t i;
+	json_t *x;
+
+	json_array_foreach(jdbs, i, x)
+		if (name && strcmp(name, json_string_value(json_object_get(x, "name"))) == 0) {
+			json_array_set_new(jdbs, i, o);
+			return;
+		}
+	json_array_append_new(jdbs, o);
+}
+
+static json_t *
+ag_json(json_t *jags, const char *name)
+{
+	json_t *jag = json_object();
+
+	json_object_set_new(jag, "name", json_string(name));
+	json_object_set_new(jag, "primary", json_null());
+	json_object_set_new(jag, "error", json_null());
+	json_object_set_new(jag, "databases", json_array());
+	json_array_append_new(jags, jag);
+	return jag;
+}
+
+static void
+report_print(struct agent *a, const char *cmd, const struct opts *o, json_t *jags, int worst)
+{
+	json_t *root;
+	char *txt;
+
+	if (a->output != OUTPUT_JSON)
+		return;
+	root = json_object();
+	json_object_set_new(root, "command", json_string(cmd));
+	json_object_set_new(root, "dry_run", json_boolean(o->dry));
+	if (strcmp(cmd, "rotate") == 0)
+		json_object_set_new(root, "regenerate", json_boolean(o->regenerate));
+	json_object_set_new(root, "backup", json_boolean(!o->no_backup));
+	json_object_set_new(root, "complete", json_boolean(worst == 0));
+	json_object_set_new(root, "exit", json_integer(worst ? dmk_exit_code(worst) : 0));
+	json_object_set_new(root, "ags", json_incref(jags));
+	if ((txt = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) != NULL) {
+		fprintf(a->out, "%s\n", txt);
+		json_free_dump(txt);
+	}
+	json_decref(root);
+}
+
 int
 cmd_rotate(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
@@ -1015,82 +1442,87 @@ cmd_rotate(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		{ "if-due", no_argument, NULL, 'i' },
 		{ "dry-run", no_argument, NULL, 'n' },
 		{ "regenerate", no_argument, NULL, 'r' },
+		{ "no-backup", no_argument, NULL, 'B' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct opts o;
 	const struct conf_ag **ags = NULL;
+	json_t *jags = NULL;
 	size_t nags = 0, i, j;
 	int ch, rc, worst = 0;
 
 	memset(&o, 0, sizeof(o));
-	while ((ch = getopt_long(argc, argv, "a:d:inr", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "a:d:inrB", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'a': o.ag = optarg; break;
 		case 'd': o.db = optarg; break;
 		case 'i': o.if_due = 1; break;
 		case 'n': o.dry = 1; break;
 		case 'r': o.regenerate = 1; break;
+		case 'B': o.no_backup = 1; break;
 		default:
 			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent rotate [--ag AG] "
-			    "[--database DB] [--if-due] [--dry-run] [--regenerate]");
+			    "[--database DB] [--if-due] [--dry-run] [--regenerate] [--no-backup]");
 		}
 	}
 	if (optind != argc)
 		return dmk_errf(err, DMK_ERR_USAGE, "rotate takes no arguments");
+	if (o.regenerate && o.no_backup)
+		return dmk_errf(err, DMK_ERR_USAGE, "rotate --regenerate makes new key material and "
+		    "always takes a backup first: --no-backup is refused with it");
 	if ((rc = ag_select(a, o.ag, o.db, &ags, &nags, err)) != 0)
 		return rc;
 	if (!o.dry && (rc = agent_begin(a, "rotate", err)) != 0)
 		goto out;
+	jags = json_array();
 	for (i = 0; i < nags; i++) {
+		json_t *jag = ag_json(jags, ags[i]->name), *jdbs = json_object_get(jag, "databases");
 		struct ag_run run;
 		struct dmk_err e;
 
 		if ((rc = ag_open(a, ags[i], o.db, 0, &run, &e)) != 0) {
 			log_error("%s", e.msg);
+			json_object_set_new(jag, "error", json_string(e.msg));
 			if (keep_worst(worst, rc) != worst)
 				worst = rc, *err = e;
 			ag_close(&run);
 			continue;
 		}
+		json_object_set_new(jag, "primary", json_string(run.info.primary));
 		for (j = 0; j < run.nplans; j++) {
 			struct rot r;
 
 			if (!run.plans[j].in_ag) {
 				log_error("%s", run.plans[j].error);
+				jdb_put(jdbs, plan_json(run.plans[j].db->name, "failed",
+				    run.plans[j].error));
 				if (keep_worst(worst, DMK_ERR_INCOMPLETE) != worst)
 					worst = DMK_ERR_INCOMPLETE, dmk_errf(err, worst, "%s",
 					    run.plans[j].error);
 				continue;
 			}
-			memset(&r, 0, sizeof(r));
-			r.a = a;
-			r.run = &run;
-			r.pi = j;
-			r.p = &run.plans[j];
-			r.ref = &r.p->db->dmk_password;
-			r.cmd = "rotate";
-			r.dry = o.dry;
-			r.mode = o.regenerate ? MODE_REGENERATE : MODE_ROTATE;
+			rot_init(&r, a, &run, j, "rotate", o.regenerate ? MODE_REGENERATE :
+			    MODE_ROTATE, &o);
 			dmk_err_clear(&e);
 			rc = rot_db(&r, o.if_due, &e);
 			if (rc == 0 && r.resumed == 0 && o.regenerate && r.mode != MODE_REGENERATE)
 				say(&r, "finished an unfinished rotation first; run rotate --regenerate "
 				    "again to regenerate");
+			jdb_put(jdbs, rot_json(&r, rc, &e));
 			rot_free(&r);
-			if (rc != 0) {
-				fprintf(stderr, "dmkagent: %s\n", e.msg);
-				if (keep_worst(worst, rc) != worst)
-					worst = rc, *err = e;
-			}
+			if (rc != 0)
+				failed(&worst, err, rc, &e);
 		}
 		ag_close(&run);
 	}
 	if (!o.dry)
 		agent_end(a, "rotate", worst);
+	report_print(a, "rotate", &o, jags, worst);
 	rc = worst;
 	if (rc != 0)
 		dmk_err_prefix(err, "rotate stopped (a rerun continues where it stopped)");
 out:
+	json_decref(jags);
 	free(ags);
 	return rc;
 }
@@ -1122,13 +1554,66 @@ auto_opens(struct rot *r, struct dmk_err *err)
 static void
 runbook_help(struct agent *a, const char *db)
 {
-	fprintf(a->out, "%s: no replica's service master key opens the DMK, and no password in "
-	    "the store does.  dmkagent will not drop a DMK or a certificate.  The runbook's way "
-	    "out (Microsoft, ConfigMgr BitLocker recovery data on Always On): on the primary, "
-	    "restore the DMK from a backup (RESTORE MASTER KEY ... FORCE) or, losing the "
-	    "encrypted recovery keys, drop and recreate the certificate and the DMK with a "
-	    "known password, then put that password in the store (dmkagent store put) and run "
-	    "dmkagent register.\n", db);
+	fprintf(textout(a), "%s: no replica's service master key opens the DMK, and no password "
+	    "in the store does.  dmkagent will not drop a DMK or a certificate.  The runbook's "
+	    "way out (Microsoft, ConfigMgr BitLocker recovery data on Always On): on the primary, "
+	    "restore the DMK from a backup (RESTORE MASTER KEY ... FORCE; dmkagent(1), BACKUPS, "
+	    "says how from the backups escrowed in the store) or, losing the encrypted recovery "
+	    "keys, drop and recreate the certificate and the DMK with a known password, then put "
+	    "that password in the store (dmkagent store put) and run dmkagent register.\n", db);
+}
+
+/*
+ * recover, one database on the current primary: finish an unfinished
+ * rotation or recovery, or, when the DMK opens by itself here, back it up
+ * and give it a new password.  *need_node when it does not open here.
+ */
+static int
+recover_db(struct rot *r, int *need_node, struct dmk_err *e)
+{
+	int rc, opens;
+
+	if ((rc = rot_analyse(r, e)) != 0 || (rc = rot_facts(r, e)) != 0)
+		return rc;
+	if (r->step == STEP_PROVE && r->have_old && (rc = rot_probe(r, r->oldpw, e)) == 0) {
+		rot_versions(r);
+		r->outcome = "nothing-to-do";
+		say(r, "nothing to recover: the store's current password (version %s) opens the "
+		    "DMK (use rotate for a new one)", r->oldv.id);
+		return 0;
+	}
+	if (rc != 0 && rc != DMK_ERR_WRONGPASS)
+		return rc;
+	if (r->step != STEP_PROVE) {
+		/* an unfinished rotate or recover: finish it */
+		if ((rc = rot_where(r, e)) != 0)
+			return rc;
+		if (r->step != STEP_APPLY || r->mode != MODE_RECOVER) {
+			rot_free(r);
+			return rot_db(r, 0, e);
+		}
+	}
+	opens = auto_opens(r, e);
+	if (opens < -1)
+		return opens;
+	if (opens != 1) {
+		r->outcome = "not-opened-here";
+		say(r, "the DMK does not open by itself on the primary %s", r->run->info.primary);
+		*need_node = 1;
+		return 0;
+	}
+	if (r->dry) {
+		r->outcome = "planned";
+		say(r, "would recover on %s: its service master key opens the DMK; %s, write a new "
+		    "password pending, ADD ENCRYPTION BY PASSWORD, register it on %zu replica(s), "
+		    "verify, mark it current", r->run->info.primary, r->no_backup ?
+		    "take no backup (--no-backup)" : "escrow a backup of the certificates and the DMK",
+		    r->run->info.nreplicas);
+		return 0;
+	}
+	rot_free(r);
+	r->recover_ok = 1;
+	return rot_db(r, 0, e);
 }
 
 int
@@ -1138,22 +1623,25 @@ cmd_recover(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		{ "ag", required_argument, NULL, 'a' },
 		{ "database", required_argument, NULL, 'd' },
 		{ "dry-run", no_argument, NULL, 'n' },
+		{ "no-backup", no_argument, NULL, 'B' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct opts o;
 	const struct conf_ag **ags = NULL;
+	json_t *jags = NULL;
 	size_t nags = 0, i, j;
 	int ch, rc, worst = 0;
 
 	memset(&o, 0, sizeof(o));
-	while ((ch = getopt_long(argc, argv, "a:d:n", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "a:d:nB", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'a': o.ag = optarg; break;
 		case 'd': o.db = optarg; break;
 		case 'n': o.dry = 1; break;
+		case 'B': o.no_backup = 1; break;
 		default:
 			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent recover [--ag AG] "
-			    "[--database DB] [--dry-run]");
+			    "[--database DB] [--dry-run] [--no-backup]");
 		}
 	}
 	if (optind != argc)
@@ -1162,7 +1650,9 @@ cmd_recover(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return rc;
 	if (!o.dry && (rc = agent_begin(a, "recover", err)) != 0)
 		goto out;
+	jags = json_array();
 	for (i = 0; i < nags; i++) {
+		json_t *jag = ag_json(jags, ags[i]->name), *jdbs = json_object_get(jag, "databases");
 		char tried[16][520];
 		size_t ntried = 0, k;
 		int again = 1, round;
@@ -1175,78 +1665,27 @@ cmd_recover(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			again = 0;
 			if ((rc = ag_open(a, ags[i], o.db, 0, &run, &e)) != 0) {
 				log_error("%s", e.msg);
+				json_object_set_new(jag, "error", json_string(e.msg));
 				if (keep_worst(worst, rc) != worst)
 					worst = rc, *err = e;
 				ag_close(&run);
 				break;
 			}
+			json_object_set_new(jag, "primary", json_string(run.info.primary));
 			if (ntried < 16)
 				util_strlcpy(tried[ntried++], run.info.primary, sizeof(tried[0]));
 			for (j = 0; j < run.nplans; j++) {
 				struct rot r;
-				int opens;
 
 				if (!run.plans[j].in_ag)
 					continue;
-				memset(&r, 0, sizeof(r));
-				r.a = a;
-				r.run = &run;
-				r.pi = j;
-				r.p = &run.plans[j];
-				r.ref = &r.p->db->dmk_password;
-				r.cmd = "recover";
-				r.dry = o.dry;
-				r.mode = MODE_RECOVER;
+				rot_init(&r, a, &run, j, "recover", MODE_RECOVER, &o);
 				dmk_err_clear(&e);
-				if ((rc = rot_analyse(&r, &e)) != 0 || (rc = rot_facts(&r, &e)) != 0)
-					goto one_done;
-				if (r.step == STEP_PROVE && r.have_old &&
-				    (rc = rot_probe(&r, r.oldpw, &e)) == 0) {
-					say(&r, "nothing to recover: the store's current password (version "
-					    "%s) opens the DMK (use rotate for a new one)", r.oldv.id);
-					goto one_done;
-				}
-				if (rc != 0 && rc != DMK_ERR_WRONGPASS)
-					goto one_done;
-				rc = 0;
-				if (r.step != STEP_PROVE) {
-					/* an unfinished rotate or recover: finish it */
-					if ((rc = rot_where(&r, &e)) != 0)
-						goto one_done;
-					if (r.step != STEP_APPLY || r.mode != MODE_RECOVER) {
-						rot_free(&r);
-						rc = rot_db(&r, 0, &e);
-						goto one_done;
-					}
-				}
-				opens = auto_opens(&r, &e);
-				if (opens < -1) {
-					rc = opens;
-					goto one_done;
-				}
-				if (opens != 1) {
-					say(&r, "the DMK does not open by itself on the primary %s",
-					    run.info.primary);
-					need_node = 1;
-					goto one_done;
-				}
-				if (o.dry) {
-					say(&r, "would recover on %s: its service master key opens the DMK; "
-					    "write a new password pending, ADD ENCRYPTION BY PASSWORD, register "
-					    "it on %zu replica(s), verify, mark it current", run.info.primary,
-					    run.info.nreplicas);
-					goto one_done;
-				}
+				rc = recover_db(&r, &need_node, &e);
+				jdb_put(jdbs, rot_json(&r, rc, &e));
 				rot_free(&r);
-				r.recover_ok = 1;
-				rc = rot_db(&r, 0, &e);
-one_done:
-				rot_free(&r);
-				if (rc != 0) {
-					fprintf(stderr, "dmkagent: %s\n", e.msg);
-					if (keep_worst(worst, rc) != worst)
-						worst = rc, *err = e;
-				}
+				if (rc != 0)
+					failed(&worst, err, rc, &e);
 			}
 			if (need_node) {
 				/* Fail over, as the runbook does, to a replica not yet tried. */
@@ -1265,19 +1704,32 @@ one_done:
 						target = &run.reps[k];
 				}
 				if (target == NULL) {
+					json_t *x;
+					size_t xi;
+
 					for (j = 0; j < run.nplans; j++)
 						runbook_help(a, run.plans[j].db->name);
+					json_array_foreach(jdbs, xi, x)
+						if (strcmp(json_string_value(json_object_get(x, "outcome")),
+						    "not-opened-here") == 0) {
+							json_object_set_new(x, "outcome",
+							    json_string("unrecoverable"));
+							json_object_set_new(x, "error", json_string("no replica's "
+							    "service master key opens the DMK, and no password in "
+							    "the store does"));
+						}
 					if (worst == 0) {
 						worst = DMK_ERR_WRONGPASS;
 						dmk_errf(err, worst, "no replica can open the DMK: see above");
 					}
 				} else if (o.dry) {
-					fprintf(a->out, "%s: would fail over to %s and test there\n",
+					fprintf(textout(a), "%s: would fail over to %s and test there\n",
 					    ags[i]->name, target->rep->name);
 				} else {
-					fprintf(a->out, "%s: failing over to %s to test its service master "
-					    "key\n", ags[i]->name, target->rep->name);
 					struct audit_target t = { ags[i]->name, target->rep->name, NULL };
+
+					fprintf(textout(a), "%s: failing over to %s to test its service "
+					    "master key\n", ags[i]->name, target->rep->name);
 					rc = ag_failover_to(&run, target, &fe);
 					agent_audit(a, "recover-failover", &t, NULL, rc == 0 ? "ok" : "failed",
 					    rc ? fe.msg : NULL);
@@ -1298,8 +1750,10 @@ one_done:
 	}
 	if (!o.dry)
 		agent_end(a, "recover", worst);
+	report_print(a, "recover", &o, jags, worst);
 	rc = worst;
 out:
+	json_decref(jags);
 	free(ags);
 	return rc;
 }
