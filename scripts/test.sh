@@ -11,6 +11,11 @@ if [ ! -f build-san/build.ninja ]; then
   CC=clang meson setup build-san --buildtype=debug -Db_sanitize=address,undefined \
     -Db_lundef=false -Dfuzz=true -Dfailpoints=true >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 fi
+# A build directory made before an option existed keeps its old value: the
+# tests need failpoints in both builds (SIGKILL at each step boundary).
+meson configure build -Dfailpoints=true >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+meson configure build-san -Dfailpoints=true -Dfuzz=true >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+ninja -C build >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 ninja -C build-san >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
