@@ -8,7 +8,7 @@
 
 #include <stdio.h>
 
-#include "dmk.h"
+#include "core/dmk.h"
 #include "config.h"
 #include "audit.h"
 

@@ -15,8 +15,8 @@
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "audit.h"
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"

@@ -19,8 +19,8 @@
 
 #include <sys/types.h>
 
-#include "dmk.h"
-#include "buf.h"
+#include "core/dmk.h"
+#include "core/buf.h"
 
 struct secret;
 

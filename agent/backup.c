@@ -65,9 +65,9 @@
 #include <jansson.h>
 #include <openssl/sha.h>
 
-#include "dmk.h"
-#include "buf.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/buf.h"
+#include "core/secret.h"
 #include "cli.h"
 #include "failpoint.h"
 #include "genpass.h"

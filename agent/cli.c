@@ -11,8 +11,8 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "cli.h"
 
 static const struct command commands[] = {

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dmk.h"
+#include "core/dmk.h"
 #include "cli.h"
 #include "genpass.h"
 

@@ -17,8 +17,8 @@
 
 #include <ini.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "config.h"
 #include "../providers/provider.h"
 

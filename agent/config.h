@@ -14,7 +14,7 @@
 #define DMK_CONFIG_H
 
 #include <limits.h>
-#include "dmk.h"
+#include "core/dmk.h"
 
 #define CONF_NAME_MAX 128        /* sysname: 128 characters */
 #define CONF_NAME_BYTES (CONF_NAME_MAX * 4 + 1)  /* UTF-8 */

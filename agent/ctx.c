@@ -10,8 +10,8 @@
 
 #include <jansson.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "agent.h"
 #include "lock.h"
 #include "../providers/provider.h"

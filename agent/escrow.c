@@ -10,9 +10,9 @@
 
 #include <openssl/sha.h>
 
-#include "dmk.h"
-#include "buf.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/buf.h"
+#include "core/secret.h"
 #include "backup.h"
 
 /* Azure Key Vault's limit on a secret name; Vault takes longer paths. */

@@ -4,7 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dmk.h"
+#include "core/dmk.h"
 #include "failpoint.h"
 
 #ifdef DMK_FAILPOINTS

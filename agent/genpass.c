@@ -4,8 +4,8 @@
 
 #include <openssl/rand.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "genpass.h"
 
 static const char *const class_chars[4] = {

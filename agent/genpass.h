@@ -9,7 +9,7 @@
 #ifndef DMK_GENPASS_H
 #define DMK_GENPASS_H
 
-#include "dmk.h"
+#include "core/dmk.h"
 
 struct secret;
 

@@ -9,8 +9,8 @@
 
 #include <jansson.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "lease.h"
 
 /* A name component safe in both stores' paths: [A-Za-z0-9-], others '-'. */

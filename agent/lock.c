@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dmk.h"
+#include "core/dmk.h"
 #include "lock.h"
 
 int

@@ -3,8 +3,8 @@
 
 #include <curl/curl.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "cli.h"
 
 int

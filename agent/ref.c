@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dmk.h"
+#include "core/dmk.h"
 #include "config.h"
 
 static int

@@ -10,8 +10,8 @@
 
 #include <jansson.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "replicas.h"
 
 static pthread_mutex_t state_mtx = PTHREAD_MUTEX_INITIALIZER;

@@ -21,8 +21,8 @@
 
 #include <jansson.h>
 
-#include "dmk.h"
-#include "secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "cli.h"
 #include "replicas.h"
 

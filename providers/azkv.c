@@ -26,8 +26,8 @@
 
 #include <jansson.h>
 
-#include "../agent/dmk.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "provider.h"
 #include "azure.h"
 

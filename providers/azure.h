@@ -17,8 +17,8 @@
 
 #include <time.h>
 
-#include "../agent/dmk.h"
-#include "../agent/buf.h"
+#include "core/dmk.h"
+#include "core/buf.h"
 #include "provider.h"
 
 struct secret;

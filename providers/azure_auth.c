@@ -31,8 +31,8 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "../agent/dmk.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "provider.h"
 #include "azure.h"
 

@@ -34,8 +34,8 @@
 
 #include <jansson.h>
 
-#include "../agent/dmk.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "../agent/agent.h"
 #include "provider.h"
 

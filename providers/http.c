@@ -15,9 +15,9 @@
 #include <curl/curl.h>
 #include <openssl/rand.h>
 
-#include "../agent/dmk.h"
-#include "../agent/buf.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/buf.h"
+#include "core/secret.h"
 #include "http.h"
 
 void

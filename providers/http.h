@@ -17,8 +17,8 @@
 #ifndef DMK_HTTP_H
 #define DMK_HTTP_H
 
-#include "../agent/dmk.h"
-#include "../agent/buf.h"
+#include "core/dmk.h"
+#include "core/buf.h"
 
 struct secret;
 

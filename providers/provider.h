@@ -17,8 +17,8 @@
 #ifndef DMK_PROVIDER_H
 #define DMK_PROVIDER_H
 
-#include "../agent/dmk.h"
-#include "../agent/buf.h"
+#include "core/dmk.h"
+#include "core/buf.h"
 #include "../agent/config.h"
 #include "http.h"
 

@@ -2,8 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../agent/dmk.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "provider.h"
 
 extern const struct prov_ops prov_hcvault;

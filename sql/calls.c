@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../agent/dmk.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "sql_int.h"
 
 #define DMK_KEY_NAME "##MS_DatabaseMasterKey##"

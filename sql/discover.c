@@ -13,7 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../agent/dmk.h"
+#include "core/dmk.h"
 #include "sql_int.h"
 
 static const char *

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../agent/dmk.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "sql_int.h"
 
 #define SQL_SYSNAME_MAX 128

@@ -61,8 +61,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "../agent/dmk.h"
-#include "../agent/buf.h"
+#include "core/dmk.h"
+#include "core/buf.h"
 #include "relay.h"
 
 #define TDS_PRELOGIN    0x12

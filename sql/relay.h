@@ -13,7 +13,7 @@
 #ifndef DMK_SQL_RELAY_H
 #define DMK_SQL_RELAY_H
 
-#include "../agent/dmk.h"
+#include "core/dmk.h"
 
 struct relay;
 

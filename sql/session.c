@@ -37,9 +37,9 @@
 
 #include <openssl/crypto.h>
 
-#include "../agent/dmk.h"
-#include "../agent/buf.h"
-#include "../agent/secret.h"
+#include "core/dmk.h"
+#include "core/buf.h"
+#include "core/secret.h"
 #include "relay.h"
 #include "sql_int.h"
 
@@ -530,7 +530,7 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 		DBSETLSERVERPRINCIPAL(lr, spn);
 	} else {
 		DBSETLUSER(lr, login->user);
-		/* FreeTDS copies it; its frees are wiped (agent/wipefree.c). */
+		/* FreeTDS copies it; its frees are wiped (core/wipefree.c). */
 		DBSETLPWD(lr, secret_reveal(login->password));
 	}
 

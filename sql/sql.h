@@ -22,7 +22,7 @@
 #ifndef DMK_SQL_H
 #define DMK_SQL_H
 
-#include "../agent/dmk.h"
+#include "core/dmk.h"
 
 struct secret;
 

@@ -24,8 +24,8 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "agent/dmk.h"
-#include "agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "agent/config.h"
 #include "providers/provider.h"
 #include "providers/azure.h"

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "agent/dmk.h"
-#include "agent/buf.h"
+#include "core/dmk.h"
+#include "core/buf.h"
 #include "agent/config.h"
 #include "agent/backup.h"
 

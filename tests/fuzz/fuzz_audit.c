@@ -5,8 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent/dmk.h"
-#include "agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "agent/audit.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

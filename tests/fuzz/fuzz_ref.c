@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/dmk.h"
+#include "core/dmk.h"
 #include "agent/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -29,8 +29,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent/dmk.h"
-#include "agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "sql/sql.h"
 #include "sql/sql_int.h"
 

@@ -8,8 +8,8 @@
 
 #include <cmocka.h>
 
-#include "agent/dmk.h"
-#include "agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "sql/sql.h"
 #include "sql/sql_int.h"
 

@@ -10,8 +10,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "agent/dmk.h"
-#include "agent/secret.h"
+#include "core/dmk.h"
+#include "core/secret.h"
 #include "agent/audit.h"
 
 static char dir[64], path[128];

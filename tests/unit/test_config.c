@@ -10,7 +10,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "agent/dmk.h"
+#include "core/dmk.h"
 #include "agent/config.h"
 #include "providers/provider.h"
 

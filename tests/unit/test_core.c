@@ -11,9 +11,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "agent/dmk.h"
-#include "agent/secret.h"
-#include "agent/buf.h"
+#include "core/dmk.h"
+#include "core/secret.h"
+#include "core/buf.h"
 #include "agent/genpass.h"
 #include "agent/lock.h"
 #include "providers/http.h"
