@@ -51,11 +51,6 @@ int agent_store(struct agent *a, const char *name, struct store **out,
 int agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
     struct secret **out, struct prov_version *ver, struct dmk_err *err);
 
-/* Read a file: reference: owner must be us or root, mode 0600 or stricter. */
-int read_secret_file(const char *path, struct secret **out, struct dmk_err *err);
-/* Check a file: reference without reading it. */
-int check_secret_file(const char *path, struct dmk_err *err);
-
 /* Take the run lock and open the audit log (run start record). */
 int agent_begin(struct agent *a, const char *command, struct dmk_err *err);
 /* Run end record, release the lock. */

@@ -8,7 +8,7 @@
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "cli.h"
-#include "../providers/provider.h"
+#include "providers/provider.h"
 
 static json_t *
 ref_json(const struct secret_ref *r)

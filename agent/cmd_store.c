@@ -13,7 +13,7 @@
 #include "core/secret.h"
 #include "cli.h"
 #include "genpass.h"
-#include "../providers/provider.h"
+#include "providers/provider.h"
 
 static int
 parse_store_ref(struct agent *a, const char *text, struct secret_ref *ref, struct dmk_err *err)

@@ -15,56 +15,8 @@
 
 #include <limits.h>
 #include "core/dmk.h"
-
-#define CONF_NAME_MAX 128        /* sysname: 128 characters */
-#define CONF_NAME_BYTES (CONF_NAME_MAX * 4 + 1)  /* UTF-8 */
-#define CONF_VALUE_MAX 1024
-
-enum ref_kind { REF_STORE = 1, REF_FILE, REF_ENV };
-
-/* STORE:PATH[#FIELD] | file:/absolute/path | env:NAME */
-struct secret_ref {
-	enum ref_kind kind;
-	char store[64];
-	char path[512];
-	char field[128];
-	char text[720];           /* as written; safe to print and audit */
-};
-
-/* Parse; the text is never a secret once it parses as a reference. */
-int ref_parse(const char *s, struct secret_ref *out, struct dmk_err *err);
-
-enum conf_kind {
-	CK_STRING = 1, CK_REF, CK_INT, CK_DURATION, CK_BOOL, CK_HOSTPORT,
-	CK_PATH, CK_URL, CK_ENUM,
-};
-
-struct conf_keydef {
-	const char *name;
-	enum conf_kind kind;
-	int required;
-	const char *choices;      /* CK_ENUM: "a|b|c" */
-	long long min, max;       /* CK_INT bounds (both 0: none) */
-};
-
-struct conf_kv {
-	char *key;
-	char *value;              /* for CK_REF: the reference text */
-	int line;
-	enum conf_kind kind;
-	struct secret_ref ref;    /* CK_REF */
-};
-
-struct prov_ops;
-
-struct conf_store {
-	char name[64];
-	char type[64];
-	const struct prov_ops *ops;
-	struct conf_kv *kv;
-	size_t nkv;
-	int line;
-};
+#include "core/ref.h"
+#include "core/conf.h"
 
 struct conf_replica {
 	char name[CONF_NAME_BYTES];
@@ -135,10 +87,4 @@ void config_free(struct config *cfg);
 const struct conf_store *config_store(const struct config *cfg, const char *name);
 const struct conf_ag *config_ag(const struct config *cfg, const char *label);
 /* Key lookup in a store section; NULL when absent. */
-const struct conf_kv *conf_store_kv(const struct conf_store *st, const char *key);
-const char *conf_store_str(const struct conf_store *st, const char *key);
-
-/* Does this key name carry a secret (…password, …secret, …secret_id, …token, …_key)? */
-int conf_key_is_secret(const char *key);
-
 #endif

@@ -14,7 +14,7 @@
 #include "core/secret.h"
 #include "agent.h"
 #include "lock.h"
-#include "../providers/provider.h"
+#include "providers/provider.h"
 
 void
 agent_init(struct agent *a)
@@ -96,72 +96,6 @@ agent_store(struct agent *a, const char *name, struct store **out, struct dmk_er
 			return r;
 	}
 	*out = &a->stores[i];
-	return 0;
-}
-
-int
-check_secret_file(const char *path, struct dmk_err *err)
-{
-	struct stat st;
-
-	if (lstat(path, &st) == -1)
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
-	if (!S_ISREG(st.st_mode))
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: not a regular file", path);
-	if (st.st_uid != geteuid() && st.st_uid != 0)
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: owned by uid %u, neither this user nor "
-		    "root", path, (unsigned)st.st_uid);
-	if (st.st_mode & 077)
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: readable or writable by group or others "
-		    "(mode %03o); run chmod 600 %s", path, (unsigned)(st.st_mode & 0777), path);
-	return 0;
-}
-
-int
-read_secret_file(const char *path, struct secret **out, struct dmk_err *err)
-{
-	char chunk[4096];
-	struct secret *s;
-	struct stat st;
-	ssize_t n;
-	int fd, r;
-
-	*out = NULL;
-	if ((fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) == -1)
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
-	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: not a regular file", path);
-	}
-	if (st.st_uid != geteuid() && st.st_uid != 0) {
-		close(fd);
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: owned by uid %u, neither this user nor "
-		    "root", path, (unsigned)st.st_uid);
-	}
-	if (st.st_mode & 077) {
-		close(fd);
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: readable or writable by group or others "
-		    "(mode %03o); run chmod 600 %s", path, (unsigned)(st.st_mode & 0777), path);
-	}
-	if ((s = secret_new()) == NULL) {
-		close(fd);
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	}
-	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
-		if ((r = secret_append(s, chunk, (size_t)n)) != 0) {
-			secure_wipe(chunk, sizeof(chunk));
-			secret_free(s);
-			close(fd);
-			return dmk_errf(err, r, "%s: larger than %d bytes", path, SECRET_MAX);
-		}
-	secure_wipe(chunk, sizeof(chunk));
-	close(fd);
-	if (n < 0) {
-		secret_free(s);
-		return dmk_errf(err, DMK_ERR_IO, "%s: %s", path, strerror(errno));
-	}
-	secret_trim_newline(s);
-	*out = s;
 	return 0;
 }
 

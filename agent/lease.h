@@ -25,7 +25,7 @@
 #define DMK_LEASE_H
 
 #include "agent.h"
-#include "../providers/provider.h"
+#include "providers/provider.h"
 
 struct lease {
 	struct store *st;

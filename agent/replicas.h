@@ -13,8 +13,8 @@
 #include <pthread.h>
 
 #include "agent.h"
-#include "../providers/provider.h"
-#include "../sql/sql.h"
+#include "providers/provider.h"
+#include "sql/sql.h"
 
 struct secret;
 

@@ -36,7 +36,7 @@
 
 #include "core/dmk.h"
 #include "core/secret.h"
-#include "../agent/agent.h"
+#include "core/ref.h"
 #include "provider.h"
 
 #define HCV_DEFAULT_FIELD "password"

@@ -19,7 +19,8 @@
 
 #include "core/dmk.h"
 #include "core/buf.h"
-#include "../agent/config.h"
+#include "core/conf.h"
+#include "core/ref.h"
 #include "http.h"
 
 struct secret;

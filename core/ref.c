@@ -1,16 +1,18 @@
 /*
  * ref.c: secret references.  STORE:PATH[#FIELD], file:/absolute/path,
- * env:NAME.  Messages here never repeat the input: a string that fails to
+ * env:NAME, and reading file: references.  Messages here never repeat the input: a string that fails to
  * parse as a reference may be a literal password.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/dmk.h"
-#include "config.h"
+#include "dmk.h"
+#include "secret.h"
+#include "ref.h"
 
 static int
 valid_store_name(const char *s, size_t n)
@@ -110,5 +112,73 @@ ref_parse(const char *s, struct secret_ref *out, struct dmk_err *err)
 			util_strlcpy(out->path, colon + 1, sizeof(out->path));
 	}
 	util_strlcpy(out->text, s, sizeof(out->text));
+	return 0;
+}
+
+/* A file: reference must be a regular file owned by us or root, mode 0600 or stricter. */
+static int
+file_mode_ok(const struct stat *st, const char *path, struct dmk_err *err)
+{
+	if (!S_ISREG(st->st_mode))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: not a regular file", path);
+	if (st->st_uid != geteuid() && st->st_uid != 0)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: owned by uid %u, neither this user nor "
+		    "root", path, (unsigned)st->st_uid);
+	if (st->st_mode & 077)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: readable or writable by group or others "
+		    "(mode %03o); run chmod 600 %s", path, (unsigned)(st->st_mode & 0777), path);
+	return 0;
+}
+
+int
+check_secret_file(const char *path, struct dmk_err *err)
+{
+	struct stat st;
+
+	if (lstat(path, &st) == -1)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
+	return file_mode_ok(&st, path, err);
+}
+
+int
+read_secret_file(const char *path, struct secret **out, struct dmk_err *err)
+{
+	char chunk[4096];
+	struct secret *s;
+	struct stat st;
+	ssize_t n;
+	int fd, r;
+
+	*out = NULL;
+	if ((fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) == -1)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
+	if (fstat(fd, &st) == -1) {
+		r = dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
+		close(fd);
+		return r;
+	}
+	if ((r = file_mode_ok(&st, path, err)) != 0) {
+		close(fd);
+		return r;
+	}
+	if ((s = secret_new()) == NULL) {
+		close(fd);
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	}
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+		if ((r = secret_append(s, chunk, (size_t)n)) != 0) {
+			secure_wipe(chunk, sizeof(chunk));
+			secret_free(s);
+			close(fd);
+			return dmk_errf(err, r, "%s: larger than %d bytes", path, SECRET_MAX);
+		}
+	secure_wipe(chunk, sizeof(chunk));
+	close(fd);
+	if (n < 0) {
+		secret_free(s);
+		return dmk_errf(err, DMK_ERR_IO, "%s: %s", path, strerror(errno));
+	}
+	secret_trim_newline(s);
+	*out = s;
 	return 0;
 }
