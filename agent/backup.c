@@ -72,14 +72,10 @@
 #include "failpoint.h"
 #include "genpass.h"
 #include "backup.h"
+#include "markers.h"
 
 #define BK_FORMAT "dmkagent-backup-1"
 #define BK_DIR "C:\\Windows\\Temp\\"
-#define BK_MARK_KIND "dmkagent-kind"
-#define BK_MARK_THUMB "dmkagent-thumbprint"
-#define BK_MARK_GUID "dmkagent-key-guid"
-#define BK_MARK_NODE "dmkagent-node"
-#define BK_MARK_PWVER "dmkagent-password-version"
 
 enum bk_kind { BK_CERT = 0, BK_DMK, BK_SMK };
 static const char *const kind_names[] = { "cert-backup", "dmk-backup", "smk-backup" };
@@ -238,10 +234,10 @@ backup_password(struct agent *a, const struct secret_ref *ref, const struct audi
 		return r;
 	memset(&m, 0, sizeof(m));
 	util_rfc3339(time(NULL), tm, sizeof(tm));
-	prov_meta_set(&m, BK_MARK_KIND, "backup-password");
-	prov_meta_set(&m, PROV_MARK_TIME, tm);
+	prov_meta_set(&m, MARK_KIND, "backup-password");
+	prov_meta_set(&m, MARK_TIME, tm);
 	memset(ver, 0, sizeof(*ver));
-	r = st->ops->put(st, ref, *pw, "0", &m, ver, err);
+	r = store_put(st, ref, *pw, "0", &m, ver, err);
 	memset(&k, 0, sizeof(k));
 	k.store = ref->store;
 	k.reference = ref->text;
@@ -374,7 +370,7 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 	if ((r = agent_store(a, it->ref.store, &st, err)) != 0)
 		return r;
 	memset(&cur, 0, sizeof(cur));
-	r = st->ops->get(st, &it->ref, NULL, &old, &cur, err);
+	r = store_get(st, &it->ref, NULL, &old, &cur, err);
 	secret_free(old);
 	if (r == 0)
 		util_strlcpy(it->previous, cur.id, sizeof(it->previous));
@@ -382,24 +378,22 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 		it->previous[0] = '\0';
 	else
 		return dmk_err_prefix(err, "%s", it->ref.text);
-	if (st->ops->caps & PROV_CAP_CAS)
-		expect = it->previous[0] ? it->previous : "0";
+	expect = store_cas(st, it->previous[0] ? it->previous : "0");
 	memset(&m, 0, sizeof(m));
-	prov_meta_set(&m, BK_MARK_KIND, kind_names[it->kind]);
+	prov_meta_set(&m, MARK_KIND, kind_names[it->kind]);
 	if (it->thumbprint[0])
-		prov_meta_set(&m, BK_MARK_THUMB, it->thumbprint);
+		prov_meta_set(&m, MARK_THUMB, it->thumbprint);
 	if (it->key_guid[0])
-		prov_meta_set(&m, BK_MARK_GUID, it->key_guid);
-	prov_meta_set(&m, BK_MARK_NODE, it->node);
-	prov_meta_set(&m, PROV_MARK_TIME, time_s);
-	prov_meta_set(&m, BK_MARK_PWVER, it->pwver);
+		prov_meta_set(&m, MARK_GUID, it->key_guid);
+	prov_meta_set(&m, MARK_NODE, it->node);
+	prov_meta_set(&m, MARK_TIME, time_s);
+	prov_meta_set(&m, MARK_PWVER, it->pwver);
 	memset(&nv, 0, sizeof(nv));
-	r = st->ops->put(st, &it->ref, value, expect, (st->ops->caps & PROV_CAP_META) ? &m : NULL,
-	    &nv, err);
-	if (r != 0 && nv.id[0] != '\0' && st->ops->set_meta != NULL) {
+	r = store_put(st, &it->ref, value, expect, &m, &nv, err);
+	if (r != 0 && nv.id[0] != '\0' && store_can(st, PROV_CAP_META)) {
 		/* the version landed, its markers did not: once more */
 		struct dmk_err e2;
-		if (st->ops->set_meta(st, &it->ref, nv.id, &m, &e2) == 0)
+		if (store_set_meta(st, &it->ref, nv.id, &m, &e2) == 0)
 			r = 0;
 	}
 	if (r == DMK_ERR_CONFLICT)
@@ -411,7 +405,7 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 	util_strlcpy(it->version, nv.id, sizeof(it->version));
 	bk_fp("after-escrow", kind_fp[it->kind]);
 	memset(&bv, 0, sizeof(bv));
-	if ((r = st->ops->get(st, &it->ref, nv.id, &back, &bv, err)) != 0)
+	if ((r = store_get(st, &it->ref, nv.id, &back, &bv, err)) != 0)
 		return dmk_err_prefix(err, "%s: reading back version %s", it->ref.text, nv.id);
 	if (!secret_equal(back, value))
 		r = dmk_errf(err, DMK_ERR_VERIFY, "%s: version %s reads back different from what "
@@ -863,7 +857,7 @@ escrow_read(struct agent *a, const struct bk_item *it, json_t **out, struct dmk_
 	*out = NULL;
 	if ((r = agent_store(a, it->ref.store, &st, err)) != 0)
 		return r;
-	if ((r = st->ops->get(st, &it->ref, it->version, &v, &ver, err)) != 0)
+	if ((r = store_get(st, &it->ref, it->version, &v, &ver, err)) != 0)
 		return dmk_err_prefix(err, "%s version %s", it->ref.text, it->version);
 	*out = json_loadb(secret_reveal(v), secret_len(v), 0, &je);
 	secret_free(v);
@@ -899,7 +893,7 @@ item_password(struct agent *a, const struct bk_item *it, struct secret **pw,
 		return agent_resolve(a, &it->pwref, 0, pw, NULL, err);
 	if ((r = agent_store(a, it->pwref.store, &st, err)) != 0)
 		return r;
-	return st->ops->get(st, &it->pwref, it->pwver[0] ? it->pwver : NULL, pw, &v, err);
+	return store_get(st, &it->pwref, it->pwver[0] ? it->pwver : NULL, pw, &v, err);
 }
 
 static void

@@ -13,6 +13,7 @@
 #include "core/secret.h"
 #include "cli.h"
 #include "genpass.h"
+#include "markers.h"
 #include "providers/provider.h"
 
 static int
@@ -86,7 +87,7 @@ cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		}
 		n = collect_refs(a->cfg, name, refs, 256);
 		buf_init(&report, 0);
-		r = st->ops->check ? st->ops->check(st, refs, n, &report, &e) : 0;
+		r = store_can(st, PROV_CAP_CHECK) ? store_check(st, refs, n, &report, &e) : 0;
 		fprintf(a->out, "%-12s %-16s %s  authenticated; %zu reference(s)\n", name,
 		    a->cfg->stores[i].type, r == 0 ? "ok  " : "FAIL", n);
 		if (report.len)
@@ -144,23 +145,23 @@ cmd_store_put(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	if ((r = agent_store(a, ref.store, &st, err)) != 0)
 		goto audit;
 	if (overwrite) {
-		r = st->ops->get(st, &ref, NULL, &cur, &curver, err);
+		r = store_get(st, &ref, NULL, &cur, &curver, err);
 		if (r == DMK_ERR_NOTFOUND || r == DMK_ERR_DELETED) {
 			expect = (r == DMK_ERR_DELETED && curver.id[0]) ? curver.id : "0";
 			r = 0;
 		} else if (r != 0)
 			goto audit;
 		else
-			expect = (st->ops->caps & PROV_CAP_CAS) ? curver.id : NULL;
+			expect = store_cas(st, curver.id);
 	}
 	memset(&meta, 0, sizeof(meta));
 	util_rfc3339(time(NULL), tbuf, sizeof(tbuf));
 	snprintf(by, sizeof(by), "%s@%s", a->audit.user, a->audit.host);
-	prov_meta_set(&meta, PROV_MARK_STATE, "current");
-	prov_meta_set(&meta, PROV_MARK_BY, by);
-	prov_meta_set(&meta, PROV_MARK_TIME, tbuf);
+	prov_meta_set(&meta, MARK_STATE, "current");
+	prov_meta_set(&meta, MARK_BY, by);
+	prov_meta_set(&meta, MARK_TIME, tbuf);
 	memset(&newver, 0, sizeof(newver));
-	if ((r = st->ops->put(st, &ref, val, expect, &meta, &newver, err)) != 0) {
+	if ((r = store_put(st, &ref, val, expect, &meta, &newver, err)) != 0) {
 		if (r == DMK_ERR_CONFLICT && !overwrite)
 			dmk_err_prefix(err, "%s already exists (use --overwrite to add a version)",
 			    ref.text);
@@ -195,9 +196,7 @@ cmd_store_show(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return r;
 	if ((r = agent_store(a, ref.store, &st, err)) != 0)
 		return r;
-	if (st->ops->list_versions == NULL)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "store %s cannot list versions", ref.store);
-	if ((r = st->ops->list_versions(st, &ref, &v, &n, err)) != 0)
+	if ((r = store_list_versions(st, &ref, &v, &n, err)) != 0)
 		return r;
 	if (a->output == OUTPUT_JSON) {
 		json_t *arr = json_array();
@@ -227,12 +226,12 @@ cmd_store_show(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		for (i = 0; i < n; i++) {
 			char t[32] = "-";
 			const char *state = v[i].destroyed ? "destroyed" : v[i].deleted ? "deleted" :
-			    v[i].disabled ? "disabled" : prov_meta_get(&v[i].meta, PROV_MARK_STATE);
+			    v[i].disabled ? "disabled" : prov_meta_get(&v[i].meta, MARK_STATE);
 			if (v[i].created)
 				util_rfc3339(v[i].created, t, sizeof(t));
 			fprintf(a->out, "%-34s %-20s %-9s", v[i].id, t, state ? state : "-");
 			for (j = 0; j < v[i].meta.n; j++)
-				if (strcmp(v[i].meta.kv[j].key, PROV_MARK_STATE) != 0)
+				if (strcmp(v[i].meta.kv[j].key, MARK_STATE) != 0)
 					fprintf(a->out, " %s=%s", v[i].meta.kv[j].key, v[i].meta.kv[j].value);
 			fprintf(a->out, "\n");
 		}

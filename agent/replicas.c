@@ -13,6 +13,7 @@
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "replicas.h"
+#include "markers.h"
 
 static pthread_mutex_t state_mtx = PTHREAD_MUTEX_INITIALIZER;
 
@@ -66,12 +67,13 @@ dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secre
 	struct prov_version *v = NULL, *pick = NULL;
 	const char *state;
 	struct store *st;
-	size_t n = 0, i;
+	size_t n = 0;
+	long k;
 	int r;
 
 	if ((r = agent_resolve(a, ref, 0, out, ver, err)) != 0 || ref->kind != REF_STORE)
 		return r;
-	state = prov_meta_get(&ver->meta, PROV_MARK_STATE);
+	state = prov_meta_get(&ver->meta, MARK_STATE);
 	if (state == NULL || strcmp(state, "pending") != 0)
 		return 0;
 	/* The newest version is a rotation's pending password: not in force. */
@@ -79,22 +81,16 @@ dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secre
 	*out = NULL;
 	if ((r = agent_store(a, ref->store, &st, err)) != 0)
 		return r;
-	if (st->ops->list_versions == NULL ||
-	    (r = st->ops->list_versions(st, ref, &v, &n, err)) != 0)
-		return r ? r : dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: cannot list versions", ref->text);
-	for (i = n; i-- > 0 && pick == NULL; ) {
-		const char *s2 = prov_meta_get(&v[i].meta, PROV_MARK_STATE);
-		if (v[i].deleted || v[i].destroyed || v[i].disabled)
-			continue;
-		if (s2 == NULL || strcmp(s2, "current") == 0)
-			pick = &v[i];
-	}
+	if ((r = store_list_versions(st, ref, &v, &n, err)) != 0)
+		return dmk_err_prefix(err, "%s", ref->text);
+	if ((k = markers_in_force(v, n)) >= 0)
+		pick = &v[k];
 	if (pick == NULL) {
 		free(v);
 		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: the only versions are pending (an "
 		    "unfinished rotate or recover); run it again to finish", ref->text);
 	}
-	r = st->ops->get(st, ref, pick->id, out, ver, err);
+	r = store_get(st, ref, pick->id, out, ver, err);
 	free(v);
 	return r ? dmk_err_prefix(err, "%s", ref->text) : 0;
 }

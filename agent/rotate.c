@@ -65,18 +65,16 @@
 #include "failpoint.h"
 #include "genpass.h"
 #include "lease.h"
+#include "markers.h"
 #include "backup.h"
 #include "replicas.h"
 
-#define MARK_MODE "dmkagent-mode"           /* rotate|regenerate|recover */
-#define MARK_REPLACES "dmkagent-replaces"   /* the version a pending one replaces */
-#define MARK_BACKUP "dmkagent-backup"       /* pending: the DMK backup's escrow version */
-#define MARK_BEFORE "dmkagent-before"       /* a backup: the newest password version then */
-#define BK_MARK_GUID "dmkagent-key-guid"    /* backup.c's marker on an escrowed backup */
 #define ROT_MAX_STEPS 24
 
-enum rot_mode { MODE_ROTATE = 0, MODE_REGENERATE, MODE_RECOVER };
-static const char *const mode_names[] = { "rotate", "regenerate", "recover" };
+enum rot_mode {
+	MODE_ROTATE = MK_MODE_ROTATE, MODE_REGENERATE = MK_MODE_REGENERATE,
+	MODE_RECOVER = MK_MODE_RECOVER,
+};
 
 enum rot_step {
 	STEP_PROVE = 1, STEP_APPLY, STEP_REGISTER, STEP_VERIFY, STEP_DROP, STEP_DONE,
@@ -180,56 +178,24 @@ static int rot_keep(struct rot *r, struct dmk_err *err);
 
 /* ---- the store's side ---- */
 
-static void
-by_marker(char *out, size_t n)
-{
-	struct passwd *pw = getpwuid(geteuid());
-	char host[256];
-
-	if (gethostname(host, sizeof(host)) != 0)
-		util_strlcpy(host, "?", sizeof(host));
-	host[sizeof(host) - 1] = '\0';
-	snprintf(out, n, "%s@%s", pw && pw->pw_name ? pw->pw_name : "?", host);
-}
-
 static int
 rot_mark(struct rot *r, const char *version, const char *state, struct dmk_err *err)
 {
 	struct prov_meta m;
-	char by[300], t[32];
+	char by[300];
 	int rc;
 
 	memset(&m, 0, sizeof(m));
-	by_marker(by, sizeof(by));
-	util_rfc3339(time(NULL), t, sizeof(t));
-	prov_meta_set(&m, PROV_MARK_STATE, state);
-	prov_meta_set(&m, PROV_MARK_BY, by);
-	prov_meta_set(&m, PROV_MARK_TIME, t);
-	if (r->st->ops->set_meta == NULL)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: the store keeps no markers",
-		    r->ref->text);
-	if ((rc = r->st->ops->set_meta(r->st, r->ref, version, &m, err)) != 0)
+	markers_stamp(&m, state);
+	if ((rc = store_set_meta(r->st, r->ref, version, &m, err)) != 0)
 		return dmk_err_prefix(err, "%s: marking version %s %s", r->ref->text, version, state);
 	snprintf(by, sizeof(by), "mark-%s", state);
 	rot_audit(r, by, NULL, version, state, NULL);
 	if (r->have_old && strcmp(version, r->oldv.id) == 0)
-		prov_meta_set(&r->oldv.meta, PROV_MARK_STATE, state);
+		prov_meta_set(&r->oldv.meta, MARK_STATE, state);
 	if (r->have_new && strcmp(version, r->newv.id) == 0)
-		prov_meta_set(&r->newv.meta, PROV_MARK_STATE, state);
+		prov_meta_set(&r->newv.meta, MARK_STATE, state);
 	return 0;
-}
-
-static int
-live(const struct prov_version *v)
-{
-	return !v->deleted && !v->destroyed && !v->disabled;
-}
-
-static const char *
-state_of(const struct prov_version *v)
-{
-	const char *s = prov_meta_get(&v->meta, PROV_MARK_STATE);
-	return s ? s : "";
 }
 
 /*
@@ -240,9 +206,8 @@ static int
 rot_analyse(struct rot *r, struct dmk_err *err)
 {
 	struct prov_version *v = NULL;
-	size_t n = 0, i;
-	long ip = -1, ic = -1, ir = -1, io = -1, newest = -1;
-	const char *m;
+	struct mk_plan mp;
+	size_t n = 0;
 	int rc;
 
 	secret_free(r->oldpw);
@@ -255,92 +220,40 @@ rot_analyse(struct rot *r, struct dmk_err *err)
 		    "a store with versions and markers", r->p->db->name, r->ref->text);
 	if ((rc = agent_store(r->a, r->ref->store, &r->st, err)) != 0)
 		return rc;
-	if (r->st->ops->list_versions == NULL || r->st->ops->set_meta == NULL ||
-	    r->st->ops->put == NULL)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: store %s keeps no versions or "
-		    "markers", r->ref->text, r->ref->store);
-	rc = r->st->ops->list_versions(r->st, r->ref, &v, &n, err);
+	if ((rc = store_require(r->st, PROV_CAP_VERSIONS | PROV_CAP_META, "rotation", err)) != 0)
+		return dmk_err_prefix(err, "%s", r->ref->text);
+	rc = store_list_versions(r->st, r->ref, &v, &n, err);
 	if (rc == DMK_ERR_NOTFOUND)
 		n = 0, rc = 0;
 	else if (rc != 0)
 		return dmk_err_prefix(err, "%s", r->ref->text);
-	if (n > 0)
-		util_strlcpy(r->latest, v[n - 1].id, sizeof(r->latest));
-	for (i = n; i-- > 0; )
-		if (live(&v[i])) {
-			newest = (long)i;
-			break;
-		}
-	if (newest >= 0 && strcmp(state_of(&v[newest]), "pending") == 0)
-		ip = newest;
-	for (i = n; i-- > 0; ) {
-		const char *s = state_of(&v[i]);
-		if (!live(&v[i]) || (long)i == ip)
-			continue;
-		if (ic < 0 && (s[0] == '\0' || strcmp(s, "current") == 0))
-			ic = (long)i;
-		if (ir < 0 && strcmp(s, "retiring") == 0)
-			ir = (long)i;
+	markers_plan(v, n, &mp);
+	if (mp.latest >= 0)
+		util_strlcpy(r->latest, v[mp.latest].id, sizeof(r->latest));
+	util_strlcpy(r->rid, mp.rotation, sizeof(r->rid));
+	if (mp.mode_known)
+		r->mode = (int)mp.mode;
+	r->resumed = mp.resumed;
+	r->step = mp.start == MK_RESUME_PENDING ? STEP_APPLY :
+	    mp.start == MK_RESUME_DROP ? STEP_DROP : STEP_PROVE;
+	if (mp.start == MK_START_NEW && mp.current >= 0) {
+		r->have_prev = mp.prev >= 0;
+		if (r->have_prev)
+			r->prevv = v[mp.prev];
 	}
-	if (ip >= 0) {
-		/* an unfinished rotation: continue it */
-		r->newv = v[ip];
+	if (mp.newv >= 0) {
+		r->newv = v[mp.newv];
 		r->have_new = 1;
-		util_strlcpy(r->rid, (m = prov_meta_get(&v[ip].meta, PROV_MARK_ROTATION)) ? m : "",
-		    sizeof(r->rid));
-		m = prov_meta_get(&v[ip].meta, MARK_MODE);
-		r->mode = m && strcmp(m, "regenerate") == 0 ? MODE_REGENERATE :
-		    m && strcmp(m, "recover") == 0 ? MODE_RECOVER : MODE_ROTATE;
-		if ((m = prov_meta_get(&v[ip].meta, MARK_REPLACES)) != NULL && m[0])
-			for (i = 0; i < n; i++)
-				if (strcmp(v[i].id, m) == 0 && live(&v[i]))
-					io = (long)i;
-		if (io < 0 && r->mode != MODE_RECOVER)
-			io = ic >= 0 ? ic : ir;
-		r->step = STEP_APPLY;
-		r->resumed = 1;
-	} else if (ic >= 0) {
-		if ((m = prov_meta_get(&v[ic].meta, MARK_REPLACES)) != NULL && m[0])
-			for (i = 0; i < n; i++)
-				if (strcmp(v[i].id, m) == 0 && live(&v[i]) && (long)i != ic &&
-				    strcmp(state_of(&v[i]), "retired") != 0)
-					io = (long)i;
-		if (io < 0 && ir >= 0 && ir != ic)
-			io = ir;
-		r->newv = v[ic];
-		r->have_new = 1;
-		if (io >= 0) {
-			r->step = STEP_DROP;
-			r->resumed = 1;
-			util_strlcpy(r->rid, (m = prov_meta_get(&v[ic].meta, PROV_MARK_ROTATION)) ?
-			    m : "", sizeof(r->rid));
-		} else {
-			/* nothing unfinished: the current version is the old one of a new rotation */
-			io = ic;
-			r->have_prev = 0;
-			if (state_of(&v[ic])[0] == '\0')
-				for (i = (size_t)ic; i-- > 0 && !r->have_prev; )
-					if (live(&v[i]) && strcmp(state_of(&v[i]), "current") == 0) {
-						r->prevv = v[i];
-						r->have_prev = 1;
-					}
-			r->have_new = 0;
-			r->step = STEP_PROVE;
-			r->resumed = 0;
-		}
-	} else {
-		r->step = STEP_PROVE;    /* nothing usable in the store (recover) */
-		r->resumed = 0;
 	}
-	if (io >= 0) {
-		r->oldv = v[io];
+	if (mp.oldv >= 0) {
+		r->oldv = v[mp.oldv];
 		r->have_old = 1;
 	}
 	free(v);
-	if (r->have_old && (rc = r->st->ops->get(r->st, r->ref, r->oldv.id, &r->oldpw, NULL,
+	if (r->have_old && (rc = store_get(r->st, r->ref, r->oldv.id, &r->oldpw, NULL,
 	    err)) != 0)
 		return dmk_err_prefix(err, "%s version %s", r->ref->text, r->oldv.id);
-	if (r->have_new && (rc = r->st->ops->get(r->st, r->ref, r->newv.id, &r->newpw, NULL,
+	if (r->have_new && (rc = store_get(r->st, r->ref, r->newv.id, &r->newpw, NULL,
 	    err)) != 0)
 		return dmk_err_prefix(err, "%s version %s", r->ref->text, r->newv.id);
 	return 0;
@@ -353,7 +266,6 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 	struct pass_policy pp;
 	struct prov_meta m;
 	struct prov_version nv;
-	char by[300], t[32];
 	int rc;
 
 	memset(&pp, 0, sizeof(pp));
@@ -363,24 +275,20 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 		return rc;
 	if (r->rid[0] == '\0')    /* else the id the backup was tagged with */
 		util_random_id(r->rid, sizeof(r->rid));
-	by_marker(by, sizeof(by));
-	util_rfc3339(time(NULL), t, sizeof(t));
 	memset(&m, 0, sizeof(m));
-	prov_meta_set(&m, PROV_MARK_STATE, "pending");
-	prov_meta_set(&m, PROV_MARK_ROTATION, r->rid);
-	prov_meta_set(&m, PROV_MARK_BY, by);
-	prov_meta_set(&m, PROV_MARK_TIME, t);
-	prov_meta_set(&m, MARK_MODE, mode_names[r->mode]);
+	markers_stamp(&m, "pending");
+	prov_meta_set(&m, MARK_ROTATION, r->rid);
+	prov_meta_set(&m, MARK_MODE, markers_mode_name((enum mk_mode)r->mode));
 	if (r->have_old)
 		prov_meta_set(&m, MARK_REPLACES, r->oldv.id);
 	if (r->bkver[0])
 		prov_meta_set(&m, MARK_BACKUP, r->bkver);
 	memset(&nv, 0, sizeof(nv));
-	rc = r->st->ops->put(r->st, r->ref, r->newpw, r->latest[0] ? r->latest : "0", &m, &nv, err);
+	rc = store_put(r->st, r->ref, r->newpw, r->latest[0] ? r->latest : "0", &m, &nv, err);
 	if (rc != 0 && nv.id[0] != '\0') {
 		/* the version landed but its markers did not: once more */
 		struct dmk_err e2;
-		if (r->st->ops->set_meta(r->st, r->ref, nv.id, &m, &e2) == 0)
+		if (store_set_meta(r->st, r->ref, nv.id, &m, &e2) == 0)
 			rc = 0;
 	}
 	if (rc != 0) {
@@ -537,10 +445,10 @@ bk_versions(struct rot *r, struct store **st, struct secret_ref *ref,
 	if ((rc = escrow_ref(r->ref, "dmk", NULL, ref, err)) != 0 ||
 	    (rc = agent_store(r->a, ref->store, st, err)) != 0)
 		return rc;
-	if ((*st)->ops->list_versions == NULL || (*st)->ops->set_meta == NULL)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: store %s keeps no versions or markers",
-		    ref->text, ref->store);
-	rc = (*st)->ops->list_versions(*st, ref, v, n, err);
+	if ((rc = store_require(*st, PROV_CAP_VERSIONS | PROV_CAP_META, "a backup's rotation tag",
+	    err)) != 0)
+		return dmk_err_prefix(err, "%s", ref->text);
+	rc = store_list_versions(*st, ref, v, n, err);
 	if (rc == DMK_ERR_NOTFOUND)
 		return 0;
 	return rc ? dmk_err_prefix(err, "%s", ref->text) : 0;
@@ -552,7 +460,7 @@ bk_same_key(struct rot *r, const struct prov_version *v)
 {
 	const char *want = r->p->primary_keys.dmk_key_guid, *g;
 
-	g = prov_meta_get(&v->meta, BK_MARK_GUID);
+	g = prov_meta_get(&v->meta, MARK_GUID);
 	return want[0] == '\0' || (g != NULL && strcasecmp(g, want) == 0);
 }
 
@@ -578,9 +486,9 @@ bk_find(struct rot *r, struct dmk_err *err)
 	if ((rc = bk_versions(r, &st, &ref, &v, &n, err)) != 0)
 		return rc;
 	for (i = n; i-- > 0 && hit < 0; ) {
-		if (!live(&v[i]))
+		if (!markers_live(&v[i]))
 			continue;
-		rid = prov_meta_get(&v[i].meta, PROV_MARK_ROTATION);
+		rid = prov_meta_get(&v[i].meta, MARK_ROTATION);
 		before = prov_meta_get(&v[i].meta, MARK_BEFORE);
 		if (r->rid[0] != '\0') {
 			if (rid != NULL && strcmp(rid, r->rid) == 0 && bk_same_key(r, &v[i]))
@@ -620,8 +528,8 @@ bk_tag(struct rot *r, time_t t0, struct dmk_err *err)
 
 	if ((rc = bk_versions(r, &st, &ref, &v, &n, err)) != 0)
 		goto out;
-	if (n == 0 || !live(&v[n - 1]) ||
-	    (tm = prov_meta_get(&v[n - 1].meta, PROV_MARK_TIME)) == NULL ||
+	if (n == 0 || !markers_live(&v[n - 1]) ||
+	    (tm = prov_meta_get(&v[n - 1].meta, MARK_TIME)) == NULL ||
 	    util_parse_rfc3339(tm, &t) != 0 || t < t0) {
 		rc = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: the backup just written is not its newest "
 		    "version", ref.text);
@@ -629,9 +537,9 @@ bk_tag(struct rot *r, time_t t0, struct dmk_err *err)
 	}
 	util_strlcpy(r->bkver, v[n - 1].id, sizeof(r->bkver));
 	memset(&m, 0, sizeof(m));
-	prov_meta_set(&m, PROV_MARK_ROTATION, r->rid);
+	prov_meta_set(&m, MARK_ROTATION, r->rid);
 	prov_meta_set(&m, MARK_BEFORE, r->latest[0] ? r->latest : "0");
-	if ((rc = st->ops->set_meta(st, &ref, r->bkver, &m, err)) != 0)
+	if ((rc = store_set_meta(st, &ref, r->bkver, &m, err)) != 0)
 		dmk_err_prefix(err, "%s: marking version %s with the rotation", ref.text, r->bkver);
 out:
 	free(v);
@@ -878,26 +786,21 @@ adopt_unmarked(struct rot *r, struct dmk_err *err)
 {
 	struct secret *prevpw = NULL;
 	struct prov_meta m;
-	char by[300], t[32];
 	int rc;
 
-	if ((rc = r->st->ops->get(r->st, r->ref, r->prevv.id, &prevpw, NULL, err)) != 0)
+	if ((rc = store_get(r->st, r->ref, r->prevv.id, &prevpw, NULL, err)) != 0)
 		return rc;
 	if ((rc = rot_probe(r, prevpw, err)) != 0) {
 		secret_free(prevpw);
 		return rc == DMK_ERR_WRONGPASS ? 1 : rc;
 	}
 	util_random_id(r->rid, sizeof(r->rid));
-	by_marker(by, sizeof(by));
-	util_rfc3339(time(NULL), t, sizeof(t));
 	memset(&m, 0, sizeof(m));
-	prov_meta_set(&m, PROV_MARK_STATE, "pending");
-	prov_meta_set(&m, PROV_MARK_ROTATION, r->rid);
-	prov_meta_set(&m, PROV_MARK_BY, by);
-	prov_meta_set(&m, PROV_MARK_TIME, t);
-	prov_meta_set(&m, MARK_MODE, mode_names[MODE_ROTATE]);
+	markers_stamp(&m, "pending");
+	prov_meta_set(&m, MARK_ROTATION, r->rid);
+	prov_meta_set(&m, MARK_MODE, markers_mode_name(MK_MODE_ROTATE));
 	prov_meta_set(&m, MARK_REPLACES, r->prevv.id);
-	if ((rc = r->st->ops->set_meta(r->st, r->ref, r->oldv.id, &m, err)) != 0) {
+	if ((rc = store_set_meta(r->st, r->ref, r->oldv.id, &m, err)) != 0) {
 		secret_free(prevpw);
 		return dmk_err_prefix(err, "%s: marking unmarked version %s pending", r->ref->text,
 		    r->oldv.id);
@@ -1037,7 +940,7 @@ step_drop(struct rot *r, struct dmk_err *err)
 
 	if (!r->have_old)
 		return 0;
-	if (strcmp(state_of(&r->oldv), "retiring") != 0 &&
+	if (strcmp(markers_state(&r->oldv), "retiring") != 0 &&
 	    (rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
 		return rc;
 	/* Never drop the old one unless the new one opens the DMK. */
@@ -1225,21 +1128,21 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 				say(r, "would %s: prove store version %s, %s, write a new version "
 				    "pending, %s on the primary, register it on %zu replica(s), verify, "
 				    "mark it current, drop version %s's password and retire it",
-				    mode_names[r->mode], r->oldv.id, r->no_backup && r->mode !=
+				    markers_mode_name((enum mk_mode)r->mode), r->oldv.id, r->no_backup && r->mode !=
 				    MODE_REGENERATE ? "take no backup (--no-backup)" : "escrow a backup of "
 				    "the certificates and the DMK", r->mode == MODE_REGENERATE ?
 				    "REGENERATE" : "ADD ENCRYPTION BY PASSWORD", r->run->info.nreplicas,
 				    r->oldv.id);
 			else
 				say(r, "would resume %s %s (version %s replacing %s) at step: %s",
-				    mode_names[r->mode], r->rid[0] ? r->rid : "-", r->newv.id,
+				    markers_mode_name((enum mk_mode)r->mode), r->rid[0] ? r->rid : "-", r->newv.id,
 				    r->have_old ? r->oldv.id : "-", step_names[r->step]);
 			break;
 		}
 		r->rep_resumed |= was_resumed;
 		if (was_resumed)
 			say(r, "resuming %s %s (version %s replacing %s) at step: %s",
-			    mode_names[r->mode], r->rid[0] ? r->rid : "-", r->newv.id,
+			    markers_mode_name((enum mk_mode)r->mode), r->rid[0] ? r->rid : "-", r->newv.id,
 			    r->have_old ? r->oldv.id : "-", step_names[r->step]);
 		r->note[0] = '\0';
 		rc = rot_steps(r, err);
@@ -1350,7 +1253,7 @@ rot_json(const struct rot *r, int rc, const struct dmk_err *e)
 	}
 	json_object_set_new(o, "name", json_string(r->p->db->name));
 	json_object_set_new(o, "reference", json_string(r->ref->text));
-	json_object_set_new(o, "mode", json_string(mode_names[r->mode]));
+	json_object_set_new(o, "mode", json_string(markers_mode_name((enum mk_mode)r->mode)));
 	json_object_set_new(o, "rotation", jstr(r->rep_rid));
 	json_object_set_new(o, "resumed", json_boolean(r->rep_resumed));
 	json_object_set_new(o, "old_version", jstr(r->rep_old));

@@ -49,10 +49,19 @@ struct prov_version {
 
 enum prov_caps {
 	PROV_CAP_CAS = 1u << 0,       /* put() honours expect_version */
-	PROV_CAP_VERSIONS = 1u << 1,  /* get() of an older version, list */
-	PROV_CAP_META = 1u << 2,      /* per-version markers */
+	PROV_CAP_VERSIONS = 1u << 1,  /* get() of an older version, list_versions() */
+	PROV_CAP_META = 1u << 2,      /* per-version markers: set_meta() */
 	PROV_CAP_DELETE = 1u << 3,    /* delete_version() */
+	PROV_CAP_CHECK = 1u << 4,     /* check() */
 };
+
+/*
+ * How far two agents' leases can be trusted to exclude each other: with
+ * check-and-set only one write of a lease can win; without it a lease is
+ * written and read back, and two writes in the same moment can both
+ * believe they won (dmkagent.conf(5) says what remains).
+ */
+enum prov_lease { PROV_LEASE_CAS = 1, PROV_LEASE_READBACK };
 
 struct store {
 	const struct conf_store *conf;
@@ -69,7 +78,12 @@ struct store {
 
 struct prov_ops {
 	const char *type;             /* value of type = in [store NAME] */
-	unsigned caps;
+	unsigned caps;                /* PROV_CAP_*: exactly the optional ops set below */
+	enum prov_lease lease;
+	/* Naming rules of the store's paths: the longest path, and whether names
+	 * are flat ([0-9A-Za-z-] only, no '/'), as Azure Key Vault secret names. */
+	size_t name_max;
+	int flat_names;
 	const struct conf_keydef *keys;  /* allowed keys, {NULL}-terminated */
 	size_t priv_size;
 
@@ -111,15 +125,9 @@ struct prov_ops {
 extern const struct prov_ops *const providers[];
 const struct prov_ops *prov_find(const char *type);
 
-/* Markers: helpers over struct prov_meta. */
+/* Markers (their meaning is the agent's: agent/markers.h). */
 const char *prov_meta_get(const struct prov_meta *m, const char *key);
 int prov_meta_set(struct prov_meta *m, const char *key, const char *value);
-
-/* The agent's marker keys (the same in every store). */
-#define PROV_MARK_STATE     "dmkagent-state"    /* pending|current|retiring|retired */
-#define PROV_MARK_ROTATION  "dmkagent-rotation" /* rotation id */
-#define PROV_MARK_BY        "dmkagent-by"       /* user@host */
-#define PROV_MARK_TIME      "dmkagent-time"     /* RFC 3339 */
 
 /*
  * Open a store from its section: allocates priv, calls ops->open.
@@ -130,5 +138,40 @@ int store_open(struct store *st, const struct conf_store *conf,
     int (*resolve)(void *, const struct secret_ref *, struct secret **, struct dmk_err *),
     void *rctx, struct dmk_err *err);
 void store_close(struct store *st);
+
+/*
+ * What the agent calls instead of ops->: each wrapper answers
+ * DMK_ERR_UNSUPPORTED, naming the store, when the store lacks the
+ * operation, so callers test one error code and never a NULL pointer.
+ * Ownership as in struct prov_ops: *out secrets are the caller's to
+ * secret_free(), *out version arrays the caller's to free().
+ */
+int store_get(struct store *st, const struct secret_ref *ref, const char *version,
+    struct secret **out, struct prov_version *ver, struct dmk_err *err);
+int store_put(struct store *st, const struct secret_ref *ref, const struct secret *value,
+    const char *expect_version, const struct prov_meta *meta, struct prov_version *out,
+    struct dmk_err *err);
+int store_set_meta(struct store *st, const struct secret_ref *ref, const char *version,
+    const struct prov_meta *meta, struct dmk_err *err);
+int store_list_versions(struct store *st, const struct secret_ref *ref,
+    struct prov_version **out, size_t *n, struct dmk_err *err);
+int store_delete_version(struct store *st, const struct secret_ref *ref,
+    const char *version, struct dmk_err *err);
+int store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs,
+    struct buf *report, struct dmk_err *err);
+/* Whether the store has every capability in caps. */
+int store_can(const struct store *st, unsigned caps);
+/* The same, as an error naming the store and why the caller needs it. */
+int store_require(const struct store *st, unsigned caps, const char *why,
+    struct dmk_err *err);
+/* The expect_version for a put that must not lose a concurrent write:
+ * cur when the store can check and set, else NULL (no check). */
+const char *store_cas(const struct store *st, const char *cur);
+
+/* Is the table row consistent (caps match the ops it sets, naming rules
+ * given)?  Checked for every row when a configuration is loaded. */
+int prov_check_ops(const struct prov_ops *ops, struct dmk_err *err);
+/* "hashicorp-vault, azure-key-vault": for messages. */
+void prov_type_list(char *out, size_t n);
 
 #endif

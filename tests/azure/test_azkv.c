@@ -421,7 +421,7 @@ t_get_ok(void **state)
 	assert_string_equal(secret_reveal(s), CANARY_VALUE);
 	assert_string_equal(v.id, V1);
 	assert_int_equal(v.created, 1700000000);
-	assert_string_equal(prov_meta_get(&v.meta, PROV_MARK_STATE), "current");
+	assert_string_equal(prov_meta_get(&v.meta, "dmkagent-state"), "current");
 	assert_string_equal(f->rp.seen_url[3],
 	    "https://myvault.vault.azure.net/secrets/db1/" V1 "?api-version=7.5");
 	secret_free(s);
@@ -652,7 +652,7 @@ t_paging(void **state)
 	assert_string_equal(v[0].id, V1);
 	assert_string_equal(v[1].id, V2);
 	assert_string_equal(v[2].id, V3);
-	assert_string_equal(prov_meta_get(&v[2].meta, PROV_MARK_STATE), "pending");
+	assert_string_equal(prov_meta_get(&v[2].meta, "dmkagent-state"), "pending");
 	assert_string_equal(f->rp.seen_url[4], "https://MyVault.vault.azure.net:443/secrets/db1/"
 	    "versions?api-version=7.5&$skiptoken=abc&maxresults=2");
 	assert_non_null(strstr(f->rp.seen_headers[4], "Bearer " CANARY_TOKEN));
@@ -767,11 +767,11 @@ t_tags_roundtrip(void **state)
 
 	(void)state;
 	memset(&m, 0, sizeof(m));
-	prov_meta_set(&m, PROV_MARK_STATE, "pending");
-	prov_meta_set(&m, PROV_MARK_ROTATION, "r1");
+	prov_meta_set(&m, "dmkagent-state", "pending");
+	prov_meta_set(&m, "dmkagent-rotation", "r1");
 	assert_int_equal(fx_open(f), 0);
 	assert_int_equal(prov_azkv.put(&f->st, &ref, val, NULL, &m, &v, &f->err), 0);
-	assert_string_equal(prov_meta_get(&v.meta, PROV_MARK_ROTATION), "r1");
+	assert_string_equal(prov_meta_get(&v.meta, "dmkagent-rotation"), "r1");
 	j = json_loads(f->rp.seen_body[3], 0, NULL);
 	assert_non_null(j);
 	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "tags"),
@@ -780,7 +780,7 @@ t_tags_roundtrip(void **state)
 	json_decref(j);
 
 	memset(&m2, 0, sizeof(m2));
-	prov_meta_set(&m2, PROV_MARK_STATE, "current");
+	prov_meta_set(&m2, "dmkagent-state", "current");
 	assert_int_equal(prov_azkv.set_meta(&f->st, &ref, V2, &m2, &f->err), 0);
 	assert_string_equal(f->rp.seen_method[5], "PATCH");
 	assert_string_equal(f->rp.seen_url[5],

@@ -78,7 +78,7 @@ one(const char *body, long status)
 		if (prov_hcvault.list_versions(&st, &ref, &list, &n, &err) == 0)
 			free(list);
 		memset(&m, 0, sizeof(m));
-		prov_meta_set(&m, PROV_MARK_STATE, "current");
+		prov_meta_set(&m, "dmkagent-state", "current");
 		prov_hcvault.set_meta(&st, &ref, "2", &m, &err);
 		if ((val = secret_from_str("fuzz-value")) != NULL) {
 			prov_hcvault.put(&st, &ref, val, "3", &m, &v, &err);
