@@ -457,8 +457,12 @@ interp_store(const char *path, struct raw_section *sec, const char *name,
 		if (strcmp(sec->kv[i].key, "type") == 0)
 			type = sec->kv[i].value;
 	if (type == NULL)
+	{
+		char types[256];
+		prov_type_list(types, sizeof(types));
 		FAIL(DMK_ERR_CONFIG, sec->line, "[store %s] needs 'type' (one of: %s)", name,
-		    "hashicorp-vault, azure-key-vault");
+		    types);
+	}
 	st = grow(cfg->stores, cfg->nstores, sizeof(*st));
 	if (st == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
@@ -469,12 +473,8 @@ interp_store(const char *path, struct raw_section *sec, const char *name,
 	util_strlcpy(st->type, type, sizeof(st->type));
 	st->line = sec->line;
 	if ((st->ops = prov_find(type)) == NULL) {
-		char known[256] = "";
-		for (i = 0; providers[i] != NULL; i++) {
-			if (i)
-				strncat(known, ", ", sizeof(known) - strlen(known) - 1);
-			strncat(known, providers[i]->type, sizeof(known) - strlen(known) - 1);
-		}
+		char known[256];
+		prov_type_list(known, sizeof(known));
 		for (i = 0; i < sec->nkv; i++)
 			if (strcmp(sec->kv[i].key, "type") == 0)
 				FAIL(DMK_ERR_CONFIG, sec->kv[i].line, "unknown store type '%s' "

@@ -125,7 +125,7 @@ agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
 	case REF_STORE:
 		if ((r = agent_store(a, ref->store, &st, err)) != 0)
 			return r;
-		if ((r = st->ops->get(st, ref, NULL, out, ver, err)) != 0)
+		if ((r = store_get(st, ref, NULL, out, ver, err)) != 0)
 			return dmk_err_prefix(err, "%s", ref->text);
 		return 0;
 	}

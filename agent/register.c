@@ -37,8 +37,7 @@ find_stale(struct rep_run *rr, struct sql_session *s, struct db_plan *p)
 	struct dmk_err e;
 
 	if (p->db->dmk_password.kind != REF_STORE || agent_store(a, p->store, &st, &e) != 0 ||
-	    st->ops->list_versions == NULL ||
-	    st->ops->list_versions(st, &p->db->dmk_password, &v, &n, &e) != 0)
+	    store_list_versions(st, &p->db->dmk_password, &v, &n, &e) != 0)
 		return;
 	for (i = 0; i < n && p->nstale < 16; i++) {
 		struct secret *old = NULL;
@@ -46,7 +45,7 @@ find_stale(struct rep_run *rr, struct sql_session *s, struct db_plan *p)
 
 		if (strcmp(v[i].id, p->ver.id) == 0 || v[i].destroyed)
 			continue;
-		if (st->ops->get(st, &p->db->dmk_password, v[i].id, &old, &ov, &e) != 0)
+		if (store_get(st, &p->db->dmk_password, v[i].id, &old, &ov, &e) != 0)
 			continue;
 		if (!secret_equal(old, p->pw) &&
 		    sql_dmk_probe(s, p->db->name, old, &e) == DMK_ERR_WRONGPASS) {

@@ -913,7 +913,10 @@ azkv_close(struct store *st)
 const struct prov_ops prov_azkv = {
 	.type = "azure-key-vault",
 	/* No CAS: put() emulates expect_version, see azkv_put(). */
-	.caps = PROV_CAP_VERSIONS | PROV_CAP_META,
+	.caps = PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_CHECK,
+	.lease = PROV_LEASE_READBACK,
+	.name_max = 127,              /* secret names: 1-127 of [0-9A-Za-z-] */
+	.flat_names = 1,
 	.keys = azkv_keys,
 	.priv_size = sizeof(struct azkv),
 	.validate = azkv_validate,

@@ -1929,7 +1929,11 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 
 const struct prov_ops prov_hcvault = {
 	.type = "hashicorp-vault",
-	.caps = PROV_CAP_CAS | PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_DELETE,
+	.caps = PROV_CAP_CAS | PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_DELETE |
+	    PROV_CAP_CHECK,
+	.lease = PROV_LEASE_CAS,
+	.name_max = 511,              /* our reference's path; Vault sets no lower limit */
+	.flat_names = 0,
 	.keys = hcvault_keys,
 	.priv_size = sizeof(struct hcv),
 	.validate = hcvault_validate,

@@ -1,0 +1,195 @@
+/*
+ * store.c: what the agent calls instead of a store's ops: opening and
+ * closing, one wrapper per operation (an operation the store lacks is
+ * DMK_ERR_UNSUPPORTED, naming the store), and the check of each table row.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dmk.h"
+#include "core/secret.h"
+#include "provider.h"
+
+static int
+unsupported(const struct store *st, const char *what, struct dmk_err *err)
+{
+	return dmk_errf(err, DMK_ERR_UNSUPPORTED, "store %s (%s) cannot %s",
+	    st->conf ? st->conf->name : "?", st->ops->type, what);
+}
+
+int
+store_get(struct store *st, const struct secret_ref *ref, const char *version,
+    struct secret **out, struct prov_version *ver, struct dmk_err *err)
+{
+	*out = NULL;
+	return st->ops->get(st, ref, version, out, ver, err);
+}
+
+int
+store_put(struct store *st, const struct secret_ref *ref, const struct secret *value,
+    const char *expect_version, const struct prov_meta *meta, struct prov_version *out,
+    struct dmk_err *err)
+{
+	if (meta != NULL && meta->n > 0 && !store_can(st, PROV_CAP_META))
+		meta = NULL;           /* markers are best effort where none are kept */
+	return st->ops->put(st, ref, value, expect_version, meta, out, err);
+}
+
+int
+store_set_meta(struct store *st, const struct secret_ref *ref, const char *version,
+    const struct prov_meta *meta, struct dmk_err *err)
+{
+	if (!store_can(st, PROV_CAP_META))
+		return unsupported(st, "keep markers on versions", err);
+	return st->ops->set_meta(st, ref, version, meta, err);
+}
+
+int
+store_list_versions(struct store *st, const struct secret_ref *ref,
+    struct prov_version **out, size_t *n, struct dmk_err *err)
+{
+	*out = NULL;
+	*n = 0;
+	if (!store_can(st, PROV_CAP_VERSIONS))
+		return unsupported(st, "list versions", err);
+	return st->ops->list_versions(st, ref, out, n, err);
+}
+
+int
+store_delete_version(struct store *st, const struct secret_ref *ref, const char *version,
+    struct dmk_err *err)
+{
+	if (!store_can(st, PROV_CAP_DELETE))
+		return unsupported(st, "delete a version", err);
+	return st->ops->delete_version(st, ref, version, err);
+}
+
+int
+store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs,
+    struct buf *report, struct dmk_err *err)
+{
+	if (!store_can(st, PROV_CAP_CHECK))
+		return unsupported(st, "check references", err);
+	return st->ops->check(st, refs, nrefs, report, err);
+}
+
+int
+store_can(const struct store *st, unsigned caps)
+{
+	return (st->ops->caps & caps) == caps;
+}
+
+static const struct {
+	unsigned cap;
+	const char *name;
+} cap_names[] = {
+	{ PROV_CAP_CAS, "check-and-set" },
+	{ PROV_CAP_VERSIONS, "versions" },
+	{ PROV_CAP_META, "markers on versions" },
+	{ PROV_CAP_DELETE, "deleting versions" },
+	{ PROV_CAP_CHECK, "checking references" },
+};
+
+int
+store_require(const struct store *st, unsigned caps, const char *why, struct dmk_err *err)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(cap_names) / sizeof(cap_names[0]); i++)
+		if ((caps & cap_names[i].cap) && !store_can(st, cap_names[i].cap))
+			return dmk_errf(err, DMK_ERR_UNSUPPORTED, "store %s (%s) keeps no %s, which "
+			    "%s needs", st->conf ? st->conf->name : "?", st->ops->type,
+			    cap_names[i].name, why);
+	return 0;
+}
+
+const char *
+store_cas(const struct store *st, const char *cur)
+{
+	return store_can(st, PROV_CAP_CAS) ? cur : NULL;
+}
+
+int
+prov_check_ops(const struct prov_ops *o, struct dmk_err *err)
+{
+	const struct {
+		unsigned cap;
+		int set;
+	} has[] = {
+		{ PROV_CAP_VERSIONS, o->list_versions != NULL },
+		{ PROV_CAP_META, o->set_meta != NULL },
+		{ PROV_CAP_DELETE, o->delete_version != NULL },
+		{ PROV_CAP_CHECK, o->check != NULL },
+	};
+	size_t i;
+
+	if (o->type == NULL || o->open == NULL || o->get == NULL || o->put == NULL ||
+	    o->keys == NULL)
+		return dmk_errf(err, DMK_ERR_INTERNAL, "store type %s: type, keys, open, get and "
+		    "put are required", o->type ? o->type : "?");
+	for (i = 0; i < sizeof(has) / sizeof(has[0]); i++)
+		if (((o->caps & has[i].cap) != 0) != has[i].set)
+			return dmk_errf(err, DMK_ERR_INTERNAL, "store type %s: capability 0x%x and "
+			    "its operation disagree", o->type, has[i].cap);
+	if (o->name_max == 0 || (o->lease != PROV_LEASE_CAS && o->lease != PROV_LEASE_READBACK) ||
+	    ((o->caps & PROV_CAP_CAS) != 0) != (o->lease == PROV_LEASE_CAS))
+		return dmk_errf(err, DMK_ERR_INTERNAL, "store type %s: naming rules or lease "
+		    "strength missing or inconsistent", o->type);
+	return 0;
+}
+
+void
+prov_type_list(char *out, size_t n)
+{
+	size_t i, off = 0;
+	int k;
+
+	if (n > 0)
+		out[0] = '\0';
+	for (i = 0; providers[i] != NULL && off < n; i++) {
+		k = snprintf(out + off, n - off, "%s%s", i > 0 ? ", " : "", providers[i]->type);
+		if (k < 0)
+			break;
+		off += (size_t)k;
+	}
+}
+
+int
+store_open(struct store *st, const struct conf_store *conf,
+    int (*resolve)(void *, const struct secret_ref *, struct secret **, struct dmk_err *),
+    void *rctx, struct dmk_err *err)
+{
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	st->conf = conf;
+	st->resolve = resolve;
+	st->resolve_ctx = rctx;
+	st->ops = conf->ops;
+	if ((r = prov_check_ops(st->ops, err)) != 0)
+		return r;
+	if (st->ops->priv_size && (st->priv = calloc(1, st->ops->priv_size)) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	if ((r = st->ops->open(st, err)) != 0) {
+		dmk_err_prefix(err, "store %s", conf->name);
+		free(st->priv);
+		st->priv = NULL;
+		return r;
+	}
+	st->opened = 1;
+	return 0;
+}
+
+void
+store_close(struct store *st)
+{
+	if (st->opened && st->ops->close)
+		st->ops->close(st);
+	if (st->priv) {
+		secure_wipe(st->priv, st->ops->priv_size);
+		free(st->priv);
+	}
+	st->priv = NULL;
+	st->opened = 0;
+}
