@@ -72,6 +72,7 @@
 #include "failpoint.h"
 #include "genpass.h"
 #include "backup.h"
+#include "agcmd.h"
 #include "markers.h"
 
 #define BK_FORMAT "dmkagent-backup-1"
@@ -1326,176 +1327,147 @@ report_json(const struct bk_report *rep, size_t from)
 }
 
 /* Keep the worst outcome; "unreachable" (exit 5) wins, so a caller can retry. */
-static void
-worse(int *worst, struct dmk_err *werr, int r, const struct dmk_err *e)
+struct bk_opts {
+	int smk, restore;
+	struct bk_report rep;
+};
+
+static int
+bk_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 {
-	if (r == 0)
-		return;
-	if (*worst == 0 || (dmk_exit_code(r) == DMK_EXIT_UNREACHABLE &&
-	    dmk_exit_code(*worst) != DMK_EXIT_UNREACHABLE)) {
-		*worst = r;
-		*werr = *e;
+	struct bk_opts *o = c->data;
+
+	(void)arg;
+	switch (ch) {
+	case 's': o->smk = 1; return 0;
+	case 't': o->restore = 1; return 0;
 	}
+	return dmk_errf(err, DMK_ERR_USAGE, "backup: unknown option");
+}
+
+/* One database: escrow its backups, then (--restore-test) prove them. */
+static void
+bk_db(struct agcmd_ctx *c, struct ag_run *run, struct db_plan *p, struct sql_session *s)
+{
+	struct bk_opts *o = c->data;
+	struct agent *a = c->a;
+	const struct secret *open_pw = p->pw;
+	size_t first = o->rep.n;
+	struct dmk_err e;
+	int r;
+
+	if (!p->usable && !(p->code == DMK_ERR_WRONGPASS && p->in_ag)) {
+		dmk_errf(&e, p->code ? p->code : DMK_ERR_INTERNAL, "%s: not backed up: %s",
+		    p->db->name, p->error);
+		agcmd_fail(c, e.code, &e);
+		return;
+	}
+	if (!p->usable) {
+		/* the store's password does not open the DMK: a backup still
+		 * helps, if the key opens by itself (SMK or a credential) */
+		log_warn("%s", p->error);
+		open_pw = NULL;
+	}
+	r = backup_db(run, p, s, open_pw, &o->rep, &e);
+	if (r != 0)
+		dmk_err_prefix(&e, "%s: not backed up", p->db->name);
+	agcmd_fail(c, r, &e);
+	if (o->restore && o->rep.n > first) {
+		r = restore_test(run, s, &o->rep, first, o->rep.n, &e);
+		agcmd_fail(c, r, &e);
+	}
+	if (a->output == OUTPUT_TEXT)
+		report_text(a, &o->rep, first);
 }
 
 static int
-backup_ag(struct agent *a, const struct conf_ag *ag, const char *dbf, int smk, int restore,
-    struct bk_report *rep, json_t *jags, int *worst, struct dmk_err *werr)
+bk_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 {
-	struct ag_run run;
+	struct bk_opts *o = c->data;
+	struct agent *a = c->a;
+	const struct conf_ag *ag = run->ag;
 	struct sql_endpoint ep;
 	struct sql_session *s = NULL;
 	struct dmk_err e;
-	size_t j, from = rep->n;
+	size_t j, from = o->rep.n;
 	int r;
 
-	if ((r = ag_open(a, ag, dbf, 1, &run, &e)) != 0) {
-		log_error("%s", e.msg);
-		worse(worst, werr, r, &e);
-		ag_close(&run);
-		return r;
-	}
-	if (a->output == OUTPUT_TEXT)
-		fprintf(a->out, "%s: %zu replica(s), primary %s\n", ag->name, run.info.nreplicas,
-		    run.info.primary);
 	memset(&ep, 0, sizeof(ep));
 	snprintf(ep.name, sizeof(ep.name), "%s listener", ag->name);
 	util_strlcpy(ep.host, ag->listener_host, sizeof(ep.host));
 	ep.port = ag->listener_port;
 	util_strlcpy(ep.tls_name, ag->listener_host, sizeof(ep.tls_name));
-	if ((r = sql_connect(&ep, &run.login, &s, &e)) != 0) {
+	if ((r = sql_connect(&ep, &run->login, &s, &e)) != 0) {
 		dmk_err_prefix(&e, "AG %s", ag->name);
-		log_error("%s", e.msg);
-		worse(worst, werr, r, &e);
+		agcmd_fail(c, r, &e);
 		goto out;
 	}
-	for (j = 0; j < run.nplans; j++) {
-		struct db_plan *p = &run.plans[j];
-		size_t first = rep->n;
-		const struct secret *open_pw = p->pw;
-
-		if (!p->usable && !(p->code == DMK_ERR_WRONGPASS && p->in_ag)) {
-			dmk_errf(&e, p->code ? p->code : DMK_ERR_INTERNAL, "%s", p->error);
-			if (a->output == OUTPUT_TEXT)
-				fprintf(a->out, "  %-12s not backed up: %s\n", p->db->name, p->error);
-			worse(worst, werr, e.code, &e);
-			continue;
-		}
-		if (!p->usable) {
-			/* the store's password does not open the DMK: a backup still
-			 * helps, if the key opens by itself (SMK or a credential) */
-			log_warn("%s", p->error);
-			open_pw = NULL;
-		}
-		r = backup_db(&run, p, s, open_pw, rep, &e);
-		if (r != 0 && rep->n == first && a->output == OUTPUT_TEXT)
-			fprintf(a->out, "  %-12s not backed up: %s\n", p->db->name, e.msg);
-		worse(worst, werr, r, &e);
-		if (restore && rep->n > first) {
-			r = restore_test(&run, s, rep, first, rep->n, &e);
-			worse(worst, werr, r, &e);
-		}
-		if (a->output == OUTPUT_TEXT)
-			report_text(a, rep, first);
-	}
-	if (smk) {
-		size_t first = rep->n;
-		r = backup_smk(&run, rep, &e);
-		if (r != 0 && rep->n == first && a->output == OUTPUT_TEXT)
-			fprintf(a->out, "  service master keys not backed up: %s\n", e.msg);
-		worse(worst, werr, r, &e);
+	for (j = 0; j < run->nplans; j++)
+		bk_db(c, run, &run->plans[j], s);
+	if (o->smk) {
+		size_t first = o->rep.n;
+		r = backup_smk(run, &o->rep, &e);
+		if (r != 0)
+			dmk_err_prefix(&e, "service master keys not backed up");
+		agcmd_fail(c, r, &e);
 		if (a->output == OUTPUT_TEXT) {
-			report_text(a, rep, first);
-			if (restore && rep->n > first)
+			report_text(a, &o->rep, first);
+			if (o->restore && o->rep.n > first)
 				fprintf(a->out, "  service master key backups are not restore-tested: "
 				    "RESTORE SERVICE MASTER KEY would change the node; the escrowed "
 				    "bytes were compared with the store's copy\n");
 		}
 	}
-	r = 0;
 out:
-	if (jags != NULL) {
-		json_t *o = json_object();
-		json_object_set_new(o, "name", json_string(ag->name));
-		json_object_set_new(o, "primary", json_string(run.info.primary));
-		json_object_set_new(o, "backups", report_json(rep, from));
-		json_array_append_new(jags, o);
-	}
+	json_object_set_new(jag, "backups", report_json(&o->rep, from));
 	sql_close(s);
-	ag_close(&run);
-	return r;
+	return 0;
 }
+
+static void
+bk_finish(struct agcmd_ctx *c, json_t *root)
+{
+	struct bk_opts *o = c->data;
+	size_t i, nok = 0, nfail = 0;
+
+	for (i = 0; i < o->rep.n; i++) {
+		nok += o->rep.items[i].ok;
+		nfail += !o->rep.items[i].ok || o->rep.items[i].restore < 0;
+	}
+	json_object_set_new(root, "escrowed", json_integer((json_int_t)nok));
+	if (c->a->output == OUTPUT_TEXT)
+		fprintf(c->a->out, "%zu backup(s) escrowed%s\n", nok, nfail ? ", with failures "
+		    "(see above)" : "");
+	/* some backups escrowed, then a failure: partial work */
+	if (c->worst != 0 && nok > 0 && dmk_exit_code(c->worst) == DMK_EXIT_FAILED)
+		agcmd_conclude(c, DMK_ERR_INCOMPLETE, "incomplete: %zu backup(s) escrowed, then "
+		    "%zu problem(s), reported above", nok, c->nfailed);
+}
+
+static const struct option bk_options[] = {
+	{ "smk", no_argument, NULL, 's' },
+	{ "restore-test", no_argument, NULL, 't' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct agcmd backup_cmd = {
+	.name = "backup",
+	.flags = AGCMD_CHANGES | AGCMD_PROBE | AGCMD_HEADER,
+	.options = bk_options,
+	.shortopts = "st",
+	.option = bk_option,
+	.run_ag = bk_ag,
+	.finish = bk_finish,
+};
 
 int
 cmd_backup(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	static const struct option opts[] = {
-		{ "ag", required_argument, NULL, 'a' },
-		{ "database", required_argument, NULL, 'd' },
-		{ "smk", no_argument, NULL, 's' },
-		{ "restore-test", no_argument, NULL, 't' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *agf = NULL, *dbf = NULL;
-	const struct conf_ag **ags = NULL;
-	struct bk_report rep;
-	struct dmk_err werr;
-	size_t nags = 0, i, nok = 0, nfail = 0;
-	int ch, smk = 0, restore = 0, r, worst = 0;
-	json_t *jags = NULL;
+	struct bk_opts o;
+	int r;
 
-	memset(&rep, 0, sizeof(rep));
-	dmk_err_clear(&werr);
-	while ((ch = getopt_long(argc, argv, "a:d:st", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'a': agf = optarg; break;
-		case 'd': dbf = optarg; break;
-		case 's': smk = 1; break;
-		case 't': restore = 1; break;
-		default:
-			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent backup [--ag AG] "
-			    "[--database DB] [--smk] [--restore-test]");
-		}
-	}
-	if (optind != argc)
-		return dmk_errf(err, DMK_ERR_USAGE, "backup takes no arguments");
-	if ((r = ag_select(a, agf, dbf, &ags, &nags, err)) != 0)
-		return r;
-	if ((r = agent_begin(a, "backup", err)) != 0)
-		goto out;
-	if (a->output == OUTPUT_JSON)
-		jags = json_array();
-	for (i = 0; i < nags; i++)
-		backup_ag(a, ags[i], dbf, smk, restore, &rep, jags, &worst, &werr);
-	for (i = 0; i < rep.n; i++) {
-		nok += rep.items[i].ok;
-		nfail += !rep.items[i].ok || rep.items[i].restore < 0;
-	}
-	if (a->output == OUTPUT_JSON) {
-		json_t *root = json_object();
-		char *s;
-		json_object_set_new(root, "command", json_string("backup"));
-		json_object_set_new(root, "escrowed", json_integer((json_int_t)nok));
-		json_object_set_new(root, "complete", json_boolean(worst == 0));
-		json_object_set_new(root, "ags", jags);
-		jags = NULL;
-		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-		fprintf(a->out, "%s\n", s);
-		json_free_dump(s);
-		json_decref(root);
-	} else
-		fprintf(a->out, "%zu backup(s) escrowed%s\n", nok, nfail ? ", with failures (see "
-		    "above)" : "");
-	r = worst;
-	if (r != 0) {
-		*err = werr;
-		if (nok > 0 && dmk_exit_code(r) == DMK_EXIT_FAILED)
-			r = dmk_errf(err, DMK_ERR_INCOMPLETE, "incomplete: %s", werr.msg);
-	}
-	agent_end(a, "backup", r);
-out:
-	json_decref(jags);
-	free(rep.items);
-	free(ags);
+	memset(&o, 0, sizeof(o));
+	r = agcmd_main(a, &backup_cmd, &o, argc, argv, err);
+	free(o.rep.items);
 	return r;
 }

@@ -21,7 +21,7 @@
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "cli.h"
-#include "replicas.h"
+#include "agcmd.h"
 
 /*
  * --prune, on the primary: which older store versions hold a password that
@@ -283,13 +283,11 @@ out:
 }
 
 static void
-report(struct agent *a, struct ag_run *run, json_t *jags)
+report(struct agent *a, struct ag_run *run, json_t *jag)
 {
 	size_t i, j;
-	json_t *jag = json_object(), *jreps = json_array(), *jdbs = json_array();
+	json_t *jreps = json_array(), *jdbs = json_array();
 
-	json_object_set_new(jag, "name", json_string(run->ag->name));
-	json_object_set_new(jag, "primary", json_string(run->info.primary));
 	for (j = 0; j < run->nplans; j++) {
 		json_t *o = json_object();
 		json_object_set_new(o, "name", json_string(run->plans[j].db->name));
@@ -331,116 +329,95 @@ report(struct agent *a, struct ag_run *run, json_t *jags)
 	}
 	json_object_set_new(jag, "databases", jdbs);
 	json_object_set_new(jag, "replicas", jreps);
-	json_array_append_new(jags, jag);
 }
+
+struct reg_opts {
+	int prune;
+	size_t changed;
+};
+
+static int
+reg_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
+{
+	struct reg_opts *o = c->data;
+
+	(void)arg;
+	if (ch != 'p')
+		return DMK_ERR_USAGE;
+	o->prune = 1;
+	return 0;
+}
+
+/* Register on every replica, then (--prune) drop what older versions left. */
+static int
+reg_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	struct reg_opts *o = c->data;
+	size_t j, k, nst = 0;
+	int r, rc = 0;
+
+	run->dry_run = c->dry_run;
+	run->prune = o->prune;
+	r = ag_each_replica(run, register_work);
+	if (o->prune && r == 0) {
+		for (j = 0; j < run->nplans; j++)
+			nst += run->plans[j].nstale;
+		if (nst > 0) {
+			for (j = 0; j < run->nreps; j++)
+				free(run->reps[j].dbs);
+			free(run->reps);
+			run->reps = NULL;
+			r = ag_each_replica(run, prune_work);
+		}
+	}
+	report(c->a, run, jag);
+	for (j = 0; j < run->nplans; j++)
+		if (!run->plans[j].usable)
+			rc = agcmd_worse(rc, DMK_ERR_INCOMPLETE);
+	for (j = 0; j < run->nreps; j++)
+		for (k = 0; k < run->nplans; k++)
+			o->changed += run->reps[j].dbs[k].outcome == OUT_ADDED;
+	return agcmd_worse(rc, r);
+}
+
+static void
+reg_finish(struct agcmd_ctx *c, json_t *root)
+{
+	struct reg_opts *o = c->data;
+
+	json_object_set_new(root, "changed", json_integer((json_int_t)o->changed));
+	if (c->a->output == OUTPUT_JSON)
+		return;
+	if (!c->dry_run && o->changed)
+		fprintf(c->a->out, "%zu credential(s) added\n", o->changed);
+	else if (!c->dry_run && c->worst == 0)
+		fprintf(c->a->out, "nothing to change: every replica already had the password "
+		    "registered\n");
+	if (c->worst == DMK_ERR_INCOMPLETE)
+		agcmd_conclude(c, c->worst, "incomplete: not every replica or database was done "
+		    "(see above); a rerun finishes the rest");
+}
+
+static const struct option reg_options[] = {
+	{ "prune", no_argument, NULL, 'p' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct agcmd reg_cmd = {
+	.name = "register",
+	.flags = AGCMD_CHANGES | AGCMD_PROBE | AGCMD_DRY_RUN | AGCMD_HEADER,
+	.options = reg_options,
+	.shortopts = "p",
+	.option = reg_option,
+	.run_ag = reg_ag,
+	.finish = reg_finish,
+};
 
 int
 cmd_register(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	static const struct option opts[] = {
-		{ "ag", required_argument, NULL, 'a' },
-		{ "database", required_argument, NULL, 'd' },
-		{ "dry-run", no_argument, NULL, 'n' },
-		{ "prune", no_argument, NULL, 'p' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *agf = NULL, *dbf = NULL;
-	const struct conf_ag **ags = NULL;
-	size_t nags = 0, i, j, k, changed = 0, total = 0;
-	int ch, dry = 0, prune = 0, r, worst = 0;
-	json_t *jags = json_array();
+	struct reg_opts o;
 
-	while ((ch = getopt_long(argc, argv, "a:d:np", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'a': agf = optarg; break;
-		case 'd': dbf = optarg; break;
-		case 'n': dry = 1; break;
-		case 'p': prune = 1; break;
-		default:
-			json_decref(jags);
-			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent register [--ag AG] "
-			    "[--database DB] [--dry-run] [--prune]");
-		}
-	}
-	if (optind != argc) {
-		json_decref(jags);
-		return dmk_errf(err, DMK_ERR_USAGE, "register takes no arguments");
-	}
-	if ((r = ag_select(a, agf, dbf, &ags, &nags, err)) != 0) {
-		json_decref(jags);
-		return r;
-	}
-	if (!dry && (r = agent_begin(a, "register", err)) != 0)
-		goto out;
-	for (i = 0; i < nags; i++) {
-		struct ag_run run;
-		struct dmk_err e;
-
-		if ((r = ag_open(a, ags[i], dbf, 1, &run, &e)) != 0) {
-			log_error("%s", e.msg);
-			if (worst == 0 || dmk_exit_code(r) == DMK_EXIT_UNREACHABLE)
-				worst = r, *err = e;
-			ag_close(&run);
-			continue;
-		}
-		run.dry_run = dry;
-		run.prune = prune;
-		if (a->output == OUTPUT_TEXT)
-			fprintf(a->out, "%s: %zu replica(s), primary %s%s\n", ags[i]->name,
-			    run.info.nreplicas, run.info.primary, dry ? " (dry run: nothing changes)" : "");
-		r = ag_each_replica(&run, register_work);
-		if (prune && r == 0) {
-			size_t nst = 0;
-			for (j = 0; j < run.nplans; j++)
-				nst += run.plans[j].nstale;
-			if (nst > 0) {
-				for (j = 0; j < run.nreps; j++)
-					free(run.reps[j].dbs);
-				free(run.reps);
-				run.reps = NULL;
-				r = ag_each_replica(&run, prune_work);
-			}
-		}
-		report(a, &run, jags);
-		for (j = 0; j < run.nplans; j++)
-			if (!run.plans[j].usable && worst == 0)
-				worst = DMK_ERR_INCOMPLETE;
-		for (j = 0; j < run.nreps; j++)
-			for (k = 0; k < run.nplans; k++) {
-				total++;
-				changed += run.reps[j].dbs[k].outcome == OUT_ADDED;
-			}
-		if (r != 0 && worst == 0)
-			worst = r;
-		ag_close(&run);
-	}
-	if (a->output == OUTPUT_JSON) {
-		json_t *root = json_object();
-		char *s;
-		json_object_set_new(root, "command", json_string("register"));
-		json_object_set_new(root, "dry_run", json_boolean(dry));
-		json_object_set_new(root, "changed", json_integer((json_int_t)changed));
-		json_object_set_new(root, "complete", json_boolean(worst == 0));
-		json_object_set_new(root, "ags", jags);
-		jags = NULL;
-		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-		fprintf(a->out, "%s\n", s);
-		json_free_dump(s);
-		json_decref(root);
-	} else if (!dry && changed)
-		fprintf(a->out, "%zu credential(s) added\n", changed);
-	else if (!dry && worst == 0)
-		fprintf(a->out, "nothing to change: every replica already had the password "
-		    "registered\n");
-	if (worst == DMK_ERR_INCOMPLETE)
-		dmk_errf(err, worst, "incomplete: not every replica or database was done (see above); "
-		    "a rerun finishes the rest");
-	r = worst;
-	if (!dry)
-		agent_end(a, "register", r);
-out:
-	json_decref(jags);
-	free(ags);
-	(void)total;
-	return r;
+	memset(&o, 0, sizeof(o));
+	return agcmd_main(a, &reg_cmd, &o, argc, argv, err);
 }

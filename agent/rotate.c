@@ -67,7 +67,7 @@
 #include "lease.h"
 #include "markers.h"
 #include "backup.h"
-#include "replicas.h"
+#include "agcmd.h"
 
 #define ROT_MAX_STEPS 24
 
@@ -128,13 +128,6 @@ rot_fp(struct rot *r, const char *boundary)
 		r->steps[r->nsteps++] = boundary + (strncmp(boundary, "after-", 6) == 0 ? 6 : 0);
 	snprintf(name, sizeof(name), "%s:%s", r->cmd, boundary);
 	failpoint(name);
-}
-
-/* Text for people: stdout, or stderr when stdout carries the JSON report. */
-static FILE *
-textout(struct agent *a)
-{
-	return a->output == OUTPUT_JSON ? stderr : a->out;
 }
 
 static void
@@ -1042,7 +1035,7 @@ say(struct rot *r, const char *fmt, ...)
 	va_end(ap);
 	if (r->a->quiet)
 		return;
-	fprintf(textout(r->a), "%s/%s: %s\n", r->run->ag->name, r->p->db->name, r->msg);
+	fprintf(agcmd_textout(r->a), "%s/%s: %s\n", r->run->ag->name, r->p->db->name, r->msg);
 }
 
 /* The versions this database's run is about, for the report. */
@@ -1185,28 +1178,6 @@ struct opts {
 	int if_due, dry, regenerate, no_backup;
 };
 
-static int
-keep_worst(int worst, int rc)
-{
-	if (rc == 0)
-		return worst;
-	if (worst == 0 || dmk_exit_code(rc) == DMK_EXIT_LOCKED ||
-	    (dmk_exit_code(worst) == DMK_EXIT_INCOMPLETE && rc != DMK_ERR_INCOMPLETE))
-		return rc;
-	return worst;
-}
-
-/* Report one failure (once, here) and keep the worst for the exit code. */
-static void
-failed(int *worst, struct dmk_err *err, int rc, const struct dmk_err *e)
-{
-	fprintf(stderr, "dmkagent: %s\n", e->msg);
-	if (keep_worst(*worst, rc) != *worst) {
-		*worst = rc;
-		*err = *e;
-	}
-}
-
 static void
 rot_init(struct rot *r, struct agent *a, struct ag_run *run, size_t j, const char *cmd,
     int mode, const struct opts *o)
@@ -1299,135 +1270,114 @@ jdb_put(json_t *jdbs, json_t *o)
 	json_array_append_new(jdbs, o);
 }
 
-static json_t *
-ag_json(json_t *jags, const char *name)
+static int
+rot_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 {
-	json_t *jag = json_object();
+	struct opts *o = c->data;
 
-	json_object_set_new(jag, "name", json_string(name));
-	json_object_set_new(jag, "primary", json_null());
-	json_object_set_new(jag, "error", json_null());
-	json_object_set_new(jag, "databases", json_array());
-	json_array_append_new(jags, jag);
-	return jag;
+	(void)arg;
+	switch (ch) {
+	case 'i': o->if_due = 1; return 0;
+	case 'r': o->regenerate = 1; return 0;
+	case 'B': o->no_backup = 1; return 0;
+	}
+	return dmk_errf(err, DMK_ERR_USAGE, "%s: unknown option", c->cmd->name);
+}
+
+static int
+rot_check(struct agcmd_ctx *c, struct dmk_err *err)
+{
+	struct opts *o = c->data;
+
+	o->ag = c->ag_filter;
+	o->db = c->db_filter;
+	o->dry = c->dry_run;
+	if (o->regenerate && o->no_backup)
+		return dmk_errf(err, DMK_ERR_USAGE, "rotate --regenerate makes new key material and "
+		    "always takes a backup first: --no-backup is refused with it");
+	return 0;
+}
+
+static json_t *
+jdbs_of(json_t *jag)
+{
+	json_t *jdbs = json_object_get(jag, "databases");
+
+	if (jdbs == NULL) {
+		jdbs = json_array();
+		json_object_set_new(jag, "databases", jdbs);
+	}
+	return jdbs;
+}
+
+static int
+rot_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	struct opts *o = c->data;
+	json_t *jdbs = jdbs_of(jag);
+	struct dmk_err e;
+	size_t j;
+	int rc;
+
+	for (j = 0; j < run->nplans; j++) {
+		struct rot r;
+
+		if (!run->plans[j].in_ag) {
+			jdb_put(jdbs, plan_json(run->plans[j].db->name, "failed",
+			    run->plans[j].error));
+			dmk_errf(&e, DMK_ERR_INCOMPLETE, "%s", run->plans[j].error);
+			agcmd_fail(c, DMK_ERR_INCOMPLETE, &e);
+			continue;
+		}
+		rot_init(&r, c->a, run, j, "rotate", o->regenerate ? MODE_REGENERATE :
+		    MODE_ROTATE, o);
+		dmk_err_clear(&e);
+		rc = rot_db(&r, o->if_due, &e);
+		if (rc == 0 && r.resumed == 0 && o->regenerate && r.mode != MODE_REGENERATE)
+			say(&r, "finished an unfinished rotation first; run rotate --regenerate "
+			    "again to regenerate");
+		jdb_put(jdbs, rot_json(&r, rc, &e));
+		rot_free(&r);
+		agcmd_fail(c, rc, &e);
+	}
+	return 0;
 }
 
 static void
-report_print(struct agent *a, const char *cmd, const struct opts *o, json_t *jags, int worst)
+rot_finish(struct agcmd_ctx *c, json_t *root)
 {
-	json_t *root;
-	char *txt;
+	struct opts *o = c->data;
 
-	if (a->output != OUTPUT_JSON)
-		return;
-	root = json_object();
-	json_object_set_new(root, "command", json_string(cmd));
-	json_object_set_new(root, "dry_run", json_boolean(o->dry));
-	if (strcmp(cmd, "rotate") == 0)
+	if (strcmp(c->cmd->name, "rotate") == 0)
 		json_object_set_new(root, "regenerate", json_boolean(o->regenerate));
 	json_object_set_new(root, "backup", json_boolean(!o->no_backup));
-	json_object_set_new(root, "complete", json_boolean(worst == 0));
-	json_object_set_new(root, "exit", json_integer(worst ? dmk_exit_code(worst) : 0));
-	json_object_set_new(root, "ags", json_incref(jags));
-	if ((txt = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) != NULL) {
-		fprintf(a->out, "%s\n", txt);
-		json_free_dump(txt);
-	}
-	json_decref(root);
 }
+
+static const struct option rot_options[] = {
+	{ "if-due", no_argument, NULL, 'i' },
+	{ "regenerate", no_argument, NULL, 'r' },
+	{ "no-backup", no_argument, NULL, 'B' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct agcmd rotate_cmd = {
+	.name = "rotate",
+	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN,
+	.options = rot_options,
+	.shortopts = "irB",
+	.option = rot_option,
+	.check = rot_check,
+	.run_ag = rot_ag,
+	.finish = rot_finish,
+};
 
 int
 cmd_rotate(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	static const struct option lo[] = {
-		{ "ag", required_argument, NULL, 'a' },
-		{ "database", required_argument, NULL, 'd' },
-		{ "if-due", no_argument, NULL, 'i' },
-		{ "dry-run", no_argument, NULL, 'n' },
-		{ "regenerate", no_argument, NULL, 'r' },
-		{ "no-backup", no_argument, NULL, 'B' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct opts o;
-	const struct conf_ag **ags = NULL;
-	json_t *jags = NULL;
-	size_t nags = 0, i, j;
-	int ch, rc, worst = 0;
 
 	memset(&o, 0, sizeof(o));
-	while ((ch = getopt_long(argc, argv, "a:d:inrB", lo, NULL)) != -1) {
-		switch (ch) {
-		case 'a': o.ag = optarg; break;
-		case 'd': o.db = optarg; break;
-		case 'i': o.if_due = 1; break;
-		case 'n': o.dry = 1; break;
-		case 'r': o.regenerate = 1; break;
-		case 'B': o.no_backup = 1; break;
-		default:
-			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent rotate [--ag AG] "
-			    "[--database DB] [--if-due] [--dry-run] [--regenerate] [--no-backup]");
-		}
-	}
-	if (optind != argc)
-		return dmk_errf(err, DMK_ERR_USAGE, "rotate takes no arguments");
-	if (o.regenerate && o.no_backup)
-		return dmk_errf(err, DMK_ERR_USAGE, "rotate --regenerate makes new key material and "
-		    "always takes a backup first: --no-backup is refused with it");
-	if ((rc = ag_select(a, o.ag, o.db, &ags, &nags, err)) != 0)
-		return rc;
-	if (!o.dry && (rc = agent_begin(a, "rotate", err)) != 0)
-		goto out;
-	jags = json_array();
-	for (i = 0; i < nags; i++) {
-		json_t *jag = ag_json(jags, ags[i]->name), *jdbs = json_object_get(jag, "databases");
-		struct ag_run run;
-		struct dmk_err e;
-
-		if ((rc = ag_open(a, ags[i], o.db, 0, &run, &e)) != 0) {
-			log_error("%s", e.msg);
-			json_object_set_new(jag, "error", json_string(e.msg));
-			if (keep_worst(worst, rc) != worst)
-				worst = rc, *err = e;
-			ag_close(&run);
-			continue;
-		}
-		json_object_set_new(jag, "primary", json_string(run.info.primary));
-		for (j = 0; j < run.nplans; j++) {
-			struct rot r;
-
-			if (!run.plans[j].in_ag) {
-				log_error("%s", run.plans[j].error);
-				jdb_put(jdbs, plan_json(run.plans[j].db->name, "failed",
-				    run.plans[j].error));
-				if (keep_worst(worst, DMK_ERR_INCOMPLETE) != worst)
-					worst = DMK_ERR_INCOMPLETE, dmk_errf(err, worst, "%s",
-					    run.plans[j].error);
-				continue;
-			}
-			rot_init(&r, a, &run, j, "rotate", o.regenerate ? MODE_REGENERATE :
-			    MODE_ROTATE, &o);
-			dmk_err_clear(&e);
-			rc = rot_db(&r, o.if_due, &e);
-			if (rc == 0 && r.resumed == 0 && o.regenerate && r.mode != MODE_REGENERATE)
-				say(&r, "finished an unfinished rotation first; run rotate --regenerate "
-				    "again to regenerate");
-			jdb_put(jdbs, rot_json(&r, rc, &e));
-			rot_free(&r);
-			if (rc != 0)
-				failed(&worst, err, rc, &e);
-		}
-		ag_close(&run);
-	}
-	if (!o.dry)
-		agent_end(a, "rotate", worst);
-	report_print(a, "rotate", &o, jags, worst);
-	rc = worst;
-	if (rc != 0)
-		dmk_err_prefix(err, "rotate stopped (a rerun continues where it stopped)");
-out:
-	json_decref(jags);
-	free(ags);
-	return rc;
+	return agcmd_main(a, &rotate_cmd, &o, argc, argv, err);
 }
 
 /* ---- recover ---- */
@@ -1457,7 +1407,7 @@ auto_opens(struct rot *r, struct dmk_err *err)
 static void
 runbook_help(struct agent *a, const char *db)
 {
-	fprintf(textout(a), "%s: no replica's service master key opens the DMK, and no password "
+	fprintf(agcmd_textout(a), "%s: no replica's service master key opens the DMK, and no password "
 	    "in the store does.  dmkagent will not drop a DMK or a certificate.  The runbook's "
 	    "way out (Microsoft, ConfigMgr BitLocker recovery data on Always On): on the primary, "
 	    "restore the DMK from a backup (RESTORE MASTER KEY ... FORCE; dmkagent(1), BACKUPS, "
@@ -1519,144 +1469,126 @@ recover_db(struct rot *r, int *need_node, struct dmk_err *e)
 	return rot_db(r, 0, e);
 }
 
+static int
+recover_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
+{
+	struct agent *a = c->a;
+	struct opts *o = c->data;
+	json_t *jdbs = jdbs_of(jag);
+	char tried[16][520];
+	size_t ntried = 0, j, k;
+	int again = 1, round, rc;
+
+	for (round = 0; again && round < 16; round++) {
+		struct ag_run run;
+		struct dmk_err e;
+		int need_node = 0;
+
+		again = 0;
+		if ((rc = ag_open(a, ag, o->db, 0, &run, &e)) != 0) {
+			agcmd_fail(c, rc, &e);
+			json_object_set_new(jag, "error", json_string(e.msg));
+			ag_close(&run);
+			break;
+		}
+		json_object_set_new(jag, "primary", json_string(run.info.primary));
+		if (ntried < 16)
+			util_strlcpy(tried[ntried++], run.info.primary, sizeof(tried[0]));
+		for (j = 0; j < run.nplans; j++) {
+			struct rot r;
+
+			if (!run.plans[j].in_ag)
+				continue;
+			rot_init(&r, a, &run, j, "recover", MODE_RECOVER, o);
+			dmk_err_clear(&e);
+			rc = recover_db(&r, &need_node, &e);
+			jdb_put(jdbs, rot_json(&r, rc, &e));
+			rot_free(&r);
+			agcmd_fail(c, rc, &e);
+		}
+		if (need_node) {
+			/* Fail over, as the runbook does, to a replica not yet tried. */
+			struct dmk_err fe;
+			struct rep_run *target = NULL;
+
+			reps_free(&run);
+			ag_each_replica(&run, noop_work);
+			for (k = 0; k < run.nreps && target == NULL; k++) {
+				size_t t2;
+				int seen = 0;
+				for (t2 = 0; t2 < ntried; t2++)
+					if (strcasecmp(tried[t2], run.reps[k].rep->name) == 0)
+						seen = 1;
+				if (!seen && run.reps[k].reached)
+					target = &run.reps[k];
+			}
+			if (target == NULL) {
+				json_t *x;
+				size_t xi;
+
+				for (j = 0; j < run.nplans; j++)
+					runbook_help(a, run.plans[j].db->name);
+				json_array_foreach(jdbs, xi, x)
+					if (strcmp(json_string_value(json_object_get(x, "outcome")),
+					    "not-opened-here") == 0) {
+						json_object_set_new(x, "outcome",
+						    json_string("unrecoverable"));
+						json_object_set_new(x, "error", json_string("no replica's "
+						    "service master key opens the DMK, and no password in "
+						    "the store does"));
+					}
+				if (c->worst == 0)
+					agcmd_keep(c, DMK_ERR_WRONGPASS, "no replica can open the DMK: "
+					    "see above");
+			} else if (o->dry) {
+				fprintf(agcmd_textout(a), "%s: would fail over to %s and test there\n",
+				    ag->name, target->rep->name);
+			} else {
+				struct audit_target t = { ag->name, target->rep->name, NULL };
+
+				fprintf(agcmd_textout(a), "%s: failing over to %s to test its service "
+				    "master key\n", ag->name, target->rep->name);
+				rc = ag_failover_to(&run, target, &fe);
+				agent_audit(a, "recover-failover", &t, NULL, rc == 0 ? "ok" : "failed",
+				    rc ? fe.msg : NULL);
+				if (rc != 0) {
+					fprintf(stderr, "dmkagent: %s\n", fe.msg);
+					if (ntried < 16)
+						util_strlcpy(tried[ntried++], target->rep->name,
+						    sizeof(tried[0]));
+				} else {
+					failpoint("recover:after-failover");
+					util_sleep_ms(300);
+				}
+				again = 1;
+			}
+		}
+		ag_close(&run);
+	}
+	return 0;
+}
+
+static const struct option rec_options[] = {
+	{ "no-backup", no_argument, NULL, 'B' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct agcmd recover_cmd = {
+	.name = "recover",
+	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN,
+	.options = rec_options,
+	.shortopts = "B",
+	.option = rot_option,
+	.check = rot_check,
+	.run_ag_raw = recover_ag,
+	.finish = rot_finish,
+};
+
 int
 cmd_recover(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	static const struct option lo[] = {
-		{ "ag", required_argument, NULL, 'a' },
-		{ "database", required_argument, NULL, 'd' },
-		{ "dry-run", no_argument, NULL, 'n' },
-		{ "no-backup", no_argument, NULL, 'B' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct opts o;
-	const struct conf_ag **ags = NULL;
-	json_t *jags = NULL;
-	size_t nags = 0, i, j;
-	int ch, rc, worst = 0;
 
 	memset(&o, 0, sizeof(o));
-	while ((ch = getopt_long(argc, argv, "a:d:nB", lo, NULL)) != -1) {
-		switch (ch) {
-		case 'a': o.ag = optarg; break;
-		case 'd': o.db = optarg; break;
-		case 'n': o.dry = 1; break;
-		case 'B': o.no_backup = 1; break;
-		default:
-			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent recover [--ag AG] "
-			    "[--database DB] [--dry-run] [--no-backup]");
-		}
-	}
-	if (optind != argc)
-		return dmk_errf(err, DMK_ERR_USAGE, "recover takes no arguments");
-	if ((rc = ag_select(a, o.ag, o.db, &ags, &nags, err)) != 0)
-		return rc;
-	if (!o.dry && (rc = agent_begin(a, "recover", err)) != 0)
-		goto out;
-	jags = json_array();
-	for (i = 0; i < nags; i++) {
-		json_t *jag = ag_json(jags, ags[i]->name), *jdbs = json_object_get(jag, "databases");
-		char tried[16][520];
-		size_t ntried = 0, k;
-		int again = 1, round;
-
-		for (round = 0; again && round < 16; round++) {
-			struct ag_run run;
-			struct dmk_err e;
-			int need_node = 0;
-
-			again = 0;
-			if ((rc = ag_open(a, ags[i], o.db, 0, &run, &e)) != 0) {
-				log_error("%s", e.msg);
-				json_object_set_new(jag, "error", json_string(e.msg));
-				if (keep_worst(worst, rc) != worst)
-					worst = rc, *err = e;
-				ag_close(&run);
-				break;
-			}
-			json_object_set_new(jag, "primary", json_string(run.info.primary));
-			if (ntried < 16)
-				util_strlcpy(tried[ntried++], run.info.primary, sizeof(tried[0]));
-			for (j = 0; j < run.nplans; j++) {
-				struct rot r;
-
-				if (!run.plans[j].in_ag)
-					continue;
-				rot_init(&r, a, &run, j, "recover", MODE_RECOVER, &o);
-				dmk_err_clear(&e);
-				rc = recover_db(&r, &need_node, &e);
-				jdb_put(jdbs, rot_json(&r, rc, &e));
-				rot_free(&r);
-				if (rc != 0)
-					failed(&worst, err, rc, &e);
-			}
-			if (need_node) {
-				/* Fail over, as the runbook does, to a replica not yet tried. */
-				struct dmk_err fe;
-				struct rep_run *target = NULL;
-
-				reps_free(&run);
-				ag_each_replica(&run, noop_work);
-				for (k = 0; k < run.nreps && target == NULL; k++) {
-					size_t t2;
-					int seen = 0;
-					for (t2 = 0; t2 < ntried; t2++)
-						if (strcasecmp(tried[t2], run.reps[k].rep->name) == 0)
-							seen = 1;
-					if (!seen && run.reps[k].reached)
-						target = &run.reps[k];
-				}
-				if (target == NULL) {
-					json_t *x;
-					size_t xi;
-
-					for (j = 0; j < run.nplans; j++)
-						runbook_help(a, run.plans[j].db->name);
-					json_array_foreach(jdbs, xi, x)
-						if (strcmp(json_string_value(json_object_get(x, "outcome")),
-						    "not-opened-here") == 0) {
-							json_object_set_new(x, "outcome",
-							    json_string("unrecoverable"));
-							json_object_set_new(x, "error", json_string("no replica's "
-							    "service master key opens the DMK, and no password in "
-							    "the store does"));
-						}
-					if (worst == 0) {
-						worst = DMK_ERR_WRONGPASS;
-						dmk_errf(err, worst, "no replica can open the DMK: see above");
-					}
-				} else if (o.dry) {
-					fprintf(textout(a), "%s: would fail over to %s and test there\n",
-					    ags[i]->name, target->rep->name);
-				} else {
-					struct audit_target t = { ags[i]->name, target->rep->name, NULL };
-
-					fprintf(textout(a), "%s: failing over to %s to test its service "
-					    "master key\n", ags[i]->name, target->rep->name);
-					rc = ag_failover_to(&run, target, &fe);
-					agent_audit(a, "recover-failover", &t, NULL, rc == 0 ? "ok" : "failed",
-					    rc ? fe.msg : NULL);
-					if (rc != 0) {
-						fprintf(stderr, "dmkagent: %s\n", fe.msg);
-						if (ntried < 16)
-							util_strlcpy(tried[ntried++], target->rep->name,
-							    sizeof(tried[0]));
-					} else {
-						failpoint("recover:after-failover");
-						util_sleep_ms(300);
-					}
-					again = 1;
-				}
-			}
-			ag_close(&run);
-		}
-	}
-	if (!o.dry)
-		agent_end(a, "recover", worst);
-	report_print(a, "recover", &o, jags, worst);
-	rc = worst;
-out:
-	json_decref(jags);
-	free(ags);
-	return rc;
+	return agcmd_main(a, &recover_cmd, &o, argc, argv, err);
 }

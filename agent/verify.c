@@ -24,7 +24,7 @@
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "cli.h"
-#include "replicas.h"
+#include "agcmd.h"
 
 /*
  * One round trip for the replica's credentials (*creds, NULL if that
@@ -238,13 +238,11 @@ failover_test(struct agent *a, struct ag_run *run)
 }
 
 static void
-print_run(struct agent *a, struct ag_run *run, json_t *jags, int status)
+print_run(struct agent *a, struct ag_run *run, json_t *jag, int status)
 {
 	size_t i, j;
-	json_t *jag = json_object(), *jreps = json_array();
+	json_t *jreps = json_array();
 
-	json_object_set_new(jag, "name", json_string(run->ag->name));
-	json_object_set_new(jag, "primary", json_string(run->info.primary));
 	for (j = 0; j < run->nplans; j++)
 		if (!run->plans[j].usable && a->output == OUTPUT_TEXT)
 			fprintf(a->out, "%s: %s\n", run->ag->name, run->plans[j].error);
@@ -303,7 +301,6 @@ print_run(struct agent *a, struct ag_run *run, json_t *jags, int status)
 		json_array_append_new(jreps, o);
 	}
 	json_object_set_new(jag, "replicas", jreps);
-	json_array_append_new(jags, jag);
 }
 
 static int
@@ -319,110 +316,96 @@ status_work(struct rep_run *rr, struct sql_session *s)
 	return 0;
 }
 
+struct ver_opts {
+	int status;                   /* status, not verify */
+	int failover_test;
+};
+
 static int
-run_verify_or_status(struct agent *a, int argc, char **argv, int status, struct dmk_err *err)
+ver_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 {
-	static const struct option opts[] = {
-		{ "ag", required_argument, NULL, 'a' },
-		{ "database", required_argument, NULL, 'd' },
-		{ "failover-test", no_argument, NULL, 'f' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *agf = NULL, *dbf = NULL;
-	const struct conf_ag **ags = NULL;
-	size_t nags = 0, i, j;
-	int ch, fo = 0, r, worst = 0;
-	json_t *jags = json_array();
+	struct ver_opts *o = c->data;
 
-	while ((ch = getopt_long(argc, argv, "a:d:f", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'a': agf = optarg; break;
-		case 'd': dbf = optarg; break;
-		case 'f':
-			if (!status) {
-				fo = 1;
-				break;
-			}
-			/* fall through */
-		default:
-			json_decref(jags);
-			return dmk_errf(err, DMK_ERR_USAGE, status ? "usage: dmkagent status [--ag AG] "
-			    "[--database DB]" : "usage: dmkagent verify [--ag AG] [--database DB] "
-			    "[--failover-test]");
-		}
-	}
-	if ((r = ag_select(a, agf, dbf, &ags, &nags, err)) != 0) {
-		json_decref(jags);
-		return r;
-	}
-	if (fo && (r = agent_begin(a, "verify --failover-test", err)) != 0)
-		goto out;
-	for (i = 0; i < nags; i++) {
-		struct ag_run run;
-		struct dmk_err e;
+	(void)arg;
+	if (ch != 'f' || o->status)
+		return dmk_errf(err, DMK_ERR_USAGE, "status: unknown option; usage: dmkagent "
+		    "status [--ag AG] [--database DB]");
+	o->failover_test = 1;
+	c->changes = 1;               /* disruptive: under the lock, with run records */
+	c->audit_name = "verify --failover-test";
+	return 0;
+}
 
-		if ((r = ag_open(a, ags[i], dbf, !status, &run, &e)) != 0) {
-			fprintf(stderr, "dmkagent: %s\n", e.msg);
-			if (worst == 0 || dmk_exit_code(r) == DMK_EXIT_UNREACHABLE)
-				worst = r, *err = e;
-			ag_close(&run);
-			continue;
-		}
-		if (a->output == OUTPUT_TEXT)
-			fprintf(a->out, "%s: %zu replica(s), primary %s\n", ags[i]->name,
-			    run.info.nreplicas, run.info.primary);
-		r = ag_each_replica(&run, status ? status_work : verify_work);
-		for (j = 0; j < run.nplans; j++)
-			if (!run.plans[j].usable && !status)
-				r = DMK_ERR_INCOMPLETE;
-		if (fo && failover_test(a, &run) != 0)
+static int
+ver_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	struct ver_opts *o = c->data;
+	size_t j;
+	int r;
+
+	r = ag_each_replica(run, o->status ? status_work : verify_work);
+	for (j = 0; j < run->nplans; j++)
+		if (!run->plans[j].usable && !o->status)
 			r = DMK_ERR_INCOMPLETE;
-		if (fo) {
-			struct audit_target t = { ags[i]->name, NULL, NULL };
-			agent_audit(a, "failover-test", &t, NULL, r == 0 ? "ok" : "gap", NULL);
-		}
-		print_run(a, &run, jags, status);
-		if (r != 0 && worst == 0)
-			worst = r;
-		ag_close(&run);
+	if (o->failover_test && failover_test(c->a, run) != 0)
+		r = DMK_ERR_INCOMPLETE;
+	if (o->failover_test) {
+		struct audit_target t = { run->ag->name, NULL, NULL };
+		agent_audit(c->a, "failover-test", &t, NULL, r == 0 ? "ok" : "gap", NULL);
 	}
-	if (a->output == OUTPUT_JSON) {
-		json_t *root = json_object();
-		char *s;
-		json_object_set_new(root, "command", json_string(status ? "status" : "verify"));
-		if (!status)
-			json_object_set_new(root, "pass", json_boolean(worst == 0));
-		json_object_set_new(root, "ags", jags);
-		jags = NULL;
-		s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-		fprintf(a->out, "%s\n", s);
-		json_free_dump(s);
-		json_decref(root);
-	} else if (!status)
-		fprintf(a->out, worst == 0 ? "verify: every replica passes\n" :
-		    "verify: gaps found (see above)\n");
-	if (worst == DMK_ERR_INCOMPLETE)
-		dmk_errf(err, worst, status ? "some replica was not reached" :
-		    "not every replica can open every DMK after a failover");
-	if (status && worst == DMK_ERR_INCOMPLETE)
-		worst = DMK_ERR_INCOMPLETE;
-	r = worst;
-	if (fo)
-		agent_end(a, "verify --failover-test", r);
-out:
-	json_decref(jags);
-	free(ags);
+	print_run(c->a, run, jag, o->status);
 	return r;
 }
+
+static void
+ver_finish(struct agcmd_ctx *c, json_t *root)
+{
+	struct ver_opts *o = c->data;
+
+	if (!o->status)
+		json_object_set_new(root, "pass", json_boolean(c->worst == 0));
+	if (c->a->output == OUTPUT_TEXT && !o->status)
+		fprintf(c->a->out, c->worst == 0 ? "verify: every replica passes\n" :
+		    "verify: gaps found (see above)\n");
+	if (c->worst == DMK_ERR_INCOMPLETE)
+		agcmd_conclude(c, c->worst, o->status ? "some replica was not reached" :
+		    "not every replica can open every DMK after a failover");
+}
+
+static const struct option ver_options[] = {
+	{ "failover-test", no_argument, NULL, 'f' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct agcmd verify_cmd = {
+	.name = "verify",
+	.flags = AGCMD_PROBE | AGCMD_HEADER,
+	.options = ver_options,
+	.shortopts = "f",
+	.option = ver_option,
+	.run_ag = ver_ag,
+	.finish = ver_finish,
+};
+
+static const struct agcmd status_cmd = {
+	.name = "status",
+	.flags = AGCMD_HEADER,
+	.run_ag = ver_ag,
+	.finish = ver_finish,
+};
 
 int
 cmd_verify(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	return run_verify_or_status(a, argc, argv, 0, err);
+	struct ver_opts o = { 0, 0 };
+
+	return agcmd_main(a, &verify_cmd, &o, argc, argv, err);
 }
 
 int
 cmd_status(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	return run_verify_or_status(a, argc, argv, 1, err);
+	struct ver_opts o = { 1, 0 };
+
+	return agcmd_main(a, &status_cmd, &o, argc, argv, err);
 }
