@@ -2,6 +2,13 @@
  * agent.h: one run of dmkagent: its configuration, the stores it has
  * opened, its audit trail, its lock, and how it reports.  The commands
  * (cmd_*.c, register.c, ...) take a struct agent and nothing global.
+ *
+ * Ownership: struct agent owns its configuration, its opened stores, the
+ * audit handle, the lock and the registration state; agent_free() closes and
+ * frees them (stores revoke what they created).  A struct store * handed
+ * out by agent_store() stays the agent's: never close or free it.  A secret
+ * from agent_resolve() is the caller's to secret_free(); *ver is filled in
+ * place.  Audit calls copy what they write and take no secret.
  */
 #ifndef DMK_AGENT_H
 #define DMK_AGENT_H

@@ -6,6 +6,14 @@
  * session each, in parallel.  "Every replica" is the AG's own list: a
  * replica that cannot be reached is reported by name and makes the run
  * incomplete.
+ *
+ * Ownership: struct ag_run owns everything it points to (plans and their
+ * secrets, replica runs and their per-database arrays, the login password)
+ * and ag_close() wipes and frees it all, also after a failed ag_open();
+ * conf_* pointers are the configuration's and outlive the run.  Results
+ * handed out (dmk_password_current's *out, rep_credentials' *out) are the
+ * caller's: secret_free() and sql_result_free().  Strings passed in are
+ * copied where kept.
  */
 #ifndef DMK_REPLICAS_H
 #define DMK_REPLICAS_H

@@ -13,6 +13,13 @@
  *
  * Secrets come back only as struct secret; every response body that held
  * one is wiped (buf, and Jansson's wiping allocator).
+ *
+ * Ownership: a struct store is its caller's (the agent's); store_open()
+ * allocates priv and store_close() wipes and frees it.  get() hands the
+ * caller a new secret (secret_free()); put() only reads value and meta;
+ * list_versions() hands the caller an array to free().  conf and the
+ * references passed in belong to the configuration and must outlive the
+ * call; nothing of them is kept after it returns.
  */
 #ifndef DMK_PROVIDER_H
 #define DMK_PROVIDER_H
