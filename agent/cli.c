@@ -185,12 +185,23 @@ cli_read_secret(const char *prompt, int confirm, struct secret **out, struct dmk
 			noecho.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
 			tcsetattr(STDIN_FILENO, TCSAFLUSH, &noecho);
 		}
-		/* Byte by byte through read(2): nothing lands in stdio's buffer. */
+		/* Byte by byte through read(2): nothing lands in stdio's buffer.
+		 * Exactly one line: its newline ends it, and nothing may follow. */
 		for (;;) {
 			char ch;
 			ssize_t n = read(STDIN_FILENO, &ch, 1);
-			if (n <= 0 || (tty && ch == '\n'))
+			if (n <= 0)
 				break;
+			if (ch == '\n') {
+				if (!tty)
+					(void)secret_append(cur, &ch, 1);   /* trimmed below */
+				if (!tty && read(STDIN_FILENO, &ch, 1) > 0) {
+					ch = 0;
+					r = dmk_errf(err, DMK_ERR_USAGE, "standard input holds more than "
+					    "one line; give exactly one line (the value); nothing stored");
+				}
+				break;
+			}
 			c = secret_append(cur, &ch, 1);
 			ch = 0;
 			if (c != 0) {
@@ -205,7 +216,7 @@ cli_read_secret(const char *prompt, int confirm, struct secret **out, struct dmk
 		if (r != 0)
 			goto out;
 		if (!tty)
-			secret_trim_newline(cur);
+			secret_trim_newline(cur);   /* and a \r before it */
 	}
 	if (s2 != NULL && !secret_equal(s, s2)) {
 		r = dmk_errf(err, DMK_ERR_USAGE, "the two entries differ; nothing stored");
@@ -221,6 +232,31 @@ out:
 	secret_free(s);
 	secret_free(s2);
 	return r;
+}
+
+/* "store frob": name the group and what it has; else the word itself. */
+static void
+unknown_command(const char *word, const char *next)
+{
+	const struct command *c;
+	size_t n = strlen(word);
+	char subs[256] = "";
+	int group = 0;
+
+	for (c = commands; c->name != NULL; c++)
+		if (strncmp(c->name, word, n) == 0 && c->name[n] == ' ') {
+			if (group++)
+				strncat(subs, ", ", sizeof(subs) - strlen(subs) - 1);
+			strncat(subs, c->name + n + 1, sizeof(subs) - strlen(subs) - 1);
+		}
+	if (group && next != NULL && next[0] != '-')
+		fprintf(stderr, "dmkagent: unknown %s command '%s' (one of: %s); see dmkagent "
+		    "--help\n", word, next, subs);
+	else if (group)
+		fprintf(stderr, "dmkagent: '%s' needs a command (one of: %s); see dmkagent "
+		    "--help\n", word, subs);
+	else
+		fprintf(stderr, "dmkagent: unknown command '%s'; see dmkagent --help\n", word);
 }
 
 int
@@ -309,8 +345,7 @@ cli_main(int argc, char **argv)
 			optind++;
 	}
 	if (cmd == NULL && (cmd = cli_find(argv[optind])) == NULL) {
-		fprintf(stderr, "dmkagent: unknown command '%s'; see dmkagent --help\n",
-		    argv[optind]);
+		unknown_command(argv[optind], optind + 1 < argc ? argv[optind + 1] : NULL);
 		return DMK_EXIT_USAGE;
 	}
 	cargc = argc - optind;

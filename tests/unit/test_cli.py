@@ -53,6 +53,45 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 0)
         self.assertRegex(out, r"^dmkagent \d+\.\d+\.\d+")
 
+    def test_help_for_every_command(self):
+        import re
+        rc, out, _ = run("--help")
+        listed = re.findall(r"^  ([a-z]+(?: [a-z]+)?)\s{2,}\S", out.split("Commands:", 1)[1], re.M)
+        self.assertIn("rotate", listed)
+        self.assertIn("store put", listed)
+        for cmd in listed:
+            rc, out, err = run(*cmd.split(), "--help")
+            self.assertEqual(rc, 0, cmd)
+            self.assertIn("usage: dmkagent [global options] " + cmd, out, cmd)
+
+    def test_unknown_subcommand_named(self):
+        rc, _, err = run("store", "frob")
+        self.assertEqual(rc, 2)
+        self.assertIn("unknown store command 'frob'", err)
+        self.assertIn("check, put, show", err)
+        rc, _, err = run("config")
+        self.assertEqual(rc, 2)
+        self.assertIn("'config' needs a command", err)
+
+    def test_unknown_option_named(self):
+        path = self.conf(self.base() + "[ag AG1]\nlistener = 127.0.0.1:1\nlogin = x\n"
+                         "login_password = file:/nonexistent\n")
+        for cmd in ["status", "register", "verify", "rotate", "recover", "backup"]:
+            rc, _, err = run("-c", path, cmd, "--bogus")
+            self.assertEqual(rc, 2, cmd)
+            self.assertIn("unknown option '--bogus'", err, cmd)
+
+    def test_store_put_takes_exactly_one_line(self):
+        path = self.conf(self.base())
+        for value in ["Two-Lines-1!\nSecond-Line-2!\n", "Trailing-Line-1!\n\n"]:
+            rc, out, err = run("-c", path, "store", "put", "hcv:sql/x#password", stdin=value)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("more than one line", err)
+            self.assertNotIn("Second-Line", out + err)
+        rc, _, err = run("-c", path, "store", "put", "hcv:sql/x#password", stdin="\n")
+        self.assertEqual(rc, 2)
+        self.assertIn("empty", err)
+
     def test_usage_errors_exit_2(self):
         self.assertEqual(run()[0], 2)
         rc, _, err = run("frobnicate")
