@@ -200,7 +200,9 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 	struct agcmd_ctx c;
 	const struct conf_ag **ags = NULL;
 	json_t *root = NULL, *jags = NULL;
-	size_t nags = 0, i;
+	FILE *held = NULL, *out = NULL;
+	char *held_text = NULL;
+	size_t nags = 0, i, held_len = 0;
 	int r;
 
 	memset(&c, 0, sizeof(c));
@@ -218,6 +220,13 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 		c.audit_name = cmd->name;
 	if (c.changes && (r = agent_begin(a, c.audit_name, err)) != 0)
 		goto out;
+	/* -q: the text report is kept back and shown only when something needs
+	 * attention, so that a scheduled run that did its job prints nothing. */
+	if (a->quiet && a->output == OUTPUT_TEXT &&
+	    (held = open_memstream(&held_text, &held_len)) != NULL) {
+		out = a->out;
+		a->out = held;
+	}
 	root = json_object();
 	jags = json_array();
 	for (i = 0; i < nags; i++)
@@ -234,6 +243,15 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 	jags = NULL;
 	if (c.changes)
 		agent_end(a, c.audit_name, c.worst);
+	if (held != NULL) {
+		fclose(held);
+		a->out = out;
+		if (c.worst != 0 && held_text != NULL)
+			fputs(held_text, a->out);
+		if (held_text != NULL)
+			secure_wipe(held_text, held_len);
+		free(held_text);
+	}
 	if (a->output == OUTPUT_JSON)
 		print_json(&c, root);
 	r = c.worst;

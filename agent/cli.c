@@ -122,7 +122,7 @@ usage(FILE *f)
 	    "Global options:\n"
 	    "  -c, --config FILE     configuration (default $DMKAGENT_CONFIG or %s)\n"
 	    "  -v, --verbose         more detail (twice: debug)\n"
-	    "  -q, --quiet           errors only\n"
+	    "  -q, --quiet           nothing on success (for cron); the report when not\n"
 	    "      --output FORMAT   text (default) or json\n"
 	    "      --log DEST        stderr (default) or syslog\n"
 	    "      --wait SECONDS    wait this long for another run's lock (default 0)\n"

@@ -76,6 +76,19 @@ class Register(unittest.TestCase):
         for n in range(self.nodes):
             self.assertEqual(len(lab.credentials(n)), 1)
 
+    def test_quiet_prints_nothing_on_success_and_the_problem_otherwise(self):
+        lab = self.lab
+        lab.put_dmk_password()
+        rc, out, err = lab.agent("-q", "verify")       # nothing registered yet: gaps
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("GAP", out)
+        rc, out, err = lab.agent("-q", "register")
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(out, "")
+        self.assertEqual(err, "")
+        rc, out, err = lab.agent("-q", "verify")
+        self.assertEqual((rc, out, err), (0, "", ""))
+
     def test_dry_run_changes_nothing(self):
         lab = self.lab
         lab.put_dmk_password()
@@ -210,6 +223,7 @@ class RegisterFive(Register):
     # the five-node class reruns only the main scenario
     test_second_run_changes_nothing = None
     test_dry_run_changes_nothing = None
+    test_quiet_prints_nothing_on_success_and_the_problem_otherwise = None
     test_wrong_password_in_store_registers_nothing = None
     test_replica_down_then_rerun_completes = None
     test_wrong_ca_refused = None
