@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
@@ -234,11 +233,7 @@ class Handler(httpsd.Handler):
         req = Request(self.command, path, query, self.headers, body, host, self.client_address[0])
         resp = sim.handle(req, plain=self.server.plain)
         if resp is Response.DROP:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self.drop_connection()
             return
         self.send_response(resp.status)
         for k, v in resp.headers:

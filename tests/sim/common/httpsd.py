@@ -9,6 +9,7 @@ MyHandler subclasses Handler: HTTP/1.1, TCP_NODELAY, read_body() with a size lim
 thread, so a stalled client cannot block accept().
 """
 import json
+import socket
 import ssl
 import sys
 import threading
@@ -70,6 +71,14 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.send_json(code, {"error": why})
         return None
+
+    def drop_connection(self):
+        """An injected fault: close the connection without a response."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def send_json(self, code, obj, default=None, headers=()):
         data = json.dumps(obj, default=default).encode()

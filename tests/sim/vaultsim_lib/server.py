@@ -4,7 +4,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -124,11 +123,7 @@ class VaultHandler(httpsd.Handler):
         try:
             if faults.take_drop():
                 status = "dropped"
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self.drop_connection()
                 return
             f = faults.take_fail(parsed.path)
             if f:
