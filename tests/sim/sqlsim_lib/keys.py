@@ -283,6 +283,13 @@ class KeysMixin:
                 return n, c
         return None, None
 
+    def _controlled_cert(self, db, name):
+        """(name, record) of a certificate the caller controls; otherwise 15151, whether or not it exists."""
+        n, c = self._cert(db, name)
+        if not c or not self.cert_control(db, c):
+            raise SqlError(15151, "certificate", name)
+        return n, c
+
     def _read_pvk(self, pk, cert_pub):
         """pk options -> private key PEM (decrypted by DECRYPTION BY PASSWORD)."""
         if "file" in pk:
@@ -388,9 +395,7 @@ class KeysMixin:
 
     def x_alter_cert(self, s, out, tok):
         db = self.cur_db()
-        name, c = self._cert(db, s["name"])
-        if not c or not self.cert_control(db, c):
-            raise SqlError(15151, "certificate", s["name"])
+        name, c = self._controlled_cert(db, s["name"])
         self.need_write(db)
         if s["remove"]:
             c["prot"] = None
@@ -425,9 +430,7 @@ class KeysMixin:
 
     def x_backup_cert(self, s, out, tok):
         db = self.cur_db()
-        name, c = self._cert(db, s["name"])
-        if not c or not self.cert_control(db, c):
-            raise SqlError(15151, "certificate", s["name"])
+        name, c = self._controlled_cert(db, s["name"])
         winpath, real = self.path(s["file"])
         pk = s.get("pk")
         files = [(winpath, real, base64.b64decode(c["der"]))]

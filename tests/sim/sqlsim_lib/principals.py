@@ -55,13 +55,18 @@ class PrincipalsMixin:
         self.state.dirty = True
         out.done(0, token=tok)
 
-    def x_create_user(self, s, out, tok):
+    def _db_for_new_principal(self, name):
+        """The current database, when the caller may add a principal called name to it."""
         db = self.cur_db()
         if not self.db_control(db):
             raise SqlError(15247)
         self.need_write(db)
-        if any(n.lower() == s["name"].lower() for n in db["principals"]):
-            raise SqlError(15023, s["name"])
+        if any(n.lower() == name.lower() for n in db["principals"]):
+            raise SqlError(15023, name)
+        return db
+
+    def x_create_user(self, s, out, tok):
+        db = self._db_for_new_principal(s["name"])
         if s["login"] and s["login"] not in self.node.d["logins"]:
             raise SqlError(15007, s["login"])
         db["principals"][s["name"]] = {"principal_id": db["next_principal_id"], "type": "S", "login": s["login"],
@@ -71,12 +76,7 @@ class PrincipalsMixin:
         out.done(0, token=tok)
 
     def x_create_role(self, s, out, tok):
-        db = self.cur_db()
-        if not self.db_control(db):
-            raise SqlError(15247)
-        self.need_write(db)
-        if any(n.lower() == s["name"].lower() for n in db["principals"]):
-            raise SqlError(15023, s["name"])
+        db = self._db_for_new_principal(s["name"])
         db["principals"][s["name"]] = {"principal_id": 16400 + db["next_principal_id"], "type": "R", "login": None,
                                        "owner": 1}
         db["next_principal_id"] += 1
@@ -156,9 +156,7 @@ class PrincipalsMixin:
         if target:
             tcls, parts = target
             if tcls == "CERTIFICATE":
-                name, c = self._cert(db, parts[-1])
-                if not c or not self.cert_control(db, c):
-                    raise SqlError(15151, "certificate", parts[-1])
+                name, c = self._controlled_cert(db, parts[-1])
                 cls, major = 25, c["certificate_id"]
             elif tcls == "DATABASE":
                 d2 = self.find_db(parts[-1])
