@@ -290,15 +290,19 @@ class KeysMixin:
             raise SqlError(15151, "certificate", name)
         return n, c
 
+    def _read_key_file(self, expr):
+        """The certificate or private key file named by expr; 15208 if it cannot be read."""
+        _w, real = self.path(expr)
+        try:
+            with open(real, "rb") as f:
+                return f.read()
+        except OSError:
+            raise SqlError(15208)
+
     def _read_pvk(self, pk, cert_pub):
         """pk options -> private key PEM (decrypted by DECRYPTION BY PASSWORD)."""
         if "file" in pk:
-            _w, real = self.path(pk["file"])
-            try:
-                with open(real, "rb") as f:
-                    data = f.read()
-            except OSError:
-                raise SqlError(15208)
+            data = self._read_key_file(pk["file"])
         else:
             data = self.eval(pk["binary"], {})
             if not isinstance(data, bytes):
@@ -344,12 +348,7 @@ class KeysMixin:
         if "from" in s:
             kind, src = s["from"]
             if kind == "file":
-                _w, real = self.path(src)
-                try:
-                    with open(real, "rb") as f:
-                        data = f.read()
-                except OSError:
-                    raise SqlError(15208)
+                data = self._read_key_file(src)
             else:
                 data = self.eval(src, {})
             try:
