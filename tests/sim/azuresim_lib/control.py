@@ -25,143 +25,135 @@ POST /token     {"client_id":opt, "resource":opt, "lifetime":opt, "tenant":opt}
 POST /federated-token {"sub":opt, "aud":opt, "lifetime":opt}
                  -> {"token":...}; also rewrites the federated token file
 """
-import json
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from common.control import ControlServer
 
 from .util import ALL_OPS
 
 
-class ControlHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "azuresim-control"
+def routes(sim):
+    """(method, path) -> handler(req) -> (status, object)."""
+    f = sim.faults
 
-    def log_message(self, fmt, *args):
-        self.server.sim.log("control: " + (fmt % args))
+    def health(req):
+        return 200, {"ok": True}
 
-    def reply(self, status, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def ready(req):
+        return 200, sim.ready
 
-    def do_GET(self):
-        sim = self.server.sim
-        u = urllib.parse.urlsplit(self.path)
-        q = urllib.parse.parse_qs(u.query)
-        p = u.path.rstrip("/")
-        if p == "/health":
-            return self.reply(200, {"ok": True})
-        if p == "/ready":
-            return self.reply(200, sim.ready)
-        if p == "/stats":
-            s = sim.audit.stats()
-            s["tokens_issued"] = sim.tokens.issued
-            s["token_generation"] = sim.tokens.generation
-            return self.reply(200, s)
-        if p == "/audit":
-            since = int(q.get("since", ["0"])[0])
-            return self.reply(200, {"entries": sim.audit.since(since)})
-        if p == "/faults":
-            return self.reply(200, sim.faults.snapshot())
-        if p == "/grants":
-            return self.reply(200, sim.grants.snapshot())
-        if p == "/secrets":
-            with sim.store.lock:
-                out = []
-                for r in sim.store.secrets.values():
-                    out.append({"name": r["name"], "deleted": r.get("deleted") is not None,
-                                "versions": [{"version": v["version"], "enabled": v["enabled"],
-                                              "tags": v.get("tags"), "created": v["created"],
-                                              "updated": v["updated"], "nbf": v.get("nbf"),
-                                              "exp": v.get("exp")} for v in r["versions"]]})
-            return self.reply(200, {"secrets": out})
-        return self.reply(404, {"error": f"unknown control path {p}"})
+    def stats(req):
+        s = sim.audit.stats()
+        s["tokens_issued"] = sim.tokens.issued
+        s["token_generation"] = sim.tokens.generation
+        return 200, s
 
-    def do_POST(self):
-        sim = self.server.sim
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        try:
-            b = json.loads(raw) if raw.strip() else {}
-            if not isinstance(b, dict):
-                raise ValueError("body must be an object")
-        except ValueError as e:
-            return self.reply(400, {"error": f"bad JSON: {e}"})
-        p = urllib.parse.urlsplit(self.path).path.rstrip("/")
-        f = sim.faults
-        try:
-            if p == "/fail":
-                rule = {"status": int(b.get("status", 503)), "count": int(b.get("count", 1)),
-                        "retry_after": b.get("retry_after"), "path_prefix": b.get("path_prefix"),
-                        "method": b.get("method")}
-                with f.lock:
-                    f.fail_rules.append(rule)
-                return self.reply(200, {"ok": True, "rule": rule})
-            if p == "/drop":
-                rule = {"count": int(b.get("count", 1)), "path_prefix": b.get("path_prefix"),
-                        "method": b.get("method")}
-                with f.lock:
-                    f.drop_rules.append(rule)
-                return self.reply(200, {"ok": True, "rule": rule})
-            if p == "/latency":
-                ms = int(b.get("ms", 0))
-                with f.lock:
-                    if ms <= 0:
-                        f.latency.clear()
-                    else:
-                        f.latency.append({"ms": ms, "path_prefix": b.get("path_prefix"),
-                                          "method": b.get("method")})
-                return self.reply(200, {"ok": True})
-            if p == "/delete-delay":
-                with f.lock:
-                    f.delete_delay_ms = int(b.get("ms", 0))
-                return self.reply(200, {"ok": True})
-            if p == "/reset":
-                f.clear()
-                return self.reply(200, {"ok": True})
-            if p == "/reset-audit":
-                sim.audit.clear()
-                return self.reply(200, {"ok": True})
-            if p == "/expire-tokens":
-                sim.tokens.expire_all()
-                return self.reply(200, {"ok": True, "generation": sim.tokens.generation})
-            if p == "/grants":
-                cid = b.get("client_id")
-                ops = b.get("ops")
-                if not isinstance(cid, str) or not isinstance(ops, list):
-                    return self.reply(400, {"error": "need client_id (string) and ops (list)"})
-                bad = [o for o in ops if o not in ALL_OPS and o != "all"]
-                if bad:
-                    return self.reply(400, {"error": f"unknown ops {bad}; known: {ALL_OPS}"})
-                sim.grants.set(cid, ops)
-                return self.reply(200, {"ok": True, "grants": sim.grants.snapshot()})
-            if p == "/reset-grants":
-                sim.grants.reset()
-                return self.reply(200, {"ok": True, "grants": sim.grants.snapshot()})
-            if p == "/token":
-                cid = b.get("client_id", sim.client_id)
-                tok, c = sim.tokens.mint(b.get("tenant", sim.tenant), cid, b.get("object_id", sim.app_object_id),
-                                         b.get("resource", "https://vault.azure.net"),
-                                         lifetime=b.get("lifetime"))
-                return self.reply(200, {"access_token": tok, "expires_on": c["exp"]})
-            if p == "/federated-token":
-                tok = sim.write_federated_token(sub=b.get("sub"), aud=b.get("aud"),
-                                                lifetime=int(b.get("lifetime", 3600)),
-                                                write=b.get("write", True))
-                return self.reply(200, {"token": tok, "file": sim.federated_token_file})
-        except (TypeError, ValueError) as e:
-            return self.reply(400, {"error": str(e)})
-        return self.reply(404, {"error": f"unknown control path {p}"})
+    def audit(req):
+        since = int(req.query.get("since", ["0"])[0])
+        return 200, {"entries": sim.audit.since(since)}
+
+    def faults(req):
+        return 200, f.snapshot()
+
+    def grants(req):
+        return 200, sim.grants.snapshot()
+
+    def secrets(req):
+        with sim.store.lock:
+            out = []
+            for r in sim.store.secrets.values():
+                out.append({"name": r["name"], "deleted": r.get("deleted") is not None,
+                            "versions": [{"version": v["version"], "enabled": v["enabled"],
+                                          "tags": v.get("tags"), "created": v["created"],
+                                          "updated": v["updated"], "nbf": v.get("nbf"),
+                                          "exp": v.get("exp")} for v in r["versions"]]})
+        return 200, {"secrets": out}
+
+    def fail(req):
+        b = req.body
+        rule = {"status": int(b.get("status", 503)), "count": int(b.get("count", 1)),
+                "retry_after": b.get("retry_after"), "path_prefix": b.get("path_prefix"),
+                "method": b.get("method")}
+        with f.lock:
+            f.fail_rules.append(rule)
+        return 200, {"ok": True, "rule": rule}
+
+    def drop(req):
+        b = req.body
+        rule = {"count": int(b.get("count", 1)), "path_prefix": b.get("path_prefix"),
+                "method": b.get("method")}
+        with f.lock:
+            f.drop_rules.append(rule)
+        return 200, {"ok": True, "rule": rule}
+
+    def latency(req):
+        b = req.body
+        ms = int(b.get("ms", 0))
+        with f.lock:
+            if ms <= 0:
+                f.latency.clear()
+            else:
+                f.latency.append({"ms": ms, "path_prefix": b.get("path_prefix"),
+                                  "method": b.get("method")})
+        return 200, {"ok": True}
+
+    def delete_delay(req):
+        with f.lock:
+            f.delete_delay_ms = int(req.body.get("ms", 0))
+        return 200, {"ok": True}
+
+    def reset(req):
+        f.clear()
+        return 200, {"ok": True}
+
+    def reset_audit(req):
+        sim.audit.clear()
+        return 200, {"ok": True}
+
+    def expire_tokens(req):
+        sim.tokens.expire_all()
+        return 200, {"ok": True, "generation": sim.tokens.generation}
+
+    def set_grants(req):
+        cid = req.body.get("client_id")
+        ops = req.body.get("ops")
+        if not isinstance(cid, str) or not isinstance(ops, list):
+            return 400, {"error": "need client_id (string) and ops (list)"}
+        bad = [o for o in ops if o not in ALL_OPS and o != "all"]
+        if bad:
+            return 400, {"error": f"unknown ops {bad}; known: {ALL_OPS}"}
+        sim.grants.set(cid, ops)
+        return 200, {"ok": True, "grants": sim.grants.snapshot()}
+
+    def reset_grants(req):
+        sim.grants.reset()
+        return 200, {"ok": True, "grants": sim.grants.snapshot()}
+
+    def token(req):
+        b = req.body
+        cid = b.get("client_id", sim.client_id)
+        tok, c = sim.tokens.mint(b.get("tenant", sim.tenant), cid, b.get("object_id", sim.app_object_id),
+                                 b.get("resource", "https://vault.azure.net"),
+                                 lifetime=b.get("lifetime"))
+        return 200, {"access_token": tok, "expires_on": c["exp"]}
+
+    def federated_token(req):
+        b = req.body
+        tok = sim.write_federated_token(sub=b.get("sub"), aud=b.get("aud"),
+                                        lifetime=int(b.get("lifetime", 3600)),
+                                        write=b.get("write", True))
+        return 200, {"token": tok, "file": sim.federated_token_file}
+
+    return {("GET", "/health"): health, ("GET", "/ready"): ready, ("GET", "/stats"): stats,
+            ("GET", "/audit"): audit, ("GET", "/faults"): faults, ("GET", "/grants"): grants,
+            ("GET", "/secrets"): secrets,
+            ("POST", "/fail"): fail, ("POST", "/drop"): drop, ("POST", "/latency"): latency,
+            ("POST", "/delete-delay"): delete_delay, ("POST", "/reset"): reset,
+            ("POST", "/reset-audit"): reset_audit, ("POST", "/expire-tokens"): expire_tokens,
+            ("POST", "/grants"): set_grants, ("POST", "/reset-grants"): reset_grants,
+            ("POST", "/token"): token, ("POST", "/federated-token"): federated_token}
 
 
 def start_control(sim, port):
-    srv = ThreadingHTTPServer(("127.0.0.1", port), ControlHandler)
-    srv.daemon_threads = True
-    srv.sim = sim
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    return srv
+    return ControlServer(port, routes(sim), log=lambda msg: sim.log("control: " + msg),
+                         server_version="azuresim-control",
+                         not_found=lambda p: {"error": f"unknown control path {p}"},
+                         bad_json=lambda e: {"error": f"bad JSON: {e}"}).start()

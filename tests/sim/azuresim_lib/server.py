@@ -4,17 +4,16 @@ import json
 import os
 import secrets
 import signal
-import socket
-import ssl
 import sys
 import threading
 import time
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from common import httpsd
 
 from . import jwtutil
 from .control import start_control
@@ -213,11 +212,7 @@ class Sim:
         return resp
 
 
-class Handler(BaseHTTPRequestHandler):
-    # Like the real services (Go's net/http sets TCP_NODELAY): without it the body,
-    # sent after the headers, waits for the client's delayed ACK (~40 ms a request).
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
+class Handler(httpsd.Handler):
     server_version = "azuresim"
 
     def version_string(self):
@@ -226,25 +221,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         self.server.sim.log(f"{self.client_address[0]} " + (fmt % args))
 
-    def read_body(self):
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            out = b""
-            while True:
-                line = self.rfile.readline()
-                size = int(line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return out
-                out += self.rfile.read(size)
-                self.rfile.read(2)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
-
     def dispatch(self):
         sim = self.server.sim
         body = self.read_body()
+        if body is None:
+            return
         u = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(u.query, keep_blank_values=True)
         path = urllib.parse.unquote(u.path) or "/"
@@ -252,11 +233,7 @@ class Handler(BaseHTTPRequestHandler):
         req = Request(self.command, path, query, self.headers, body, host, self.client_address[0])
         resp = sim.handle(req, plain=self.server.plain)
         if resp is Response.DROP:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self.drop_connection()
             return
         self.send_response(resp.status)
         for k, v in resp.headers:
@@ -269,37 +246,10 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = dispatch
 
 
-class TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr, handler, sim, ctx, plain=False):
-        super().__init__(addr, handler)
-        self.sim = sim
-        self.ctx = ctx
-        self.plain = plain
-
-    def finish_request(self, request, client_address):
-        # the TLS handshake runs in the worker thread, so a stalled client cannot block accept()
-        if self.ctx is not None:
-            try:
-                request.settimeout(30)
-                request = self.ctx.wrap_socket(request, server_side=True)
-                request.settimeout(None)
-            except (ssl.SSLError, OSError) as e:
-                self.sim.log(f"TLS handshake from {client_address[0]} failed: {e}")
-                return
-        super().finish_request(request, client_address)
-        try:
-            request.close()
-        except OSError:
-            pass
-
-    def handle_error(self, request, client_address):
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
+def https_server(port, sim, ctx, plain=False):
+    srv = httpsd.Server(("127.0.0.1", port), Handler, ctx, log=sim.log)
+    srv.sim, srv.plain = sim, plain
+    return srv
 
 
 def parse_args(argv):
@@ -338,10 +288,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv if argv is not None else sys.argv[1:])
     sim = Sim(args)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    srv = TLSServer(("127.0.0.1", args.port), Handler, sim, ctx)
+    srv = https_server(args.port, sim, httpsd.tls_context(args.tls_cert, args.tls_key))
     cport = args.control_port or args.port + 1
     ctl = start_control(sim, cport)
     servers = [srv, ctl]
@@ -365,9 +312,7 @@ def main(argv=None):
         "port": args.port, "state": sim.state, "pid": os.getpid(),
     }
     if args.imds_http_port:
-        hsrv = TLSServer(("127.0.0.1", args.imds_http_port), Handler, sim, None, plain=True)
-        servers.append(hsrv)
-        threading.Thread(target=hsrv.serve_forever, daemon=True).start()
+        servers.append(https_server(args.imds_http_port, sim, None, plain=True).start())
         hb = f"http://127.0.0.1:{args.imds_http_port}"
         ready.update({"imds_http_endpoint": f"{hb}{IMDS_PATH}",
                       "identity_http_endpoint": f"{hb}{APPSERVICE_PATH}",
@@ -380,7 +325,7 @@ def main(argv=None):
         stop.set()
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.start()
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     sim.log(f"listening on {base} (control http://127.0.0.1:{cport}), tenant {sim.tenant}")
@@ -388,6 +333,5 @@ def main(argv=None):
         pass
     sim.log("stopping")
     for s in servers:
-        s.shutdown()
-        s.server_close()
+        s.stop()
     return 0

@@ -1,7 +1,5 @@
 """Control endpoint: HTTP/JSON on 127.0.0.1 (see README.md, ## sqlsim, Control endpoint)."""
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from common.control import ControlServer as _Control
 
 
 class ControlServer:
@@ -9,57 +7,30 @@ class ControlServer:
         self.server = server
         sim = server
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def locked(fn):
+            def route(req):
+                with sim.state.lock:
+                    return 200, fn()
+            return route
 
-            def log_message(self, *a):
-                pass
+        def delete_faults(req):
+            sim.faults.clear()
+            return 200, sim.faults.to_json()
 
-            def _send(self, code, obj):
-                body = json.dumps(obj, default=str).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _body(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                if not n:
-                    return {}
-                return json.loads(self.rfile.read(n).decode() or "{}")
-
-            def do_GET(self):
-                try:
-                    code, obj = sim_get(sim, self.path)
-                except Exception as e:   # never crash the simulator
-                    code, obj = 500, {"error": str(e)}
-                self._send(code, obj)
-
-            def do_POST(self):
-                try:
-                    code, obj = sim_post(sim, self.path, self._body())
-                except (ValueError, KeyError, TypeError) as e:
-                    code, obj = 400, {"error": str(e)}
-                except Exception as e:
-                    code, obj = 500, {"error": str(e)}
-                self._send(code, obj)
-
-            def do_DELETE(self):
-                if self.path.rstrip("/") == "/faults":
-                    sim.faults.clear()
-                    return self._send(200, sim.faults.to_json())
-                self._send(404, {"error": "not found"})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), H)
-        self.httpd.daemon_threads = True
+        routes = {("GET", ""): locked(lambda: status(sim)),
+                  ("GET", "/status"): locked(lambda: status(sim)),
+                  ("GET", "/stats"): locked(sim.stats_json),
+                  ("GET", "/faults"): locked(sim.faults.to_json),
+                  ("DELETE", "/faults"): delete_faults}
+        for path, fn in POST_ROUTES.items():
+            routes[("POST", path)] = (lambda fn: lambda req: fn(sim, req))(fn)
+        self.ctl = _Control(port, routes, json_default=str)
 
     def start(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.ctl.start()
 
     def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.ctl.stop()
 
 
 def _node_idx(sim, ref):
@@ -91,64 +62,69 @@ def status(sim):
             "faults": sim.faults.to_json()}
 
 
-def sim_get(sim, path):
-    p = path.split("?")[0].rstrip("/")
-    with sim.state.lock:
-        if p in ("", "/status"):
-            return 200, status(sim)
-        if p == "/stats":
-            return 200, sim.stats_json()
-        if p == "/faults":
-            return 200, sim.faults.to_json()
-    return 404, {"error": "not found"}
-
-
 FAULT_KEYS = {"latency_ms": int, "latency_handshake": bool, "drop_after_statements": int, "drop_at_pattern": str, "drop_when": str,
               "drop_node": str, "failover_at_statement": int, "failover_target": str, "downgrade": bool,
               "encrypt_not_sup": bool, "report_unencrypted": bool}
 
 
-def sim_post(sim, path, body):
-    p = path.split("?")[0].rstrip("/")
-    if p == "/faults":
-        f = sim.faults
-        for k, v in body.items():
-            if k == "force_encryption":
-                sim.force_encryption = bool(v)
-                continue
-            if k == "readable_secondaries":
-                v = {"yes": "all", "all": "all", "no": "no", "read_only": "read_only",
-                     "read-only": "read_only"}[str(v).lower()]
-                with sim.state.lock:
-                    sim.state.ag["readable"] = v
-                    sim.state.save()
-                continue
-            if k not in FAULT_KEYS:
-                raise KeyError(f"unknown fault {k}")
-            setattr(f, k, None if v is None else FAULT_KEYS[k](v))
-            if k in ("drop_after_statements", "failover_at_statement"):
-                f.statements = 0
-        if "drop_when" in body and body["drop_when"] not in ("before", "after"):
-            raise ValueError("drop_when must be before or after")
-        out = f.to_json()
-        out["force_encryption"] = sim.force_encryption
-        return 200, out
-    if p == "/faults/clear":
-        sim.faults.clear()
-        return 200, sim.faults.to_json()
-    if p == "/stats/reset":
-        sim.reset_stats()
-        return 200, {}
-    if p == "/failover":
-        idx = _node_idx(sim, body.get("target", (sim.state.ag["primary"] + 1) % len(sim.state.nodes)))
-        sim.failover(idx)
-        return 200, status(sim)
-    parts = p.strip("/").split("/")
-    if len(parts) == 3 and parts[0] == "nodes" and parts[2] in ("down", "up"):
-        idx = _node_idx(sim, parts[1])
-        if parts[2] == "down":
-            sim.node_down(idx)
-        else:
-            sim.node_up(idx)
-        return 200, status(sim)
-    return 404, {"error": "not found"}
+def post_faults(sim, req):
+    body = req.body
+    f = sim.faults
+    for k, v in body.items():
+        if k == "force_encryption":
+            sim.force_encryption = bool(v)
+            continue
+        if k == "readable_secondaries":
+            v = {"yes": "all", "all": "all", "no": "no", "read_only": "read_only",
+                 "read-only": "read_only"}[str(v).lower()]
+            with sim.state.lock:
+                sim.state.ag["readable"] = v
+                sim.state.save()
+            continue
+        if k not in FAULT_KEYS:
+            raise KeyError(f"unknown fault {k}")
+        setattr(f, k, None if v is None else FAULT_KEYS[k](v))
+        if k in ("drop_after_statements", "failover_at_statement"):
+            f.statements = 0
+    if "drop_when" in body and body["drop_when"] not in ("before", "after"):
+        raise ValueError("drop_when must be before or after")
+    out = f.to_json()
+    out["force_encryption"] = sim.force_encryption
+    return 200, out
+
+
+def post_faults_clear(sim, req):
+    sim.faults.clear()
+    return 200, sim.faults.to_json()
+
+
+def post_stats_reset(sim, req):
+    sim.reset_stats()
+    return 200, {}
+
+
+def post_failover(sim, req):
+    idx = _node_idx(sim, req.body.get("target", (sim.state.ag["primary"] + 1) % len(sim.state.nodes)))
+    sim.failover(idx)
+    return 200, status(sim)
+
+
+def post_node_down(sim, req):
+    sim.node_down(_node_idx(sim, req.args["node"]))
+    return 200, status(sim)
+
+
+def post_node_up(sim, req):
+    sim.node_up(_node_idx(sim, req.args["node"]))
+    return 200, status(sim)
+
+
+# path -> handler(sim, req) -> (status, object)
+POST_ROUTES = {
+    "/faults": post_faults,
+    "/faults/clear": post_faults_clear,
+    "/stats/reset": post_stats_reset,
+    "/failover": post_failover,
+    "/nodes/{node}/down": post_node_down,
+    "/nodes/{node}/up": post_node_up,
+}

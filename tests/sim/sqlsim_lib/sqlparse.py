@@ -25,6 +25,27 @@ _OPS = ["<>", "!=", "<=", ">=", "!<", "!>", "::", "+=", "-=", "(", ")", ",", "."
         "+", "-", "/", "%", "&", "|", "^", "~"]
 
 
+# opening -> (token kind, closing character); a doubled closing character stands for itself
+_QUOTES = {"'": ("str", "'"), "N'": ("str", "'"), "[": ("qident", "]"), '"': ("qident", '"')}
+
+
+def _scan_quoted(s, start, j, close):
+    """The one scanner for N'...', '...', [...] and "..." tokens: the body starts at j.
+    Returns (value with doubled closers undone, index after the closer)."""
+    n = len(s)
+    buf = []
+    while True:
+        k = s.find(close, j)
+        if k < 0:
+            raise SqlSyntax(s[start:start + 30])
+        buf.append(s[j:k])
+        if k + 1 < n and s[k + 1] == close:
+            buf.append(close)
+            j = k + 2
+            continue
+        return "".join(buf), k + 1
+
+
 def tokenize(s):
     toks = []
     i, n = 0, len(s)
@@ -53,56 +74,12 @@ def tokenize(s):
             i = j
             continue
         start = i
-        if c in "Nn" and i + 1 < n and s[i + 1] == "'" or c == "'":
-            j = i + (2 if c != "'" else 1)
-            buf = []
-            while True:
-                k = s.find("'", j)
-                if k < 0:
-                    raise SqlSyntax(s[start:start + 30])
-                buf.append(s[j:k])
-                if k + 1 < n and s[k + 1] == "'":
-                    buf.append("'")
-                    j = k + 2
-                    continue
-                j = k + 1
-                break
-            toks.append(Tok("str", "".join(buf), s[start:j], start))
-            i = j
-            continue
-        if c == "[":
-            j = i + 1
-            buf = []
-            while True:
-                k = s.find("]", j)
-                if k < 0:
-                    raise SqlSyntax(s[start:start + 30])
-                buf.append(s[j:k])
-                if k + 1 < n and s[k + 1] == "]":
-                    buf.append("]")
-                    j = k + 2
-                    continue
-                j = k + 1
-                break
-            toks.append(Tok("qident", "".join(buf), s[start:j], start))
-            i = j
-            continue
-        if c == '"':
-            j = i + 1
-            buf = []
-            while True:
-                k = s.find('"', j)
-                if k < 0:
-                    raise SqlSyntax(s[start:start + 30])
-                buf.append(s[j:k])
-                if k + 1 < n and s[k + 1] == '"':
-                    buf.append('"')
-                    j = k + 2
-                    continue
-                j = k + 1
-                break
-            toks.append(Tok("qident", "".join(buf), s[start:j], start))
-            i = j
+        if c in "Nn" and i + 1 < n and s[i + 1] == "'":
+            c = "N'"
+        if c in _QUOTES:
+            kind, close = _QUOTES[c]
+            val, i = _scan_quoted(s, start, start + len(c), close)
+            toks.append(Tok(kind, val, s[start:i], start))
             continue
         if c == "0" and i + 1 < n and s[i + 1] in "xX":
             m = re.compile(r"0[xX]([0-9a-fA-F]*)").match(s, i)

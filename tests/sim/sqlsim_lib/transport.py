@@ -4,6 +4,8 @@ import select
 import ssl
 import struct
 
+from common.httpsd import tls_context
+
 from . import tds
 
 
@@ -12,12 +14,8 @@ class Closed(Exception):
 
 
 def make_tls_context(cert, key):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
     # TDS 7.x runs TLS <= 1.2; FreeTDS/GnuTLS breaks with 1.3 (tds-notes.md section 3)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+    return tls_context(cert, key, tls12_only=True)
 
 
 class Transport:

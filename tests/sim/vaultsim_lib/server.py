@@ -1,16 +1,16 @@
 """HTTPS front end, fault injection and the plain-HTTP control endpoint."""
 import argparse
 import collections
-import http.server
 import json
 import os
 import signal
-import socket
-import ssl
 import sys
 import threading
 import time
 import urllib.parse
+
+from common import httpsd
+from common.control import ControlServer
 
 from .core import Resp, Vault
 from .util import rfc1123
@@ -80,20 +80,12 @@ def fault_response(f, path):
     return Resp(st, body, hdrs)
 
 
-class VaultHandler(http.server.BaseHTTPRequestHandler):
-    # Like the real services (Go's net/http sets TCP_NODELAY): without it the body,
-    # sent after the headers, waits for the client's delayed ACK (~40 ms a request).
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
+class VaultHandler(httpsd.Handler):
     server_version = "vaultsim"
     sys_version = ""
 
     def log_message(self, fmt, *args):
         sys.stderr.write("vaultsim: %s\n" % (fmt % args))
-
-    def _body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
 
     def _send(self, resp, head=False):
         body = b""
@@ -113,7 +105,9 @@ class VaultHandler(http.server.BaseHTTPRequestHandler):
     def _go(self):
         srv = self.server
         faults = srv.faults
-        raw = self._body()
+        raw = self.read_body()
+        if raw is None:
+            return
         method = self.command.upper()
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
@@ -129,11 +123,7 @@ class VaultHandler(http.server.BaseHTTPRequestHandler):
         try:
             if faults.take_drop():
                 status = "dropped"
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self.drop_connection()
                 return
             f = faults.take_fail(parsed.path)
             if f:
@@ -191,115 +181,74 @@ class VaultHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_LIST = do_HEAD = _go
 
 
-class TLSServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def control_routes(vault, f):
+    """The control endpoint (plain HTTP, README.md ## vaultsim): (method, path) -> handler."""
+    def stats(req):
+        with f.lock:
+            return 200, {"total": f.total, "requests": dict(f.counts), "by_path": dict(f.by_path),
+                         "by_status": dict(f.by_status), "last": list(f.last),
+                         "sealed": vault.sealed, "latency_ms": f.latency_ms, "drop": f.drop,
+                         "fail": f.fail}
 
-    def __init__(self, addr, handler, ctx):
-        self.ctx = ctx
-        super().__init__(addr, handler)
+    def health(req):
+        return 200, {"ok": True, "sealed": vault.sealed}
 
-    def finish_request(self, request, client_address):
-        request.settimeout(30)
-        try:
-            tls = self.ctx.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            sys.stderr.write(f"vaultsim: TLS handshake failed from {client_address}: {e}\n")
-            return
-        try:
-            self.RequestHandlerClass(tls, client_address, self)
-        finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
+    def ok(fn):
+        def route(req):
+            fn(req.body, req.path)
+            return 200, {"ok": True}
+        return route
 
+    def seal(d, p):
+        with vault.lock:
+            vault.sealed = p == "/seal"
 
-class ControlHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):
-        sys.stderr.write("vaultsim-control: %s\n" % (fmt % args))
-
-    def _reply(self, code, obj):
-        b = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(b)))
-        self.end_headers()
-        self.wfile.write(b)
-
-    def do_GET(self):
-        srv = self.server
-        f = srv.faults
-        p = self.path.split("?")[0].rstrip("/")
-        if p == "/stats":
-            with f.lock:
-                self._reply(200, {"total": f.total, "requests": dict(f.counts), "by_path": dict(f.by_path),
-                                  "by_status": dict(f.by_status), "last": list(f.last),
-                                  "sealed": srv.vault.sealed, "latency_ms": f.latency_ms, "drop": f.drop,
-                                  "fail": f.fail})
-        elif p in ("/health", ""):
-            self._reply(200, {"ok": True, "sealed": srv.vault.sealed})
-        else:
-            self._reply(404, {"error": "unknown control path"})
-
-    def do_POST(self):
-        srv = self.server
-        f = srv.faults
-        n = int(self.headers.get("Content-Length") or 0)
-        try:
-            d = json.loads(self.rfile.read(n) or b"{}") if n else {}
-        except ValueError:
-            return self._reply(400, {"error": "bad json"})
-        p = self.path.split("?")[0].rstrip("/")
-        v = srv.vault
-        if p == "/seal":
-            with v.lock:
-                v.sealed = True
-        elif p == "/unseal":
-            with v.lock:
-                v.sealed = False
-        elif p == "/fail":
-            with f.lock:
-                st = int(d.get("status", 500))
-                if st == 0:
-                    f.fail = None
-                else:
-                    f.fail = {"status": st, "count": int(d.get("count", 1)),
-                              "retry_after": d.get("retry_after"), "path_prefix": d.get("path_prefix"),
-                              "message": d.get("message")}
-        elif p == "/latency":
-            f.latency_ms = int(d.get("ms", 0))
-        elif p == "/drop":
-            with f.lock:
-                f.drop = int(d.get("count", 1))
-        elif p == "/expire-tokens":
-            with v.lock:
-                now = time.time()
-                for te in v.st["tokens"].values():
-                    if not te.get("root_file"):
-                        te["expire_at"] = now - 1
-                v.save()
-        elif p in ("/reset", "/clear"):
-            with f.lock:
+    def fail(d, p):
+        with f.lock:
+            st = int(d.get("status", 500))
+            if st == 0:
                 f.fail = None
-                f.drop = 0
-                f.latency_ms = 0
-                if p == "/reset" or d.get("stats"):
-                    f.counts.clear()
-                    f.by_path.clear()
-                    f.by_status.clear()
-                    f.last.clear()
-                    f.total = 0
-        else:
-            return self._reply(404, {"error": "unknown control path"})
-        self._reply(200, {"ok": True})
+            else:
+                f.fail = {"status": st, "count": int(d.get("count", 1)),
+                          "retry_after": d.get("retry_after"), "path_prefix": d.get("path_prefix"),
+                          "message": d.get("message")}
+
+    def latency(d, p):
+        f.latency_ms = int(d.get("ms", 0))
+
+    def drop(d, p):
+        with f.lock:
+            f.drop = int(d.get("count", 1))
+
+    def expire_tokens(d, p):
+        with vault.lock:
+            now = time.time()
+            for te in vault.st["tokens"].values():
+                if not te.get("root_file"):
+                    te["expire_at"] = now - 1
+            vault.save()
+
+    def reset(d, p):
+        with f.lock:
+            f.fail = None
+            f.drop = 0
+            f.latency_ms = 0
+            if p == "/reset" or d.get("stats"):
+                f.counts.clear()
+                f.by_path.clear()
+                f.by_status.clear()
+                f.last.clear()
+                f.total = 0
+
+    return {("GET", "/stats"): stats, ("GET", "/health"): health, ("GET", ""): health,
+            ("POST", "/seal"): ok(seal), ("POST", "/unseal"): ok(seal), ("POST", "/fail"): ok(fail),
+            ("POST", "/latency"): ok(latency), ("POST", "/drop"): ok(drop),
+            ("POST", "/expire-tokens"): ok(expire_tokens), ("POST", "/reset"): ok(reset),
+            ("POST", "/clear"): ok(reset)}
 
 
-class ControlServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def _log(msg):
+    sys.stderr.write(f"vaultsim: {msg}\n")
 
 
 def main(argv=None):
@@ -318,19 +267,16 @@ def main(argv=None):
     if not root:
         sys.exit("vaultsim: empty root token file")
     vault = Vault(a.state, root)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(a.tls_cert, a.tls_key)
-    if a.client_ca:
-        ctx.load_verify_locations(a.client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx = httpsd.tls_context(a.tls_cert, a.tls_key, client_ca=a.client_ca)
     faults = Faults()
-    srv = TLSServer(("127.0.0.1", a.port), VaultHandler, ctx)
+    # the connection keeps the 30 s handshake timeout: an idle keep-alive connection is closed
+    srv = httpsd.Server(("127.0.0.1", a.port), VaultHandler, ctx, log=_log, keep_timeout=True)
     srv.vault, srv.faults = vault, faults
     cport = a.control_port if a.control_port is not None else a.port + 1
-    csrv = ControlServer(("127.0.0.1", cport), ControlHandler)
-    csrv.vault, csrv.faults = vault, faults
-    threading.Thread(target=csrv.serve_forever, daemon=True).start()
+    csrv = ControlServer(cport, control_routes(vault, faults),
+                         log=lambda msg: sys.stderr.write(f"vaultsim-control: {msg}\n"),
+                         not_found=lambda p: {"error": "unknown control path"},
+                         bad_json=lambda e: {"error": "bad json"}).start()
 
     def stop(signum, frame):
         with vault.lock:
@@ -342,6 +288,6 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     port = srv.server_address[1]
     sys.stdout.write(json.dumps({"port": port, "address": f"https://127.0.0.1:{port}",
-                                 "control_port": csrv.server_address[1], "pid": os.getpid()}) + "\n")
+                                 "control_port": csrv.port, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
     srv.serve_forever()
