@@ -156,7 +156,7 @@ class Cli(unittest.TestCase):
         log = f"{self.d}/audit.jsonl"
         for _ in range(2):
             self.assertEqual(self.one_run(p)[0], 2)
-        rc, out, err = run("-c", p, "audit", "verify")
+        rc, out, err = run("-c", p, "audit", "verify", log)
         self.assertEqual(rc, 0, err)
         self.assertIn("6 records, hash chain intact, MACs verified", out)
         with open(log) as f:
