@@ -387,11 +387,10 @@ open_locked(struct audit *a, int *fdp, struct dmk_err *err)
 
 /* Write the checkpoint for the new head, then hand it to the anchor. */
 static int
-save_checkpoint(struct audit *a, int fd, long long seq, const char *head, int run_end,
+save_checkpoint(struct audit *a, long long seq, const char *head, int run_end,
     const char *last_run, struct dmk_err *err)
 {
 	struct audit_ckpt c;
-	struct stat st;
 	struct buf text;
 	struct dmk_err aerr;
 	int r;
@@ -402,7 +401,6 @@ save_checkpoint(struct audit *a, int fd, long long seq, const char *head, int ru
 	util_strlcpy(c.log, a->path, sizeof(c.log));
 	util_strlcpy(c.last_run, last_run, sizeof(c.last_run));
 	c.run_open = !run_end;
-	(void)fstat(fd, &st);
 	buf_init(&text, AUDIT_LINE_MAX);
 	if ((r = audit_ckpt_encode(&c, a->key, &text, err)) != 0)
 		goto out;
@@ -520,7 +518,7 @@ audit_record_many(struct audit *a, const struct audit_entry *e, size_t n, struct
 	a->started = 1;
 	a->reset_reason = NULL;
 	x = &e[n - 1];
-	if (a->ckpt_path[0] != '\0' && (r = save_checkpoint(a, fd, seq, prev,
+	if (a->ckpt_path[0] != '\0' && (r = save_checkpoint(a, seq, prev,
 	    strcmp(x->action, "run-end") == 0, a->run_id, err)) != 0)
 		goto out;
 	r = 0;

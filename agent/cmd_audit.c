@@ -106,6 +106,17 @@ cmd_audit_verify(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	}
 	buf_init(&rep->notes, 64 * 1024);
 	if (have_config && is_audit_log(a, lastfile)) {
+		/* The store first: not while holding the log's lock (the agent waits on it). */
+		if (a->cfg->has_audit_anchor) {
+			if ((r = agent_audit_anchor_get(a, key, &anchor, &found, err)) != 0)
+				goto out;
+			if (found) {
+				chk[nchk].name = a->cfg->audit_anchor.text;
+				chk[nchk++].ckpt = &anchor;
+				snprintf(anchor_state, sizeof(anchor_state), "seq %lld", anchor.seq);
+			} else
+				snprintf(anchor_state, sizeof(anchor_state), "absent");
+		}
 		/* The agent's lock on the log: the checkpoint and the file agree while we read. */
 		if ((lockfd = open(lastfile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) != -1)
 			flock(lockfd, LOCK_SH);
@@ -118,16 +129,6 @@ cmd_audit_verify(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			snprintf(local_state, sizeof(local_state), "seq %lld", local.seq);
 		} else
 			snprintf(local_state, sizeof(local_state), "absent");
-		if (a->cfg->has_audit_anchor) {
-			if ((r = agent_audit_anchor_get(a, key, &anchor, &found, err)) != 0)
-				goto out;
-			if (found) {
-				chk[nchk].name = a->cfg->audit_anchor.text;
-				chk[nchk++].ckpt = &anchor;
-				snprintf(anchor_state, sizeof(anchor_state), "seq %lld", anchor.seq);
-			} else
-				snprintf(anchor_state, sizeof(anchor_state), "absent");
-		}
 	}
 	if ((r = audit_verify_files(paths, npaths, key, chk, nchk, rep, err)) != 0)
 		goto out;
