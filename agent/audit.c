@@ -427,7 +427,7 @@ audit_record_many(struct audit *a, const struct audit_entry *e, size_t n, struct
 	struct audit_entry pre[3];
 	struct audit_ckpt ck;
 	struct tail t;
-	char prev[65], note[400], note2[200], anchor_err[512];
+	char prev[65], note[640], note2[200], anchor_err[512];
 	long long seq;
 	struct buf line, all;
 	size_t i, npre = 0;
@@ -446,13 +446,20 @@ audit_record_many(struct audit *a, const struct audit_entry *e, size_t n, struct
 		goto out;
 	memset(pre, 0, sizeof(pre));
 	if (a->ckpt_path[0] != '\0') {
-		if ((r = audit_ckpt_read(a->ckpt_path, a->key, &ck, &found, err)) != 0)
+		r = audit_ckpt_read(a->ckpt_path, a->key, &ck, &found, err);
+		/* A reset replaces a checkpoint it cannot read (or trust) as well. */
+		if (r != 0 && a->reset_reason == NULL)
 			goto out;
-		have_ck = found;
+		have_ck = r == 0 && found;
 	}
 	if (a->reset_reason != NULL) {
-		snprintf(note, sizeof(note), "reason: %s; the checkpoint said seq %lld",
-		    a->reset_reason, have_ck ? ck.seq : 0LL);
+		if (r != 0)
+			snprintf(note, sizeof(note), "reason: %s; the checkpoint was not usable: %.200s",
+			    a->reset_reason, err->msg);
+		else
+			snprintf(note, sizeof(note), "reason: %s; the checkpoint said seq %lld",
+			    a->reset_reason, have_ck ? ck.seq : 0LL);
+		r = 0;
 		pre[npre++] = (struct audit_entry){ "checkpoint-reset", NULL, NULL, "ok", NULL,
 		    note, NULL };
 	} else if (have_ck && t.empty && ck.seq > 0) {

@@ -438,6 +438,25 @@ test_checkpoint_forged(void **st)
 	assert_int_equal(run_with_ckpt(key, "22222222222222222222222222222222", 1, 1, m, sizeof(m)),
 	    DMK_ERR_VERIFY);
 	assert_non_null(strstr(m, "no MAC although an audit key"));
+	/* the operator's reset replaces it, on the record */
+	{
+		struct audit a;
+		struct dmk_err e;
+		const char *files[1] = { path };
+		struct audit_report *rep = calloc(1, sizeof(*rep));
+		assert_int_equal(audit_open(&a, path, key, "44444444444444444444444444444444", &e), 0);
+		assert_int_equal(audit_use_checkpoint(&a, ckpath, &e), 0);
+		a.reset_reason = "restored from backup";
+		assert_int_equal(audit_record(&a, "run-start", NULL, NULL, "x", NULL, &e), 0);
+		assert_int_equal(audit_record(&a, "run-end", NULL, NULL, "ok", NULL, &e), 0);
+		audit_close(&a);
+		assert_int_equal(verify_ck(files, 1, key, m, sizeof(m), rep), 0);
+		assert_non_null(strstr(rep->notes.data, "audit.jsonl:2: checkpoint-reset (reason: "
+		    "restored from backup; the checkpoint was not usable"));
+		assert_non_null(strstr(rep->notes.data, "was interrupted"));
+		buf_free(&rep->notes);
+		free(rep);
+	}
 	free(b);
 	secret_free(key);
 }
