@@ -231,12 +231,12 @@ check_against(int fd, const char *path, const struct tail *t, const struct audit
 	    "'dmkagent audit reset-checkpoint --reason TEXT'", path, c->seq, what, path);
 }
 
-/* Write text to path atomically: 0600 temp file, fsync, rename, fsync dir. */
+/* Write text to path atomically: 0600 temp file, fsync, rename. */
 static int
 write_atomic(const char *path, const char *text, size_t len, struct dmk_err *err)
 {
-	char tmp[4200], dir[4200], *slash;
-	int fd = -1, dfd, tries, r = 0;
+	char tmp[4200];
+	int fd = -1, tries, r = 0;
 
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	for (tries = 0; tries < 2; tries++) {
@@ -260,14 +260,8 @@ write_atomic(const char *path, const char *text, size_t len, struct dmk_err *err
 		unlink(tmp);
 		return r;
 	}
-	util_strlcpy(dir, path, sizeof(dir));
-	if ((slash = strrchr(dir, '/')) != NULL) {
-		*(slash == dir ? slash + 1 : slash) = '\0';
-		if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) != -1) {
-			fsync(dfd);
-			close(dfd);
-		}
-	}
+	/* No fsync of the directory: a rename lost in a crash leaves an older
+	 * checkpoint, and a log ahead of its checkpoint is accepted. */
 	return 0;
 }
 
@@ -724,6 +718,8 @@ struct want {
 	long long seq;
 	char hash[65];             /* of record seq */
 	char next_prev[65];        /* prev of record seq + 1 */
+	const char *file;          /* where the record compared is */
+	long long line;
 };
 
 static int
@@ -915,10 +911,18 @@ audit_verify_files(const char *const *paths, size_t npaths, const struct secret 
 			sha256_hex(line, len, h);
 			seq++;
 			for (ci = 0; ci < nchk; ci++) {
-				if (seq == w[ci].seq)
+				if (seq == w[ci].seq) {
 					memcpy(w[ci].hash, h, sizeof(h));
-				if (seq == w[ci].seq + 1)
+					w[ci].file = path;
+					w[ci].line = lineno;
+				}
+				if (seq == w[ci].seq + 1) {
 					memcpy(w[ci].next_prev, prev, sizeof(prev));
+					if (w[ci].file == NULL) {
+						w[ci].file = path;
+						w[ci].line = lineno;
+					}
+				}
 			}
 			memcpy(prev, h, sizeof(prev));
 			rep->nrecords++;
@@ -959,9 +963,9 @@ audit_verify_files(const char *const *paths, size_t npaths, const struct secret 
 		}
 		if (w[ci].hash[0] != '\0' ? strcmp(w[ci].hash, c->head) != 0 :
 		    w[ci].next_prev[0] != '\0' ? strcmp(w[ci].next_prev, c->head) != 0 : 0) {
-			r = dmk_errf(err, DMK_ERR_VERIFY, "%s: the record at seq %lld is not the one "
-			    "the checkpoint %s names (hash differs): the log was rewritten, or cut "
-			    "and extended", lastpath, c->seq, chk[ci].name);
+			r = dmk_errf(err, DMK_ERR_VERIFY, "%s:%lld: the record at seq %lld is not the "
+			    "one the checkpoint %s names (hash differs): the log was rewritten, or cut "
+			    "and extended", w[ci].file, w[ci].line, c->seq, chk[ci].name);
 			goto out;
 		}
 		if (w[ci].hash[0] == '\0' && w[ci].next_prev[0] == '\0')

@@ -356,7 +356,7 @@ test_cut_then_extend(void **st)
 	audit_close(&a);
 	assert_int_equal(verify_ck(files, 1, key, m, sizeof(m), rep), DMK_ERR_VERIFY);
 	buf_free(&rep->notes);
-	assert_non_null(strstr(m, "seq 4 is not the one the checkpoint"));
+	assert_non_null(strstr(m, "audit.jsonl:4: the record at seq 4 is not the one the checkpoint"));
 	free(rep);
 	secret_free(key);
 }
