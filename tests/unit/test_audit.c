@@ -562,6 +562,41 @@ test_rotation(void **st)
 	secret_free(key);
 }
 
+static void
+test_rotation_mid_run(void **st)
+{
+	struct audit_report *rep = calloc(1, sizeof(*rep));
+	char old[200], m[1100];
+	const char *both[2] = { old, path };
+	struct audit a;
+	struct dmk_err e;
+	size_t len;
+	char *b;
+
+	/* logrotate renames the log while a run is writing: the run goes on in the new file */
+	unlink(path);
+	ck_init();
+	snprintf(old, sizeof(old), "%s.1", path);
+	assert_int_equal(audit_open(&a, path, NULL, "55555555555555555555555555555555", &e), 0);
+	assert_int_equal(audit_use_checkpoint(&a, ckpath, &e), 0);
+	assert_int_equal(audit_record(&a, "run-start", NULL, NULL, "x", NULL, &e), 0);
+	assert_int_equal(rename(path, old), 0);
+	spit("", 0);
+	assert_int_equal(audit_record(&a, "register", NULL, NULL, "ok", NULL, &e), 0);
+	assert_int_equal(audit_record(&a, "run-end", NULL, NULL, "ok", NULL, &e), 0);
+	audit_close(&a);
+	b = slurp(&len);
+	assert_true(strncmp(b, "{\"seq\":2,", 9) == 0);
+	assert_null(strstr(b, "run-interrupted"));
+	free(b);
+	assert_int_equal(verify_ck(both, 2, NULL, m, sizeof(m), rep), 0);
+	assert_int_equal(rep->head_seq, 4);
+	assert_null(strstr(rep->notes.data ? rep->notes.data : "", "no run-end"));
+	buf_free(&rep->notes);
+	unlink(old);
+	free(rep);
+}
+
 static char anchored[4096];
 static int anchor_fail;
 
@@ -651,6 +686,7 @@ main(void)
 		cmocka_unit_test(test_checkpoint_forged),
 		cmocka_unit_test(test_run_without_end),
 		cmocka_unit_test(test_rotation),
+		cmocka_unit_test(test_rotation_mid_run),
 		cmocka_unit_test(test_anchor),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
