@@ -158,7 +158,7 @@ cmd_audit_verify(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		json_object_set_new(o, "notes", nl);
 		if ((s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER)) != NULL)
 			fprintf(a->out, "%s\n", s);
-		free(s);
+		json_free_dump(s);
 		json_decref(o);
 	} else {
 		for (i = 0; i < npaths; i++)

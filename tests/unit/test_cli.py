@@ -215,6 +215,13 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn(f"{log}: 4 records, hash chain intact (continues the previous file), "
                       "MACs verified", out)
+        rc, out, err = run("-c", p, "--output", "json", "audit", "verify", old, log)
+        self.assertEqual(rc, 0, err)
+        j = json.loads(out)
+        self.assertEqual((j["file"], j["records"], j["chain"], j["mac"], j["head_seq"]),
+                         (log, 7, "ok", "ok", 7))
+        self.assertEqual(j["checkpoint"], "seq 7")
+        self.assertEqual([f["continues"] for f in j["files"]], [False, True])
         rc, out, err = run("-c", p, "audit", "verify", log)
         self.assertEqual(rc, 0, err)
         self.assertIn(f"{log}:1 continues a previous log file at seq 4", out)
