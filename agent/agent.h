@@ -32,6 +32,8 @@ struct agent {
 	int *store_state;            /* 0 closed, 1 open, -1 opening (cycle guard) */
 	struct audit audit;
 	int audit_open;
+	const char *audit_reset_reason; /* audit reset-checkpoint: the operator's reason */
+	struct store *anchor_store;  /* its own instance: written under the audit lock */
 	char run_id[33];
 	enum output_mode output;
 	int verbose, quiet;
@@ -60,6 +62,11 @@ int agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
 
 /* Take the run lock and open the audit log (run start record). */
 int agent_begin(struct agent *a, const char *command, struct dmk_err *err);
+/* The checkpoint file in state_dir; into path. */
+int agent_audit_checkpoint_path(struct agent *a, char *path, size_t len, struct dmk_err *err);
+/* Read the audit anchor from its store: *found 0 when never written. */
+int agent_audit_anchor_get(struct agent *a, const struct secret *key, struct audit_ckpt *c,
+    int *found, struct dmk_err *err);
 /* Run end record, release the lock. */
 void agent_end(struct agent *a, const char *command, int result);
 /* An audit record for one action; failures to audit are reported, once. */

@@ -22,12 +22,23 @@ static const struct command commands[] = {
 	  "(never reading a secret) and prints the stores, availability groups,\n"
 	  "databases and references.  With --output json, prints the parsed model.\n"
 	  "Exit 0 when valid, 2 otherwise.\n" },
-	{ "audit verify", cmd_audit_verify, 0, "audit verify [--key REF] FILE",
-	  "check the audit log's hash chain and MACs",
-	  "Reads FILE and checks that no record was changed, removed, reordered,\n"
-	  "truncated or forged.  The MACs are checked with --key REF (a reference such\n"
-	  "as file:/etc/dmkagent/audit.key) or, when a configuration is readable, its\n"
-	  "audit_key.  Names the first bad line.  Exit 0 when intact, 1 otherwise.\n" },
+	{ "audit verify", cmd_audit_verify, 0, "audit verify [--key REF] [FILE...]",
+	  "check the audit log's hash chain, MACs and checkpoint",
+	  "Reads each FILE (default: the configured audit_log) in the order given, as one\n"
+	  "log (OLD NEW after a rotation), and checks that no record was changed,\n"
+	  "removed, reordered, truncated or forged.  The MACs are checked with --key REF\n"
+	  "(a reference such as file:/etc/dmkagent/audit.key) or, when a configuration is\n"
+	  "readable, its audit_key.  When the last FILE is the configured audit_log, its\n"
+	  "head is compared with the checkpoint in state_dir and with audit_anchor: a\n"
+	  "log cut at the end fails.  A run-start with no run-end before the next\n"
+	  "run-start fails, unless the next run recorded it as interrupted.  Names the\n"
+	  "first bad line.  Exit 0 when intact, 1 otherwise.\n" },
+	{ "audit reset-checkpoint", cmd_audit_reset, 1, "audit reset-checkpoint --reason TEXT",
+	  "accept a deliberately rewritten audit log as it is",
+	  "The agent refuses to append to a log that does not hold its checkpoint's\n"
+	  "head.  When the log was cut or replaced on purpose, this appends a\n"
+	  "checkpoint-reset record (with TEXT and the old checkpoint's seq), chained to\n"
+	  "the log as it is now, and moves the checkpoint (and audit_anchor) to it.\n" },
 	{ "genpass", cmd_genpass, 0, "genpass --dry-run [--length N] [--avoid CHARS]",
 	  "show the policy generated passwords meet (never a password)",
 	  "Prints the alphabet, length and strength of the passwords dmkagent\n"

@@ -22,6 +22,7 @@ const struct command *cli_find(const char *name);
 /* Commands (each file exports its runners). */
 int cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_audit_verify(struct agent *a, int argc, char **argv, struct dmk_err *err);
+int cmd_audit_reset(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_genpass(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_store_put(struct agent *a, int argc, char **argv, struct dmk_err *err);

@@ -69,6 +69,8 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		json_object_set_new(o, "state_dir", json_string(c->state_dir));
 		json_object_set_new(o, "audit_log", json_string(c->audit_log));
 		json_object_set_new(o, "audit_key", c->has_audit_key ? ref_json(&c->audit_key) : json_null());
+		json_object_set_new(o, "audit_anchor", c->has_audit_anchor ?
+		    ref_json(&c->audit_anchor) : json_null());
 		json_object_set_new(o, "password_length", json_integer(c->password_length));
 		json_object_set_new(o, "lease_ttl", json_integer(c->lease_ttl));
 		json_object_set_new(root, "agent", o);

@@ -38,6 +38,8 @@ collect_refs(const struct config *c, const char *store, const struct secret_ref 
 	out[n++] = (r); } while (0)
 	if (c->has_audit_key)
 		ADD(&c->audit_key);
+	if (c->has_audit_anchor)
+		ADD(&c->audit_anchor);
 	for (i = 0; i < c->nstores; i++)
 		for (j = 0; j < c->stores[i].nkv; j++)
 			if (c->stores[i].kv[j].kind == CK_REF)

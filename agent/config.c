@@ -173,6 +173,7 @@ static const struct conf_keydef agent_keys[] = {
 	{ "state_dir", CK_PATH, 0, NULL, 0, 0 },
 	{ "audit_log", CK_PATH, 0, NULL, 0, 0 },
 	{ "audit_key", CK_REF, 0, NULL, 0, 0 },
+	{ "audit_anchor", CK_REF, 0, NULL, 0, 0 },
 	{ "password_length", CK_INT, 0, NULL, 8, 128 },
 	{ "password_avoid", CK_STRING, 0, NULL, 0, 0 },
 	{ "lease_ttl", CK_DURATION, 0, NULL, 0, 0 },
@@ -415,7 +416,8 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			FAIL(DMK_ERR_CONFIG, kv->line, "unknown key '%s' in [agent]%s", kv->key, hint);
 		}
 		if ((r = check_value(path, "agent", kv, kv->key, def,
-		    strcmp(kv->key, "audit_key") == 0 ? &cfg->audit_key : NULL, &num, err)) != 0)
+		    strcmp(kv->key, "audit_key") == 0 ? &cfg->audit_key :
+		    strcmp(kv->key, "audit_anchor") == 0 ? &cfg->audit_anchor : NULL, &num, err)) != 0)
 			return r;
 		if (strcmp(kv->key, "state_dir") == 0)
 			util_strlcpy(cfg->state_dir, kv->value, sizeof(cfg->state_dir));
@@ -423,6 +425,15 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			util_strlcpy(cfg->audit_log, kv->value, sizeof(cfg->audit_log));
 		else if (strcmp(kv->key, "audit_key") == 0)
 			cfg->has_audit_key = 1;
+		else if (strcmp(kv->key, "audit_anchor") == 0) {
+			/* Written after every audit batch: only a store can hold it. */
+			if (cfg->audit_anchor.kind != REF_STORE)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'audit_anchor' in [agent] must be a "
+				    "store reference such as hcv:dmkagent/audit-anchor#head, not '%s'",
+				    kv->value);
+			cfg->has_audit_anchor = 1;
+			cfg->audit_anchor_line = kv->line;
+		}
 		else if (strcmp(kv->key, "password_length") == 0)
 			cfg->password_length = (int)num;
 		else if (strcmp(kv->key, "password_avoid") == 0)
@@ -720,6 +731,8 @@ check_refs(const char *path, struct config *cfg, struct dmk_err *err)
 
 	if (cfg->has_audit_key)
 		CHECK_REF(&cfg->audit_key, 0, "audit_key", "agent", 0);
+	if (cfg->has_audit_anchor)
+		CHECK_REF(&cfg->audit_anchor, cfg->audit_anchor_line, "audit_anchor", "agent", 0);
 	for (i = 0; i < cfg->nstores; i++) {
 		struct conf_store *st = &cfg->stores[i];
 		char where[80];

@@ -64,6 +64,9 @@ struct config {
 	char audit_log[PATH_MAX];
 	int has_audit_key;
 	struct secret_ref audit_key;
+	int has_audit_anchor;          /* the audit checkpoint, also in a store */
+	int audit_anchor_line;
+	struct secret_ref audit_anchor;
 	int password_length;
 	char password_avoid[128];
 	long long lease_ttl;           /* seconds */

@@ -26,6 +26,17 @@ agent_init(struct agent *a)
 	util_random_id(a->run_id, sizeof(a->run_id));
 }
 
+static void
+anchor_close(struct agent *a)
+{
+	if (a->anchor_store != NULL) {
+		if (a->anchor_store->opened)
+			store_close(a->anchor_store);
+		free(a->anchor_store);
+		a->anchor_store = NULL;
+	}
+}
+
 void
 agent_free(struct agent *a)
 {
@@ -42,6 +53,7 @@ agent_free(struct agent *a)
 	if (a->audit_open)
 		audit_close(&a->audit);
 	a->audit_open = 0;
+	anchor_close(a);
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;
 	json_decref(a->regstate);
@@ -133,11 +145,93 @@ agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
 }
 
 int
+agent_audit_checkpoint_path(struct agent *a, char *path, size_t len, struct dmk_err *err)
+{
+	if ((size_t)snprintf(path, len, "%s/audit-checkpoint.json", a->cfg->state_dir) >= len)
+		return dmk_errf(err, DMK_ERR_CONFIG, "state_dir: path too long");
+	return 0;
+}
+
+/*
+ * The anchor's own store instance: audit records come from replica threads
+ * too (one at a time, under the audit mutex), and must not share an HTTP
+ * handle with a thread that is using the store.
+ */
+static int
+anchor_store(struct agent *a, struct store **out, struct dmk_err *err)
+{
+	const struct conf_store *cs;
+	int r;
+
+	if (a->anchor_store == NULL) {
+		if ((cs = config_store(a->cfg, a->cfg->audit_anchor.store)) == NULL)
+			return dmk_errf(err, DMK_ERR_CONFIG, "audit_anchor: no store named '%s'",
+			    a->cfg->audit_anchor.store);
+		if ((a->anchor_store = calloc(1, sizeof(*a->anchor_store))) == NULL)
+			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		if ((r = store_open(a->anchor_store, cs, store_bootstrap_resolve, a, err)) != 0) {
+			free(a->anchor_store);
+			a->anchor_store = NULL;
+			return dmk_err_prefix(err, "%s", a->cfg->audit_anchor.text);
+		}
+	}
+	*out = a->anchor_store;
+	return 0;
+}
+
+static int
+anchor_put(void *ctx, const char *text, struct dmk_err *err)
+{
+	struct agent *a = ctx;
+	struct prov_version ver;
+	struct secret *v;
+	struct store *st;
+	int r;
+
+	if ((r = anchor_store(a, &st, err)) != 0)
+		return r;
+	if ((v = secret_from_str(text)) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	memset(&ver, 0, sizeof(ver));
+	r = st->ops->put(st, &a->cfg->audit_anchor, v, NULL, NULL, &ver, err);
+	secret_free(v);
+	if (r != 0)
+		return dmk_err_prefix(err, "%s", a->cfg->audit_anchor.text);
+	return 0;
+}
+
+int
+agent_audit_anchor_get(struct agent *a, const struct secret *key, struct audit_ckpt *c,
+    int *found, struct dmk_err *err)
+{
+	struct secret *v = NULL;
+	struct store *st;
+	int r;
+
+	*found = 0;
+	if ((r = anchor_store(a, &st, err)) != 0)
+		return r;
+	r = st->ops->get(st, &a->cfg->audit_anchor, NULL, &v, NULL, err);
+	if (r == DMK_ERR_NOTFOUND || r == DMK_ERR_DELETED) {
+		dmk_err_clear(err);
+		return 0;
+	}
+	if (r != 0)
+		return dmk_err_prefix(err, "%s", a->cfg->audit_anchor.text);
+	r = audit_ckpt_parse(secret_reveal(v), secret_len(v), key, a->cfg->audit_anchor.text,
+	    c, err);
+	secret_free(v);
+	if (r == 0)
+		*found = 1;
+	return r;
+}
+
+int
 agent_begin(struct agent *a, const char *command, struct dmk_err *err)
 {
 	struct secret *key = NULL;
-	char dir[4096], *slash;
-	int r;
+	char dir[4096], *slash, ckpt[4096];
+	int r, found;
 
 	if ((r = lock_acquire(a->cfg->state_dir, a->wait_seconds, &a->lock_fd, err)) != 0)
 		return r;
@@ -147,14 +241,41 @@ agent_begin(struct agent *a, const char *command, struct dmk_err *err)
 		if (mkdir(dir, 0700) == -1 && errno != EEXIST)
 			return dmk_errf(err, DMK_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
 	}
+	if ((r = agent_audit_checkpoint_path(a, ckpt, sizeof(ckpt), err)) != 0)
+		return r;
 	if (a->cfg->has_audit_key &&
 	    (r = agent_resolve(a, &a->cfg->audit_key, 0, &key, NULL, err)) != 0)
 		return dmk_err_prefix(err, "audit_key");
 	r = audit_open(&a->audit, a->cfg->audit_log, key, a->run_id, err);
+	if (r == 0)
+		r = audit_use_checkpoint(&a->audit, ckpt, err);
+	if (r == 0 && a->cfg->has_audit_anchor) {
+		/* The store's copy catches a cut log whose local checkpoint was rolled back. */
+		struct dmk_err aerr;
+		a->audit.anchor = anchor_put;
+		a->audit.anchor_ctx = a;
+		r = agent_audit_anchor_get(a, key, &a->audit.expect, &found, &aerr);
+		if (r == DMK_ERR_VERIFY && a->audit_reset_reason == NULL) {
+			*err = aerr;
+		} else if (r == DMK_ERR_VERIFY) {
+			/* reset-checkpoint: the anchor is overwritten; say what it was. */
+			log_warn("audit anchor replaced: %s", aerr.msg);
+			r = 0;
+		} else if (r != 0) {
+			/* Unreachable now: compared next run; the put is retried each batch. */
+			log_warn("audit anchor not compared: %s", aerr.msg);
+			snprintf(a->audit.anchor_err, sizeof(a->audit.anchor_err), "%s", aerr.msg);
+			r = 0;
+		} else
+			a->audit.has_expect = found;
+	}
 	secret_free(key);
-	if (r != 0)
+	if (r != 0) {
+		audit_close(&a->audit);
 		return r;
+	}
 	a->audit_open = 1;
+	a->audit.reset_reason = a->audit_reset_reason;
 	return audit_record(&a->audit, "run-start", NULL, NULL, command, NULL, err);
 }
 
@@ -170,6 +291,7 @@ agent_end(struct agent *a, const char *command, int result)
 		audit_close(&a->audit);
 		a->audit_open = 0;
 	}
+	anchor_close(a);
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;
 }

@@ -179,6 +179,129 @@ class Cli(unittest.TestCase):
         self.assertIn('"action":"store-put"', log)
         self.assertEqual(run("-c", "/nonexistent", "audit", "verify", f"{self.d}/audit.jsonl")[0], 0)
 
+    # ---- the audit log's tail: checkpoint, rotation, runs ----
+    def keyed(self):
+        key = os.path.join(self.d, "audit.key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("audit-key-0123456789\n")
+        return self.conf(self.base().replace("[store hcv]", f"audit_key = file:{key}\n[store hcv]"))
+
+    def one_run(self, p):
+        """A run that writes run-start, store-put (failed: no store) and run-end."""
+        return run("-c", p, "store", "put", "hcv:sql/x", stdin=CANARY + "\n")
+
+    def test_audit_cut_then_extend(self):
+        p = self.keyed()
+        log = f"{self.d}/audit.jsonl"
+        for _ in range(2):
+            self.assertEqual(self.one_run(p)[0], 2)
+        rc, out, err = run("-c", p, "audit", "verify", log)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("6 records, hash chain intact, MACs verified", out)
+        with open(log) as f:
+            first = f.readline()
+        with open(log, "w") as f:
+            f.write(first)
+        # the next run refuses to chain onto the cut log, and says why
+        rc, out, err = self.one_run(p)
+        self.assertEqual(rc, 1, err)
+        self.assertIn(f"{log}: the log ends at seq 1 but its checkpoint", err)
+        self.assertIn("missing at the end (truncated); refusing to append", err)
+        with open(log) as f:
+            self.assertEqual(f.read(), first)
+        rc, out, err = run("-c", p, "audit", "verify", log)
+        self.assertEqual(rc, 1, out)
+        self.assertIn(f"{log}:1: the log ends here at seq 1, but the checkpoint", err)
+        self.assertIn("truncated", err)
+        self.assertNotIn("intact", out)
+        # an empty log with a checkpoint that is not
+        open(log, "w").close()
+        rc, out, err = run("-c", p, "audit", "verify", log)
+        self.assertEqual(rc, 1, out)
+        self.assertIn(f"{log}: empty, but the checkpoint", err)
+        # the operator accepts the log on purpose: recorded, then runs go on
+        rc, out, err = run("-c", p, "audit", "reset-checkpoint", "--reason", "restored by hand")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.one_run(p)[0], 2)
+        rc, out, err = run("-c", p, "audit", "verify")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("checkpoint-reset (reason: restored by hand; the checkpoint said seq 6)", out)
+        self.assertEqual(run("-c", p, "audit", "reset-checkpoint")[0], 2)
+
+    def test_audit_macs_not_checked_without_key(self):
+        p = self.keyed()
+        self.one_run(p)
+        rc, out, err = run("-c", "/nonexistent", "audit", "verify", f"{self.d}/audit.jsonl")
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn("MACs verified", out)
+        self.assertIn("MACs present but not checked: no audit_key", out)
+        self.assertIn("checkpoint: not compared", out)
+        # a key, but nothing it could check: no claim either
+        os.unlink(f"{self.d}/audit.jsonl")
+        open(f"{self.d}/empty.jsonl", "w").close()
+        rc, out, err = run("-c", p, "audit", "verify", f"{self.d}/empty.jsonl")
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn("MACs verified", out)
+
+    def test_audit_rotation(self):
+        p = self.keyed()
+        log, old = f"{self.d}/audit.jsonl", f"{self.d}/audit.jsonl.1"
+        self.one_run(p)
+        os.rename(log, old)
+        open(log, "w").close()          # logrotate create
+        self.one_run(p)
+        rc, out, err = run("-c", p, "audit", "verify", old, log)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(f"{log}: 4 records, hash chain intact (continues the previous file), "
+                      "MACs verified", out)
+        rc, out, err = run("-c", p, "--output", "json", "audit", "verify", old, log)
+        self.assertEqual(rc, 0, err)
+        j = json.loads(out)
+        self.assertEqual((j["file"], j["records"], j["chain"], j["mac"], j["head_seq"]),
+                         (log, 7, "ok", "ok", 7))
+        self.assertEqual(j["checkpoint"], "seq 7")
+        self.assertEqual([f["continues"] for f in j["files"]], [False, True])
+        rc, out, err = run("-c", p, "audit", "verify", log)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(f"{log}:1 continues a previous log file at seq 4", out)
+        rc, out, err = run("-c", p, "audit", "verify", log, old)
+        self.assertEqual(rc, 1, out)
+        self.assertIn(f"{old}:1: does not continue {log}", err)
+        with open(log) as f:
+            rec = json.loads(f.readline())
+        self.assertEqual((rec["seq"], rec["action"]), (4, "log-continues"))
+
+    def test_audit_run_without_end(self):
+        import hashlib
+
+        def chain(actions):
+            prev, out = "0" * 64, []
+            for i, (act, rid, *about) in enumerate(actions, 1):
+                rec = {"seq": i, "run_id": rid, "action": act}
+                if about:
+                    rec["about_run"] = about[0]
+                rec["prev"] = prev
+                line = json.dumps(rec, separators=(",", ":"))
+                out.append(line + "\n")
+                prev = hashlib.sha256(line.encode()).hexdigest()
+            return "".join(out)
+        log = os.path.join(self.d, "a.jsonl")
+        with open(log, "w") as f:
+            f.write(chain([("run-start", "a" * 32), ("register", "a" * 32),
+                           ("run-start", "b" * 32), ("run-end", "b" * 32)]))
+        rc, out, err = run("-c", "/nonexistent", "audit", "verify", log)
+        self.assertEqual(rc, 1, out)
+        self.assertIn(f"a.jsonl:1: run {'a' * 32} started here has no run-end", err)
+        self.assertIn("a.jsonl:3", err)
+        # the agent's own record of a killed run makes it a note, not a failure
+        with open(log, "w") as f:
+            f.write(chain([("run-start", "a" * 32), ("register", "a" * 32),
+                           ("run-interrupted", "b" * 32, "a" * 32), ("run-start", "b" * 32)]))
+        rc, out, err = run("-c", "/nonexistent", "audit", "verify", log)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(f"a.jsonl:1: run {'a' * 32} was interrupted", out)
+        self.assertIn(f"a.jsonl:4: run {'b' * 32} has no run-end yet", out)
+
     def test_store_put_policy(self):
         p = self.conf(self.base())
         rc, out, err = run("-c", p, "store", "put", "hcv:sql/x", stdin="short\n")

@@ -146,6 +146,20 @@ test_errors_name_line(void **st)
 	expect_err("[agent]\nlease_ttl = soon\n", "t.conf:2: 'lease_ttl' in [agent] must be a "
 	    "duration");
 	expect_err("[agent]\nstate_dir = relative\n", "must be an absolute path");
+	/* audit_anchor: a store reference to a defined store, named by FILE:LINE */
+	expect_err("[agent]\n\naudit_anchor = file:/var/lib/x\n", "t.conf:3: 'audit_anchor' in "
+	    "[agent] must be a store reference");
+	expect_err("[agent]\naudit_anchor = nope\n", "t.conf:2: 'audit_anchor' in [agent]:");
+#define HCV_ONLY "[store hcv]\ntype = hashicorp-vault\naddress = https://v:8200\nauth = token\n" \
+	"token = env:VAULT_TOKEN\n"
+	expect_err("[agent]\naudit_anchor = vlt:dmkagent/anchor#head\n" HCV_ONLY,
+	    "t.conf:2: 'audit_anchor' in [agent] refers to a store that no");
+	{
+		struct config *ok = parse_ok("[agent]\naudit_anchor = hcv:dmkagent/a#head\n" HCV_ONLY);
+		assert_true(ok->has_audit_anchor);
+		assert_string_equal(ok->audit_anchor.field, "head");
+		config_free(ok);
+	}
 	expect_err("[store s]\naddress = https://x\n", "[store s] needs 'type'");
 	expect_err("[store s]\ntype = keepass\n", "t.conf:2: unknown store type 'keepass' (known: "
 	    "hashicorp-vault, azure-key-vault)");

@@ -206,13 +206,13 @@ class VaultProvider(unittest.TestCase):
         return r["wrap_info"]["token"]
 
     # ---- the agent ----
-    def config(self, name, auth_lines, ref_path):
+    def config(self, name, auth_lines, ref_path, agent_extra=""):
         d = os.path.join(self.tmp, "run-" + name)
         os.makedirs(d, exist_ok=True)
         text = f"""[agent]
 state_dir = {d}/state
 audit_log = {d}/audit/audit.log
-
+{agent_extra}
 [store hcv]
 type = hashicorp-vault
 address = {self.addr}
@@ -428,6 +428,65 @@ dmk_password = hcv:{ref_path}
         self.assertEqual(self.vault_value("sql/renew/db1"), ("Renew-pw-2345678", 2))
 
     # ---- canary ----
+    def test_audit_anchor(self):
+        """audit_anchor: the head is in the store after a run; verify compares
+        the log with it; a cut log with a rolled-back local checkpoint is caught."""
+        import hashlib
+        self.outputs = []
+        anchor = "hcv:sql/audit/anchor#head"
+        conf = self.config("anchor", f"token = file:{self.tmp}/token", "sql/anchor/db1",
+                           f"audit_anchor = {anchor}\n")
+        d = os.path.dirname(conf)
+        log, ckpt = f"{d}/audit/audit.log", f"{d}/state/audit-checkpoint.json"
+        pw = "Pw-anchor-" + b64u(os.urandom(12))
+        rc, out, err = self.agent(conf, ["store", "put", "hcv:sql/anchor/db1"], pw)
+        self.assertEqual(rc, 0, err)
+
+        def stored():
+            _, r = self.api("GET", "secret/data/sql/audit/anchor")
+            return json.loads(r["data"]["data"]["head"])
+        with open(log, "rb") as f:
+            lines = f.read().splitlines()
+        head = stored()
+        self.assertEqual(head["seq"], len(lines))
+        self.assertEqual(head["head"], hashlib.sha256(lines[-1]).hexdigest())
+        with open(ckpt) as f:
+            saved = f.read()
+        self.assertEqual(json.loads(saved)["seq"], head["seq"])
+        rc, out, err = self.agent(conf, ["audit", "verify"])
+        self.assertEqual(rc, 0, err)
+        self.assertIn(f"checkpoint {anchor}: seq {len(lines)}, the log holds it", out)
+        self.assertIn(f"checkpoint {ckpt}: seq {len(lines)}", out)
+        # a second run moves the anchor on
+        rc, out, err = self.agent(conf, ["store", "put", "--overwrite", "hcv:sql/anchor/db1"], pw + "2")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(stored()["seq"], 2 * len(lines))
+        # cut the log back to the first run and roll the local checkpoint back with it
+        with open(log, "wb") as f:
+            f.write(b"".join(ln + b"\n" for ln in lines))
+        with open(ckpt, "w") as f:
+            f.write(saved)
+        rc, out, err = self.agent(conf, ["audit", "verify"])
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn(f"audit.log:{len(lines)}: the log ends here at seq {len(lines)}, but the "
+                      f"checkpoint {anchor} says seq {2 * len(lines)}", err)
+        size = os.path.getsize(log)
+        rc, out, err = self.agent(conf, ["store", "put", "--overwrite", "hcv:sql/anchor/db1"], pw + "3")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("the audit anchor says seq", err)
+        self.assertIn("audit.log", err)
+        self.assertEqual(os.path.getsize(log), size)
+        self.assertEqual(self.vault_value("sql/anchor/db1")[0], pw + "2")
+        # the operator accepts the cut log on purpose: recorded, and the anchor follows
+        rc, out, err = self.agent(conf, ["audit", "reset-checkpoint", "--reason", "test: cut on purpose"])
+        self.assertEqual(rc, 0, out + err)
+        rc, out, err = self.agent(conf, ["audit", "verify"])
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("checkpoint-reset (reason: test: cut on purpose", out)
+        with open(log, "rb") as f:
+            self.assertEqual(stored()["seq"], len(f.read().splitlines()))
+        self.assert_no_secrets((pw,))
+
     def test_canary(self):
         self.outputs = []
         conf = self.config("canary", f"auth = approle\nrole_id = {self.role_id}\n"
