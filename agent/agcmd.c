@@ -13,6 +13,7 @@ static int
 rank(int code)
 {
 	switch (code == 0 ? DMK_EXIT_OK : dmk_exit_code(code)) {
+	case DMK_EXIT_SIGNAL: return 6;
 	case DMK_EXIT_USAGE: return 5;
 	case DMK_EXIT_FAILED: return 4;
 	case DMK_EXIT_LOCKED: return 3;
@@ -75,6 +76,23 @@ agcmd_conclude(struct agcmd_ctx *c, int code, const char *fmt, ...)
 	c->worst = 0;             /* the command's own word on its outcome */
 	keepv(c, code, 0, fmt, ap);
 	va_end(ap);
+}
+
+int
+agcmd_stopping(struct agcmd_ctx *c, const char *before)
+{
+	struct dmk_err e;
+	char where[300];
+
+	if (!dmk_interrupted())
+		return 0;
+	if (!c->interrupted) {
+		snprintf(where, sizeof(where), "before %s", before);
+		dmk_err_interrupted(&e, where);
+		agcmd_fail(c, DMK_ERR_INTERRUPTED, &e);
+		c->interrupted = 1;
+	}
+	return 1;
 }
 
 json_t *
@@ -220,6 +238,7 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 		c.audit_name = cmd->name;
 	if (c.changes && (r = agent_begin(a, c.audit_name, err)) != 0)
 		goto out;
+	dmk_signals_install();
 	/* -q: the text report is kept back and shown only when something needs
 	 * attention, so that a scheduled run that did its job prints nothing. */
 	if (a->quiet && a->output == OUTPUT_TEXT &&
@@ -229,15 +248,20 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 	}
 	root = json_object();
 	jags = json_array();
-	for (i = 0; i < nags; i++)
-		one_ag(&c, ags[i], agcmd_jag(jags, ags[i]->name));
+	for (i = 0; i < nags; i++) {
+		json_t *jag = agcmd_jag(jags, ags[i]->name);
+		if (agcmd_stopping(&c, ags[i]->name))
+			break;
+		one_ag(&c, ags[i], jag);
+	}
 	json_object_set_new(root, "command", json_string(cmd->name));
 	if (cmd->flags & AGCMD_DRY_RUN)
 		json_object_set_new(root, "dry_run", json_boolean(c.dry_run));
 	if (cmd->finish != NULL)
 		cmd->finish(&c, root);
 	json_object_set_new(root, "complete", json_boolean(c.worst == 0));
-	json_object_set_new(root, "exit", json_integer(c.worst ? dmk_exit_code(c.worst) : 0));
+	json_object_set_new(root, "exit", json_integer(c.worst == DMK_ERR_INTERRUPTED ?
+	    DMK_EXIT_SIGNAL + dmk_interrupted() : c.worst ? dmk_exit_code(c.worst) : 0));
 	json_object_set_new(root, "error", c.worst == 0 ? json_null() : json_string(c.err.msg));
 	json_object_set_new(root, "ags", jags);
 	jags = NULL;

@@ -39,6 +39,7 @@ struct agcmd_ctx {
 	struct dmk_err err;           /* its message */
 	int err_printed;              /* that message was printed already */
 	size_t nfailed;               /* failures reported through agcmd_fail() */
+	int interrupted;              /* SIGINT/SIGTERM seen and reported */
 };
 
 enum agcmd_flags {
@@ -96,6 +97,13 @@ void agcmd_keep(struct agcmd_ctx *c, int code, const char *fmt, ...)
 /* The summary line the command ends with when its outcome is code. */
 void agcmd_conclude(struct agcmd_ctx *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/*
+ * At a step boundary: 1 when SIGINT/SIGTERM asked the run to stop (then
+ * reported once, as stopped before the named thing), else 0.  The runner
+ * checks between AGs; steps check between databases and between steps.
+ */
+int agcmd_stopping(struct agcmd_ctx *c, const char *before);
 
 /* The AG's JSON entry: {name, primary, error, ...}. */
 json_t *agcmd_jag(json_t *jags, const char *name);

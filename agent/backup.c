@@ -1402,7 +1402,7 @@ bk_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 		agcmd_fail(c, r, &e);
 		goto out;
 	}
-	for (j = 0; j < run->nplans; j++)
+	for (j = 0; j < run->nplans && !agcmd_stopping(c, run->plans[j].db->name); j++)
 		bk_db(c, run, &run->plans[j], s);
 	if (o->smk) {
 		size_t first = o->rep.n;

@@ -382,5 +382,7 @@ cli_main(int argc, char **argv)
 	if (r < 0)
 		fprintf(stderr, "dmkagent: %s\n", err.msg[0] ? err.msg : dmk_strerror(r));
 	agent_free(&a);
+	if (r == DMK_ERR_INTERRUPTED && dmk_interrupted() != 0)
+		return DMK_EXIT_SIGNAL + dmk_interrupted();
 	return r < 0 ? dmk_exit_code(r) : r;
 }

@@ -1322,6 +1322,8 @@ rot_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 	for (j = 0; j < run->nplans; j++) {
 		struct rot r;
 
+		if (agcmd_stopping(c, run->plans[j].db->name))
+			break;
 		if (!run->plans[j].in_ag) {
 			jdb_put(jdbs, plan_json(run->plans[j].db->name, "failed",
 			    run->plans[j].error));

@@ -47,6 +47,7 @@ enum dmk_errcode {
 	DMK_ERR_TIMEOUT = -21,    /* a deadline passed; try later */
 	DMK_ERR_BADINPUT = -22,   /* bad data given to a function */
 	DMK_ERR_WRONGPASS = -23,  /* a password does not open the key */
+	DMK_ERR_INTERRUPTED = -24,/* SIGINT/SIGTERM: stopped at a step boundary */
 };
 
 /* Exit codes: the command-line contract (README, dmkagent(1)). */
@@ -57,7 +58,20 @@ enum dmk_exit {
 	DMK_EXIT_INCOMPLETE = 3,
 	DMK_EXIT_LOCKED = 4,
 	DMK_EXIT_UNREACHABLE = 5,
+	DMK_EXIT_SIGNAL = 128,    /* + the signal number: stopped by SIGINT (130) or SIGTERM (143) */
 };
+
+/*
+ * signal.c: SIGINT and SIGTERM ask the run to stop at its next step
+ * boundary (never between two statements that belong together); the
+ * commands check dmk_interrupted() there, finish their records and exit
+ * DMK_EXIT_SIGNAL + the signal.  A second signal ends the process at once.
+ */
+void dmk_signals_install(void);
+int dmk_interrupted(void);              /* 0, or the signal that asked to stop */
+/* DMK_ERR_INTERRUPTED, with a message saying where the run stopped. */
+struct dmk_err;
+int dmk_err_interrupted(struct dmk_err *err, const char *where);
 
 #define DMK_ERR_MSG_MAX 1024
 

@@ -33,6 +33,7 @@ static const struct {
 	{ DMK_ERR_TIMEOUT, "timed out", DMK_EXIT_UNREACHABLE },
 	{ DMK_ERR_BADINPUT, "invalid input", DMK_EXIT_FAILED },
 	{ DMK_ERR_WRONGPASS, "password does not open the key", DMK_EXIT_FAILED },
+	{ DMK_ERR_INTERRUPTED, "interrupted", DMK_EXIT_SIGNAL },
 };
 
 const char *
