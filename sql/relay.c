@@ -64,13 +64,14 @@
 #include "core/dmk.h"
 #include "core/buf.h"
 #include "relay.h"
+#include "relay_int.h"
 
-#define TDS_PRELOGIN    0x12
-#define TDS_REPLY       0x04
-#define TDS_EOM         0x01
-#define TDS_HDR         8
+#define TDS_PRELOGIN    RELAY_TDS_PRELOGIN
+#define TDS_REPLY       RELAY_TDS_REPLY
+#define TDS_EOM         RELAY_TDS_EOM
+#define TDS_HDR         RELAY_TDS_HDR
 #define TDS_OUT_PKT     4096    /* our packet size before negotiation */
-#define HANDSHAKE_MAX   (256 * 1024)
+#define HANDSHAKE_MAX   RELAY_HANDSHAKE_MAX
 
 #define ENC_OFF         0x00
 #define ENC_ON          0x01
@@ -99,6 +100,7 @@ struct relay {
 	struct dmk_err err;
 	struct relay_stats stats;
 	struct buf pt;          /* plaintext scratch, wiped */
+	const char *why;        /* static text: what the framer refused */
 };
 
 /* ---- the process-wide part: private directory, ephemeral certificate ---- */
@@ -271,7 +273,7 @@ wait_fd(struct relay *r, int fd, short ev, long long deadline)
 	}
 }
 
-enum { IO_OK = 0, IO_EOF = -1, IO_TIMEOUT = -2, IO_ERR = -3 };
+enum { IO_OK = 0, IO_EOF = -1, IO_TIMEOUT = -2, IO_ERR = -3, IO_PROTO = -4, IO_TOOBIG = -5 };
 
 static int
 send_all(struct relay *r, int fd, const void *data, size_t n, long long deadline)
@@ -319,32 +321,129 @@ recv_exact(struct relay *r, int fd, void *data, size_t n, long long deadline)
 	return IO_OK;
 }
 
-/* Read one TDS message (packets up to EOM); *type is the first packet's. */
+/* ---- TDS framing (pure: relay_int.h) ---- */
+
+int
+relay_tds_header(const unsigned char *h, int first_type, size_t have, size_t max,
+    struct relay_tds_pkt *pkt, const char **why)
+{
+	size_t len = ((size_t)h[2] << 8) | h[3];
+
+	*why = NULL;
+	if (len < RELAY_TDS_HDR) {
+		*why = "a packet length shorter than the packet header";
+		return DMK_ERR_PROTOCOL;
+	}
+	if (first_type < 0 && h[0] != RELAY_TDS_PRELOGIN && h[0] != RELAY_TDS_REPLY) {
+		*why = "a packet that is neither PRELOGIN nor a reply";
+		return DMK_ERR_PROTOCOL;
+	}
+	if (first_type >= 0 && h[0] != first_type) {
+		*why = "a packet type that changes within one message";
+		return DMK_ERR_PROTOCOL;
+	}
+	if (have > max || len - RELAY_TDS_HDR > max - have) {
+		*why = "a handshake message larger than 256 KiB";
+		return DMK_ERR_TOOBIG;
+	}
+	pkt->type = h[0];
+	pkt->eom = (h[1] & RELAY_TDS_EOM) != 0;
+	pkt->payload = len - RELAY_TDS_HDR;
+	return 0;
+}
+
+void
+relay_framer_init(struct relay_framer *f, size_t max)
+{
+	memset(f, 0, sizeof(*f));
+	f->type = -1;
+	f->msg_type = -1;
+	f->max = max;
+}
+
+int
+relay_tds_frame(struct relay_framer *f, const unsigned char *in, size_t n, size_t *used,
+    struct buf *msg, const char **why)
+{
+	struct relay_tds_pkt pkt;
+	size_t k, u = 0;
+	int rc;
+
+	*why = NULL;
+	*used = 0;
+	for (;;) {
+		if (f->hdr_len < RELAY_TDS_HDR) {
+			k = RELAY_TDS_HDR - f->hdr_len;
+			if (k > n - u)
+				k = n - u;
+			memcpy(f->hdr + f->hdr_len, in + u, k);
+			f->hdr_len += k;
+			u += k;
+			*used = u;
+			if (f->hdr_len < RELAY_TDS_HDR)
+				return 0;
+			if ((rc = relay_tds_header(f->hdr, f->type, msg->len, f->max, &pkt, why)) != 0)
+				return rc;
+			if (f->type < 0)
+				f->type = pkt.type;
+			f->left = pkt.payload;
+			f->eom = pkt.eom;
+		}
+		k = f->left < n - u ? f->left : n - u;
+		if (k > 0 && buf_append(msg, in + u, k) != 0) {
+			*why = "a handshake message larger than its buffer";
+			return DMK_ERR_TOOBIG;
+		}
+		u += k;
+		f->left -= k;
+		*used = u;
+		if (f->left > 0)
+			return 0;
+		f->hdr_len = 0;   /* this packet is complete */
+		if (f->eom) {
+			f->msg_type = f->type;
+			f->type = -1;
+			return 1;
+		}
+	}
+}
+
+/*
+ * Read one TDS message (packets up to EOM); *type is the first packet's.
+ * Exactly the message's bytes are read (what follows may be raw TLS), each
+ * header checked by the framer before a byte of its payload is.
+ */
 static int
 read_message(struct relay *r, int fd, struct buf *out, int *type, long long deadline)
 {
-	unsigned char h[TDS_HDR], payload[32768];
-	size_t len;
-	int rc, first = 1;
+	unsigned char chunk[4096];
+	struct relay_framer f;
+	const char *why;
+	size_t need, used;
+	int rc;
 
 	buf_reset(out);
+	relay_framer_init(&f, out->max);
 	for (;;) {
-		if ((rc = recv_exact(r, fd, h, TDS_HDR, deadline)) != IO_OK)
-			return rc;
-		len = ((size_t)h[2] << 8) | h[3];
-		if (len < TDS_HDR || (first && h[0] != TDS_PRELOGIN && h[0] != TDS_REPLY))
-			return IO_ERR - 1;   /* not TDS */
-		if (first)
-			*type = h[0];
-		first = 0;
-		if ((rc = recv_exact(r, fd, payload, len - TDS_HDR, deadline)) != IO_OK)
-			return rc;
-		if (out->len + len > HANDSHAKE_MAX ||
-		    buf_append(out, payload, len - TDS_HDR) != 0)
-			return IO_ERR - 1;
-		if (h[1] & TDS_EOM)
-			return IO_OK;
+		need = f.hdr_len < RELAY_TDS_HDR ? RELAY_TDS_HDR - f.hdr_len : f.left;
+		if (need > sizeof(chunk))
+			need = sizeof(chunk);
+		if ((rc = recv_exact(r, fd, chunk, need, deadline)) != IO_OK)
+			break;
+		rc = relay_tds_frame(&f, chunk, need, &used, out, &why);
+		if (rc == 1) {
+			*type = f.msg_type;
+			rc = IO_OK;
+			break;
+		}
+		if (rc < 0) {
+			r->why = why;
+			rc = rc == DMK_ERR_TOOBIG ? IO_TOOBIG : IO_PROTO;
+			break;
+		}
 	}
+	OPENSSL_cleanse(chunk, sizeof(chunk));
+	return rc;
 }
 
 static int
@@ -538,8 +637,12 @@ io_err(struct relay *r, int rc, const char *what)
 		set_err(r, DMK_ERR_TIMEOUT, "timed out %s", what);
 	else if (rc == IO_EOF)
 		set_err(r, DMK_ERR_UNREACHABLE, "connection closed %s", what);
-	else if (rc == IO_ERR - 1)
-		set_err(r, DMK_ERR_PROTOCOL, "not a TDS answer %s", what);
+	else if (rc == IO_PROTO)
+		set_err(r, DMK_ERR_PROTOCOL, "not a TDS answer %s: %s", what,
+		    r->why ? r->why : "bad framing");
+	else if (rc == IO_TOOBIG)
+		set_err(r, DMK_ERR_PROTOCOL, "answer too large %s: %s", what,
+		    r->why ? r->why : "over the limit");
 	else
 		set_err(r, DMK_ERR_UNREACHABLE, "connection failed %s", what);
 }

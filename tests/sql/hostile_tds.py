@@ -1,0 +1,187 @@
+#!/usr/bin/python3
+"""A hostile TDS server: answers every connection with one kind of bad
+PRELOGIN, TLS or framing, for the tests of what dmkagent does with it.
+
+    hostile_tds.py --mode MODE [--port N]
+Prints one JSON line {"port": N, "mode": MODE} when listening, then serves
+until SIGTERM.  Each connection is handled in a thread of its own, so a
+client that retries meets the same fault.  Not a simulator: it knows only
+enough TDS to be wrong in a precise way.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+PRELOGIN, REPLY = 0x12, 0x04
+EOM = 0x01
+
+
+def packet(ptype, payload, status=EOM, length=None):
+    n = len(payload) + 8 if length is None else length
+    return struct.pack(">BBHHBB", ptype, status, n, 0, 1, 0) + payload
+
+
+def prelogin_answer(enc=0x01, version=b"\x10\x00\x03\xe8\x00\x00"):
+    """A well-formed PRELOGIN answer: VERSION, ENCRYPTION, INSTOPT, THREADID, MARS."""
+    hdr = 5 * 5 + 1
+    opts = [(0x00, version), (0x01, bytes([enc])), (0x02, b"\x00"), (0x03, b""), (0x04, b"\x00")]
+    table, data, off = b"", b"", hdr
+    for tok, val in opts:
+        table += struct.pack(">BHH", tok, off, len(val))
+        data += val
+        off += len(val)
+    return table + b"\xff" + data
+
+
+def recv_exact(c, n):
+    b = b""
+    while len(b) < n:
+        k = c.recv(n - len(b))
+        if not k:
+            raise EOFError
+        b += k
+    return b
+
+
+def read_message(c):
+    """One TDS message (packets up to EOM); returns (type, payload)."""
+    data, first = b"", None
+    while True:
+        h = recv_exact(c, 8)
+        t, st, n = h[0], h[1], struct.unpack(">H", h[2:4])[0]
+        first = t if first is None else first
+        data += recv_exact(c, max(0, n - 8))
+        if st & EOM:
+            return first, data
+
+
+def hold(c, secs=60):
+    """Keep the connection open and say nothing (until the client goes)."""
+    c.settimeout(secs)
+    try:
+        while c.recv(65536):
+            pass
+    except (OSError, socket.timeout):
+        pass
+
+
+GARBAGE = bytes((i * 37 + 11) & 0xff for i in range(65527))
+
+
+def serve(c, mode):
+    if mode == "silent":
+        hold(c, 120)
+        return
+    read_message(c)                     # the client's PRELOGIN
+    if mode == "oversized":
+        # the largest length the header can carry, and a payload to match
+        c.sendall(packet(REPLY, GARBAGE, length=65535))
+        hold(c)
+    elif mode == "oversized-valid":
+        # a parseable PRELOGIN answer padded to the header's maximum
+        pl = prelogin_answer(enc=0x00)
+        c.sendall(packet(REPLY, pl + b"\x00" * (65527 - len(pl)), length=65535))
+        hold(c)
+    elif mode == "short-length":
+        c.sendall(struct.pack(">BBHHBB", REPLY, EOM, 4, 0, 1, 0) + b"\x00" * 16)
+        hold(c)
+    elif mode == "truncated-header":
+        c.sendall(bytes([REPLY, EOM, 0x00]))
+    elif mode == "truncated-payload":
+        c.sendall(packet(REPLY, prelogin_answer(), length=200)[:60])
+    elif mode == "endless-packets":
+        # packets without EOM, each at the length cap, forever
+        try:
+            while True:
+                c.sendall(packet(REPLY, GARBAGE, status=0, length=65535))
+        except OSError:
+            pass
+    elif mode == "prelogin-offsets":
+        pl = bytearray(prelogin_answer())
+        struct.pack_into(">H", pl, 6, 0xfff0)          # ENCRYPTION's offset past the end
+        c.sendall(packet(REPLY, bytes(pl)))
+        hold(c)
+    elif mode == "prelogin-lengths":
+        pl = bytearray(prelogin_answer())
+        struct.pack_into(">H", pl, 3, 0xffff)          # VERSION's length: huge
+        struct.pack_into(">H", pl, 8, 0xfff0)          # ENCRYPTION's length: huge
+        c.sendall(packet(REPLY, bytes(pl)))
+        hold(c)
+    elif mode == "prelogin-noterm":
+        # option entries all the way, no 0xff
+        c.sendall(packet(REPLY, b"\x01\x00\x05\x00\x01" * 12))
+        hold(c)
+    elif mode == "prelogin-into-table":
+        # ENCRYPTION's value read from inside the option table itself
+        pl = bytearray(prelogin_answer())
+        struct.pack_into(">H", pl, 6, 0)
+        c.sendall(packet(REPLY, bytes(pl)))
+        hold(c)
+    elif mode == "encrypt-garbage":
+        c.sendall(packet(REPLY, prelogin_answer(enc=0x7f)))
+        hold(c)
+    elif mode == "tls-garbage":
+        c.sendall(packet(REPLY, prelogin_answer()))
+        read_message(c)                 # ClientHello, wrapped
+        c.sendall(packet(PRELOGIN, GARBAGE[:3000]))
+        hold(c)
+    elif mode == "tls-raw-garbage":
+        c.sendall(packet(REPLY, prelogin_answer()))
+        read_message(c)
+        c.sendall(GARBAGE[:3000])
+        hold(c)
+    elif mode == "tls-oversized":
+        c.sendall(packet(REPLY, prelogin_answer()))
+        read_message(c)
+        c.sendall(packet(PRELOGIN, GARBAGE, length=65535))
+        hold(c)
+    elif mode == "close-mid-handshake":
+        c.sendall(packet(REPLY, prelogin_answer()))
+        read_message(c)
+    elif mode == "silent-after-prelogin":
+        c.sendall(packet(REPLY, prelogin_answer()))
+        hold(c, 120)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+MODES = ["silent", "oversized", "oversized-valid", "short-length", "truncated-header",
+         "truncated-payload", "endless-packets", "prelogin-offsets", "prelogin-lengths",
+         "prelogin-noterm", "prelogin-into-table", "encrypt-garbage", "tls-garbage",
+         "tls-raw-garbage", "tls-oversized", "close-mid-handshake", "silent-after-prelogin"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", required=True, choices=MODES)
+    ap.add_argument("--port", type=int, default=0)
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *x: os._exit(0))
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", a.port))
+    ls.listen(16)
+    print(json.dumps({"port": ls.getsockname()[1], "mode": a.mode}), flush=True)
+
+    def one(c):
+        try:
+            serve(c, a.mode)
+        except (EOFError, OSError):
+            pass
+        finally:
+            time.sleep(0.05)
+            c.close()
+
+    while True:
+        c, _ = ls.accept()
+        threading.Thread(target=one, args=(c,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
