@@ -475,39 +475,68 @@ send_message(struct relay *r, int fd, int type, const void *data, size_t n, long
 
 /* ---- PRELOGIN ---- */
 
-struct prelogin {
-	int have_version, have_enc;
-	unsigned char version[6];
-	int enc;
-};
-
-static int
-parse_prelogin(const unsigned char *p, size_t n, struct prelogin *pl)
+/*
+ * The option table first (token, 16-bit offset, 16-bit length; 0xff ends
+ * it), then the values, which must lie after the table and inside the
+ * message.  Each option at most once; VERSION is 6 bytes and ENCRYPTION 1
+ * when present (MS-TDS 2.2.6.5), anything else is refused, not guessed at.
+ */
+int
+relay_parse_prelogin(const unsigned char *p, size_t n, struct relay_prelogin *pl,
+    const char **why)
 {
-	size_t pos = 0, off, len;
+	size_t pos, end, off, len;
+	unsigned seen = 0;
+	unsigned char tok;
 
 	memset(pl, 0, sizeof(*pl));
 	pl->enc = -1;
-	for (;;) {
-		if (pos >= n)
-			return -1;
+	*why = NULL;
+	for (pos = 0;; pos += 5) {
+		if (pos >= n) {
+			*why = "the option table has no terminator";
+			return DMK_ERR_PROTOCOL;
+		}
 		if (p[pos] == 0xff)
-			return 0;
-		if (pos + 5 > n)
-			return -1;
+			break;
+		if (n - pos < 5) {
+			*why = "the option table ends inside an entry";
+			return DMK_ERR_PROTOCOL;
+		}
+	}
+	end = pos + 1;   /* values start here at the earliest */
+	for (pos = 0; p[pos] != 0xff; pos += 5) {
+		tok = p[pos];
 		off = ((size_t)p[pos + 1] << 8) | p[pos + 2];
 		len = ((size_t)p[pos + 3] << 8) | p[pos + 4];
-		if (off > n || len > n - off)
-			return -1;
-		if (p[pos] == 0x00 && len >= 6) {
+		if (off < end || off > n || len > n - off) {
+			*why = "an option's value lies outside the message";
+			return DMK_ERR_PROTOCOL;
+		}
+		if (tok < 32) {
+			if (seen & (1u << tok)) {
+				*why = "an option appears twice";
+				return DMK_ERR_PROTOCOL;
+			}
+			seen |= 1u << tok;
+		}
+		if (tok == 0x00) {
+			if (len != 6) {
+				*why = "VERSION is not 6 bytes";
+				return DMK_ERR_PROTOCOL;
+			}
 			memcpy(pl->version, p + off, 6);
 			pl->have_version = 1;
-		} else if (p[pos] == 0x01 && len >= 1) {
+		} else if (tok == 0x01) {
+			if (len != 1) {
+				*why = "ENCRYPTION is not 1 byte";
+				return DMK_ERR_PROTOCOL;
+			}
 			pl->enc = p[off];
 			pl->have_enc = 1;
 		}
-		pos += 5;
 	}
+	return 0;
 }
 
 /* Our PRELOGIN, as a client (encrypt = ON) or as the server's answer. */
@@ -712,9 +741,10 @@ outer_setup(struct relay *r, const struct relay_params *p)
 {
 	static const unsigned char our_version[6] = { 1, 3, 0, 17, 0, 0 };
 	unsigned char pl_buf[64];
-	struct prelogin pl;
+	struct relay_prelogin pl;
 	struct buf msg;
 	SSL_CTX *ctx = NULL;
+	const char *why = NULL;
 	long long deadline = util_now_ms() + r->timeout_ms;
 	const char *name = p->tls_name && *p->tls_name ? p->tls_name : p->host;
 	int rc = -1, type, io, h, e;
@@ -733,13 +763,19 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		io_err(r, io, "waiting for the PRELOGIN answer");
 		goto out;
 	}
-	if (type != TDS_REPLY || parse_prelogin((unsigned char *)msg.data, msg.len, &pl) != 0) {
-		set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer cannot be parsed; nothing was sent");
+	if (type != TDS_REPLY || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
+	    &why) != 0) {
+		set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer cannot be parsed (%s); nothing "
+		    "was sent", why ? why : "not a reply packet");
 		goto out;
 	}
 	if (pl.enc != ENC_ON && pl.enc != ENC_REQ) {
+		char val[16] = "";
+
+		if (pl.enc > ENC_REQ)
+			snprintf(val, sizeof(val), ", 0x%02x", (unsigned)pl.enc);
 		set_err(r, DMK_ERR_TLS, "the server (or something in the path) refused full TLS "
-		    "encryption (PRELOGIN answered %s); nothing was sent", enc_name(pl.enc));
+		    "encryption (PRELOGIN answered %s%s); nothing was sent", enc_name(pl.enc), val);
 		goto out;
 	}
 	if (pl.have_version)
@@ -824,8 +860,9 @@ static int
 inner_setup(struct relay *r)
 {
 	unsigned char pl_buf[64];
-	struct prelogin pl;
+	struct relay_prelogin pl;
 	struct buf msg;
+	const char *why;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	long long deadline = util_now_ms() + r->timeout_ms;
@@ -845,7 +882,8 @@ inner_setup(struct relay *r)
 	r->lfd = -1;
 
 	if ((io = read_message(r, r->inner.fd, &msg, &type, deadline)) != IO_OK ||
-	    type != TDS_PRELOGIN || parse_prelogin((unsigned char *)msg.data, msg.len, &pl) != 0) {
+	    type != TDS_PRELOGIN || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
+	    &why) != 0) {
 		set_err(r, DMK_ERR_INTERNAL, "FreeTDS sent no usable PRELOGIN to the relay");
 		goto out;
 	}

@@ -58,4 +58,20 @@ void relay_framer_init(struct relay_framer *f, size_t max);
 int relay_tds_frame(struct relay_framer *f, const unsigned char *in, size_t n, size_t *used,
     struct buf *msg, const char **why);
 
+struct relay_prelogin {
+	int have_version, have_enc;
+	unsigned char version[6];
+	int enc;               /* ENCRYPTION's value, -1 if absent */
+};
+
+/*
+ * Parse a PRELOGIN message (a server's answer or a client's request):
+ * 0, or DMK_ERR_PROTOCOL with *why (static text) when the option table has
+ * no terminator, an entry is cut, a value lies outside the message or
+ * inside the table, an option repeats, or VERSION / ENCRYPTION have the
+ * wrong size.
+ */
+int relay_parse_prelogin(const unsigned char *p, size_t n, struct relay_prelogin *pl,
+    const char **why);
+
 #endif
