@@ -35,6 +35,7 @@
  * Plaintext passes through one struct buf per relay (wiped on free) and
  * is wiped after each chunk is forwarded.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -854,7 +855,131 @@ out:
 	return rc;
 }
 
+/*
+ * The loopback port is open to every local user, and whoever connects
+ * first would get the session.  So a connection is taken only if its
+ * other end is a socket of this very process (FreeTDS's, in dbopen()):
+ * the kernel's socket table (/proc/net/tcp, and tcp6 for a v4-mapped
+ * client) names the inode of the socket whose local end is the peer's
+ * address and whose remote end is ours, and that inode must be among our
+ * own descriptors (/proc/self/fd, "socket:[INODE]").  FreeTDS 1.3 cannot
+ * be handed a connected descriptor or a Unix socket, or we would leave no
+ * port to race for.  1 ours, 0 not ours, -1 cannot tell (no /proc).
+ */
+static int
+proc_tcp_inode(const char *table, const char *want_local, unsigned lport, const char *want_rem,
+    unsigned rport, unsigned long *inode)
+{
+	char line[512], la[72], ra[72];
+	unsigned lp, rp, st;
+	unsigned long ino;
+	FILE *f;
+	int found = 0;
+
+	if ((f = fopen(table, "re")) == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, " %*u: %64[0-9A-Fa-f]:%x %64[0-9A-Fa-f]:%x %x %*s %*s %*s %*u %*u %lu",
+		    la, &lp, ra, &rp, &st, &ino) != 6)
+			continue;
+		if (lp == lport && rp == rport && strcasecmp(la, want_local) == 0 &&
+		    strcasecmp(ra, want_rem) == 0 && ino != 0) {
+			*inode = ino;
+			found = 1;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+static int
+peer_is_ours(const struct sockaddr_in *peer, const struct sockaddr_in *local)
+{
+	char pl[40], ll[40], want[40], link[64], path[300];
+	unsigned long inode = 0;
+	struct dirent *de;
+	DIR *d;
+	ssize_t n;
+	int rc, r6;
+
+	/* /proc prints each address word as the raw 32-bit value in hex */
+	snprintf(pl, sizeof(pl), "%08X", (unsigned)peer->sin_addr.s_addr);
+	snprintf(ll, sizeof(ll), "%08X", (unsigned)local->sin_addr.s_addr);
+	rc = proc_tcp_inode("/proc/net/tcp", pl, ntohs(peer->sin_port), ll,
+	    ntohs(local->sin_port), &inode);
+	if (rc != 1) {
+		snprintf(pl, sizeof(pl), "0000000000000000%08X%08X", (unsigned)htonl(0xffff),
+		    (unsigned)peer->sin_addr.s_addr);
+		snprintf(ll, sizeof(ll), "0000000000000000%08X%08X", (unsigned)htonl(0xffff),
+		    (unsigned)local->sin_addr.s_addr);
+		r6 = proc_tcp_inode("/proc/net/tcp6", pl, ntohs(peer->sin_port), ll,
+		    ntohs(local->sin_port), &inode);
+		if (r6 == 1)
+			rc = 1;
+		else if (rc == -1 && r6 == -1)
+			return -1;
+	}
+	if (rc != 1)
+		return 0;
+	snprintf(want, sizeof(want), "socket:[%lu]", inode);
+	if ((d = opendir("/proc/self/fd")) == NULL)
+		return -1;
+	rc = 0;
+	while (rc == 0 && (de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		if ((n = readlink(path, link, sizeof(link) - 1)) <= 0)
+			continue;
+		link[n] = '\0';
+		rc = strcmp(link, want) == 0;
+	}
+	closedir(d);
+	return rc;
+}
+
 /* ---- the inner leg: we are the server, FreeTDS the client ---- */
+
+/* Accept FreeTDS's connection, and only that one, before the deadline. */
+static int
+inner_accept(struct relay *r, long long deadline)
+{
+	struct sockaddr_in peer, local;
+	socklen_t sl, ll;
+	int fd, w, ours;
+
+	for (;;) {
+		if ((w = wait_fd(r, r->lfd, POLLIN, deadline)) <= 0) {
+			if (w == 0)
+				set_err(r, DMK_ERR_TIMEOUT, "FreeTDS did not connect to the relay");
+			return -1;
+		}
+		sl = sizeof(peer);
+		if ((fd = accept4(r->lfd, (struct sockaddr *)&peer, &sl, SOCK_CLOEXEC)) < 0) {
+			if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
+				continue;
+			set_err(r, DMK_ERR_INTERNAL, "relay accept failed: %s", strerror(errno));
+			return -1;
+		}
+		ll = sizeof(local);
+		ours = sl == sizeof(peer) && peer.sin_family == AF_INET &&
+		    getsockname(fd, (struct sockaddr *)&local, &ll) == 0 ?
+		    peer_is_ours(&peer, &local) : 0;
+		if (ours == 1) {
+			r->inner.fd = fd;
+			return 0;
+		}
+		close(fd);
+		if (ours < 0) {
+			set_err(r, DMK_ERR_INTERNAL, "cannot tell whether the connection to the relay "
+			    "comes from this process (is /proc mounted?); refusing it");
+			return -1;
+		}
+		log_warn("%s: refused a connection to the relay's port from 127.0.0.1:%u: not "
+		    "this process's own FreeTDS", r->label, (unsigned)ntohs(peer.sin_port));
+	}
+}
 
 static int
 inner_setup(struct relay *r)
@@ -863,21 +988,12 @@ inner_setup(struct relay *r)
 	struct relay_prelogin pl;
 	struct buf msg;
 	const char *why;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
 	long long deadline = util_now_ms() + r->timeout_ms;
-	int rc = -1, type, io, h, e, w;
+	int rc = -1, type, io, h, e;
 
 	buf_init(&msg, HANDSHAKE_MAX);
-	if ((w = wait_fd(r, r->lfd, POLLIN, deadline)) <= 0) {
-		if (w == 0)
-			set_err(r, DMK_ERR_TIMEOUT, "FreeTDS did not connect to the relay");
+	if (inner_accept(r, deadline) != 0)
 		goto out;
-	}
-	if ((r->inner.fd = accept4(r->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC)) < 0) {
-		set_err(r, DMK_ERR_INTERNAL, "relay accept failed: %s", strerror(errno));
-		goto out;
-	}
 	close(r->lfd);   /* exactly one connection */
 	r->lfd = -1;
 
@@ -1038,19 +1154,30 @@ listen_loopback(struct relay *r, int *port)
 	socklen_t sl = sizeof(sin);
 	int fd;
 
-	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
 		return -1;
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	sin.sin_port = 0;
-	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 || listen(fd, 1) != 0 ||
+	/* a backlog beyond 1: connections that are not ours must not keep
+	 * FreeTDS's waiting (see inner_accept) */
+	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 || listen(fd, 16) != 0 ||
 	    getsockname(fd, (struct sockaddr *)&sin, &sl) != 0) {
 		close(fd);
 		return -1;
 	}
 	*port = ntohs(sin.sin_port);
 	r->lfd = fd;
+#ifdef DMK_FAILPOINTS
+	{
+		/* tests: hold the port open before FreeTDS connects, for a racer */
+		const char *d = getenv("DMKAGENT_TEST_RELAY_DELAY_MS");
+
+		if (d != NULL && atoi(d) > 0 && atoi(d) <= 10000)
+			usleep((useconds_t)atoi(d) * 1000);
+	}
+#endif
 	return 0;
 }
 
