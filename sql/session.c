@@ -66,6 +66,8 @@ struct sql_session {
 	size_t nerrnos;            /* how many there were (may exceed what errnos holds) */
 	int enc_unchecked;         /* encrypt_option not read yet (see enc_gate) */
 	char enc_refused[300];     /* why the session may not be used, or "" */
+	long connect_timeout;
+	int connecting;            /* in sql_connect(): name carries the address */
 	int bad_code;              /* the server sent a value we refused: the session */
 	char bad_value[300];       /* is not used again (this says why) */
 };
@@ -322,8 +324,9 @@ session_error(struct sql_session *s, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_SQL, "%s: Msg %d, Level %d, State %d: %s", s->name,
 		    e->number, e->severity, e->state, e->message);
 	if (s->timed_out)
-		return dmk_errf(err, DMK_ERR_TIMEOUT, "%s: no answer within %ld s (%s)", s->name,
-		    s->query_timeout, s->dberr_text);
+		return dmk_errf(err, DMK_ERR_TIMEOUT, "%s: no answer within %ld s%s (%s)", s->name,
+		    s->connecting ? s->connect_timeout : s->query_timeout,
+		    s->connecting ? " to the login" : "", s->dberr_text);
 	if (s->dead)
 		return dmk_errf(err, DMK_ERR_UNREACHABLE, "%s: connection lost (%s)", s->name,
 		    s->dberr_text[0] ? s->dberr_text : "closed");
@@ -509,11 +512,16 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	util_strlcpy(s->name, ep->name[0] ? ep->name : ep->host, sizeof(s->name));
+	/* Until the login is through, messages name the address too: whatever
+	 * answered there is what failed. */
+	snprintf(s->name, sizeof(s->name), "%s (%s:%d)", ep->name[0] ? ep->name : ep->host,
+	    ep->host, ep->port);
 	s->query_timeout = qt;
+	s->connect_timeout = ct;
+	s->connecting = 1;
 
 	memset(&rp, 0, sizeof(rp));
-	rp.name = s->name;
+	rp.name = ep->name[0] ? ep->name : ep->host;   /* the relay adds the address */
 	rp.host = ep->host;
 	rp.port = ep->port;
 	rp.tls_name = ep->tls_name[0] ? ep->tls_name : ep->host;
@@ -581,6 +589,8 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 	}
 	s->enc_unchecked = 1;     /* asked with the first call: enc_gate, enc_fused */
 	call_reset(s);
+	s->connecting = 0;
+	util_strlcpy(s->name, ep->name[0] ? ep->name : ep->host, sizeof(s->name));
 	*out = s;
 	return 0;
 fail:

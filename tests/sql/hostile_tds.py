@@ -3,6 +3,8 @@
 PRELOGIN, TLS or framing, for the tests of what dmkagent does with it.
 
     hostile_tds.py --mode MODE [--port N]
+The login-* modes complete PRELOGIN and TLS properly (--tls-cert,
+--tls-key) and misbehave only inside TLS, answering FreeTDS's LOGIN7.
 Prints one JSON line {"port": N, "mode": MODE} when listening, then serves
 until SIGTERM.  Each connection is handled in a thread of its own, so a
 client that retries meets the same fault.  Not a simulator: it knows only
@@ -13,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -74,7 +77,76 @@ def hold(c, secs=60):
 GARBAGE = bytes((i * 37 + 11) & 0xff for i in range(65527))
 
 
-def serve(c, mode):
+def tls_handshake(c, cert, key):
+    """The server side of TDS's TLS: handshake records inside PRELOGIN packets."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_side=True)
+    while True:
+        _, data = read_message(c)
+        inc.write(data)
+        try:
+            tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        flight = out.read()
+        if flight:
+            c.sendall(packet(PRELOGIN, flight))
+        if done:
+            return tls, inc, out
+
+
+def tls_read_packet(c, tls, inc):
+    """One TDS packet of plaintext from raw TLS records after the handshake."""
+    buf = b""
+    while True:
+        try:
+            buf += tls.read(65536)
+        except ssl.SSLWantReadError:
+            k = c.recv(65536)
+            if not k:
+                raise EOFError
+            inc.write(k)
+            continue
+        if len(buf) >= 8 and len(buf) >= struct.unpack(">H", buf[2:4])[0]:
+            return buf
+
+
+def tls_send(c, tls, out, data):
+    tls.write(data)
+    c.sendall(out.read())
+
+
+def serve_login(c, mode, cert, key):
+    c.sendall(packet(REPLY, prelogin_answer()))
+    tls, inc, out = tls_handshake(c, cert, key)
+    login = tls_read_packet(c, tls, inc)          # FreeTDS's LOGIN7, through the relay
+    if login[0] != 0x10:
+        raise SystemExit(f"expected LOGIN7, got packet type {login[0]:#x}")
+    if mode == "login-garbage":
+        # a LOGINACK token whose length runs far past the packet, then noise
+        tls_send(c, tls, out, packet(REPLY, b"\xad\xff\xff" + GARBAGE[:200]))
+        hold(c)
+    elif mode == "login-oversized":
+        tls_send(c, tls, out, packet(REPLY, GARBAGE, length=65535))
+        hold(c)
+    elif mode == "login-short-length":
+        tls_send(c, tls, out, struct.pack(">BBHHBB", REPLY, EOM, 4, 0, 1, 0) + b"\x00" * 16)
+        hold(c)
+    elif mode == "login-close":
+        pass
+    elif mode == "login-silent":
+        hold(c, 120)
+
+
+def serve(c, mode, cert=None, key=None):
+    if mode.startswith("login-"):
+        read_message(c)
+        serve_login(c, mode, cert, key)
+        return
     if mode == "silent":
         hold(c, 120)
         return
@@ -154,13 +226,16 @@ def serve(c, mode):
 MODES = ["silent", "oversized", "oversized-valid", "short-length", "truncated-header",
          "truncated-payload", "endless-packets", "prelogin-offsets", "prelogin-lengths",
          "prelogin-noterm", "prelogin-into-table", "encrypt-garbage", "tls-garbage",
-         "tls-raw-garbage", "tls-oversized", "close-mid-handshake", "silent-after-prelogin"]
+         "tls-raw-garbage", "tls-oversized", "close-mid-handshake", "silent-after-prelogin",
+         "login-garbage", "login-oversized", "login-short-length", "login-close", "login-silent"]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", required=True, choices=MODES)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls-cert", help="for the login-* modes: the server certificate (PEM)")
+    ap.add_argument("--tls-key")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *x: os._exit(0))
     ls = socket.socket()
@@ -171,7 +246,7 @@ def main():
 
     def one(c):
         try:
-            serve(c, a.mode)
+            serve(c, a.mode, a.tls_cert, a.tls_key)
         except (EOFError, OSError):
             pass
         finally:

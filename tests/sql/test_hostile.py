@@ -46,6 +46,12 @@ MODES = {
     "close-mid-handshake": ({5}, r"connection closed during the TLS handshake"),
     "silent": ({5}, r"timed out waiting for the PRELOGIN answer"),
     "silent-after-prelogin": ({5}, r"timed out during the TLS handshake"),
+    # past TLS: FreeTDS reads the login answer, through the relay
+    "login-garbage": ({5}, r"no answer within 3 s to the login|connection lost"),
+    "login-oversized": ({5}, r"connection lost|closed"),
+    "login-short-length": ({5}, r"connection lost|closed"),
+    "login-close": ({5}, r"connection lost|closed"),
+    "login-silent": ({5}, r"no answer within 3 s to the login"),
 }
 COMMANDS = [["verify"], ["status"]]
 
@@ -63,7 +69,8 @@ class Hostile(unittest.TestCase):
         d = cls.tmp.name
         cls.dir = d
         # A real CA (the TLS modes load it), though no mode shows a certificate.
-        cls.ca = make_pki(os.path.join(d, "pki"))["ca_pem"]
+        cls.pki = make_pki(os.path.join(d, "pki"))
+        cls.ca = cls.pki["ca_pem"]
         write_private(os.path.join(d, "sa"), "Sa-Pass-123!\n")
         write_private(os.path.join(d, "dmk"), "Dmk-Pass-123!\n")
 
@@ -83,7 +90,8 @@ class Hostile(unittest.TestCase):
     def run_mode(self, mode):
         codes, expect = MODES[mode]
         port = free_port_block(1)
-        with Sim([PY, SERVER, "--mode", mode, "--port", str(port)], timeout=20,
+        with Sim([PY, SERVER, "--mode", mode, "--port", str(port), "--tls-cert",
+                  self.pki["server_pem"], "--tls-key", self.pki["server_key"]], timeout=20,
                  log_path=os.path.join(self.dir, f"{mode}.log")):
             conf = self.config(port)
             for cmd in COMMANDS:
