@@ -956,7 +956,10 @@ inner_accept(struct relay *r, long long deadline)
 			return -1;
 		}
 		sl = sizeof(peer);
-		if ((fd = accept4(r->lfd, (struct sockaddr *)&peer, &sl, SOCK_CLOEXEC)) < 0) {
+		/* non-blocking: a send to FreeTDS must never hold the relay thread
+		 * past relay_stop()'s wake-up */
+		if ((fd = accept4(r->lfd, (struct sockaddr *)&peer, &sl,
+		    SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0) {
 			if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
 				continue;
 			set_err(r, DMK_ERR_INTERNAL, "relay accept failed: %s", strerror(errno));
@@ -1281,6 +1284,13 @@ relay_get_stats(struct relay *r, struct relay_stats *st)
 	pthread_mutex_lock(&r->mu);
 	*st = r->stats;
 	pthread_mutex_unlock(&r->mu);
+}
+
+void
+relay_abort(struct relay *r)
+{
+	if (r != NULL && r->wake[1] >= 0)
+		(void)!write(r->wake[1], "x", 1);
 }
 
 void

@@ -779,6 +779,24 @@ read_cell(DBPROCESS *d, int c, struct sql_value *v, const char **why)
 	return DMK_ERR_PROTOCOL;
 }
 
+/*
+ * After read_set() failed.  Out of memory: cancel the rest as usual.  A
+ * value we refused or a result over the limits: the server is not to be
+ * trusted to end what it sends or to acknowledge a cancel, so the relay
+ * cuts the connection (FreeTDS then sees it closed) and the session is
+ * not used again.
+ */
+static void
+drop_or_cancel(struct sql_session *s)
+{
+	if (s->bad_code == 0) {
+		dbcancel(s->dbproc);
+		return;
+	}
+	relay_abort(s->relay);
+	s->dead = 1;
+}
+
 /* Read the current result set into a new struct sql_result. */
 static int
 read_set(struct sql_session *s, struct sql_result **out, int *fetch_failed)
@@ -815,8 +833,10 @@ read_set(struct sql_session *s, struct sql_result **out, int *fetch_failed)
 		}
 		if (rr != REG_ROW)
 			continue;   /* COMPUTE rows: none from our queries */
-		if (rc != 0)
+		if (rc == DMK_ERR_NOMEM)
 			continue;   /* drain after a failure */
+		if (rc != 0)
+			break;      /* not after a bad value: the rest may never end */
 		if (r->nrows >= SQL_RESULT_MAX_CELLS / r->ncols) {
 			snprintf(s->bad_value, sizeof(s->bad_value), "a result of more than %zu rows",
 			    r->nrows);
@@ -885,7 +905,7 @@ collect(struct sql_session *s, struct sql_result **res, int *retstatus)
 		}
 		if (dbnumcols(d) > 0 && res != NULL && got == NULL) {
 			if ((r = read_set(s, &got, &failed)) != 0) {
-				dbcancel(d);
+				drop_or_cancel(s);
 				return r;
 			}
 		} else {
@@ -943,7 +963,7 @@ collect_all(struct sql_session *s, struct sql_result ***sets, size_t *nsets)
 		if (dbnumcols(d) > 0) {
 			got = NULL;
 			if ((r = read_set(s, &got, &failed)) != 0) {
-				dbcancel(d);
+				drop_or_cancel(s);
 				return r;
 			}
 			if ((v = realloc(*sets, (*nsets + 1) * sizeof(*v))) == NULL) {
