@@ -377,7 +377,8 @@ relay_tds_frame(struct relay_framer *f, const unsigned char *in, size_t n, size_
 			k = RELAY_TDS_HDR - f->hdr_len;
 			if (k > n - u)
 				k = n - u;
-			memcpy(f->hdr + f->hdr_len, in + u, k);
+			if (k > 0)
+				memcpy(f->hdr + f->hdr_len, in + u, k);
 			f->hdr_len += k;
 			u += k;
 			*used = u;
@@ -1000,10 +1001,15 @@ inner_setup(struct relay *r)
 	close(r->lfd);   /* exactly one connection */
 	r->lfd = -1;
 
-	if ((io = read_message(r, r->inner.fd, &msg, &type, deadline)) != IO_OK ||
-	    type != TDS_PRELOGIN || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
+	why = NULL;
+	if ((io = read_message(r, r->inner.fd, &msg, &type, deadline)) != IO_OK) {
+		io_err(r, io, "waiting for FreeTDS's PRELOGIN to the relay");
+		goto out;
+	}
+	if (type != TDS_PRELOGIN || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
 	    &why) != 0) {
-		set_err(r, DMK_ERR_INTERNAL, "FreeTDS sent no usable PRELOGIN to the relay");
+		set_err(r, DMK_ERR_INTERNAL, "FreeTDS sent no usable PRELOGIN to the relay (%s)",
+		    why ? why : "not a PRELOGIN packet");
 		goto out;
 	}
 	/* FreeTDS must ask for encryption: otherwise our configuration was not
