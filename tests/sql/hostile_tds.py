@@ -4,7 +4,9 @@ PRELOGIN, TLS or framing, for the tests of what dmkagent does with it.
 
     hostile_tds.py --mode MODE [--port N]
 The login-* modes complete PRELOGIN and TLS properly (--tls-cert,
---tls-key) and misbehave only inside TLS, answering FreeTDS's LOGIN7.
+--tls-key) and misbehave only inside TLS, answering FreeTDS's LOGIN7; the
+result-* modes log in and answer the first batch with a value that does not
+fit its type.
 Prints one JSON line {"port": N, "mode": MODE} when listening, then serves
 until SIGTERM.  Each connection is handled in a thread of its own, so a
 client that retries meets the same fault.  Not a simulator: it knows only
@@ -120,6 +122,39 @@ def tls_send(c, tls, out, data):
     c.sendall(out.read())
 
 
+def b_varchar(text):
+    u = text.encode("utf-16-le")
+    return bytes([len(text)]) + u
+
+
+def login_ack():
+    """LOGINACK: TDS 7.4, a program name and version."""
+    body = b"\x01" + bytes([0x74, 0, 0, 4]) + b_varchar("hostile") + bytes([16, 0, 0, 0])
+    return b"\xad" + struct.pack("<H", len(body)) + body
+
+
+def done(status=0, rows=0):
+    return b"\xfd" + struct.pack("<HHQ", status, 0, rows)
+
+
+COLLATION = bytes([0x09, 0x04, 0xd0, 0x00, 0x34])
+
+
+def bad_result(mode):
+    """One column, one row, with a value that does not fit its type."""
+    if mode == "result-bad-int":
+        # INTN declared 4 bytes wide, the row's value 1 byte long
+        meta = struct.pack("<IH", 0, 0x0001) + b"\x26\x04" + b_varchar("encrypt_option")
+        row = b"\xd1" + b"\x01\x07"
+    else:
+        # NVARCHAR with a NUL inside
+        val = "TRUE\0x".encode("utf-16-le")
+        meta = (struct.pack("<IH", 0, 0x0001) + b"\xe7" + struct.pack("<H", 80) + COLLATION
+                + b_varchar("encrypt_option"))
+        row = b"\xd1" + struct.pack("<H", len(val)) + val
+    return b"\x81" + struct.pack("<H", 1) + meta + row
+
+
 def serve_login(c, mode, cert, key):
     c.sendall(packet(REPLY, prelogin_answer()))
     tls, inc, out = tls_handshake(c, cert, key)
@@ -136,6 +171,13 @@ def serve_login(c, mode, cert, key):
     elif mode == "login-short-length":
         tls_send(c, tls, out, struct.pack(">BBHHBB", REPLY, EOM, 4, 0, 1, 0) + b"\x00" * 16)
         hold(c)
+    elif mode.startswith("result-"):
+        tls_send(c, tls, out, packet(REPLY, login_ack() + done()))
+        batch = tls_read_packet(c, tls, inc)     # the session's first batch
+        if batch[0] != 0x01:
+            raise SystemExit(f"expected a SQL batch, got packet type {batch[0]:#x}")
+        tls_send(c, tls, out, packet(REPLY, bad_result(mode) + done(status=0x10, rows=1)))
+        hold(c)
     elif mode == "login-close":
         pass
     elif mode == "login-silent":
@@ -143,7 +185,7 @@ def serve_login(c, mode, cert, key):
 
 
 def serve(c, mode, cert=None, key=None):
-    if mode.startswith("login-"):
+    if mode.startswith("login-") or mode.startswith("result-"):
         read_message(c)
         serve_login(c, mode, cert, key)
         return
@@ -227,7 +269,8 @@ MODES = ["silent", "oversized", "oversized-valid", "short-length", "truncated-he
          "truncated-payload", "endless-packets", "prelogin-offsets", "prelogin-lengths",
          "prelogin-noterm", "prelogin-into-table", "encrypt-garbage", "tls-garbage",
          "tls-raw-garbage", "tls-oversized", "close-mid-handshake", "silent-after-prelogin",
-         "login-garbage", "login-oversized", "login-short-length", "login-close", "login-silent"]
+         "login-garbage", "login-oversized", "login-short-length", "login-close", "login-silent",
+         "result-bad-int", "result-nul-string"]
 
 
 def main():
