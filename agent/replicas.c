@@ -108,9 +108,12 @@ endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_e
 			ep->port = ag->replicas[i].port;
 			break;
 		}
+	/* A malformed routing URL or server name leaves no address: the
+	 * connection then fails naming the replica, rather than going to a
+	 * host made of whatever the catalog held. */
 	if (ep->host[0] == '\0' && sql_replica_address(r, ep->host, sizeof(ep->host), &ep->port) != 0) {
-		util_strlcpy(ep->host, r->name, sizeof(ep->host));
-		ep->port = 1433;
+		ep->host[0] = '\0';
+		ep->port = 0;
 	}
 	util_strlcpy(ep->tls_name, ep->host, sizeof(ep->tls_name));
 }

@@ -8,6 +8,7 @@
  * secondary, sys.dm_hadr_availability_replica_states has only the local
  * row: the other replicas keep role "" (unknown).
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,24 @@ str_of(const struct sql_result *r, size_t row, const char *col)
 	const struct sql_value *v = sql_cell(r, row, col);
 
 	return v != NULL && v->type == SQLT_STR ? v->s : "";
+}
+
+/*
+ * Copy a catalog string into a fixed field.  One that does not fit is
+ * refused, never cut: a cut replica or database name is another name.
+ */
+static int
+take(char *dst, size_t size, const struct sql_result *r, size_t row, const char *col,
+    struct sql_session *s, struct dmk_err *err)
+{
+	const char *v = str_of(r, row, col);
+	size_t n = strlen(v);
+
+	if (n >= size)
+		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the catalog's %s is %zu bytes long "
+		    "(at most %zu here)", sql_session_name(s), col, n, size - 1);
+	memcpy(dst, v, n + 1);
+	return 0;
 }
 
 static long long
@@ -107,8 +126,9 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 			    sql_session_name(s));
 		goto out;
 	}
-	util_strlcpy(out->name, str_of(ags, found, "name"), sizeof(out->name));
-	util_strlcpy(out->group_id, str_of(ags, found, "group_id"), sizeof(out->group_id));
+	if ((rc = take(out->name, sizeof(out->name), ags, found, "name", s, err)) != 0 ||
+	    (rc = take(out->group_id, sizeof(out->group_id), ags, found, "group_id", s, err)) != 0)
+		goto out;
 
 	if (reps == NULL && (rc = sql_query(s, Q_REPS, &reps, err)) != 0)
 		goto out;
@@ -123,11 +143,14 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 		if (strcasecmp(str_of(reps, i, "group_id"), out->group_id) != 0)
 			continue;
 		r = &out->replicas[out->nreplicas];
-		util_strlcpy(ids[out->nreplicas], str_of(reps, i, "replica_id"), sizeof(ids[0]));
-		util_strlcpy(r->name, str_of(reps, i, "replica_server_name"), sizeof(r->name));
-		util_strlcpy(r->endpoint_url, str_of(reps, i, "endpoint_url"), sizeof(r->endpoint_url));
-		util_strlcpy(r->routing_url, str_of(reps, i, "read_only_routing_url"),
-		    sizeof(r->routing_url));
+		if ((rc = take(ids[out->nreplicas], sizeof(ids[0]), reps, i, "replica_id", s,
+		    err)) != 0 ||
+		    (rc = take(r->name, sizeof(r->name), reps, i, "replica_server_name", s, err)) != 0 ||
+		    (rc = take(r->endpoint_url, sizeof(r->endpoint_url), reps, i, "endpoint_url", s,
+		    err)) != 0 ||
+		    (rc = take(r->routing_url, sizeof(r->routing_url), reps, i,
+		    "read_only_routing_url", s, err)) != 0)
+			goto out;
 		r->secondary_allow = (int)int_of(reps, i, "secondary_role_allow_connections", 0);
 		out->nreplicas++;
 	}
@@ -145,18 +168,20 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 
 			if (strcasecmp(str_of(states, i, "replica_id"), ids[j]) != 0)
 				continue;
-			util_strlcpy(r->role, str_of(states, i, "role_desc"), sizeof(r->role));
-			util_strlcpy(r->sync_health, str_of(states, i, "synchronization_health_desc"),
-			    sizeof(r->sync_health));
+			if ((rc = take(r->role, sizeof(r->role), states, i, "role_desc", s,
+			    err)) != 0 || (rc = take(r->sync_health, sizeof(r->sync_health), states,
+			    i, "synchronization_health_desc", s, err)) != 0)
+				goto out;
 			r->connected = int_of(states, i, "connected_state", 0) == 1;
 		}
 
 	if (gstates == NULL && (rc = sql_query(s, Q_GSTATES, &gstates, err)) != 0)
 		goto out;
 	for (i = 0; i < gstates->nrows; i++)
-		if (strcasecmp(str_of(gstates, i, "group_id"), out->group_id) == 0)
-			util_strlcpy(out->primary, str_of(gstates, i, "primary_replica"),
-			    sizeof(out->primary));
+		if (strcasecmp(str_of(gstates, i, "group_id"), out->group_id) == 0 &&
+		    (rc = take(out->primary, sizeof(out->primary), gstates, i, "primary_replica", s,
+		    err)) != 0)
+			goto out;
 	if (out->primary[0] == '\0')
 		for (j = 0; j < out->nreplicas; j++)
 			if (strcasecmp(out->replicas[j].role, "PRIMARY") == 0)
@@ -169,9 +194,10 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 		goto out;
 	}
 	for (i = n = 0; i < dbs->nrows; i++)
-		if (strcasecmp(str_of(dbs, i, "group_id"), out->group_id) == 0)
-			util_strlcpy(out->databases[n++], str_of(dbs, i, "database_name"),
-			    sizeof(out->databases[0]));
+		if (strcasecmp(str_of(dbs, i, "group_id"), out->group_id) == 0 &&
+		    (rc = take(out->databases[n++], sizeof(out->databases[0]), dbs, i,
+		    "database_name", s, err)) != 0)
+			goto out;
 	out->ndatabases = n;
 	rc = 0;
 out:
@@ -187,44 +213,86 @@ out:
 	return rc;
 }
 
+/* A host name's characters (letters, digits, '.', '-', '_'), or an IPv6
+ * literal's inside brackets; n bytes at h. */
+static int
+host_ok(const char *h, size_t n, int v6)
+{
+	size_t i;
+
+	if (n == 0)
+		return 0;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)h[i];
+
+		if (v6 ? !(isxdigit(c) || c == ':' || c == '.') :
+		    !(isalnum(c) || c == '.' || c == '-' || c == '_'))
+			return 0;
+	}
+	return 1;
+}
+
+/* "NNNNN" then the end or '/': 1..65535. */
+static int
+port_of(const char *p, int *port)
+{
+	long v = 0;
+	int nd = 0;
+
+	while (isdigit((unsigned char)*p) && nd < 6) {
+		v = v * 10 + (*p++ - '0');
+		nd++;
+	}
+	if (nd == 0 || nd > 5 || (*p != '\0' && *p != '/') || v < 1 || v > 65535)
+		return -1;
+	*port = (int)v;
+	return 0;
+}
+
+/*
+ * The routing URL is catalog data (anyone who can ALTER AVAILABILITY GROUP
+ * writes it): TCP://host[:port][/...] with a plain host name or a
+ * bracketed IPv6 literal, nothing else; a host that does not fit hostlen
+ * is refused, never cut.
+ */
 int
 sql_replica_address(const struct sql_replica *r, char *host, size_t hostlen, int *port)
 {
-	const char *u = r->routing_url, *h, *colon, *end;
-	char *e;
-	long p;
+	const char *u = r->routing_url, *h, *after;
 	size_t n;
+	int p = 1433, v6 = 0;
 
 	if (strncasecmp(u, "tcp://", 6) == 0) {
 		h = u + 6;
 		if (*h == '[') {
-			end = strchr(h, ']');
-			if (end == NULL)
-				return DMK_ERR_BADINPUT;
-			colon = end[1] == ':' ? end + 1 : NULL;
 			h++;
-			n = (size_t)(end - h);
-		} else {
-			colon = strrchr(h, ':');
-			n = colon ? (size_t)(colon - h) : strlen(h);
-		}
-		p = 1433;
-		if (colon != NULL) {
-			p = strtol(colon + 1, &e, 10);
-			if (e == colon + 1 || (*e != '\0' && *e != '/') || p <= 0 || p > 65535)
+			n = strcspn(h, "]");
+			if (h[n] != ']')
 				return DMK_ERR_BADINPUT;
+			after = h + n + 1;
+			v6 = 1;
+		} else {
+			n = strcspn(h, ":/");
+			after = h + n;
 		}
-		if (n == 0 || n >= hostlen)
+		if (*after == ':') {
+			if (port_of(after + 1, &p) != 0)
+				return DMK_ERR_BADINPUT;
+		} else if (*after != '\0' && *after != '/')
+			return DMK_ERR_BADINPUT;
+		if (!host_ok(h, n, v6) || n >= hostlen)
 			return DMK_ERR_BADINPUT;
 		memcpy(host, h, n);
 		host[n] = '\0';
-		*port = (int)p;
+		*port = p;
 		return 0;
 	}
+	if (u[0] != '\0')
+		return DMK_ERR_BADINPUT;   /* a routing URL, but not one we understand */
 	/* No routing URL: the server name (a named instance's "\INST" dropped)
 	 * on the default port; the agent applies configured overrides first. */
 	n = strcspn(r->name, "\\");
-	if (n == 0 || n >= hostlen)
+	if (!host_ok(r->name, n, 0) || n >= hostlen)
 		return DMK_ERR_BADINPUT;
 	memcpy(host, r->name, n);
 	host[n] = '\0';

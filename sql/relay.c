@@ -35,6 +35,7 @@
  * Plaintext passes through one struct buf per relay (wiped on free) and
  * is wiped after each chunk is forwarded.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -64,13 +65,14 @@
 #include "core/dmk.h"
 #include "core/buf.h"
 #include "relay.h"
+#include "relay_int.h"
 
-#define TDS_PRELOGIN    0x12
-#define TDS_REPLY       0x04
-#define TDS_EOM         0x01
-#define TDS_HDR         8
+#define TDS_PRELOGIN    RELAY_TDS_PRELOGIN
+#define TDS_REPLY       RELAY_TDS_REPLY
+#define TDS_EOM         RELAY_TDS_EOM
+#define TDS_HDR         RELAY_TDS_HDR
 #define TDS_OUT_PKT     4096    /* our packet size before negotiation */
-#define HANDSHAKE_MAX   (256 * 1024)
+#define HANDSHAKE_MAX   RELAY_HANDSHAKE_MAX
 
 #define ENC_OFF         0x00
 #define ENC_ON          0x01
@@ -99,6 +101,7 @@ struct relay {
 	struct dmk_err err;
 	struct relay_stats stats;
 	struct buf pt;          /* plaintext scratch, wiped */
+	const char *why;        /* static text: what the framer refused */
 };
 
 /* ---- the process-wide part: private directory, ephemeral certificate ---- */
@@ -271,7 +274,7 @@ wait_fd(struct relay *r, int fd, short ev, long long deadline)
 	}
 }
 
-enum { IO_OK = 0, IO_EOF = -1, IO_TIMEOUT = -2, IO_ERR = -3 };
+enum { IO_OK = 0, IO_EOF = -1, IO_TIMEOUT = -2, IO_ERR = -3, IO_PROTO = -4, IO_TOOBIG = -5 };
 
 static int
 send_all(struct relay *r, int fd, const void *data, size_t n, long long deadline)
@@ -319,32 +322,130 @@ recv_exact(struct relay *r, int fd, void *data, size_t n, long long deadline)
 	return IO_OK;
 }
 
-/* Read one TDS message (packets up to EOM); *type is the first packet's. */
+/* ---- TDS framing (pure: relay_int.h) ---- */
+
+int
+relay_tds_header(const unsigned char *h, int first_type, size_t have, size_t max,
+    struct relay_tds_pkt *pkt, const char **why)
+{
+	size_t len = ((size_t)h[2] << 8) | h[3];
+
+	*why = NULL;
+	if (len < RELAY_TDS_HDR) {
+		*why = "a packet length shorter than the packet header";
+		return DMK_ERR_PROTOCOL;
+	}
+	if (first_type < 0 && h[0] != RELAY_TDS_PRELOGIN && h[0] != RELAY_TDS_REPLY) {
+		*why = "a packet that is neither PRELOGIN nor a reply";
+		return DMK_ERR_PROTOCOL;
+	}
+	if (first_type >= 0 && h[0] != first_type) {
+		*why = "a packet type that changes within one message";
+		return DMK_ERR_PROTOCOL;
+	}
+	if (have > max || len - RELAY_TDS_HDR > max - have) {
+		*why = "a handshake message larger than 256 KiB";
+		return DMK_ERR_TOOBIG;
+	}
+	pkt->type = h[0];
+	pkt->eom = (h[1] & RELAY_TDS_EOM) != 0;
+	pkt->payload = len - RELAY_TDS_HDR;
+	return 0;
+}
+
+void
+relay_framer_init(struct relay_framer *f, size_t max)
+{
+	memset(f, 0, sizeof(*f));
+	f->type = -1;
+	f->msg_type = -1;
+	f->max = max;
+}
+
+int
+relay_tds_frame(struct relay_framer *f, const unsigned char *in, size_t n, size_t *used,
+    struct buf *msg, const char **why)
+{
+	struct relay_tds_pkt pkt;
+	size_t k, u = 0;
+	int rc;
+
+	*why = NULL;
+	*used = 0;
+	for (;;) {
+		if (f->hdr_len < RELAY_TDS_HDR) {
+			k = RELAY_TDS_HDR - f->hdr_len;
+			if (k > n - u)
+				k = n - u;
+			if (k > 0)
+				memcpy(f->hdr + f->hdr_len, in + u, k);
+			f->hdr_len += k;
+			u += k;
+			*used = u;
+			if (f->hdr_len < RELAY_TDS_HDR)
+				return 0;
+			if ((rc = relay_tds_header(f->hdr, f->type, msg->len, f->max, &pkt, why)) != 0)
+				return rc;
+			if (f->type < 0)
+				f->type = pkt.type;
+			f->left = pkt.payload;
+			f->eom = pkt.eom;
+		}
+		k = f->left < n - u ? f->left : n - u;
+		if (k > 0 && buf_append(msg, in + u, k) != 0) {
+			*why = "a handshake message larger than its buffer";
+			return DMK_ERR_TOOBIG;
+		}
+		u += k;
+		f->left -= k;
+		*used = u;
+		if (f->left > 0)
+			return 0;
+		f->hdr_len = 0;   /* this packet is complete */
+		if (f->eom) {
+			f->msg_type = f->type;
+			f->type = -1;
+			return 1;
+		}
+	}
+}
+
+/*
+ * Read one TDS message (packets up to EOM); *type is the first packet's.
+ * Exactly the message's bytes are read (what follows may be raw TLS), each
+ * header checked by the framer before a byte of its payload is.
+ */
 static int
 read_message(struct relay *r, int fd, struct buf *out, int *type, long long deadline)
 {
-	unsigned char h[TDS_HDR], payload[32768];
-	size_t len;
-	int rc, first = 1;
+	unsigned char chunk[4096];
+	struct relay_framer f;
+	const char *why;
+	size_t need, used;
+	int rc;
 
 	buf_reset(out);
+	relay_framer_init(&f, out->max);
 	for (;;) {
-		if ((rc = recv_exact(r, fd, h, TDS_HDR, deadline)) != IO_OK)
-			return rc;
-		len = ((size_t)h[2] << 8) | h[3];
-		if (len < TDS_HDR || (first && h[0] != TDS_PRELOGIN && h[0] != TDS_REPLY))
-			return IO_ERR - 1;   /* not TDS */
-		if (first)
-			*type = h[0];
-		first = 0;
-		if ((rc = recv_exact(r, fd, payload, len - TDS_HDR, deadline)) != IO_OK)
-			return rc;
-		if (out->len + len > HANDSHAKE_MAX ||
-		    buf_append(out, payload, len - TDS_HDR) != 0)
-			return IO_ERR - 1;
-		if (h[1] & TDS_EOM)
-			return IO_OK;
+		need = f.hdr_len < RELAY_TDS_HDR ? RELAY_TDS_HDR - f.hdr_len : f.left;
+		if (need > sizeof(chunk))
+			need = sizeof(chunk);
+		if ((rc = recv_exact(r, fd, chunk, need, deadline)) != IO_OK)
+			break;
+		rc = relay_tds_frame(&f, chunk, need, &used, out, &why);
+		if (rc == 1) {
+			*type = f.msg_type;
+			rc = IO_OK;
+			break;
+		}
+		if (rc < 0) {
+			r->why = why;
+			rc = rc == DMK_ERR_TOOBIG ? IO_TOOBIG : IO_PROTO;
+			break;
+		}
 	}
+	OPENSSL_cleanse(chunk, sizeof(chunk));
+	return rc;
 }
 
 static int
@@ -376,39 +477,68 @@ send_message(struct relay *r, int fd, int type, const void *data, size_t n, long
 
 /* ---- PRELOGIN ---- */
 
-struct prelogin {
-	int have_version, have_enc;
-	unsigned char version[6];
-	int enc;
-};
-
-static int
-parse_prelogin(const unsigned char *p, size_t n, struct prelogin *pl)
+/*
+ * The option table first (token, 16-bit offset, 16-bit length; 0xff ends
+ * it), then the values, which must lie after the table and inside the
+ * message.  Each option at most once; VERSION is 6 bytes and ENCRYPTION 1
+ * when present (MS-TDS 2.2.6.5), anything else is refused, not guessed at.
+ */
+int
+relay_parse_prelogin(const unsigned char *p, size_t n, struct relay_prelogin *pl,
+    const char **why)
 {
-	size_t pos = 0, off, len;
+	size_t pos, end, off, len;
+	unsigned seen = 0;
+	unsigned char tok;
 
 	memset(pl, 0, sizeof(*pl));
 	pl->enc = -1;
-	for (;;) {
-		if (pos >= n)
-			return -1;
+	*why = NULL;
+	for (pos = 0;; pos += 5) {
+		if (pos >= n) {
+			*why = "the option table has no terminator";
+			return DMK_ERR_PROTOCOL;
+		}
 		if (p[pos] == 0xff)
-			return 0;
-		if (pos + 5 > n)
-			return -1;
+			break;
+		if (n - pos < 5) {
+			*why = "the option table ends inside an entry";
+			return DMK_ERR_PROTOCOL;
+		}
+	}
+	end = pos + 1;   /* values start here at the earliest */
+	for (pos = 0; p[pos] != 0xff; pos += 5) {
+		tok = p[pos];
 		off = ((size_t)p[pos + 1] << 8) | p[pos + 2];
 		len = ((size_t)p[pos + 3] << 8) | p[pos + 4];
-		if (off > n || len > n - off)
-			return -1;
-		if (p[pos] == 0x00 && len >= 6) {
+		if (off < end || off > n || len > n - off) {
+			*why = "an option's value lies outside the message";
+			return DMK_ERR_PROTOCOL;
+		}
+		if (tok < 32) {
+			if (seen & (1u << tok)) {
+				*why = "an option appears twice";
+				return DMK_ERR_PROTOCOL;
+			}
+			seen |= 1u << tok;
+		}
+		if (tok == 0x00) {
+			if (len != 6) {
+				*why = "VERSION is not 6 bytes";
+				return DMK_ERR_PROTOCOL;
+			}
 			memcpy(pl->version, p + off, 6);
 			pl->have_version = 1;
-		} else if (p[pos] == 0x01 && len >= 1) {
+		} else if (tok == 0x01) {
+			if (len != 1) {
+				*why = "ENCRYPTION is not 1 byte";
+				return DMK_ERR_PROTOCOL;
+			}
 			pl->enc = p[off];
 			pl->have_enc = 1;
 		}
-		pos += 5;
 	}
+	return 0;
 }
 
 /* Our PRELOGIN, as a client (encrypt = ON) or as the server's answer. */
@@ -538,8 +668,12 @@ io_err(struct relay *r, int rc, const char *what)
 		set_err(r, DMK_ERR_TIMEOUT, "timed out %s", what);
 	else if (rc == IO_EOF)
 		set_err(r, DMK_ERR_UNREACHABLE, "connection closed %s", what);
-	else if (rc == IO_ERR - 1)
-		set_err(r, DMK_ERR_PROTOCOL, "not a TDS answer %s", what);
+	else if (rc == IO_PROTO)
+		set_err(r, DMK_ERR_PROTOCOL, "not a TDS answer %s: %s", what,
+		    r->why ? r->why : "bad framing");
+	else if (rc == IO_TOOBIG)
+		set_err(r, DMK_ERR_PROTOCOL, "answer too large %s: %s", what,
+		    r->why ? r->why : "over the limit");
 	else
 		set_err(r, DMK_ERR_UNREACHABLE, "connection failed %s", what);
 }
@@ -609,9 +743,10 @@ outer_setup(struct relay *r, const struct relay_params *p)
 {
 	static const unsigned char our_version[6] = { 1, 3, 0, 17, 0, 0 };
 	unsigned char pl_buf[64];
-	struct prelogin pl;
+	struct relay_prelogin pl;
 	struct buf msg;
 	SSL_CTX *ctx = NULL;
+	const char *why = NULL;
 	long long deadline = util_now_ms() + r->timeout_ms;
 	const char *name = p->tls_name && *p->tls_name ? p->tls_name : p->host;
 	int rc = -1, type, io, h, e;
@@ -630,13 +765,19 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		io_err(r, io, "waiting for the PRELOGIN answer");
 		goto out;
 	}
-	if (type != TDS_REPLY || parse_prelogin((unsigned char *)msg.data, msg.len, &pl) != 0) {
-		set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer cannot be parsed; nothing was sent");
+	if (type != TDS_REPLY || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
+	    &why) != 0) {
+		set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer cannot be parsed (%s); nothing "
+		    "was sent", why ? why : "not a reply packet");
 		goto out;
 	}
 	if (pl.enc != ENC_ON && pl.enc != ENC_REQ) {
+		char val[16] = "";
+
+		if (pl.enc > ENC_REQ)
+			snprintf(val, sizeof(val), ", 0x%02x", (unsigned)pl.enc);
 		set_err(r, DMK_ERR_TLS, "the server (or something in the path) refused full TLS "
-		    "encryption (PRELOGIN answered %s); nothing was sent", enc_name(pl.enc));
+		    "encryption (PRELOGIN answered %s%s); nothing was sent", enc_name(pl.enc), val);
 		goto out;
 	}
 	if (pl.have_version)
@@ -715,35 +856,160 @@ out:
 	return rc;
 }
 
+/*
+ * The loopback port is open to every local user, and whoever connects
+ * first would get the session.  So a connection is taken only if its
+ * other end is a socket of this very process (FreeTDS's, in dbopen()):
+ * the kernel's socket table (/proc/net/tcp, and tcp6 for a v4-mapped
+ * client) names the inode of the socket whose local end is the peer's
+ * address and whose remote end is ours, and that inode must be among our
+ * own descriptors (/proc/self/fd, "socket:[INODE]").  FreeTDS 1.3 cannot
+ * be handed a connected descriptor or a Unix socket, or we would leave no
+ * port to race for.  1 ours, 0 not ours, -1 cannot tell (no /proc).
+ */
+static int
+proc_tcp_inode(const char *table, const char *want_local, unsigned lport, const char *want_rem,
+    unsigned rport, unsigned long *inode)
+{
+	char line[512], la[72], ra[72];
+	unsigned lp, rp, st;
+	unsigned long ino;
+	FILE *f;
+	int found = 0;
+
+	if ((f = fopen(table, "re")) == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, " %*u: %64[0-9A-Fa-f]:%x %64[0-9A-Fa-f]:%x %x %*s %*s %*s %*u %*u %lu",
+		    la, &lp, ra, &rp, &st, &ino) != 6)
+			continue;
+		if (lp == lport && rp == rport && strcasecmp(la, want_local) == 0 &&
+		    strcasecmp(ra, want_rem) == 0 && ino != 0) {
+			*inode = ino;
+			found = 1;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+static int
+peer_is_ours(const struct sockaddr_in *peer, const struct sockaddr_in *local)
+{
+	char pl[40], ll[40], want[40], link[64], path[300];
+	unsigned long inode = 0;
+	struct dirent *de;
+	DIR *d;
+	ssize_t n;
+	int rc, r6;
+
+	/* /proc prints each address word as the raw 32-bit value in hex */
+	snprintf(pl, sizeof(pl), "%08X", (unsigned)peer->sin_addr.s_addr);
+	snprintf(ll, sizeof(ll), "%08X", (unsigned)local->sin_addr.s_addr);
+	rc = proc_tcp_inode("/proc/net/tcp", pl, ntohs(peer->sin_port), ll,
+	    ntohs(local->sin_port), &inode);
+	if (rc != 1) {
+		snprintf(pl, sizeof(pl), "0000000000000000%08X%08X", (unsigned)htonl(0xffff),
+		    (unsigned)peer->sin_addr.s_addr);
+		snprintf(ll, sizeof(ll), "0000000000000000%08X%08X", (unsigned)htonl(0xffff),
+		    (unsigned)local->sin_addr.s_addr);
+		r6 = proc_tcp_inode("/proc/net/tcp6", pl, ntohs(peer->sin_port), ll,
+		    ntohs(local->sin_port), &inode);
+		if (r6 == 1)
+			rc = 1;
+		else if (rc == -1 && r6 == -1)
+			return -1;
+	}
+	if (rc != 1)
+		return 0;
+	snprintf(want, sizeof(want), "socket:[%lu]", inode);
+	if ((d = opendir("/proc/self/fd")) == NULL)
+		return -1;
+	rc = 0;
+	while (rc == 0 && (de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		if ((n = readlink(path, link, sizeof(link) - 1)) <= 0)
+			continue;
+		link[n] = '\0';
+		rc = strcmp(link, want) == 0;
+	}
+	closedir(d);
+	return rc;
+}
+
 /* ---- the inner leg: we are the server, FreeTDS the client ---- */
+
+/* Accept FreeTDS's connection, and only that one, before the deadline. */
+static int
+inner_accept(struct relay *r, long long deadline)
+{
+	struct sockaddr_in peer, local;
+	socklen_t sl, ll;
+	int fd, w, ours;
+
+	for (;;) {
+		if ((w = wait_fd(r, r->lfd, POLLIN, deadline)) <= 0) {
+			if (w == 0)
+				set_err(r, DMK_ERR_TIMEOUT, "FreeTDS did not connect to the relay");
+			return -1;
+		}
+		sl = sizeof(peer);
+		/* non-blocking: a send to FreeTDS must never hold the relay thread
+		 * past relay_stop()'s wake-up */
+		if ((fd = accept4(r->lfd, (struct sockaddr *)&peer, &sl,
+		    SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0) {
+			if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
+				continue;
+			set_err(r, DMK_ERR_INTERNAL, "relay accept failed: %s", strerror(errno));
+			return -1;
+		}
+		ll = sizeof(local);
+		ours = sl == sizeof(peer) && peer.sin_family == AF_INET &&
+		    getsockname(fd, (struct sockaddr *)&local, &ll) == 0 ?
+		    peer_is_ours(&peer, &local) : 0;
+		if (ours == 1) {
+			r->inner.fd = fd;
+			return 0;
+		}
+		close(fd);
+		if (ours < 0) {
+			set_err(r, DMK_ERR_INTERNAL, "cannot tell whether the connection to the relay "
+			    "comes from this process (is /proc mounted?); refusing it");
+			return -1;
+		}
+		log_warn("%s: refused a connection to the relay's port from 127.0.0.1:%u: not "
+		    "this process's own FreeTDS", r->label, (unsigned)ntohs(peer.sin_port));
+	}
+}
 
 static int
 inner_setup(struct relay *r)
 {
 	unsigned char pl_buf[64];
-	struct prelogin pl;
+	struct relay_prelogin pl;
 	struct buf msg;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
+	const char *why;
 	long long deadline = util_now_ms() + r->timeout_ms;
-	int rc = -1, type, io, h, e, w;
+	int rc = -1, type, io, h, e;
 
 	buf_init(&msg, HANDSHAKE_MAX);
-	if ((w = wait_fd(r, r->lfd, POLLIN, deadline)) <= 0) {
-		if (w == 0)
-			set_err(r, DMK_ERR_TIMEOUT, "FreeTDS did not connect to the relay");
+	if (inner_accept(r, deadline) != 0)
 		goto out;
-	}
-	if ((r->inner.fd = accept4(r->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC)) < 0) {
-		set_err(r, DMK_ERR_INTERNAL, "relay accept failed: %s", strerror(errno));
-		goto out;
-	}
 	close(r->lfd);   /* exactly one connection */
 	r->lfd = -1;
 
-	if ((io = read_message(r, r->inner.fd, &msg, &type, deadline)) != IO_OK ||
-	    type != TDS_PRELOGIN || parse_prelogin((unsigned char *)msg.data, msg.len, &pl) != 0) {
-		set_err(r, DMK_ERR_INTERNAL, "FreeTDS sent no usable PRELOGIN to the relay");
+	why = NULL;
+	if ((io = read_message(r, r->inner.fd, &msg, &type, deadline)) != IO_OK) {
+		io_err(r, io, "waiting for FreeTDS's PRELOGIN to the relay");
+		goto out;
+	}
+	if (type != TDS_PRELOGIN || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
+	    &why) != 0) {
+		set_err(r, DMK_ERR_INTERNAL, "FreeTDS sent no usable PRELOGIN to the relay (%s)",
+		    why ? why : "not a PRELOGIN packet");
 		goto out;
 	}
 	/* FreeTDS must ask for encryption: otherwise our configuration was not
@@ -897,19 +1163,30 @@ listen_loopback(struct relay *r, int *port)
 	socklen_t sl = sizeof(sin);
 	int fd;
 
-	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
 		return -1;
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	sin.sin_port = 0;
-	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 || listen(fd, 1) != 0 ||
+	/* a backlog beyond 1: connections that are not ours must not keep
+	 * FreeTDS's waiting (see inner_accept) */
+	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 || listen(fd, 16) != 0 ||
 	    getsockname(fd, (struct sockaddr *)&sin, &sl) != 0) {
 		close(fd);
 		return -1;
 	}
 	*port = ntohs(sin.sin_port);
 	r->lfd = fd;
+#ifdef DMK_FAILPOINTS
+	{
+		/* tests: hold the port open before FreeTDS connects, for a racer */
+		const char *d = getenv("DMKAGENT_TEST_RELAY_DELAY_MS");
+
+		if (d != NULL && atoi(d) > 0 && atoi(d) <= 10000)
+			usleep((useconds_t)atoi(d) * 1000);
+	}
+#endif
 	return 0;
 }
 
@@ -1013,6 +1290,13 @@ relay_get_stats(struct relay *r, struct relay_stats *st)
 	pthread_mutex_lock(&r->mu);
 	*st = r->stats;
 	pthread_mutex_unlock(&r->mu);
+}
+
+void
+relay_abort(struct relay *r)
+{
+	if (r != NULL && r->wake[1] >= 0)
+		(void)!write(r->wake[1], "x", 1);
 }
 
 void

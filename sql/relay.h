@@ -38,6 +38,9 @@ int relay_inner_ready(struct relay *r);
 void relay_get_error(struct relay *r, struct dmk_err *err);
 /* 1 while both legs are open. */
 int relay_alive(struct relay *r);
+/* Cut both legs now, from any thread (the session is not to be used again);
+ * relay_stop() still frees it. */
+void relay_abort(struct relay *r);
 void relay_stop(struct relay *r);
 
 /* Counters, for tests. */

@@ -45,6 +45,10 @@
 
 #define SYB_UNIQUE 36          /* uniqueidentifier; sybdb.h has no name for it */
 #define RPC_STR_MAX 4000       /* bytes: db-lib sends NVARCHAR up to this */
+/* What one result set may hold: far above anything our queries return. */
+#define SQL_RESULT_MAX_COLS 4096
+#define SQL_RESULT_MAX_CELLS ((size_t)1 << 22)
+#define SQL_RESULT_MAX_BYTES (256 << 20)
 
 struct sql_session {
 	DBPROCESS *dbproc;
@@ -62,6 +66,10 @@ struct sql_session {
 	size_t nerrnos;            /* how many there were (may exceed what errnos holds) */
 	int enc_unchecked;         /* encrypt_option not read yet (see enc_gate) */
 	char enc_refused[300];     /* why the session may not be used, or "" */
+	long connect_timeout;
+	int connecting;            /* in sql_connect(): name carries the address */
+	int bad_code;              /* the server sent a value we refused: the session */
+	char bad_value[300];       /* is not used again (this says why) */
 };
 
 /* ---- process-wide: db-lib init, handlers, the private freetds.conf ---- */
@@ -293,6 +301,9 @@ session_error(struct sql_session *s, struct dmk_err *err)
 	if (e->number != 0)
 		s->last = *e;
 
+	if (s->bad_code != 0)
+		return dmk_errf(err, s->bad_code == DMK_ERR_TOOBIG ? DMK_ERR_TOOBIG :
+		    DMK_ERR_PROTOCOL, "%s: the server sent %s", s->name, s->bad_value);
 	if (s->relay != NULL && !relay_alive(s->relay)) {
 		relay_get_error(s->relay, &rerr);
 		if (rerr.code != 0 && e->number == 0)
@@ -313,8 +324,9 @@ session_error(struct sql_session *s, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_SQL, "%s: Msg %d, Level %d, State %d: %s", s->name,
 		    e->number, e->severity, e->state, e->message);
 	if (s->timed_out)
-		return dmk_errf(err, DMK_ERR_TIMEOUT, "%s: no answer within %ld s (%s)", s->name,
-		    s->query_timeout, s->dberr_text);
+		return dmk_errf(err, DMK_ERR_TIMEOUT, "%s: no answer within %ld s%s (%s)", s->name,
+		    s->connecting ? s->connect_timeout : s->query_timeout,
+		    s->connecting ? " to the login" : "", s->dberr_text);
 	if (s->dead)
 		return dmk_errf(err, DMK_ERR_UNREACHABLE, "%s: connection lost (%s)", s->name,
 		    s->dberr_text[0] ? s->dberr_text : "closed");
@@ -484,8 +496,12 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 	pthread_once(&init_once, init_once_fn);
 	if (init_rc != 0)
 		return dmk_errf(err, init_rc, "%s", init_msg);
-	if (ep == NULL || login == NULL || ep->host[0] == '\0' || ep->port <= 0 || ep->port > 65535)
+	if (ep == NULL || login == NULL)
 		return dmk_errf(err, DMK_ERR_BADINPUT, "no SQL Server host and port");
+	if (ep->host[0] == '\0' || ep->port <= 0 || ep->port > 65535)
+		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: no usable address (a malformed routing "
+		    "URL or server name in the catalog?); give one in the configuration",
+		    ep->name[0] ? ep->name : "server");
 	if (!login->integrated && (login->user == NULL || login->password == NULL))
 		return dmk_errf(err, DMK_ERR_CONFIG, "%s: no SQL login or password", ep->name);
 	if (getenv("TDSDUMP") != NULL || getenv("TDSDUMPCONFIG") != NULL)
@@ -496,11 +512,16 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	util_strlcpy(s->name, ep->name[0] ? ep->name : ep->host, sizeof(s->name));
+	/* Until the login is through, messages name the address too: whatever
+	 * answered there is what failed. */
+	snprintf(s->name, sizeof(s->name), "%s (%s:%d)", ep->name[0] ? ep->name : ep->host,
+	    ep->host, ep->port);
 	s->query_timeout = qt;
+	s->connect_timeout = ct;
+	s->connecting = 1;
 
 	memset(&rp, 0, sizeof(rp));
-	rp.name = s->name;
+	rp.name = ep->name[0] ? ep->name : ep->host;   /* the relay adds the address */
 	rp.host = ep->host;
 	rp.port = ep->port;
 	rp.tls_name = ep->tls_name[0] ? ep->tls_name : ep->host;
@@ -568,6 +589,8 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 	}
 	s->enc_unchecked = 1;     /* asked with the first call: enc_gate, enc_fused */
 	call_reset(s);
+	s->connecting = 0;
+	util_strlcpy(s->name, ep->name[0] ? ep->name : ep->host, sizeof(s->name));
 	*out = s;
 	return 0;
 fail:
@@ -638,76 +661,157 @@ set_str(struct sql_value *v, const char *p, size_t n)
 	return (v->s = dup_n(p, n)) == NULL ? DMK_ERR_NOMEM : 0;
 }
 
-static int
-read_cell(DBPROCESS *d, int c, struct sql_value *v)
+/*
+ * Decoding a value the server sent.  db-lib hands us its type and length
+ * (dbdatlen); FreeTDS took the length from the wire, so it is checked
+ * against what the type allows before a byte is copied: fixed-size types
+ * must have exactly their size, a GUID 16 bytes, a string no NUL in it.
+ */
+int
+sql_cell_decode(int t, const unsigned char *data, long len, struct sql_value *v,
+    const char **why)
 {
-	int t = dbcoltype(d, c);
+	char tmp[40];
+	long k;
+
+	memset(v, 0, sizeof(*v));
+	*why = NULL;
+	if (data == NULL || len < 0)
+		return 0;   /* NULL */
+	switch (t) {
+	case SYBINT1: case SYBBIT: case SYBBITN:
+		if (len != 1)
+			goto badlen;
+		v->type = SQLT_INT;
+		v->i = t == SYBINT1 ? data[0] : data[0] != 0;
+		return 0;
+	case SYBINT2: case SYBINT4: case SYBINT8: case SYBINTN:
+		if ((t == SYBINT2 && len != 2) || (t == SYBINT4 && len != 4) ||
+		    (t == SYBINT8 && len != 8) ||
+		    (t == SYBINTN && len != 1 && len != 2 && len != 4 && len != 8))
+			goto badlen;
+		/* the host's order, as db-lib stores it; INT1 is unsigned */
+		v->type = SQLT_INT;
+		if (len == 1)
+			v->i = data[0];
+		else if (len == 2) {
+			int16_t x;
+			memcpy(&x, data, 2);
+			v->i = x;
+		} else if (len == 4) {
+			int32_t x;
+			memcpy(&x, data, 4);
+			v->i = x;
+		} else {
+			int64_t x;
+			memcpy(&x, data, 8);
+			v->i = x;
+		}
+		return 0;
+	case SYBBINARY: case SYBVARBINARY: case SYBIMAGE:
+		v->type = SQLT_BIN;
+		v->len = (size_t)len;
+		return (v->bin = (unsigned char *)dup_n(data, (size_t)len)) == NULL ?
+		    DMK_ERR_NOMEM : 0;
+	case SYBCHAR: case SYBVARCHAR: case SYBTEXT: case SYBNVARCHAR: case SYBNTEXT:
+		/* FreeTDS has converted it to the client charset, UTF-8.  Callers
+		 * read it as a C string: a NUL inside would cut it silently. */
+		for (k = 0; k < len; k++)
+			if (data[k] == '\0') {
+				*why = "a string with a NUL character in it";
+				return DMK_ERR_PROTOCOL;
+			}
+		return set_str(v, (const char *)data, (size_t)len);
+	case SYB_UNIQUE:
+		if (len != 16)
+			goto badlen;
+		/* Data1..3 little-endian on the wire, Data4 bytes in order. */
+		snprintf(tmp, sizeof(tmp), "%02X%02X%02X%02X-%02X%02X-%02X%02X-"
+		    "%02X%02X-%02X%02X%02X%02X%02X%02X", data[3], data[2], data[1], data[0],
+		    data[5], data[4], data[7], data[6], data[8], data[9], data[10], data[11],
+		    data[12], data[13], data[14], data[15]);
+		return set_str(v, tmp, strlen(tmp));
+	}
+	return 1;   /* not ours: db-lib converts it */
+badlen:
+	*why = "a value whose length does not fit its type";
+	return DMK_ERR_PROTOCOL;
+}
+
+static int
+read_cell(DBPROCESS *d, int c, struct sql_value *v, const char **why)
+{
+	int t = dbcoltype(d, c), rc;
 	BYTE *data = dbdata(d, c);
 	DBINT len = dbdatlen(d, c);
 	char tmp[128];
 	DBDATEREC2 dr;
 	DBINT n;
 
-	memset(v, 0, sizeof(*v));
-	if (data == NULL || len < 0)
-		return 0;   /* NULL */
+	if ((rc = sql_cell_decode(t, data, (long)len, v, why)) <= 0)
+		return rc;
 	switch (t) {
-	case SYBINT1: v->type = SQLT_INT; v->i = *(unsigned char *)data; return 0;
-	case SYBBIT: case SYBBITN: v->type = SQLT_INT; v->i = *(unsigned char *)data != 0; return 0;
-	case SYBINT2: { DBSMALLINT x; memcpy(&x, data, sizeof(x)); v->type = SQLT_INT; v->i = x; return 0; }
-	case SYBINT4: { DBINT x; memcpy(&x, data, sizeof(x)); v->type = SQLT_INT; v->i = x; return 0; }
-	case SYBINT8: { DBBIGINT x; memcpy(&x, data, sizeof(x)); v->type = SQLT_INT; v->i = x; return 0; }
-	case SYBINTN:
-		v->type = SQLT_INT;
-		if (len == 1) v->i = *(unsigned char *)data;
-		else if (len == 2) { DBSMALLINT x; memcpy(&x, data, 2); v->i = x; }
-		else if (len == 4) { DBINT x; memcpy(&x, data, 4); v->i = x; }
-		else { DBBIGINT x; memcpy(&x, data, 8); v->i = x; }
-		return 0;
-	case SYBBINARY: case SYBVARBINARY: case SYBIMAGE:
-		v->type = SQLT_BIN;
-		v->len = (size_t)len;
-		return (v->bin = (unsigned char *)dup_n(data, (size_t)len)) == NULL ? DMK_ERR_NOMEM : 0;
-	case SYBCHAR: case SYBVARCHAR: case SYBTEXT: case SYBNVARCHAR: case SYBNTEXT:
-		/* FreeTDS has converted it to the client charset, UTF-8. */
-		return set_str(v, (const char *)data, (size_t)len);
-	case SYB_UNIQUE: {
-		struct { uint32_t d1; uint16_t d2, d3; unsigned char d4[8]; } g;
-
-		if (len != 16)
+	case SYBDATETIME: case SYBDATETIME4: case SYBDATETIMN:
+		/* DATETIMN is DATETIME4 or DATETIME by its length */
+		if (len != 4 && len != 8)
 			break;
-		memcpy(&g, data, 16);
-		snprintf(tmp, sizeof(tmp), "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X",
-		    g.d1, g.d2, g.d3, g.d4[0], g.d4[1], g.d4[2], g.d4[3], g.d4[4], g.d4[5],
-		    g.d4[6], g.d4[7]);
-		return set_str(v, tmp, strlen(tmp));
-	}
-	case SYBDATETIME: case SYBDATETIME4: case SYBDATETIMN: case SYBMSDATETIME2:
-	case SYBMSDATE: case SYBMSDATETIMEOFFSET:
-		if (dbanydatecrack(d, &dr, t, data) != SUCCEED)
+		if ((t == SYBDATETIME && len != 8) || (t == SYBDATETIME4 && len != 4))
+			break;
+		if (t == SYBDATETIMN)
+			t = len == 4 ? SYBDATETIME4 : SYBDATETIME;
+		/* FALLTHROUGH */
+	case SYBMSDATETIME2: case SYBMSDATE: case SYBMSDATETIMEOFFSET:
+		/* db-lib keeps the MS types in a structure of its own making. */
+		if (len == 0 || dbanydatecrack(d, &dr, t, data) != SUCCEED)
 			break;
 		snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d", (int)dr.dateyear,
 		    (int)dr.datemonth + 1, (int)dr.datedmonth, (int)dr.datehour,
 		    (int)dr.dateminute, (int)dr.datesecond);
 		return set_str(v, tmp, strlen(tmp));
+	default:
+		n = dbconvert(d, t, data, len, SYBCHAR, (BYTE *)tmp, sizeof(tmp) - 1);
+		if (n < 0 || (size_t)n >= sizeof(tmp))
+			return set_str(v, "", 0);
+		tmp[n] = '\0';
+		return set_str(v, tmp, strlen(tmp));
 	}
-	n = dbconvert(d, t, data, len, SYBCHAR, (BYTE *)tmp, sizeof(tmp) - 1);
-	if (n < 0)
-		return set_str(v, "", 0);
-	tmp[n] = '\0';
-	return set_str(v, tmp, strlen(tmp));
+	*why = "a date whose length does not fit its type";
+	return DMK_ERR_PROTOCOL;
+}
+
+/*
+ * After read_set() failed.  Out of memory: cancel the rest as usual.  A
+ * value we refused or a result over the limits: the server is not to be
+ * trusted to end what it sends or to acknowledge a cancel, so the relay
+ * cuts the connection (FreeTDS then sees it closed) and the session is
+ * not used again.
+ */
+static void
+drop_or_cancel(struct sql_session *s)
+{
+	if (s->bad_code == 0) {
+		dbcancel(s->dbproc);
+		return;
+	}
+	relay_abort(s->relay);
+	s->dead = 1;
 }
 
 /* Read the current result set into a new struct sql_result. */
 static int
-read_set(DBPROCESS *d, struct sql_result **out, int *fetch_failed)
+read_set(struct sql_session *s, struct sql_result **out, int *fetch_failed)
 {
+	DBPROCESS *d = s->dbproc;
 	struct sql_result *r;
 	struct sql_value *cells;
-	size_t cap = 0, i;
-	int ncols = dbnumcols(d), c, rr, rc = 0;
-	const char *nm;
+	size_t cap = 0, i, bytes = 0;
+	int ncols = dbnumcols(d), c, rr, rc = 0, k;
+	const char *nm, *why = NULL;
 
+	if (ncols <= 0 || (size_t)ncols > SQL_RESULT_MAX_COLS) {
+		snprintf(s->bad_value, sizeof(s->bad_value), "a result with %d columns", ncols);
+		return DMK_ERR_PROTOCOL;
+	}
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return DMK_ERR_NOMEM;
 	r->ncols = (size_t)ncols;
@@ -729,8 +833,16 @@ read_set(DBPROCESS *d, struct sql_result **out, int *fetch_failed)
 		}
 		if (rr != REG_ROW)
 			continue;   /* COMPUTE rows: none from our queries */
+		if (rc == DMK_ERR_NOMEM)
+			continue;   /* drain after a failure */
 		if (rc != 0)
-			continue;   /* drain after an allocation failure */
+			break;      /* not after a bad value: the rest may never end */
+		if (r->nrows >= SQL_RESULT_MAX_CELLS / r->ncols) {
+			snprintf(s->bad_value, sizeof(s->bad_value), "a result of more than %zu rows",
+			    r->nrows);
+			rc = DMK_ERR_TOOBIG;
+			continue;
+		}
 		if ((r->nrows + 1) * r->ncols > cap) {
 			size_t ncap = cap ? cap * 2 : (size_t)ncols * 16;
 
@@ -743,13 +855,26 @@ read_set(DBPROCESS *d, struct sql_result **out, int *fetch_failed)
 		}
 		for (c = 0; c < ncols; c++) {
 			i = r->nrows * r->ncols + (size_t)c;
-			if (read_cell(d, c + 1, &r->cells[i]) != 0)
-				rc = DMK_ERR_NOMEM;
+			if ((k = read_cell(d, c + 1, &r->cells[i], &why)) != 0 && rc == 0) {
+				rc = k;
+				if (k != DMK_ERR_NOMEM)
+					snprintf(s->bad_value, sizeof(s->bad_value), "column %.128s: %s "
+					    "(type %d, %ld bytes)", r->cols[c], why ? why : "bad value",
+					    dbcoltype(d, c + 1), (long)dbdatlen(d, c + 1));
+			}
+			bytes += r->cells[i].len;
 		}
-		r->nrows++;
+		r->nrows++;   /* cells of a failed row are freed with the result */
+		if (rc == 0 && bytes > SQL_RESULT_MAX_BYTES) {
+			snprintf(s->bad_value, sizeof(s->bad_value), "a result larger than %d MiB",
+			    SQL_RESULT_MAX_BYTES >> 20);
+			rc = DMK_ERR_TOOBIG;
+		}
 	}
 out:
 	if (rc != 0) {
+		if (rc != DMK_ERR_NOMEM)
+			s->bad_code = rc;
 		sql_result_free(r);
 		return rc;
 	}
@@ -779,8 +904,8 @@ collect(struct sql_session *s, struct sql_result **res, int *retstatus)
 			break;
 		}
 		if (dbnumcols(d) > 0 && res != NULL && got == NULL) {
-			if ((r = read_set(d, &got, &failed)) != 0) {
-				dbcancel(d);
+			if ((r = read_set(s, &got, &failed)) != 0) {
+				drop_or_cancel(s);
 				return r;
 			}
 		} else {
@@ -837,8 +962,8 @@ collect_all(struct sql_session *s, struct sql_result ***sets, size_t *nsets)
 		}
 		if (dbnumcols(d) > 0) {
 			got = NULL;
-			if ((r = read_set(d, &got, &failed)) != 0) {
-				dbcancel(d);
+			if ((r = read_set(s, &got, &failed)) != 0) {
+				drop_or_cancel(s);
 				return r;
 			}
 			if ((v = realloc(*sets, (*nsets + 1) * sizeof(*v))) == NULL) {
@@ -923,6 +1048,9 @@ usable(struct sql_session *s, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_INTERNAL, "no session");
 	if (s->enc_refused[0])
 		return dmk_errf(err, DMK_ERR_TLS, "%s; refusing to use it", s->enc_refused);
+	if (s->bad_code != 0)
+		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the server sent %s earlier; refusing "
+		    "to use the session", s->name, s->bad_value);
 	if (s->dead || dbdead(s->dbproc))
 		return dmk_errf(err, s->timed_out ? DMK_ERR_TIMEOUT : DMK_ERR_UNREACHABLE,
 		    "%s: the connection is closed", s->name);

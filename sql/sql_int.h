@@ -24,4 +24,14 @@ void sql_session_perm_hint(struct sql_session *s, const char *hint);
 int sql_session_stats(struct sql_session *s, unsigned long long *to_server,
     unsigned long long *to_client);
 
+/*
+ * Decode one result value of db-lib type t (data NULL or len < 0: SQL
+ * NULL) into v, its length checked against the type first.  0 decoded,
+ * 1 not a type decoded here (db-lib converts it), DMK_ERR_NOMEM, or
+ * DMK_ERR_PROTOCOL with *why (static text).  Free v's s/bin on success.
+ */
+struct sql_value;
+int sql_cell_decode(int t, const unsigned char *data, long len, struct sql_value *v,
+    const char **why);
+
 #endif
