@@ -838,7 +838,7 @@ slurp(const char *path)
 	char *b = calloc(1, 65536);
 
 	assert_non_null(fp);
-	fread(b, 1, 65535, fp);
+	assert_true(fread(b, 1, 65535, fp) > 0);
 	fclose(fp);
 	return b;
 }
