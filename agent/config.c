@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <ini.h>
 
@@ -874,6 +875,48 @@ fail:
 	return r;
 }
 
+/*
+ * The file names the servers the agent sends secrets to and the files it
+ * reads them from: whoever can write it (or replace it in its folder) can
+ * have root read a root-only file: reference and send it anywhere.
+ */
+static int
+check_trusted_owner(const char *what, const struct stat *st, struct dmk_err *err)
+{
+	if (st->st_uid != 0 && st->st_uid != geteuid())
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: owned by uid %u, neither root nor the "
+		    "user running dmkagent (uid %u); refused", what, (unsigned)st->st_uid,
+		    (unsigned)geteuid());
+	return 0;
+}
+
+static int
+check_config_dir(const char *path, struct dmk_err *err)
+{
+	char real[PATH_MAX], *slash;
+	struct stat st;
+
+	if (realpath(path, real) == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
+	if ((slash = strrchr(real, '/')) == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: no folder", path);
+	if (slash == real)
+		slash[1] = '\0';    /* "/dmkagent.conf": the folder is "/" */
+	else
+		*slash = '\0';
+	if (stat(real, &st) == -1)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: folder %s: %s", path, real,
+		    strerror(errno));
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is writable by group or "
+		    "others (mode %03o); refused", path, real, (unsigned)(st.st_mode & 07777));
+	if (st.st_uid != 0 && st.st_uid != geteuid())
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is owned by uid %u, neither "
+		    "root nor the user running dmkagent (uid %u); refused", path, real,
+		    (unsigned)st.st_uid, (unsigned)geteuid());
+	return 0;
+}
+
 int
 config_load(const char *path, struct config **out, struct dmk_err *err)
 {
@@ -894,6 +937,11 @@ config_load(const char *path, struct config **out, struct dmk_err *err)
 		fclose(f);
 		return dmk_errf(err, DMK_ERR_CONFIG, "%s: writable by group or others (mode %03o); "
 		    "run chmod go-w %s", path, (unsigned)(st.st_mode & 0777), path);
+	}
+	if ((r = check_trusted_owner(path, &st, err)) != 0 ||
+	    (r = check_config_dir(path, err)) != 0) {
+		fclose(f);
+		return r;
 	}
 	if (st.st_size > 1024 * 1024) {
 		fclose(f);

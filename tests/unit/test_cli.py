@@ -88,6 +88,23 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("writable by group or others", err)
 
+    def test_config_other_owner_refused(self):
+        # A file another user can write names the servers secrets go to.
+        if os.geteuid() != 0:
+            self.skipTest("needs root to give the file to another user")
+        p = self.conf(self.base(), mode=0o644)
+        os.chown(p, 65534, 65534)
+        rc, _, err = run("-c", p, "config", "check")
+        self.assertEqual(rc, 2)
+        self.assertIn(p + ": owned by uid 65534", err)
+        os.chown(p, 0, 0)
+        os.chmod(self.d, 0o777)
+        rc, _, err = run("-c", p, "config", "check")
+        self.assertEqual(rc, 2)
+        self.assertIn(f"its folder {os.path.realpath(self.d)} is writable", err)
+        os.chmod(self.d, 0o700)
+        self.assertEqual(run("-c", p, "config", "check")[0], 0)
+
     def test_config_file_ref_mode(self):
         secret = os.path.join(self.d, "s")
         with open(secret, "w") as f:

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -188,11 +189,15 @@ test_errors_name_line(void **st)
 static void
 test_file_mode(void **st)
 {
-	char path[] = "/tmp/dmkconfXXXXXX";
+	char dir[] = "/tmp/dmkconfXXXXXX", path[64];
 	struct config *c = NULL;
 	struct dmk_err e;
-	int fd = mkstemp(path);
+	int fd;
 
+	/* A folder of its own: /tmp itself is writable by others, and refused. */
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/dmkagent.conf", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, "[agent]\n", 8), 8);
 	close(fd);
@@ -202,7 +207,32 @@ test_file_mode(void **st)
 	chmod(path, 0644);
 	assert_int_equal(config_load(path, &c, &e), 0);
 	config_free(c);
+
+	/* The folder: writable by group or others, the file could be replaced. */
+	chmod(dir, 0770);
+	assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "its folder"));
+	assert_non_null(strstr(e.msg, dir));
+	chmod(dir, 01777);
+	assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+	chmod(dir, 0755);
+
+	/* Owned by another user (needs root to set up). */
+	if (geteuid() == 0) {
+		assert_int_equal(chown(path, 65534, 65534), 0);
+		assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, "owned by uid 65534"));
+		assert_non_null(strstr(e.msg, path));
+		assert_int_equal(chown(path, 0, 0), 0);
+		assert_int_equal(chown(dir, 65534, 65534), 0);
+		assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, "its folder"));
+		assert_int_equal(chown(dir, 0, 0), 0);
+		assert_int_equal(config_load(path, &c, &e), 0);
+		config_free(c);
+	}
 	unlink(path);
+	rmdir(dir);
 	assert_int_equal(config_load("/nonexistent/x.conf", &c, &e), DMK_ERR_CONFIG);
 	assert_non_null(strstr(e.msg, "/nonexistent/x.conf: cannot open"));
 }
