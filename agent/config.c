@@ -86,8 +86,14 @@ reader(char *str, int num, void *stream)
 	nl = strchr(pc->pos, '\n');
 	n = nl ? (size_t)(nl - pc->pos + 1) : strlen(pc->pos);
 	if (n >= (size_t)num) {
-		/* inih would split the line; refuse instead */
-		n = (size_t)num - 1;
+		/*
+		 * inih would take the first num - 1 bytes and parse the rest as
+		 * a new line: a long comment could carry a key in its tail.
+		 */
+		pc->failed = 1;
+		dmk_errf(pc->err, DMK_ERR_CONFIG, "%s:%d: line longer than %d characters; "
+		    "refused", pc->path, pc->line + 1, num - 2);
+		return NULL;
 	}
 	memcpy(str, pc->pos, n);
 	str[n] = '\0';

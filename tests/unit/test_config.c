@@ -237,6 +237,36 @@ test_file_mode(void **st)
 	assert_non_null(strstr(e.msg, "/nonexistent/x.conf: cannot open"));
 }
 
+/*
+ * A line longer than inih's buffer: inih would parse its tail as a line of
+ * its own, so a comment could carry a key.  Refused, naming FILE:LINE.
+ */
+static void
+test_long_line(void **st)
+{
+	char text[4096], line[1024];
+	struct config *c = NULL;
+	struct dmk_err e;
+	size_t i;
+
+	(void)st;
+	/* ';' and 198 x: inih's 200-byte buffer ends there, the key follows. */
+	line[0] = ';';
+	for (i = 1; i < 199; i++)
+		line[i] = 'x';
+	memcpy(line + 199, "listener = evil:1433", 21);
+	snprintf(text, sizeof(text), GOOD_HEAD "[ag AG2]\nlogin = x\n"
+	    "login_password = hcv:a\n%s\n", line);
+	assert_int_equal(config_parse_string(text, "t.conf", &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "t.conf:16: line longer than"));
+	assert_null(c);
+	/* One short of the buffer still parses. */
+	line[197] = '\0';
+	snprintf(text, sizeof(text), GOOD_HEAD "%s\n", line);
+	c = parse_ok(text);
+	config_free(c);
+}
+
 static void
 test_secret_key_names(void **st)
 {
@@ -260,6 +290,7 @@ main(void)
 		cmocka_unit_test(test_literal_secret),
 		cmocka_unit_test(test_errors_name_line),
 		cmocka_unit_test(test_file_mode),
+		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_secret_key_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
