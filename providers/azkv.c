@@ -228,7 +228,7 @@ kv_send(struct store *st, const char *method, const char *url, const char *body,
 		struct buf auth;
 
 		memset(&req, 0, sizeof(req));
-		buf_init(&auth, 64 * 1024);
+		buf_init_locked(&auth, 64 * 1024);
 		req.method = method;
 		req.url = url;
 		sent_token = 0;
@@ -517,7 +517,7 @@ write_version(struct store *st, const char *name, const struct secret *value,
 	int r;
 
 	buf_init(&url, 0);
-	buf_init(&body, 256 * 1024);
+	buf_init_locked(&body, 256 * 1024);
 	http_response_init(&resp);
 	if ((r = tags_json(meta, &tags, err)) != 0)
 		goto out;
@@ -630,7 +630,7 @@ azkv_set_meta(struct store *st, const struct secret_ref *ref, const char *versio
 	if ((r = check_ref(ref, version, err)) != 0)
 		return r;
 	buf_init(&url, 0);
-	buf_init(&body, 0);
+	buf_init_locked(&body, 0);
 	http_response_init(&resp);
 	/* PATCH replaces the whole tag set: merge with what the version has. */
 	if ((r = get_bundle(st, ref->path, version, NULL, &cur, err)) != 0)

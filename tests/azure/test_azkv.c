@@ -1137,8 +1137,10 @@ clear_env(void)
 		"AZURE_POD_IDENTITY_AUTHORITY_HOST", AZ_ENV_ARC_DIR };
 	size_t i;
 
-	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
 		unsetenv(vars[i]);
+		secret_env_forget(vars[i]);
+	}
 }
 
 static void
