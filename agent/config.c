@@ -897,30 +897,50 @@ check_trusted_owner(const char *what, const struct stat *st, struct dmk_err *err
 }
 
 static int
-check_config_dir(const char *path, struct dmk_err *err)
+check_folder(const char *path, const char *dir, struct dmk_err *err)
 {
-	char real[PATH_MAX], *slash;
 	struct stat st;
 
+	if (stat(dir, &st) == -1)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: folder %s: %s", path, dir,
+		    strerror(errno));
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is writable by group or "
+		    "others (mode %03o); refused", path, dir, (unsigned)(st.st_mode & 07777));
+	if (st.st_uid != 0 && st.st_uid != geteuid())
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is owned by uid %u, neither "
+		    "root nor the user running dmkagent (uid %u); refused", path, dir,
+		    (unsigned)st.st_uid, (unsigned)geteuid());
+	return 0;
+}
+
+/* The folder of path as given (where a link could be swapped) and of the file. */
+static int
+check_config_dir(const char *path, struct dmk_err *err)
+{
+	char dir[PATH_MAX], real[PATH_MAX], *slash;
+	int r;
+
+	if (strlen(path) >= sizeof(dir))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: path too long", path);
+	memcpy(dir, path, strlen(path) + 1);
+	if ((slash = strrchr(dir, '/')) == NULL)
+		memcpy(dir, ".", 2);
+	else if (slash == dir)
+		slash[1] = '\0';   /* "/dmkagent.conf": the folder is "/" */
+	else
+		*slash = '\0';
+	if ((r = check_folder(path, dir, err)) != 0)
+		return r;
 	if (realpath(path, real) == NULL)
 		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
 	if ((slash = strrchr(real, '/')) == NULL)
 		return dmk_errf(err, DMK_ERR_CONFIG, "%s: no folder", path);
 	if (slash == real)
-		slash[1] = '\0';    /* "/dmkagent.conf": the folder is "/" */
+		slash[1] = '\0';
 	else
 		*slash = '\0';
-	if (stat(real, &st) == -1)
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: folder %s: %s", path, real,
-		    strerror(errno));
-	if (st.st_mode & (S_IWGRP | S_IWOTH))
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is writable by group or "
-		    "others (mode %03o); refused", path, real, (unsigned)(st.st_mode & 07777));
-	if (st.st_uid != 0 && st.st_uid != geteuid())
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is owned by uid %u, neither "
-		    "root nor the user running dmkagent (uid %u); refused", path, real,
-		    (unsigned)st.st_uid, (unsigned)geteuid());
-	return 0;
+	return strcmp(real, dir) == 0 ? 0 : check_folder(path, real, err);
 }
 
 int

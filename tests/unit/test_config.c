@@ -217,6 +217,22 @@ test_file_mode(void **st)
 	assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
 	chmod(dir, 0755);
 
+	/* Through a link in a folder others can write: the link could be swapped. */
+	{
+		char ldir[] = "/tmp/dmkconflXXXXXX", link[64];
+		assert_non_null(mkdtemp(ldir));
+		snprintf(link, sizeof(link), "%s/dmkagent.conf", ldir);
+		assert_int_equal(symlink(path, link), 0);
+		chmod(ldir, 0777);
+		assert_int_equal(config_load(link, &c, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, ldir));
+		chmod(ldir, 0700);
+		assert_int_equal(config_load(link, &c, &e), 0);
+		config_free(c);
+		unlink(link);
+		rmdir(ldir);
+	}
+
 	/* Owned by another user (needs root to set up). */
 	if (geteuid() == 0) {
 		assert_int_equal(chown(path, 65534, 65534), 0);
