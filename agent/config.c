@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <ini.h>
 
@@ -85,8 +86,14 @@ reader(char *str, int num, void *stream)
 	nl = strchr(pc->pos, '\n');
 	n = nl ? (size_t)(nl - pc->pos + 1) : strlen(pc->pos);
 	if (n >= (size_t)num) {
-		/* inih would split the line; refuse instead */
-		n = (size_t)num - 1;
+		/*
+		 * inih would take the first num - 1 bytes and parse the rest as
+		 * a new line: a long comment could carry a key in its tail.
+		 */
+		pc->failed = 1;
+		dmk_errf(pc->err, DMK_ERR_CONFIG, "%s:%d: line longer than %d characters; "
+		    "refused", pc->path, pc->line + 1, num - 2);
+		return NULL;
 	}
 	memcpy(str, pc->pos, n);
 	str[n] = '\0';
@@ -873,6 +880,68 @@ fail:
 	return r;
 }
 
+/*
+ * The file names the servers the agent sends secrets to and the files it
+ * reads them from: whoever can write it (or replace it in its folder) can
+ * have root read a root-only file: reference and send it anywhere.
+ */
+static int
+check_trusted_owner(const char *what, const struct stat *st, struct dmk_err *err)
+{
+	if (st->st_uid != 0 && st->st_uid != geteuid())
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: owned by uid %u, neither root nor the "
+		    "user running dmkagent (uid %u); refused", what, (unsigned)st->st_uid,
+		    (unsigned)geteuid());
+	return 0;
+}
+
+static int
+check_folder(const char *path, const char *dir, struct dmk_err *err)
+{
+	struct stat st;
+
+	if (stat(dir, &st) == -1)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: folder %s: %s", path, dir,
+		    strerror(errno));
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is writable by group or "
+		    "others (mode %03o); refused", path, dir, (unsigned)(st.st_mode & 07777));
+	if (st.st_uid != 0 && st.st_uid != geteuid())
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: its folder %s is owned by uid %u, neither "
+		    "root nor the user running dmkagent (uid %u); refused", path, dir,
+		    (unsigned)st.st_uid, (unsigned)geteuid());
+	return 0;
+}
+
+/* The folder of path as given (where a link could be swapped) and of the file. */
+static int
+check_config_dir(const char *path, struct dmk_err *err)
+{
+	char dir[PATH_MAX], real[PATH_MAX], *slash;
+	int r;
+
+	if (strlen(path) >= sizeof(dir))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: path too long", path);
+	memcpy(dir, path, strlen(path) + 1);
+	if ((slash = strrchr(dir, '/')) == NULL)
+		memcpy(dir, ".", 2);
+	else if (slash == dir)
+		slash[1] = '\0';   /* "/dmkagent.conf": the folder is "/" */
+	else
+		*slash = '\0';
+	if ((r = check_folder(path, dir, err)) != 0)
+		return r;
+	if (realpath(path, real) == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
+	if ((slash = strrchr(real, '/')) == NULL)
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: no folder", path);
+	if (slash == real)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	return strcmp(real, dir) == 0 ? 0 : check_folder(path, real, err);
+}
+
 int
 config_load(const char *path, struct config **out, struct dmk_err *err)
 {
@@ -893,6 +962,11 @@ config_load(const char *path, struct config **out, struct dmk_err *err)
 		fclose(f);
 		return dmk_errf(err, DMK_ERR_CONFIG, "%s: writable by group or others (mode %03o); "
 		    "run chmod go-w %s", path, (unsigned)(st.st_mode & 0777), path);
+	}
+	if ((r = check_trusted_owner(path, &st, err)) != 0 ||
+	    (r = check_config_dir(path, err)) != 0) {
+		fclose(f);
+		return r;
 	}
 	if (st.st_size > 1024 * 1024) {
 		fclose(f);

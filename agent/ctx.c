@@ -70,6 +70,13 @@ agent_load_config(struct agent *a, const char *path, struct dmk_err *err)
 	util_strlcpy(a->config_path, path, sizeof(a->config_path));
 	if ((r = config_load(path, &a->cfg, err)) != 0)
 		return r;
+	/* env: references leave the environment now, before any thread starts. */
+	for (size_t i = 0; i < a->cfg->nstores; i++)
+		for (size_t j = 0; j < a->cfg->stores[i].nkv; j++) {
+			const struct conf_kv *kv = &a->cfg->stores[i].kv[j];
+			if (kv->kind == CK_REF && kv->ref.kind == REF_ENV)
+				(void)secret_env_present(kv->ref.path);
+		}
 	a->stores = calloc(a->cfg->nstores ? a->cfg->nstores : 1, sizeof(*a->stores));
 	a->store_state = calloc(a->cfg->nstores ? a->cfg->nstores : 1, sizeof(int));
 	if (a->stores == NULL || a->store_state == NULL)
@@ -116,7 +123,6 @@ agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
     struct secret **out, struct prov_version *ver, struct dmk_err *err)
 {
 	struct store *st;
-	const char *v;
 	int r;
 
 	*out = NULL;
@@ -129,9 +135,10 @@ agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
 		if (!allow_env)
 			return dmk_errf(err, DMK_ERR_CONFIG, "%s: env: references are only for a "
 			    "store's bootstrap credentials", ref->text);
-		if ((v = getenv(ref->path)) == NULL || *v == '\0')
+		/* Taken out of the environment (and /proc/PID/environ) on first use. */
+		if (!secret_env_present(ref->path))
 			return dmk_errf(err, DMK_ERR_CONFIG, "%s: the variable is not set", ref->text);
-		if ((*out = secret_from_str(v)) == NULL)
+		if ((*out = secret_env_take(ref->path)) == NULL)
 			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 		return 0;
 	case REF_STORE:

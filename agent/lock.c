@@ -15,12 +15,15 @@ lock_acquire(const char *state_dir, long long wait_seconds, int *fdp, struct dmk
 {
 	char path[4200];
 	long long deadline = util_now_ms() + wait_seconds * 1000;
-	int fd;
+	int fd, r;
 
 	*fdp = -1;
 	if (mkdir(state_dir, 0700) == -1 && errno != EEXIST)
 		return dmk_errf(err, DMK_ERR_IO, "%s: cannot create state directory: %s",
 		    state_dir, strerror(errno));
+	/* Files are created in it: nobody else may plant or swap them. */
+	if ((r = util_check_private_dir(state_dir, err)) != 0)
+		return r;
 	snprintf(path, sizeof(path), "%s/dmkagent.lock", state_dir);
 	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
 		return dmk_errf(err, DMK_ERR_IO, "%s: %s", path, strerror(errno));

@@ -5,7 +5,12 @@
 
 #include "core/dmk.h"
 #include "core/secret.h"
+#include "core/lockmem.h"
 #include "cli.h"
+
+static const char *const env_secrets[] = {
+	"VAULT_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", NULL,
+};
 
 int
 main(int argc, char **argv)
@@ -17,11 +22,24 @@ main(int argc, char **argv)
 	if (util_harden_process(&err) != 0)
 		log_warn("%s", err.msg);
 	secret_install_json_allocator();
+	/*
+	 * Credentials in the environment leave it now, while there is one
+	 * thread: kept in locked memory, their bytes overwritten in place.
+	 */
+	secret_env_scrub(env_secrets);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		fprintf(stderr, "dmkagent: cannot initialise libcurl\n");
 		return DMK_EXIT_FAILED;
 	}
 	r = cli_main(argc, argv);
+	{
+		struct lockmem_stats ls;
+		lockmem_get_stats(&ls);
+		if (ls.fallbacks > 0)
+			log_info("%zu allocations for data in transit found the locked arena (%zu "
+			    "bytes) full and used the ordinary heap (wiped on free)", ls.fallbacks,
+			    ls.arena_size);
+	}
 	curl_global_cleanup();
 	return r;
 }

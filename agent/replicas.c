@@ -646,8 +646,14 @@ regstate_root(struct agent *a)
 	if (a->regstate != NULL)
 		return a->regstate;
 	j = NULL;
-	if (regstate_path(a, path, sizeof(path)) == 0)
-		j = json_load_file(path, 0, NULL);
+	if (regstate_path(a, path, sizeof(path)) == 0) {
+		/* Not through a symbolic link planted in place of the file. */
+		int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd != -1) {
+			j = json_loadfd(fd, 0, NULL);
+			close(fd);
+		}
+	}
 	if (!json_is_object(j)) {
 		json_decref(j);
 		j = json_object();
@@ -659,19 +665,21 @@ regstate_root(struct agent *a)
 static int
 regstate_write_locked(struct agent *a, struct dmk_err *err)
 {
-	char path[4200], tmp[4300];
+	char *text;
+	int r;
 
 	if (!a->regstate_dirty || a->regstate == NULL)
 		return 0;
-	if (regstate_path(a, path, sizeof(path)) != 0)
-		return dmk_errf(err, DMK_ERR_USAGE, "state_dir: path too long");
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	mkdir(a->cfg->state_dir, 0700);
-	if (json_dump_file(a->regstate, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) != 0 ||
-	    chmod(tmp, 0600) != 0 || rename(tmp, path) != 0)
-		return dmk_errf(err, DMK_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-	a->regstate_dirty = 0;
-	return 0;
+	if (mkdir(a->cfg->state_dir, 0700) == -1 && errno != EEXIST)
+		return dmk_errf(err, DMK_ERR_IO, "%s: cannot create state directory: %s",
+		    a->cfg->state_dir, strerror(errno));
+	if ((text = json_dumps(a->regstate, JSON_INDENT(1) | JSON_SORT_KEYS)) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	r = util_write_file_atomic(a->cfg->state_dir, "registered.json", text, strlen(text), err);
+	json_free_dump(text);
+	if (r == 0)
+		a->regstate_dirty = 0;
+	return r;
 }
 
 int

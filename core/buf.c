@@ -7,6 +7,7 @@
 
 #include "dmk.h"
 #include "buf.h"
+#include "lockmem.h"
 
 void
 buf_init(struct buf *b, size_t max)
@@ -16,12 +17,28 @@ buf_init(struct buf *b, size_t max)
 }
 
 void
+buf_init_locked(struct buf *b, size_t max)
+{
+	buf_init(b, max);
+	b->locked = 1;
+}
+
+static void
+release(struct buf *b, char *p)
+{
+	if (b->locked)
+		lockmem_free(p);    /* wipes */
+	else {
+		OPENSSL_cleanse(p, b->alloc);
+		free(p);
+	}
+}
+
+void
 buf_free(struct buf *b)
 {
-	if (b->data != NULL) {
-		OPENSSL_cleanse(b->data, b->alloc);
-		free(b->data);
-	}
+	if (b->data != NULL)
+		release(b, b->data);
 	b->data = NULL;
 	b->len = b->alloc = 0;
 }
@@ -50,12 +67,11 @@ buf_reserve(struct buf *b, size_t extra)
 	nalloc = b->alloc ? b->alloc : 256;
 	while (nalloc < need)
 		nalloc *= 2;
-	if ((n = malloc(nalloc)) == NULL)
+	if ((n = b->locked ? lockmem_malloc(nalloc) : malloc(nalloc)) == NULL)
 		return DMK_ERR_NOMEM;
 	if (b->data != NULL) {
 		memcpy(n, b->data, b->len);
-		OPENSSL_cleanse(b->data, b->alloc);
-		free(b->data);
+		release(b, b->data);
 	}
 	b->data = n;
 	b->alloc = nalloc;

@@ -9,6 +9,9 @@
  *    leaves the buffer unchanged.
  *  - Growing and freeing wipe the old storage: a response body that carried
  *    a secret leaves nothing behind in freed memory.
+ *  - A buffer made with buf_init_locked() keeps its storage in locked,
+ *    dump-excluded memory (core/lockmem.h): for bodies and headers that may
+ *    carry a secret.
  */
 #ifndef DMK_BUF_H
 #define DMK_BUF_H
@@ -21,11 +24,13 @@ struct buf {
 	size_t len;
 	size_t alloc;
 	size_t max;
+	int locked;       /* storage from lockmem_malloc */
 };
 
 #define BUF_DEFAULT_MAX (8u * 1024 * 1024)
 
 void buf_init(struct buf *b, size_t max);   /* max 0 means BUF_DEFAULT_MAX */
+void buf_init_locked(struct buf *b, size_t max);
 void buf_free(struct buf *b);               /* wipe and release */
 void buf_reset(struct buf *b);              /* wipe, keep the storage */
 int buf_append(struct buf *b, const void *data, size_t len);

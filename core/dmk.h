@@ -128,6 +128,23 @@ int util_utf8_valid(const char *s, size_t len);
 /* Levenshtein distance, for "did you mean". */
 int util_edit_distance(const char *a, const char *b);
 
+/*
+ * A directory the agent writes private files in (state_dir): it must exist,
+ * be a directory (not a symbolic link), be owned by the effective user and
+ * not be writable by group or others.  DMK_ERR_CONFIG naming it otherwise.
+ */
+int util_check_private_dir(const char *path, struct dmk_err *err);
+/*
+ * Replace dir/name with data, atomically: written to dir/name.tmp created
+ * with O_CREAT|O_EXCL|O_NOFOLLOW and mode 0600 (whatever was at the temporary
+ * name, a symbolic link included, is unlinked first, never followed),
+ * fsync'd, renamed over dir/name, and the directory fsync'd.  dir is checked
+ * with util_check_private_dir first.  The one way to create a file under
+ * state_dir.
+ */
+int util_write_file_atomic(const char *dir, const char *name, const void *data,
+    size_t len, struct dmk_err *err);
+
 /* Set up process hardening: no core dumps, not dumpable. */
 int util_harden_process(struct dmk_err *err);
 

@@ -1,4 +1,5 @@
 /* secret.c: the secret type; see secret.h for its invariants. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -9,6 +10,7 @@
 
 #include "dmk.h"
 #include "secret.h"
+#include "lockmem.h"
 
 struct secret {
 	unsigned char *data;   /* mapping of cap bytes; data[len] == 0 */
@@ -217,7 +219,91 @@ wiping_free(void *q)
 void
 secret_install_json_allocator(void)
 {
-	json_set_alloc_funcs(wiping_malloc, wiping_free);
+	json_set_alloc_funcs(lockmem_malloc, lockmem_free);
+}
+
+/* ---- secrets from the environment ---- */
+
+#define ENV_KEPT_MAX 32
+
+static pthread_mutex_t env_mtx = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	char name[128];
+	struct secret *value;
+} env_kept[ENV_KEPT_MAX];
+static size_t env_nkept;
+
+/* Under env_mtx: the kept entry for name, taking it from environ first. */
+static int
+env_find(const char *name)
+{
+	size_t i;
+	char *v;
+
+	for (i = 0; i < env_nkept; i++)
+		if (strcmp(env_kept[i].name, name) == 0)
+			break;
+	if ((v = getenv(name)) == NULL)
+		return i < env_nkept ? (int)i : -1;
+	/* Set (again): the environment's value replaces a kept one. */
+	if (i == ENV_KEPT_MAX || strlen(name) >= sizeof(env_kept[0].name))
+		return -1;
+	secret_free(env_kept[i].value);
+	env_kept[i].value = NULL;
+	if (*v != '\0' && (env_kept[i].value = secret_from_str(v)) == NULL)
+		return -1;
+	memcpy(env_kept[i].name, name, strlen(name) + 1);
+	if (i == env_nkept)
+		env_nkept++;
+	/* In place first: the initial environment's bytes outlive unsetenv(). */
+	OPENSSL_cleanse(v, strlen(v));
+	unsetenv(name);
+	return (int)i;
+}
+
+struct secret *
+secret_env_take(const char *name)
+{
+	struct secret *s = NULL;
+	int i;
+
+	pthread_mutex_lock(&env_mtx);
+	if ((i = env_find(name)) >= 0 && env_kept[i].value != NULL)
+		s = secret_dup(env_kept[i].value);
+	pthread_mutex_unlock(&env_mtx);
+	return s;
+}
+
+int
+secret_env_present(const char *name)
+{
+	int i, present;
+
+	pthread_mutex_lock(&env_mtx);
+	present = (i = env_find(name)) >= 0 && env_kept[i].value != NULL;
+	pthread_mutex_unlock(&env_mtx);
+	return present;
+}
+
+void
+secret_env_forget(const char *name)
+{
+	size_t i;
+
+	pthread_mutex_lock(&env_mtx);
+	for (i = 0; i < env_nkept; i++)
+		if (strcmp(env_kept[i].name, name) == 0) {
+			secret_free(env_kept[i].value);
+			env_kept[i].value = NULL;
+		}
+	pthread_mutex_unlock(&env_mtx);
+}
+
+void
+secret_env_scrub(const char *const *names)
+{
+	for (; *names != NULL; names++)
+		(void)secret_env_present(*names);
 }
 
 void

@@ -49,7 +49,30 @@ void *wiping_malloc(size_t n);
 void wiping_free(void *p);
 /* Free what json_dumps() returned, with Jansson's current allocator. */
 void json_free_dump(void *p);
-/* Install wiping_malloc/wiping_free for Jansson. */
+/*
+ * Install Jansson's allocator: locked, dump-excluded memory wiped on free
+ * (core/lockmem.h), so a parsed response that holds a secret value or a
+ * token is kept like the secret type keeps it.
+ */
 void secret_install_json_allocator(void);
+
+/*
+ * Secrets from the environment (VAULT_TOKEN, AZURE_CLIENT_SECRET, env:NAME
+ * references).  The first call for a name copies the value into a secret
+ * kept for the process, overwrites the value's bytes in place (the initial
+ * environment is what /proc/PID/environ shows, and unsetenv() does not touch
+ * it) and unsets the variable, so a child process or a reader of
+ * /proc/PID/environ never sees it; later calls get the kept copy.
+ * secret_env_take() returns a copy for the caller to free (NULL when the
+ * variable is unset or empty, or out of memory: secret_env_present tells
+ * which).  Call it early, before threads start: unsetenv() is not
+ * thread-safe against getenv().
+ */
+struct secret *secret_env_take(const char *name);
+int secret_env_present(const char *name);
+/* Drop the kept copy (for tests that unset a variable between cases). */
+void secret_env_forget(const char *name);
+/* Take each of a NULL-terminated list of names now (at start-up). */
+void secret_env_scrub(const char *const *names);
 
 #endif

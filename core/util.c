@@ -4,9 +4,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -213,4 +216,114 @@ util_harden_process(struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_IO, "prctl(PR_SET_DUMPABLE): %s", strerror(errno));
 #endif
 	return 0;
+}
+
+/* ---- private files under state_dir ---- */
+
+static int
+check_private_fd(int fd, const char *path, struct dmk_err *err)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == -1)
+		return dmk_errf(err, DMK_ERR_IO, "%s: %s", path, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: not a directory", path);
+	if (st.st_uid != geteuid())
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: owned by uid %u, not by the user running "
+		    "dmkagent (uid %u); refused", path, (unsigned)st.st_uid, (unsigned)geteuid());
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return dmk_errf(err, DMK_ERR_CONFIG, "%s: writable by group or others (mode %03o); "
+		    "refused (chmod go-w %s)", path, (unsigned)(st.st_mode & 07777), path);
+	return 0;
+}
+
+/* The directory, opened without following a symbolic link, and checked. */
+static int
+open_private_dir(const char *path, int *dfd, struct dmk_err *err)
+{
+	int fd, r;
+
+	*dfd = -1;
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) == -1) {
+		if (errno == ELOOP || errno == ENOTDIR)
+			return dmk_errf(err, DMK_ERR_CONFIG, "%s: not a directory (a symbolic link "
+			    "or a file); refused", path);
+		return dmk_errf(err, errno == ENOENT ? DMK_ERR_CONFIG : DMK_ERR_IO, "%s: %s",
+		    path, strerror(errno));
+	}
+	if ((r = check_private_fd(fd, path, err)) != 0) {
+		close(fd);
+		return r;
+	}
+	*dfd = fd;
+	return 0;
+}
+
+int
+util_check_private_dir(const char *path, struct dmk_err *err)
+{
+	int dfd, r;
+
+	if ((r = open_private_dir(path, &dfd, err)) == 0)
+		close(dfd);
+	return r;
+}
+
+int
+util_write_file_atomic(const char *dir, const char *name, const void *data, size_t len,
+    struct dmk_err *err)
+{
+	char tmp[256];
+	const char *p = data;
+	int dfd = -1, fd = -1, created = 0, r;
+	size_t off = 0;
+
+	if (strchr(name, '/') != NULL || name[0] == '\0' || name[0] == '.' ||
+	    (size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", name) >= sizeof(tmp))
+		return dmk_errf(err, DMK_ERR_INTERNAL, "bad file name '%.80s'", name);
+	if ((r = open_private_dir(dir, &dfd, err)) != 0)
+		return r;
+	/* A leftover (or planted) temporary name goes; a link is removed, not followed. */
+	if (unlinkat(dfd, tmp, 0) == -1 && errno != ENOENT) {
+		r = dmk_errf(err, DMK_ERR_IO, "%s/%s: cannot remove: %s", dir, tmp, strerror(errno));
+		goto out;
+	}
+	fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd == -1) {
+		r = dmk_errf(err, DMK_ERR_IO, "%s/%s: cannot create: %s", dir, tmp, strerror(errno));
+		goto out;
+	}
+	created = 1;
+	while (off < len) {
+		ssize_t n = write(fd, p + off, len - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = dmk_errf(err, DMK_ERR_IO, "%s/%s: cannot write: %s", dir, tmp,
+			    n == 0 ? "short write" : strerror(errno));
+			goto out;
+		}
+		off += (size_t)n;
+	}
+	if (fsync(fd) == -1 || close(fd) == -1) {
+		fd = -1;
+		r = dmk_errf(err, DMK_ERR_IO, "%s/%s: cannot write: %s", dir, tmp, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	if (renameat(dfd, tmp, dfd, name) == -1) {
+		r = dmk_errf(err, DMK_ERR_IO, "%s/%s: cannot rename to %s: %s", dir, tmp, name,
+		    strerror(errno));
+		goto out;
+	}
+	created = 0;
+	(void)fsync(dfd);   /* the rename's durability; best effort */
+out:
+	if (fd != -1)
+		close(fd);
+	if (r != 0 && created)
+		(void)unlinkat(dfd, tmp, 0);
+	close(dfd);
+	return r;
 }

@@ -5,10 +5,15 @@
  * Authentication follows the Azure SDKs' challenge flow: the first request
  * goes without a token and without a body; the vault answers 401 with
  * `WWW-Authenticate: Bearer authorization="<authority>/<tenant>",
- * resource="<resource>"` (or scope=); we check that the vault's host ends
- * with "." + the resource's host (challenge_resource_verification = no turns
- * this off for a vault on 127.0.0.1) and that the tenant is ours, then ask
- * for a token for that scope.  A later 401 with a token refreshes it once.
+ * resource="<resource>"` (or scope=).  The audience is never the server's
+ * to choose: the vault host must be NAME.<suffix>, the Key Vault DNS suffix
+ * of the configured cloud (vault.azure.net, vault.azure.cn,
+ * vault.usgovcloudapi.net, or vault_dns_suffix), the challenge's resource
+ * must be https://<suffix>, and the token is asked for that resource +
+ * "/.default" whatever scope= the challenge names.  The tenant must be ours.
+ * challenge_resource_verification = no (test vaults on 127.0.0.1 only)
+ * drops the host check, never the resource check.  A later 401 with a
+ * token refreshes it once.
  *
  * Versions: a version is Azure's 32-hex id; markers are the version's tags.
  * A secret that was soft-deleted is reported as DMK_ERR_DELETED, never
@@ -57,12 +62,14 @@ static const struct conf_keydef azkv_keys[] = {
 	/* Added with the provider: */
 	{ "challenge_resource_verification", CK_BOOL, 0, NULL, 0, 0 }, /* default yes */
 	{ "federated_token_file", CK_PATH, 0, NULL, 0, 0 },  /* default AZURE_FEDERATED_TOKEN_FILE */
+	{ "vault_dns_suffix", CK_STRING, 0, NULL, 0, 0 },    /* default per cloud */
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
 struct azkv {
 	char vault[512];          /* https://host[:port], no trailing slash */
 	char vault_host[256];
+	char suffix[256];         /* Key Vault DNS suffix, lower case, no leading dot */
 	char origin[300];         /* https://host:port, for nextLink checks */
 	char api[32];
 	int verify_resource;
@@ -124,38 +131,82 @@ secret_url(struct azkv *kv, struct buf *u, const char *prefix, const char *name,
 
 /* ---- the challenge and the authenticated call ---- */
 
+/* The Key Vault DNS suffix of the store's cloud (or vault_dns_suffix). */
+static const char *
+kv_dns_suffix(const struct conf_store *cs)
+{
+	const char *v = conf_store_str(cs, "vault_dns_suffix"), *cloud;
+
+	if (v != NULL)
+		return v[0] == '.' ? v + 1 : v;
+	cloud = conf_store_str(cs, "cloud");
+	if (cloud != NULL && strcmp(cloud, "usgov") == 0)
+		return "vault.usgovcloudapi.net";
+	if (cloud != NULL && strcmp(cloud, "china") == 0)
+		return "vault.azure.cn";
+	return "vault.azure.net";
+}
+
+/* A DNS suffix of two or more labels of [a-z0-9-]. */
+static int
+suffix_ok(const char *s)
+{
+	size_t i, n = strlen(s), label = 0, dots = 0;
+
+	if (n == 0 || n > 200)
+		return 0;
+	for (i = 0; i < n; i++) {
+		if (s[i] == '.') {
+			if (label == 0)
+				return 0;
+			label = 0;
+			dots++;
+		} else if (isalnum((unsigned char)s[i]) || s[i] == '-')
+			label++;
+		else
+			return 0;
+	}
+	return label > 0 && dots > 0;
+}
+
+/* host is exactly one label (the vault's name) followed by "." suffix. */
+static int
+host_under_suffix(const char *host, const char *suffix)
+{
+	size_t hl = strlen(host), sl = strlen(suffix);
+
+	if (hl <= sl + 1 || host[hl - sl - 1] != '.' ||
+	    strcasecmp(host + hl - sl, suffix) != 0)
+		return 0;
+	return memchr(host, '.', hl - sl - 1) == NULL;
+}
+
 static int
 accept_challenge(struct azkv *kv, const char *hdr, struct dmk_err *err)
 {
 	struct az_challenge ch;
 	char rhost[256];
-	size_t hl, rl;
+	const char *path;
 	int r;
 
 	if ((r = az_challenge_parse(hdr, &ch, err)) != 0)
 		return r;
-	if (kv->verify_resource) {
-		if (az_url_host(ch.resource, rhost, sizeof(rhost)) != 0)
-			return dmk_errf(err, DMK_ERR_AUTH, "the vault's challenge names resource "
-			    "'%.200s', not an https URL; refused", ch.resource);
-		hl = strlen(kv->vault_host);
-		rl = strlen(rhost);
-		if (hl <= rl + 1 || kv->vault_host[hl - rl - 1] != '.' ||
-		    strcmp(kv->vault_host + hl - rl, rhost) != 0)
-			return dmk_errf(err, DMK_ERR_AUTH, "the vault's challenge names resource "
-			    "%.200s, which does not match the vault host %s; refused (for a test "
-			    "vault set challenge_resource_verification = no)", ch.resource,
-			    kv->vault_host);
-	}
+	/*
+	 * The resource must be the cloud's Key Vault resource, https://SUFFIX
+	 * with no path; the token's scope was fixed at open from that same
+	 * resource, so the challenge's scope= is read and ignored.
+	 */
+	path = strncasecmp(ch.resource, "https://", 8) == 0 ?
+	    ch.resource + 8 + strcspn(ch.resource + 8, "/?#") : "";
+	if (az_url_host(ch.resource, rhost, sizeof(rhost)) != 0 ||
+	    strcmp(rhost, kv->suffix) != 0 || strchr(ch.resource + 8, ':') != NULL ||
+	    (path[0] != '\0' && strcmp(path, "/") != 0))
+		return dmk_errf(err, DMK_ERR_AUTH, "the vault %s challenges for resource "
+		    "'%.200s', not https://%s (the Key Vault resource of the store's cloud); "
+		    "refused", kv->vault, ch.resource, kv->suffix);
 	if (kv->cred.tenant[0] != '\0' && strcasecmp(kv->cred.tenant, ch.tenant) != 0)
 		return dmk_errf(err, DMK_ERR_AUTH, "the vault belongs to tenant %s, but the store is "
 		    "configured for tenant %s", ch.tenant, kv->cred.tenant);
-	if (strcmp(kv->cred.scope, ch.scope) != 0) {
-		/* A different audience: a token for the old one is useless. */
-		util_strlcpy(kv->cred.scope, ch.scope, sizeof(kv->cred.scope));
-		secret_free(kv->cred.token);
-		kv->cred.token = NULL;
-	}
 	kv->challenged = 1;
 	return 0;
 }
@@ -177,7 +228,7 @@ kv_send(struct store *st, const char *method, const char *url, const char *body,
 		struct buf auth;
 
 		memset(&req, 0, sizeof(req));
-		buf_init(&auth, 64 * 1024);
+		buf_init_locked(&auth, 64 * 1024);
 		req.method = method;
 		req.url = url;
 		sent_token = 0;
@@ -466,7 +517,7 @@ write_version(struct store *st, const char *name, const struct secret *value,
 	int r;
 
 	buf_init(&url, 0);
-	buf_init(&body, 256 * 1024);
+	buf_init_locked(&body, 256 * 1024);
 	http_response_init(&resp);
 	if ((r = tags_json(meta, &tags, err)) != 0)
 		goto out;
@@ -579,7 +630,7 @@ azkv_set_meta(struct store *st, const struct secret_ref *ref, const char *versio
 	if ((r = check_ref(ref, version, err)) != 0)
 		return r;
 	buf_init(&url, 0);
-	buf_init(&body, 0);
+	buf_init_locked(&body, 0);
 	http_response_init(&resp);
 	/* PATCH replaces the whole tag set: merge with what the version has. */
 	if ((r = get_bundle(st, ref->path, version, NULL, &cur, err)) != 0)
@@ -785,6 +836,15 @@ azkv_validate(const struct conf_store *cs, struct dmk_err *err)
 	if (*v != '\0')
 		return dmk_errf(err, DMK_ERR_CONFIG, "vault_url must be the vault's address with no "
 		    "path, such as https://myvault.vault.azure.net");
+	if (!suffix_ok(kv_dns_suffix(cs)))
+		return dmk_errf(err, DMK_ERR_CONFIG, "vault_dns_suffix '%.80s' is not a DNS suffix "
+		    "such as vault.azure.net", kv_dns_suffix(cs));
+	if (conf_yes(cs, "challenge_resource_verification", 1) &&
+	    !host_under_suffix(host, kv_dns_suffix(cs)))
+		return dmk_errf(err, DMK_ERR_CONFIG, "vault_url host %s is not a vault under "
+		    "%s, the Key Vault DNS suffix of the store's cloud (NAME.%s; set cloud or "
+		    "vault_dns_suffix for another cloud)", host, kv_dns_suffix(cs),
+		    kv_dns_suffix(cs));
 	if ((v = conf_store_str(cs, "api_version")) != NULL) {
 		size_t i, n = strlen(v);
 		for (i = 0; i < n; i++)
@@ -842,8 +902,8 @@ azkv_open(struct store *st, struct dmk_err *err)
 	struct http_response resp;
 	struct http_tls tls;
 	struct buf url;
-	const char *v, *cloud = conf_store_str(cs, "cloud");
-	const char *scope = "https://vault.azure.net/.default";
+	const char *v;
+	char scope[300];
 	long long timeout = 30;
 	int r;
 
@@ -862,10 +922,14 @@ azkv_open(struct store *st, struct dmk_err *err)
 	v = conf_store_str(cs, "api_version");
 	util_strlcpy(kv->api, v ? v : "7.5", sizeof(kv->api));
 	kv->verify_resource = conf_yes(cs, "challenge_resource_verification", 1);
-	if (cloud != NULL && strcmp(cloud, "usgov") == 0)
-		scope = "https://vault.usgovcloudapi.net/.default";
-	else if (cloud != NULL && strcmp(cloud, "china") == 0)
-		scope = "https://vault.azure.cn/.default";
+	if (!kv->verify_resource)
+		log_info("[store %s] challenge_resource_verification = no: the "
+		    "vault host %s is not checked against %s (test vaults only)", cs->name,
+		    kv->vault_host, kv_dns_suffix(cs));
+	util_strlcpy(kv->suffix, kv_dns_suffix(cs), sizeof(kv->suffix));
+	for (char *c = kv->suffix; *c != '\0'; c++)
+		*c = (char)tolower((unsigned char)*c);
+	snprintf(scope, sizeof(scope), "https://%s/.default", kv->suffix);
 	if ((r = az_cred_init(&kv->cred, st, scope, err)) != 0)
 		goto out;
 	if ((v = conf_store_str(cs, "timeout")) != NULL && util_parse_duration(v, &timeout) != 0)

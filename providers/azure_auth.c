@@ -660,18 +660,18 @@ tok_client_secret(struct az_cred *c, struct dmk_err *err)
 	if ((r = need_ids(c, "client-secret", err)) != 0)
 		return r;
 	if (c->client_secret == NULL) {
-		const char *env = getenv("AZURE_CLIENT_SECRET");
 		if (c->client_secret_ref != NULL)
 			r = resolve_ref(c, c->client_secret_ref, "client_secret", &c->client_secret, err);
-		else if (c->auth != AZ_AUTH_SECRET && env != NULL && *env != '\0') {
-			if ((c->client_secret = secret_from_str(env)) == NULL)
+		else if (c->auth != AZ_AUTH_SECRET && secret_env_present("AZURE_CLIENT_SECRET")) {
+			/* Taken out of the environment (and /proc/PID/environ). */
+			if ((c->client_secret = secret_env_take("AZURE_CLIENT_SECRET")) == NULL)
 				r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 		} else
 			r = dmk_errf(err, DMK_ERR_CONFIG, "client-secret needs client_secret");
 		if (r != 0)
 			return r;
 	}
-	buf_init(&f, 64 * 1024);
+	buf_init_locked(&f, 64 * 1024);
 	if (form_add(&f, "client_id", c->client_id, strlen(c->client_id)) != 0 ||
 	    form_add(&f, "scope", c->scope, strlen(c->scope)) != 0 ||
 	    form_add(&f, "client_secret", secret_reveal(c->client_secret),
@@ -691,7 +691,7 @@ assertion_form(struct az_cred *c, const char *assertion, size_t alen, const char
 	struct buf f;
 	int r;
 
-	buf_init(&f, 256 * 1024);
+	buf_init_locked(&f, 256 * 1024);
 	if (form_add(&f, "client_id", c->client_id, strlen(c->client_id)) != 0 ||
 	    form_add(&f, "scope", c->scope, strlen(c->scope)) != 0 ||
 	    form_add(&f, "client_assertion_type",
@@ -711,8 +711,8 @@ tok_client_cert(struct az_cred *c, struct dmk_err *err)
 	struct buf pem, jwt, aud;
 	int r;
 
-	buf_init(&pem, 256 * 1024);
-	buf_init(&jwt, 64 * 1024);
+	buf_init_locked(&pem, 256 * 1024);
+	buf_init_locked(&jwt, 64 * 1024);
 	buf_init(&aud, 0);
 	if ((r = need_ids(c, "client-certificate", err)) != 0)
 		goto out;
@@ -832,7 +832,7 @@ tok_arc(struct az_cred *c, const char *endpoint, const char *resource, struct dm
 	int r;
 
 	buf_init(&url, 0);
-	buf_init(&auth, 16 * 1024);
+	buf_init_locked(&auth, 16 * 1024);
 	http_response_init(&resp);
 	if (c->mi_client_id[0] || c->mi_object_id[0] || c->mi_res_id[0]) {
 		r = dmk_errf(err, DMK_ERR_CONFIG, "Azure Arc supports only the system-assigned "
@@ -908,7 +908,7 @@ tok_managed(struct az_cred *c, struct dmk_err *err)
 		return tok_arc(c, ie, resource, err);
 
 	buf_init(&url, 0);
-	buf_init(&hdr, 8192);
+	buf_init_locked(&hdr, 8192);
 	memset(&req, 0, sizeof(req));
 	req.method = "GET";
 	if (ie != NULL && *ie != '\0' && ih != NULL && *ih != '\0') {
@@ -964,10 +964,10 @@ out:
 static int
 tok_env(struct az_cred *c, struct dmk_err *err)
 {
-	const char *sec = getenv("AZURE_CLIENT_SECRET");
 	const char *cert = getenv("AZURE_CLIENT_CERTIFICATE_PATH");
 
-	if (c->client_secret_ref != NULL || (sec != NULL && *sec != '\0'))
+	if (c->client_secret_ref != NULL || c->client_secret != NULL ||
+	    secret_env_present("AZURE_CLIENT_SECRET"))
 		return tok_client_secret(c, err);
 	if (c->cert_path[0] != '\0' || (cert != NULL && *cert != '\0')) {
 		if (c->cert_path[0] == '\0')

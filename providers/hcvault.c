@@ -412,7 +412,7 @@ hcv_request(struct store *st, const char *method, const char *path,
 		return r;
 	memset(&req, 0, sizeof(req));
 	buf_init(&url, HCV_URL_MAX);
-	buf_init(&tokhdr, 64 * 1024);
+	buf_init_locked(&tokhdr, 64 * 1024);
 	buf_init(&nshdr, 1024);
 	if ((r = buf_printf(&url, "%s/v1/%s", h->addr, path)) != 0) {
 		r = dmk_errf(err, r, "URL too long for %s", path);
@@ -607,7 +607,7 @@ hcv_maybe_renew(struct store *st, struct dmk_err *err)
 		return 0;
 	h->renewing = 1;
 	http_response_init(&resp);
-	buf_init(&body, 256);
+	buf_init_locked(&body, 256);
 	buf_printf(&body, "{\"increment\":\"%llds\"}", h->token_period_s);
 	r = hcv_request(st, "POST", "auth/token/renew-self", &body, REQ_TOKEN | REQ_NORENEW,
 	    NULL, &resp, &e);
@@ -722,7 +722,7 @@ unwrap_secret_id(struct store *st, const struct secret *wrap, struct secret **ou
 
 	*out = NULL;
 	http_response_init(&resp);
-	buf_init(&body, 64 * 1024);
+	buf_init_locked(&body, 64 * 1024);
 	if ((r = buf_puts(&body, "{\"token\":")) != 0 ||
 	    (r = json_quote(&body, secret_reveal(wrap), secret_len(wrap))) != 0 ||
 	    (r = buf_putc(&body, '}')) != 0) {
@@ -785,7 +785,7 @@ auth_approle(struct store *st, struct dmk_err *err)
 	struct buf body;
 	int r;
 
-	buf_init(&body, 64 * 1024);
+	buf_init_locked(&body, 64 * 1024);
 	if (kv_bool(c, "secret_id_wrapped")) {
 		if ((r = resolve_ref(st, kv_ref(c, "secret_id"), "secret_id", &wrap, err)) != 0)
 			goto out;
@@ -818,7 +818,7 @@ auth_jwtlike(struct store *st, int k8s, struct dmk_err *err)
 	struct buf body;
 	int r;
 
-	buf_init(&body, 256 * 1024);
+	buf_init_locked(&body, 256 * 1024);
 	if (jr != NULL)
 		r = resolve_ref(st, jr, "jwt", &jwt, err);
 	else
@@ -847,7 +847,7 @@ auth_cert(struct store *st, struct dmk_err *err)
 	struct buf body;
 	int r;
 
-	buf_init(&body, 4096);
+	buf_init_locked(&body, 4096);
 	if (role) {
 		if ((r = buf_puts(&body, "{\"name\":")) != 0 ||
 		    (r = json_quote_str(&body, role)) != 0 || (r = buf_putc(&body, '}')) != 0) {
@@ -867,15 +867,16 @@ auth_token(struct store *st, struct dmk_err *err)
 	struct hcv *h = st->priv;
 	const struct secret_ref *tr = kv_ref(st->conf, "token");
 	struct secret *tok = NULL;
-	const char *v, *home;
+	const char *home;
 	char path[4096];
 	int r;
 
 	if (tr != NULL) {
 		if ((r = resolve_ref(st, tr, "token", &tok, err)) != 0)
 			return r;
-	} else if ((v = envstr("VAULT_TOKEN")) != NULL) {
-		if ((tok = secret_from_str(v)) == NULL)
+	} else if (secret_env_present("VAULT_TOKEN")) {
+		/* Taken out of the environment (and /proc/PID/environ) on first use. */
+		if ((tok = secret_env_take("VAULT_TOKEN")) == NULL)
 			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	} else if ((home = envstr("HOME")) != NULL) {
 		snprintf(path, sizeof(path), "%s/.vault-token", home);
@@ -1445,7 +1446,7 @@ write_custom_metadata(struct store *st, const struct secret_ref *ref, json_t *cm
 
 	http_response_init(&resp);
 	buf_init(&path, HCV_URL_MAX);
-	buf_init(&body, 256 * 1024);
+	buf_init_locked(&body, 256 * 1024);
 	kv_plain(h, "metadata", ref->path, plain, sizeof(plain));
 	snprintf(what, sizeof(what), "writing the markers of %s (%s)", ref->text, plain);
 	o = json_pack("{s:O}", "custom_metadata", cm);
@@ -1638,7 +1639,7 @@ hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret 
 	memset(out, 0, sizeof(*out));
 	http_response_init(&resp);
 	buf_init(&path, HCV_URL_MAX);
-	buf_init(&body, SECRET_MAX * 2 + 4096);
+	buf_init_locked(&body, SECRET_MAX * 2 + 4096);
 	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
 		goto out;
 	if (h->kv_version != 2) {
@@ -1802,7 +1803,7 @@ hcvault_delete_version(struct store *st, const struct secret_ref *ref, const cha
 		    "number", ref->text, version ? version : "");
 	http_response_init(&resp);
 	buf_init(&path, HCV_URL_MAX);
-	buf_init(&body, 256);
+	buf_init_locked(&body, 256);
 	kv_plain(h, "delete", ref->path, plain, sizeof(plain));
 	snprintf(what, sizeof(what), "deleting version %lld of %s (%s)", vnum, ref->text, plain);
 	if ((r = kv_path(h, "delete", ref->path, &path)) != 0 ||
@@ -1871,7 +1872,7 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 			return r;
 		}
 		http_response_init(&resp);
-		buf_init(&body, 4096);
+		buf_init_locked(&body, 4096);
 		kv_plain(h, h->kv_version == 2 ? "data" : NULL, ref->path, dpath, sizeof(dpath));
 		kv_plain(h, "metadata", ref->path, mpath, sizeof(mpath));
 		buf_puts(&body, "{\"paths\":[");

@@ -14,6 +14,7 @@
 
 #include <curl/curl.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
 
 #include "core/dmk.h"
 #include "core/buf.h"
@@ -24,7 +25,8 @@ void
 http_response_init(struct http_response *r)
 {
 	memset(r, 0, sizeof(*r));
-	buf_init(&r->body, 4u * 1024 * 1024);
+	/* A body may carry a secret value or a token: locked, wiped memory. */
+	buf_init_locked(&r->body, 4u * 1024 * 1024);
 }
 
 void
@@ -161,6 +163,20 @@ wipe_slist(struct curl_slist *l)
 			secure_wipe(l->data, strlen(l->data));
 }
 
+/*
+ * OpenSSL frees a connection's idle record buffers instead of keeping them
+ * (and the last record they held: a token, a secret value) for its life;
+ * wipefree's free() wipes them as they go.
+ */
+static CURLcode
+ssl_ctx_cb(CURL *h, void *sslctx, void *arg)
+{
+	(void)h;
+	(void)arg;
+	SSL_CTX_set_mode((SSL_CTX *)sslctx, SSL_MODE_RELEASE_BUFFERS);
+	return CURLE_OK;
+}
+
 static int
 curl_perform(void *vctx, const struct http_request *req, struct http_response *resp,
     struct dmk_err *err)
@@ -191,6 +207,8 @@ curl_perform(void *vctx, const struct http_request *req, struct http_response *r
 	curl_easy_setopt(c->h, CURLOPT_WRITEDATA, resp);
 	curl_easy_setopt(c->h, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(c->h, CURLOPT_HEADERDATA, resp);
+	/* CURLE_NOT_BUILT_IN with a TLS backend other than OpenSSL: nothing to set. */
+	(void)curl_easy_setopt(c->h, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
 	if (c->tls.ca_file[0])
 		curl_easy_setopt(c->h, CURLOPT_CAINFO, c->tls.ca_file);
 	if (c->tls.ca_path[0])

@@ -50,8 +50,13 @@ if [ "$node_major" -lt 20 ] && [ ! -x tests/js/.node/bin/node ]; then
   fi
 fi
 
-# build/ is the development build: failpoints are compiled in (inert unless
-# DMKAGENT_FAILPOINT is set; a release build leaves -Dfailpoints at false).
-[ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized -Dfailpoints=true >/dev/null
+# build/ is what the demo runs and `meson install` installs: no failpoints.
+# The tests build their own build-test/ with them (scripts/test.sh).  A
+# build/ configured before this (with failpoints) is reconfigured once.
+if [ -f build/build.ninja ]; then
+  meson configure build -Dfailpoints=false >/dev/null
+else
+  meson setup build --buildtype=debugoptimized -Dfailpoints=false >/dev/null
+fi
 ninja -C build >/dev/null
 echo "setup: built build/dmkagent" >&2

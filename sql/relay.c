@@ -211,6 +211,7 @@ g_init(void)
 		goto fail;
 	SSL_CTX_set_options(g_server_ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION |
 	    SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_mode(g_server_ctx, SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_session_cache_mode(g_server_ctx, SSL_SESS_CACHE_OFF);
 	g_init_rc = 0;
 	goto out;
@@ -788,6 +789,7 @@ outer_setup(struct relay *r, const struct relay_params *p)
 	    !SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION))
 		goto tlsfail;
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);   /* plaintext buffers freed (wiped) when empty */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	if (p->ca_file && *p->ca_file) {
 		if (access(p->ca_file, R_OK) != 0) {

@@ -271,21 +271,120 @@ t_resource_mismatch(void **state)
 		  TENANT "\", resource=\"https://vault.evil.example\"\n" },
 		E_TOKEN, { 200, LIST_EMPTY, NULL },
 	};
+	const struct http_replay_entry ok[] = { E_OPEN };
 	struct fx *f = fx_new(conf_secret, e, 3);
 	char conf[2048];
 
 	(void)state;
 	assert_int_equal(fx_open(f), DMK_ERR_AUTH);
-	assert_non_null(strstr(f->err.msg, "does not match the vault host"));
+	assert_non_null(strstr(f->err.msg, "not https://vault.azure.net"));
 	assert_int_equal(f->rp.nseen, 1);
 	fx_free(f);
 
-	/* A test vault on 127.0.0.1 cannot match any resource: the opt-out. */
-	snprintf(conf, sizeof(conf), "%schallenge_resource_verification = no\n", conf_secret);
+	/*
+	 * A test vault on 127.0.0.1 is under no Key Vault suffix: the opt-out
+	 * drops the host check, not the resource check (the server never picks
+	 * the token's audience).
+	 */
+	snprintf(conf, sizeof(conf), "[store akv]\ntype = azure-key-vault\n"
+	    "vault_url = https://127.0.0.1:8443\nauth = client-secret\ntenant_id = " TENANT
+	    "\nclient_id = " CLIENT "\nclient_secret = env:AZKV_TEST_SECRET\n"
+	    "challenge_resource_verification = no\n");
 	f = fx_new(conf, e, 3);
-	assert_int_equal(fx_open(f), 0);
-	assert_non_null(strstr(f->rp.seen_body[1], "scope=https%3A%2F%2Fvault.evil.example%2F.default"));
+	assert_int_equal(fx_open(f), DMK_ERR_AUTH);
+	assert_int_equal(f->rp.nseen, 1);
 	fx_free(f);
+	f = fx_new(conf, ok, 3);
+	assert_int_equal(fx_open(f), 0);
+	assert_non_null(strstr(f->rp.seen_body[1], "scope=https%3A%2F%2Fvault.azure.net%2F.default"));
+	fx_free(f);
+}
+
+/* The challenge's scope= never chooses the token's audience. */
+static void
+t_challenge_scope_ignored(void **state)
+{
+	const struct http_replay_entry e[] = {
+		{ 401, UNAUTH, "WWW-Authenticate: Bearer authorization=\"https://login.windows.net/"
+		  TENANT "\", resource=\"https://vault.azure.net\", "
+		  "scope=\"https://management.azure.com/.default\"\n" },
+		E_TOKEN, { 200, LIST_EMPTY, NULL },
+	};
+	const struct http_replay_entry e2[] = {
+		{ 401, UNAUTH, "WWW-Authenticate: Bearer authorization=\"https://login.windows.net/"
+		  TENANT "\", scope=\"https://management.azure.com/.default\"\n" },
+		E_TOKEN, { 200, LIST_EMPTY, NULL },
+	};
+	struct fx *f = fx_new(conf_secret, e, 3);
+
+	(void)state;
+	assert_int_equal(fx_open(f), 0);
+	assert_int_equal(f->rp.nseen, 3);
+	assert_non_null(strstr(f->rp.seen_body[1], "scope=https%3A%2F%2Fvault.azure.net%2F.default"));
+	assert_null(strstr(f->rp.seen_body[1], "management"));
+	fx_free(f);
+	/* A scope alone, of another resource: refused before any token. */
+	f = fx_new(conf_secret, e2, 3);
+	assert_int_equal(fx_open(f), DMK_ERR_AUTH);
+	assert_int_equal(f->rp.nseen, 1);
+	fx_free(f);
+}
+
+/* The vault host must be NAME.<the cloud's Key Vault suffix>. */
+static void
+t_vault_host_suffix(void **state)
+{
+	static const char *bad[] = {
+		"https://1", "https://kv.1", "https://myvault.vault.evil.example",
+		"https://vault.azure.net", "https://a.b.vault.azure.net",
+		"https://myvault.vault.azure.net.evil.example", "https://myvault.vault.azure.cn",
+	};
+	const struct http_replay_entry one[] = {
+		{ 401, UNAUTH, "WWW-Authenticate: Bearer authorization=\"https://login.windows.net/"
+		  TENANT "\", resource=\"https://1\"\n" },
+		E_TOKEN, { 200, LIST_EMPTY, NULL },
+	};
+	const struct http_replay_entry cn[] = {
+		{ 401, UNAUTH, "WWW-Authenticate: Bearer authorization=\"https://login.chinacloudapi.cn/"
+		  TENANT "\", resource=\"https://vault.azure.cn\"\n" },
+		E_TOKEN, { 200, LIST_EMPTY, NULL },
+	};
+	struct config *cfg = NULL;
+	struct dmk_err err;
+	char conf[2048];
+	struct fx *f;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(conf, sizeof(conf), "[store akv]\ntype = azure-key-vault\nvault_url = %s\n"
+		    "auth = client-secret\ntenant_id = " TENANT "\nclient_id = " CLIENT "\n"
+		    "client_secret = env:AZKV_TEST_SECRET\n", bad[i]);
+		assert_int_equal(config_parse_string(conf, "test.conf", &cfg, &err), DMK_ERR_CONFIG);
+		assert_non_null(strstr(err.msg, "is not a vault under vault.azure.net"));
+	}
+	/* Past the config check (a replayed open): a one-label resource is refused. */
+	snprintf(conf, sizeof(conf), "%svault_dns_suffix = vault.azure.cn\n", conf_secret);
+	assert_int_equal(config_parse_string(conf, "test.conf", &cfg, &err), DMK_ERR_CONFIG);
+	snprintf(conf, sizeof(conf), "[store akv]\ntype = azure-key-vault\nvault_url = "
+	    "https://kv.1\nauth = client-secret\ntenant_id = " TENANT "\nclient_id = " CLIENT
+	    "\nclient_secret = env:AZKV_TEST_SECRET\nchallenge_resource_verification = no\n");
+	f = fx_new(conf, one, 3);
+	assert_int_equal(fx_open(f), DMK_ERR_AUTH);
+	assert_int_equal(f->rp.nseen, 1);
+	fx_free(f);
+	/* The China cloud: its own suffix and scope. */
+	snprintf(conf, sizeof(conf), "[store akv]\ntype = azure-key-vault\nvault_url = "
+	    "https://myvault.vault.azure.cn\ncloud = china\nauth = client-secret\ntenant_id = "
+	    TENANT "\nclient_id = " CLIENT "\nclient_secret = env:AZKV_TEST_SECRET\n");
+	f = fx_new(conf, cn, 3);
+	assert_int_equal(fx_open(f), 0);
+	assert_non_null(strstr(f->rp.seen_body[1], "scope=https%3A%2F%2Fvault.azure.cn%2F.default"));
+	fx_free(f);
+	/* A vault_dns_suffix that is no suffix. */
+	snprintf(conf, sizeof(conf), "%svault_dns_suffix = net\n", conf_secret);
+	assert_int_equal(config_parse_string(conf, "test.conf", &cfg, &err), DMK_ERR_CONFIG);
+	assert_non_null(strstr(err.msg, "vault_dns_suffix"));
 }
 
 static void
@@ -1038,8 +1137,10 @@ clear_env(void)
 		"AZURE_POD_IDENTITY_AUTHORITY_HOST", AZ_ENV_ARC_DIR };
 	size_t i;
 
-	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+	for (i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
 		unsetenv(vars[i]);
+		secret_env_forget(vars[i]);
+	}
 }
 
 static void
@@ -1343,6 +1444,8 @@ main(void)
 		cmocka_unit_test(t_open_client_secret),
 		cmocka_unit_test(t_wrong_tenant),
 		cmocka_unit_test(t_resource_mismatch),
+		cmocka_unit_test(t_challenge_scope_ignored),
+		cmocka_unit_test(t_vault_host_suffix),
 		cmocka_unit_test(t_token_cached),
 		cmocka_unit_test(t_token_refresh),
 		cmocka_unit_test(t_token_rejected_refetch),

@@ -23,7 +23,10 @@ sys.path.insert(0, SRC)
 from tests.sim.common.harness import PY, Sim, free_port_block  # noqa: E402
 from tests.sim.common.pki import make_pki  # noqa: E402
 
-DMK = os.environ.get("DMKAGENT") or os.path.join(SRC, "build", "dmkagent")
+# Run by hand: the test build (failpoints) when there is one, else build/.
+DMK = os.environ.get("DMKAGENT") or next(
+    (p for p in (os.path.join(SRC, d, "dmkagent") for d in ("build-test", "build"))
+     if os.path.exists(p)), os.path.join(SRC, "build", "dmkagent"))
 
 
 def strong_password(n=24):

@@ -3,6 +3,7 @@
 TDS+TLS) and vaultsim (HashiCorp Vault), as a DBA would run it."""
 import json
 import os
+import stat
 import sys
 import unittest
 
@@ -64,6 +65,33 @@ class Register(unittest.TestCase):
         self.assertEqual(rc, 0)
         rc, out, err = lab.agent("audit", "verify", lab.audit_log)
         self.assertEqual(rc, 0, err)
+
+    def test_state_dir_files_not_through_links(self):
+        """registered.json goes through a temporary name: a symbolic link
+        planted there is not followed, and a state_dir others can write is
+        refused before anything changes."""
+        lab = self.lab
+        lab.put_dmk_password()
+        os.makedirs(lab.state_dir, mode=0o700, exist_ok=True)
+        victim = os.path.join(lab.dir, "victim")
+        with open(victim, "w") as f:
+            f.write("untouched\n")
+        os.symlink(victim, os.path.join(lab.state_dir, "registered.json.tmp"))
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        with open(victim) as f:
+            self.assertEqual(f.read(), "untouched\n")
+        reg = os.path.join(lab.state_dir, "registered.json")
+        st = os.lstat(reg)
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(st.st_mode & 0o777, 0o600)
+        self.assertIn("AG1", json.load(open(reg)))
+
+        os.chmod(lab.state_dir, 0o770)
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn(f"{lab.state_dir}: writable by group or others", err)
+        os.chmod(lab.state_dir, 0o700)
 
     def test_second_run_changes_nothing(self):
         lab = self.lab

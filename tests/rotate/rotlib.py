@@ -26,6 +26,20 @@ def _snapshot_binary():
 
 _snapshot_binary()
 
+
+def have_failpoints():
+    """The binary honours DMKAGENT_FAILPOINT (a test build: build-test/,
+    build-san/, meson -Dfailpoints=true); build/ has none."""
+    try:
+        with open(_labmod.DMK, "rb") as f:
+            return b"failpoint %s: killing myself" in f.read()
+    except OSError:
+        return False
+
+
+needs_failpoints = __import__("unittest").skipUnless(
+    have_failpoints(), "dmkagent built without -Dfailpoints=true (use build-test/)")
+
 KV = "secret"
 PATH = "sql/ag1/cm_p01/dmk"
 

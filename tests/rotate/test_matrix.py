@@ -551,6 +551,9 @@ def main():
     if not rotlib.have_pytds():
         print("python3-tds missing: skipped")
         return 77
+    if not rotlib.have_failpoints():
+        print("dmkagent built without -Dfailpoints=true (use build-test/): skipped")
+        return 77
     t0 = time.time()
     with Lab(nodes=3) as lab:
         lab.put_dmk_password()

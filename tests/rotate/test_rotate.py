@@ -132,6 +132,7 @@ class Rotate(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertIn("version 3 is current, version 2 retired", out)
 
+    @rotlib.needs_failpoints
     def test_resume_after_crash(self):
         lab = self.lab
         rc, out, err = lab.agent("rotate", env={"DMKAGENT_FAILPOINT": "rotate:after-add"})
@@ -152,6 +153,7 @@ class Rotate(unittest.TestCase):
         self.assertEqual(escrow_versions(lab), [1], "the rerun took a second backup")
         self.assertEqual(converged(lab), [])
 
+    @rotlib.needs_failpoints
     def test_resume_at_drop(self):
         lab = self.lab
         rc, out, err = lab.agent("rotate", env={"DMKAGENT_FAILPOINT": "rotate:after-drop-primary"})
@@ -310,6 +312,7 @@ class Rotate(unittest.TestCase):
         self.assertNotIn(weak, out + err + lab.audit_text())
         self.assertEqual(converged(lab), [])
 
+    @rotlib.needs_failpoints
     def test_backup_not_taken_twice_after_a_stop(self):
         lab = self.lab
         before = [(n, s) for n, s, _ in store_versions(lab)]
@@ -489,6 +492,7 @@ class Recover(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertEqual(converged(lab), [])
 
+    @rotlib.needs_failpoints
     def test_recover_backs_up_first_once(self):
         lab = self.lab
         lab.failover(1)                      # node 2's SMK cannot open the DMK

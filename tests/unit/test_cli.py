@@ -127,6 +127,23 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("writable by group or others", err)
 
+    def test_config_other_owner_refused(self):
+        # A file another user can write names the servers secrets go to.
+        if os.geteuid() != 0:
+            self.skipTest("needs root to give the file to another user")
+        p = self.conf(self.base(), mode=0o644)
+        os.chown(p, 65534, 65534)
+        rc, _, err = run("-c", p, "config", "check")
+        self.assertEqual(rc, 2)
+        self.assertIn(p + ": owned by uid 65534", err)
+        os.chown(p, 0, 0)
+        os.chmod(self.d, 0o777)
+        rc, _, err = run("-c", p, "config", "check")
+        self.assertEqual(rc, 2)
+        self.assertIn(f"its folder {os.path.realpath(self.d)} is writable", err)
+        os.chmod(self.d, 0o700)
+        self.assertEqual(run("-c", p, "config", "check")[0], 0)
+
     def test_config_file_ref_mode(self):
         secret = os.path.join(self.d, "s")
         with open(secret, "w") as f:
@@ -301,6 +318,52 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn(f"a.jsonl:1: run {'a' * 32} was interrupted", out)
         self.assertIn(f"a.jsonl:4: run {'b' * 32} has no run-end yet", out)
+
+    def test_env_secrets_leave_environment(self):
+        """VAULT_TOKEN, AZURE_CLIENT_SECRET and env: references are taken out
+        of the environment, and their bytes out of /proc/PID/environ (the
+        initial stack copy that unsetenv leaves alone), while the agent runs."""
+        import socket
+        import time
+        lsn = socket.socket()
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(4)
+        port = lsn.getsockname()[1]
+        canaries = {"VAULT_TOKEN": "hvs.CanaryVaultTok-51c9e2",
+                    "AZURE_CLIENT_SECRET": "CanaryAzSecret-7d2f44",
+                    "AZURE_CLIENT_CERTIFICATE_PASSWORD": "CanaryCertPw-0a9b33",
+                    "DMK_TEST_BOOT_TOKEN": "CanaryEnvRef-e41f08"}
+        text = (f"[agent]\nstate_dir = {self.d}/state\naudit_log = {self.d}/audit.jsonl\n"
+                f"[store hcv]\ntype = hashicorp-vault\naddress = https://127.0.0.1:{port}\n"
+                "auth = token\ntoken = env:DMK_TEST_BOOT_TOKEN\ntimeout = 20s\n"
+                f"[store hcv2]\ntype = hashicorp-vault\naddress = https://127.0.0.1:{port}\n"
+                "auth = token\ntimeout = 20s\n")
+        p = self.conf(text)
+        e = dict(os.environ)
+        e.pop("DMKAGENT_CONFIG", None)
+        e.update(canaries)
+        proc = subprocess.Popen([DMK, "-c", p, "store", "check"], env=e, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            # The agent is inside a store call once it connects (and hangs in
+            # the TLS handshake: this listener never answers).
+            lsn.settimeout(30)
+            conn, _ = lsn.accept()
+            time.sleep(0.2)
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                env = f.read()
+            conn.close()
+        finally:
+            proc.kill()
+            out, err = proc.communicate(timeout=30)
+            lsn.close()
+        self.assertIn(b"PATH=", env)
+        for name, value in canaries.items():
+            # (not assertNotIn: it would print the whole environment)
+            self.assertFalse(value.encode() in env, f"{name} in /proc/PID/environ")
+            self.assertFalse(value[:12].encode() in env, f"part of {name} in /proc/PID/environ")
+        for value in canaries.values():
+            self.assertNotIn(value.encode(), out + err)
 
     def test_store_put_policy(self):
         p = self.conf(self.base())

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -202,11 +203,15 @@ test_errors_name_line(void **st)
 static void
 test_file_mode(void **st)
 {
-	char path[] = "/tmp/dmkconfXXXXXX";
+	char dir[] = "/tmp/dmkconfXXXXXX", path[64];
 	struct config *c = NULL;
 	struct dmk_err e;
-	int fd = mkstemp(path);
+	int fd;
 
+	/* A folder of its own: /tmp itself is writable by others, and refused. */
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/dmkagent.conf", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, "[agent]\n", 8), 8);
 	close(fd);
@@ -216,9 +221,80 @@ test_file_mode(void **st)
 	chmod(path, 0644);
 	assert_int_equal(config_load(path, &c, &e), 0);
 	config_free(c);
+
+	/* The folder: writable by group or others, the file could be replaced. */
+	chmod(dir, 0770);
+	assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "its folder"));
+	assert_non_null(strstr(e.msg, dir));
+	chmod(dir, 01777);
+	assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+	chmod(dir, 0755);
+
+	/* Through a link in a folder others can write: the link could be swapped. */
+	{
+		char ldir[] = "/tmp/dmkconflXXXXXX", link[64];
+		assert_non_null(mkdtemp(ldir));
+		snprintf(link, sizeof(link), "%s/dmkagent.conf", ldir);
+		assert_int_equal(symlink(path, link), 0);
+		chmod(ldir, 0777);
+		assert_int_equal(config_load(link, &c, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, ldir));
+		chmod(ldir, 0700);
+		assert_int_equal(config_load(link, &c, &e), 0);
+		config_free(c);
+		unlink(link);
+		rmdir(ldir);
+	}
+
+	/* Owned by another user (needs root to set up). */
+	if (geteuid() == 0) {
+		assert_int_equal(chown(path, 65534, 65534), 0);
+		assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, "owned by uid 65534"));
+		assert_non_null(strstr(e.msg, path));
+		assert_int_equal(chown(path, 0, 0), 0);
+		assert_int_equal(chown(dir, 65534, 65534), 0);
+		assert_int_equal(config_load(path, &c, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, "its folder"));
+		assert_int_equal(chown(dir, 0, 0), 0);
+		assert_int_equal(config_load(path, &c, &e), 0);
+		config_free(c);
+	}
 	unlink(path);
+	rmdir(dir);
 	assert_int_equal(config_load("/nonexistent/x.conf", &c, &e), DMK_ERR_CONFIG);
 	assert_non_null(strstr(e.msg, "/nonexistent/x.conf: cannot open"));
+}
+
+/*
+ * A line longer than inih's buffer: inih would parse its tail as a line of
+ * its own, so a comment could carry a key.  Refused, naming FILE:LINE.
+ */
+static void
+test_long_line(void **st)
+{
+	char text[4096], line[1024];
+	struct config *c = NULL;
+	struct dmk_err e;
+	size_t i;
+
+	(void)st;
+	/* ';' and 198 x: inih's 200-byte buffer ends there, the key follows. */
+	line[0] = ';';
+	for (i = 1; i < 199; i++)
+		line[i] = 'x';
+	memcpy(line + 199, "listener = evil:1433", 21);
+	snprintf(text, sizeof(text), GOOD_HEAD "[ag AG2]\nlogin = x\n"
+	    "login_password = hcv:a\n%s\n", line);
+	assert_int_equal(config_parse_string(text, "t.conf", &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "t.conf:16: line longer than"));
+	assert_null(c);
+	/* One short of the buffer still parses. */
+	line[197] = '\0';
+	snprintf(text, sizeof(text), GOOD_HEAD "%s\n", line);
+	c = parse_ok(text);
+	config_free(c);
 }
 
 static void
@@ -244,6 +320,7 @@ main(void)
 		cmocka_unit_test(test_literal_secret),
 		cmocka_unit_test(test_errors_name_line),
 		cmocka_unit_test(test_file_mode),
+		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_secret_key_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

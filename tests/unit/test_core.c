@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -245,6 +247,64 @@ test_lock(void **st)
 	lock_release(fd2);
 }
 
+/* state_dir: private, and files in it created without following links. */
+static void
+test_private_files(void **st)
+{
+	char dir[] = "/tmp/dmkpriv-XXXXXX", victim[] = "/tmp/dmkvictim-XXXXXX", p[256],
+	    buf[64];
+	struct dmk_err e;
+	struct stat sb;
+	ssize_t n;
+	int fd, lfd;
+
+	(void)st;
+	assert_non_null(mkdtemp(dir));
+	assert_true((fd = mkstemp(victim)) >= 0);
+	assert_int_equal(write(fd, "untouched", 9), 9);
+	close(fd);
+	/* A link planted at the temporary name is removed, never followed. */
+	snprintf(p, sizeof(p), "%s/registered.json.tmp", dir);
+	assert_int_equal(symlink(victim, p), 0);
+	assert_int_equal(util_write_file_atomic(dir, "registered.json", "{}\n", 3, &e), 0);
+	fd = open(victim, O_RDONLY);
+	n = read(fd, buf, sizeof(buf));
+	close(fd);
+	assert_int_equal(n, 9);
+	assert_memory_equal(buf, "untouched", 9);
+	assert_int_equal(lstat(p, &sb), -1);
+	snprintf(p, sizeof(p), "%s/registered.json", dir);
+	assert_int_equal(lstat(p, &sb), 0);
+	assert_true(S_ISREG(sb.st_mode));
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	/* Group- or other-writable: refused, by the check and by the lock. */
+	chmod(dir, 0770);
+	assert_int_equal(util_check_private_dir(dir, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, dir));
+	assert_non_null(strstr(e.msg, "writable by group or others"));
+	assert_int_equal(util_write_file_atomic(dir, "registered.json", "{}\n", 3, &e),
+	    DMK_ERR_CONFIG);
+	assert_int_equal(lock_acquire(dir, 0, &lfd, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, dir));
+	chmod(dir, 0700);
+	assert_int_equal(util_check_private_dir(dir, &e), 0);
+	/* A symbolic link as the directory itself: refused. */
+	snprintf(p, sizeof(p), "%s/link", dir);
+	assert_int_equal(symlink(dir, p), 0);
+	assert_int_equal(util_check_private_dir(p, &e), DMK_ERR_CONFIG);
+	unlink(p);
+	if (geteuid() == 0) {
+		assert_int_equal(chown(dir, 65534, 65534), 0);
+		assert_int_equal(util_check_private_dir(dir, &e), DMK_ERR_CONFIG);
+		assert_non_null(strstr(e.msg, "owned by uid 65534"));
+		assert_int_equal(chown(dir, 0, 0), 0);
+	}
+	snprintf(p, sizeof(p), "%s/registered.json", dir);
+	unlink(p);
+	rmdir(dir);
+	unlink(victim);
+}
+
 static void
 test_retry_after(void **st)
 {
@@ -389,6 +449,7 @@ main(void)
 		cmocka_unit_test(test_http_retry),
 		cmocka_unit_test(test_http_https_only),
 		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_private_files),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

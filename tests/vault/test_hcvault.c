@@ -887,6 +887,7 @@ t_env_fallbacks(void **state)
 	assert_non_null(strstr(f->rp.seen_headers[0], "X-Vault-Namespace: ns1/\n"));
 	unsetenv("VAULT_ADDR");
 	unsetenv("VAULT_TOKEN");
+	secret_env_forget("VAULT_TOKEN");
 	unsetenv("VAULT_NAMESPACE");
 	unsetenv("VAULT_SKIP_VERIFY");
 	fx_free(f);
@@ -965,6 +966,7 @@ main(void)
 	secret_install_json_allocator();
 	unsetenv("VAULT_ADDR");
 	unsetenv("VAULT_TOKEN");
+	secret_env_forget("VAULT_TOKEN");
 	unsetenv("VAULT_NAMESPACE");
 	log_init("test_hcvault", LOG_LVL_ERROR, 0);
 	return cmocka_run_group_tests(tests, NULL, NULL);
