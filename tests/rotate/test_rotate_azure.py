@@ -18,18 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rotlib  # noqa: E402  (also runs a private copy of the binary)
 from rotlib import opens, decrypts_everywhere  # noqa: E402
 import lab as _labmod  # noqa: E402
+from tests.sim.common.harness import failpoints_expected, run_unittests  # noqa: E402
 from azlab import AzureLab  # noqa: E402
 
 NODES = (0, 1, 2)
 
 
-def have_failpoints():
-    """The build honours DMKAGENT_FAILPOINT (meson -Dfailpoints=true)."""
-    try:
-        with open(_labmod.DMK, "rb") as f:
-            return b"failpoint %s: killing myself" in f.read()
-    except OSError:
-        return False
+from rotlib import have_failpoints  # noqa: E402
 
 
 def set_db_option(lab, line):
@@ -143,6 +138,8 @@ class RotateAzure(unittest.TestCase):
 
     def _crash_and_resume(self, failpoint, step_text):
         if not have_failpoints():
+            if failpoints_expected():
+                self.fail(f"{_labmod.DMK} has no failpoints, though this build is meant to")
             self.skipTest("dmkagent built without -Dfailpoints=true")
         lab = self.lab
         rc, out, err = lab.agent("rotate", env={"DMKAGENT_FAILPOINT": failpoint})
@@ -205,4 +202,4 @@ if __name__ == "__main__":
     if not os.access(_labmod.DMK, os.X_OK):
         print(f"{_labmod.DMK} not built: skipped")
         sys.exit(77)
-    unittest.main(verbosity=2)
+    run_unittests()

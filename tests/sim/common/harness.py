@@ -19,6 +19,25 @@ PY = "/usr/bin/python3"     # Debian's python3: python3-tds, -hvac, -cryptograph
 SKIP = 77
 
 
+def run_unittests():
+    """unittest.main for meson: exit 1 on any failure or error, 77 when every
+    test was skipped (meson then counts a skip, not a pass), else 0."""
+    import unittest
+    prog = unittest.main(exit=False, verbosity=2)
+    res = prog.result
+    if not res.wasSuccessful():
+        sys.exit(1)
+    if res.testsRun > 0 and len(res.skipped) == res.testsRun:
+        sys.exit(SKIP)
+    sys.exit(0)
+
+
+def failpoints_expected():
+    """This build is a test build (meson -Dfailpoints=true): a binary without
+    failpoints there is a broken build, to be failed, never skipped."""
+    return os.environ.get("DMKAGENT_EXPECT_FAILPOINTS") == "1"
+
+
 _RESERVATIONS = "/tmp/dmkagent-test-ports"
 
 
