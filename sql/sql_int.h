@@ -11,6 +11,17 @@
 
 /* The statement text (NUL-terminated), or NULL if building it failed. */
 const char *sql_stmt_text(const struct sql_stmt *st);
+/* 0, or the statement's sticky error with its first message copied into
+ * err (st NULL: DMK_ERR_NOMEM, as from a failed sql_stmt_new()). */
+int sql_stmt_error(const struct sql_stmt *st, struct dmk_err *err);
+/*
+ * Run st (one batch, built with the sticky builders) and free it: a failed
+ * build reports its first error, a failed run frees *res and prefixes the
+ * message with what (if not NULL).  *res (res may be NULL) gets the first
+ * result set.
+ */
+int sql_exec_once(struct sql_session *s, struct sql_stmt *st, const char *what,
+    struct sql_result **res, struct dmk_err *err);
 /* Count UTF-16 code units of valid UTF-8 (no NUL); -1 if invalid. */
 long sql_utf16_units(const char *s, size_t len);
 
