@@ -204,7 +204,7 @@ put(struct sql_stmt *st, const void *p, size_t n, struct dmk_err *err)
 }
 
 int
-sql_stmt_raw(struct sql_stmt *st, const char *sql)
+sql_stmt_raw_(struct sql_stmt *st, const char *sql)
 {
 	int r;
 

@@ -90,21 +90,20 @@ struct sql_result {
 const struct sql_value *sql_cell(const struct sql_result *r, size_t row, const char *col);
 void sql_result_free(struct sql_result *r);
 
-/* ---- statements: the quoting helpers ---- */
-struct sql_stmt;               /* text in wiped memory */
+/*
+ * ---- statements ----
+ * A struct sql_stmt is a batch of T-SQL text in wiped memory.  Outside
+ * sql/ it is only made, filled by the fragment builders below (sql_add_*)
+ * and run: the text is written in sql/ alone, with the quoting builders of
+ * sql_int.h.  A builder that fails makes the statement's error sticky:
+ * every later builder call is a no-op returning that first error (with its
+ * message in err), and sql_exec()/sql_exec_sets() refuse to run it,
+ * reporting the same error.  A NULL statement (sql_stmt_new() failed)
+ * behaves as one that failed with DMK_ERR_NOMEM.
+ */
+struct sql_stmt;
 struct sql_stmt *sql_stmt_new(void);
 void sql_stmt_free(struct sql_stmt *st);
-/* Fixed SQL text written by us (keywords, punctuation); never data. */
-int sql_stmt_raw(struct sql_stmt *st, const char *sql);
-/* [name] with ]] doubling; refuses empty, > 128 characters, NUL, bad UTF-8. */
-int sql_stmt_ident(struct sql_stmt *st, const char *name, struct dmk_err *err);
-/* N'text' with '' doubling; refuses NUL and bad UTF-8. */
-int sql_stmt_nstr(struct sql_stmt *st, const char *text, struct dmk_err *err);
-/* N'secret' with '' doubling, for DDL that takes a password literal. */
-int sql_stmt_secret(struct sql_stmt *st, const struct secret *pw, struct dmk_err *err);
-/* 0x... binary literal. */
-int sql_stmt_bin(struct sql_stmt *st, const unsigned char *b, size_t n);
-int sql_stmt_int(struct sql_stmt *st, long long v);
 /* Whether the statement holds a secret (then it is never logged). */
 int sql_stmt_has_secret(const struct sql_stmt *st);
 
@@ -132,10 +131,6 @@ void sql_sets_free(struct sql_result **sets, size_t n);
 #define SQL_CALL_ERRORS_MAX 512
 size_t sql_call_errors(const struct sql_session *s, int *nums, size_t max);
 
-/* A fixed query with no data in it (catalog reads). */
-int sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
-    struct dmk_err *err);
-
 /* ---- RPC ---- */
 enum sql_param_type { SQLP_NVARCHAR = 1, SQLP_INT, SQLP_VARBINARY };
 struct sql_param {
@@ -157,12 +152,6 @@ int sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, 
 int sql_rpc_sets(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
     struct sql_result ***sets, size_t *nsets, struct dmk_err *err);
 
-/* Every DMK credential on the server: columns family_guid, name. */
-#define SQL_CREDENTIALS_QUERY \
-	"SELECT m.family_guid AS family_guid, c.name AS name " \
-	"FROM sys.master_key_passwords AS m JOIN sys.credentials AS c " \
-	"ON c.credential_id = m.credential_id ORDER BY c.name"
-
 /* ---- the calls the agent makes ---- */
 /* sp_control_dbmasterkey_password @db_name, @password, @action = add|drop.
  * Already provisioned (15594) and not provisioned (15595) come back as
@@ -177,7 +166,7 @@ int sql_dmk_password(struct sql_session *s, const char *db, const struct secret 
  * *ambiguous is set when any other error occurred (which database it
  * belonged to is not known: ask database by database).  Only a failed
  * connection or bad input is an error.  With after != NULL the same request
- * then reads SQL_CREDENTIALS_QUERY into *after (NULL if it could not).
+ * then reads sql_credentials()'s set into *after (NULL if it could not).
  */
 #define SQL_DMK_MANY_MAX 70    /* what fits in @stmt's 4000 bytes (calls.c) */
 int sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
@@ -212,7 +201,7 @@ int sql_use(struct sql_session *s, const char *db, struct dmk_err *err);
  * batch cannot run.  i tags the fragment's rows (column "i") so that the
  * caller can tell which database a result set belongs to.
  */
-/* SQL_CREDENTIALS_QUERY: every DMK credential, columns family_guid, name. */
+/* Every DMK credential on the server: columns family_guid, name. */
 int sql_credentials(struct sql_session *s, struct sql_result **res, struct dmk_err *err);
 int sql_add_credentials(struct sql_stmt *st, struct dmk_err *err);
 /* Every database: columns name, by_smk (is_master_key_encrypted_by_server),
