@@ -9,10 +9,13 @@
  * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent.  See
  * dmkagent(1), SECURITY.
  *
- * T-SQL.  Procedures go as RPCs with typed parameters (sql_rpc).  DDL that
- * cannot take parameters is built only with struct sql_stmt and its
- * quoting helpers; a statement that holds a password literal lives in
- * wiped memory and is never echoed into an error or a log.
+ * T-SQL.  Every statement is written once, in sql/ (keys.c, ag.c,
+ * calls.c, discover.c), and asked for here by name; agent/ holds no T-SQL.
+ * Procedures go as RPCs with typed parameters (sql_rpc).  DDL that cannot
+ * take parameters is built only with struct sql_stmt and the quoting
+ * builders, which are private to sql/ (sql_int.h); a statement that holds
+ * a password literal lives in wiped memory and is never echoed into an
+ * error or a log.
  *
  * Errors.  SQL Server's error number, state, severity and text are
  * captured (struct sql_error) and returned as DMK_ERR_SQL (or a more
