@@ -137,38 +137,7 @@ report_add(struct bk_report *rep, struct bk_item *tmp)
 	return &rep->items[rep->n++];
 }
 
-/* ---- SQL helpers ---- */
-
-/*
- * One batch whose last statement may return rows: its first result set in
- * *res (may be NULL).  sql_exec() stops at nothing, runs the whole batch,
- * and reports the server's first error with its text.
- */
-static int
-exec1(struct sql_session *s, struct sql_stmt *st, const char *what, struct sql_result **res,
-    struct dmk_err *err)
-{
-	int r;
-
-	if ((r = sql_exec(s, st, res, err)) != 0) {
-		if (res != NULL) {
-			sql_result_free(*res);
-			*res = NULL;
-		}
-		return dmk_err_prefix(err, "%s", what);
-	}
-	return 0;
-}
-
-/* A fresh statement in *st (the old one freed): 0 or DMK_ERR_NOMEM. */
-static int
-stmt_renew(struct sql_stmt **st, struct dmk_err *err)
-{
-	sql_stmt_free(*st);
-	if ((*st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	return 0;
-}
+/* ---- result helpers (the statements: sql/keys.c) ---- */
 
 static const char *
 cell_str(const struct sql_result *r, size_t row, const char *col)
@@ -485,12 +454,11 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 	struct secret *certpw = NULL, *dmkpw = NULL;
 	struct prov_version certv, dmkv;
 	struct secret_ref certref, dmkref;
-	struct sql_stmt *st = NULL;
 	struct sql_result *facts = NULL, *rs = NULL, *dmkres = NULL;
 	struct dmk_err certerr, dmkerr;
 	struct bk_item tmp, *it;
 	size_t i;
-	char file[300], node[520] = "", guid[40] = "", what[CONF_NAME_BYTES + 64];
+	char file[300], node[520] = "", guid[40] = "";
 	const char *v;
 	int r, failed = 0, dmkrc = 0, opened = 0;
 
@@ -508,22 +476,11 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 	 * does not open it (recover: nobody knows it) is not fatal: the key may
 	 * open by itself, through the service master key or a credential. */
 	for (;;) {
-		if ((r = stmt_renew(&st, err)) != 0 ||
-		    (r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, db->name, err)) != 0 ||
-		    (r = sql_stmt_raw(st, ";\n")) != 0)
-			goto out;
-		if (open_pw != NULL && ((r = sql_stmt_raw(st, "OPEN MASTER KEY DECRYPTION BY "
-		    "PASSWORD = ")) != 0 || (r = sql_stmt_secret(st, open_pw, err)) != 0 ||
-		    (r = sql_stmt_raw(st, ";\n")) != 0))
-			goto out;
-		if ((r = sql_stmt_raw(st, "SELECT @@SERVERNAME AS node, key_guid AS dmk_key_guid "
-		    "FROM sys.symmetric_keys WHERE name = N'##MS_DatabaseMasterKey##'")) != 0)
-			goto out;
 		opened = open_pw != NULL;
-		snprintf(what, sizeof(what), "%s: opening the master key", db->name);
-		if ((r = exec1(s, st, what, &facts, err)) == 0)
+		if ((r = sql_dmk_open_facts(s, db->name, open_pw, &facts, err)) == 0)
 			break;
-		if (open_pw == NULL || sql_last_error(s)->number != 15313)
+		dmk_err_prefix(err, "%s: opening the master key", db->name);
+		if (open_pw == NULL || r != DMK_ERR_SQL || sql_last_error(s)->number != 15313)
 			goto out;
 		log_warn("%s: the DMK password does not open the key; backing up with the key "
 		    "opened by the service master key, if it is", db->name);
@@ -537,31 +494,14 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 		util_strlcpy(guid, v, sizeof(guid));
 
 	/* 2: every certificate under the DMK, with its private key. */
-	if ((r = stmt_renew(&st, err)) != 0 ||
-	    (r = sql_stmt_raw(st, "SELECT name AS name, thumbprint AS thumbprint, "
-	    "CERTENCODED(certificate_id) AS der, CERTPRIVATEKEY(certificate_id, ")) != 0 ||
-	    (r = sql_stmt_secret(st, certpw, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ") AS pvk FROM sys.certificates WHERE pvt_key_encryption_type = "
-	    "'MK' ORDER BY certificate_id")) != 0)
-		goto out;
-	snprintf(what, sizeof(what), "%s: reading the certificates", db->name);
-	if ((r = exec1(s, st, what, &rs, &certerr)) != 0)
-		failed = r;
+	if ((r = sql_dmk_certs(s, certpw, &rs, &certerr)) != 0)
+		failed = dmk_err_prefix(&certerr, "%s: reading the certificates", db->name);
 
 	/* 3: the DMK, to a file and back (the key is closed in the same batch). */
-	if ((r = stmt_renew(&st, err)) != 0 ||
-	    (r = sql_stmt_raw(st, "BACKUP MASTER KEY TO FILE = ")) != 0 ||
-	    (r = sql_stmt_nstr(st, file, err)) != 0 ||
-	    (r = sql_stmt_raw(st, " ENCRYPTION BY PASSWORD = ")) != 0 ||
-	    (r = sql_stmt_secret(st, dmkpw, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ";\nSELECT BulkColumn AS dmk_backup FROM OPENROWSET(BULK ")) != 0 ||
-	    (r = sql_stmt_nstr(st, file, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ", SINGLE_BLOB) AS a;\n")) != 0 ||
-	    (opened && (r = sql_stmt_raw(st, "CLOSE MASTER KEY;\n")) != 0))
-		goto out;
+	dmkrc = sql_dmk_backup(s, file, dmkpw, opened, &dmkres, &dmkerr);
 	opened = 0;
-	snprintf(what, sizeof(what), "%s: BACKUP MASTER KEY", db->name);
-	dmkrc = exec1(s, st, what, &dmkres, &dmkerr);
+	if (dmkrc != 0)
+		dmk_err_prefix(&dmkerr, "%s", db->name);
 	if (dmkrc == 0)
 		bk_fp("after-dmk-file", NULL);
 
@@ -604,7 +544,7 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 		} else if (thumb_of(der, sql_cell(rs, i, "thumbprint"), it->thumbprint,
 		    sizeof(it->thumbprint)) != 0) {
 			dmk_errf(&e, DMK_ERR_VERIFY, "%s: certificate %s: CERTENCODED does not hash to "
-			    "the thumbprint in sys.certificates", db->name, tmp.name);
+			    "the thumbprint SQL Server reports", db->name, tmp.name);
 		} else if (escrow_ref(base, "cert", tmp.name, &it->ref, &e) == 0) {
 			bytes[0] = der->bin;
 			lens[0] = der->len;
@@ -672,13 +612,11 @@ out:
 	if (opened) {
 		/* step 1 failed after opening the key: close it, best effort */
 		struct dmk_err e2;
-		if (stmt_renew(&st, &e2) == 0 && sql_stmt_raw(st, "CLOSE MASTER KEY") == 0)
-			(void)sql_exec(s, st, NULL, &e2);
+		(void)sql_close_master_key(s, &e2);
 	}
 	sql_result_free(facts);
 	sql_result_free(rs);
 	sql_result_free(dmkres);
-	sql_stmt_free(st);
 	secret_free(certpw);
 	secret_free(dmkpw);
 	return r;
@@ -715,7 +653,6 @@ smk_work(struct rep_run *rr, struct sql_session *s)
 	struct smk_ctx *c = run->ctx;
 	struct smk_take *tk = &c->takes[rr - run->reps];
 	struct sql_result *facts = NULL, *res = NULL;
-	struct sql_stmt *st;
 	const struct sql_value *d;
 	const char *v;
 	struct dmk_err e;
@@ -723,25 +660,15 @@ smk_work(struct rep_run *rr, struct sql_session *s)
 
 	util_strlcpy(tk->node, rr->rep->name, sizeof(tk->node));
 	server_file(run->a, "smk", tk->file, sizeof(tk->file));
-	if ((st = sql_stmt_new()) == NULL)
-		return tk->code = DMK_ERR_NOMEM;
-	if ((r = sql_stmt_raw(st, "SELECT @@SERVERNAME AS node, key_guid AS smk_key_guid "
-	    "FROM master.sys.symmetric_keys WHERE name = N'##MS_ServiceMasterKey##'")) != 0 ||
-	    (r = exec1(s, st, "reading the service master key's facts", &facts, &e)) != 0)
+	if ((r = sql_smk_facts(s, &facts, &e)) != 0) {
+		dmk_err_prefix(&e, "reading the service master key's facts");
 		goto out;
+	}
 	if ((v = cell_str(facts, 0, "node")) != NULL)
 		util_strlcpy(tk->node, v, sizeof(tk->node));
 	if ((v = cell_str(facts, 0, "smk_key_guid")) != NULL)
 		util_strlcpy(tk->key_guid, v, sizeof(tk->key_guid));
-	if ((r = stmt_renew(&st, &e)) != 0 ||
-	    (r = sql_stmt_raw(st, "BACKUP SERVICE MASTER KEY TO FILE = ")) != 0 ||
-	    (r = sql_stmt_nstr(st, tk->file, &e)) != 0 ||
-	    (r = sql_stmt_raw(st, " ENCRYPTION BY PASSWORD = ")) != 0 ||
-	    (r = sql_stmt_secret(st, c->pw, &e)) != 0 ||
-	    (r = sql_stmt_raw(st, ";\nSELECT BulkColumn AS smk_backup FROM OPENROWSET(BULK ")) != 0 ||
-	    (r = sql_stmt_nstr(st, tk->file, &e)) != 0 ||
-	    (r = sql_stmt_raw(st, ", SINGLE_BLOB) AS a")) != 0 ||
-	    (r = exec1(s, st, "BACKUP SERVICE MASTER KEY", &res, &e)) != 0)
+	if ((r = sql_smk_backup(s, tk->file, c->pw, &res, &e)) != 0)
 		goto out;
 	d = cell_bin(res, 0, "smk_backup");
 	if (d == NULL || d->len == 0) {
@@ -762,7 +689,6 @@ out:
 	}
 	sql_result_free(facts);
 	sql_result_free(res);
-	sql_stmt_free(st);
 	return r;
 }
 
@@ -922,7 +848,6 @@ restore_dmk(struct agent *a, struct sql_session *s, struct bk_item *it,
 	unsigned char *data = NULL;
 	size_t len = 0;
 	struct secret *pw = NULL;
-	struct sql_stmt *st = NULL;
 	struct sql_result *res = NULL;
 	const struct sql_value *f;
 	const char *g;
@@ -936,17 +861,12 @@ restore_dmk(struct agent *a, struct sql_session *s, struct bk_item *it,
 	}
 	if ((r = item_password(a, it, &pw, err)) != 0)
 		goto out;
-	if ((st = sql_stmt_new()) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
 	/* T-SQL cannot write the escrowed bytes to a file: restore from the
 	 * file this run left on the primary, once it is shown to be the same. */
-	if ((r = sql_stmt_raw(st, "SELECT BulkColumn AS data FROM OPENROWSET(BULK ")) != 0 ||
-	    (r = sql_stmt_nstr(st, it->server_file, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ", SINGLE_BLOB) AS a")) != 0 ||
-	    (r = exec1(s, st, "reading the DMK backup file", &res, err)) != 0)
+	if ((r = sql_read_server_file(s, it->server_file, &res, err)) != 0) {
+		dmk_err_prefix(err, "reading the DMK backup file");
 		goto out;
+	}
 	f = cell_bin(res, 0, "data");
 	if (f == NULL || f->len != len || memcmp(f->bin, data, len) != 0) {
 		r = dmk_errf(err, DMK_ERR_VERIFY, "%s: the escrowed bytes differ from %s on the "
@@ -955,22 +875,7 @@ restore_dmk(struct agent *a, struct sql_session *s, struct bk_item *it,
 	}
 	sql_result_free(res);
 	res = NULL;
-	sql_stmt_free(st);
-	if ((st = sql_stmt_new()) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((r = sql_stmt_raw(st, "RESTORE MASTER KEY FROM FILE = ")) != 0 ||
-	    (r = sql_stmt_nstr(st, it->server_file, err)) != 0 ||
-	    (r = sql_stmt_raw(st, " DECRYPTION BY PASSWORD = ")) != 0 ||
-	    (r = sql_stmt_secret(st, pw, err)) != 0 ||
-	    (r = sql_stmt_raw(st, " ENCRYPTION BY PASSWORD = ")) != 0 ||
-	    (r = sql_stmt_secret(st, tmp_pw, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ";\nOPEN MASTER KEY DECRYPTION BY PASSWORD = ")) != 0 ||
-	    (r = sql_stmt_secret(st, tmp_pw, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ";\nSELECT key_guid AS key_guid FROM sys.symmetric_keys "
-	    "WHERE name = N'##MS_DatabaseMasterKey##'")) != 0 ||
-	    (r = exec1(s, st, "RESTORE MASTER KEY", &res, err)) != 0)
+	if ((r = sql_restore_dmk(s, it->server_file, pw, tmp_pw, &res, err)) != 0)
 		goto out;
 	g = cell_str(res, 0, "key_guid");
 	if (g == NULL || strcasecmp(g, it->key_guid) != 0) {
@@ -981,7 +886,6 @@ restore_dmk(struct agent *a, struct sql_session *s, struct bk_item *it,
 	r = 0;
 out:
 	sql_result_free(res);
-	sql_stmt_free(st);
 	secret_free(pw);
 	if (data != NULL) {
 		secure_wipe(data, len);
@@ -1000,7 +904,6 @@ restore_cert(struct agent *a, struct sql_session *s, struct bk_item *it, struct 
 	unsigned char *der = NULL, *pvk = NULL, md[SHA_DIGEST_LENGTH];
 	size_t dlen = 0, plen = 0;
 	struct secret *pw = NULL;
-	struct sql_stmt *st = NULL;
 	struct sql_result *res = NULL;
 	const struct sql_value *tp, *ok;
 	char hex[2 * SHA_DIGEST_LENGTH + 3];
@@ -1016,23 +919,8 @@ restore_cert(struct agent *a, struct sql_session *s, struct bk_item *it, struct 
 	}
 	if ((r = item_password(a, it, &pw, err)) != 0)
 		goto out;
-	if ((st = sql_stmt_new()) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((r = sql_stmt_raw(st, "CREATE CERTIFICATE ")) != 0 ||
-	    (r = sql_stmt_ident(st, it->name, err)) != 0 ||
-	    (r = sql_stmt_raw(st, " FROM BINARY = ")) != 0 ||
-	    (r = sql_stmt_bin(st, der, dlen)) != 0 ||
-	    (r = sql_stmt_raw(st, " WITH PRIVATE KEY (BINARY = ")) != 0 ||
-	    (r = sql_stmt_bin(st, pvk, plen)) != 0 ||
-	    (r = sql_stmt_raw(st, ", DECRYPTION BY PASSWORD = ")) != 0 ||
-	    (r = sql_stmt_secret(st, pw, err)) != 0 ||
-	    (r = sql_stmt_raw(st, ");\nSELECT thumbprint AS thumbprint, CASE WHEN "
-	    "DECRYPTBYCERT(certificate_id, ENCRYPTBYCERT(certificate_id, N'dmkagent restore test')) "
-	    "IS NULL THEN 0 ELSE 1 END AS key_ok FROM sys.certificates WHERE name = ")) != 0 ||
-	    (r = sql_stmt_nstr(st, it->name, err)) != 0 ||
-	    (r = exec1(s, st, "CREATE CERTIFICATE FROM BINARY", &res, err)) != 0)
+	if ((r = sql_create_cert_from_binary(s, it->name, der, dlen, pvk, plen, pw, &res,
+	    err)) != 0)
 		goto out;
 	tp = cell_bin(res, 0, "thumbprint");
 	ok = res ? sql_cell(res, 0, "key_ok") : NULL;
@@ -1057,7 +945,6 @@ restore_cert(struct agent *a, struct sql_session *s, struct bk_item *it, struct 
 	r = 0;
 out:
 	sql_result_free(res);
-	sql_stmt_free(st);
 	secret_free(pw);
 	if (der != NULL) {
 		secure_wipe(der, dlen);
@@ -1101,25 +988,19 @@ scratch_prefix(struct agent *a, char *out, size_t len)
 static void
 scratch_sweep(struct agent *a, struct sql_session *s, const char *prefix)
 {
-	struct sql_stmt *st = NULL;
 	struct sql_result *res = NULL;
 	struct dmk_err e;
 	const char *name;
 	size_t i, plen = strlen(prefix);
 
-	if ((st = sql_stmt_new()) == NULL || sql_stmt_raw(st, "SELECT name AS name FROM "
-	    "sys.databases WHERE name LIKE N'" BK_SCRATCH "%'") != 0)
-		goto out;
-	if (exec1(s, st, "listing scratch databases", &res, &e) != 0) {
-		log_warn("restore test: %s", e.msg);
+	if (sql_databases_like(s, BK_SCRATCH "%", &res, &e) != 0) {
+		log_warn("restore test: listing scratch databases: %s", e.msg);
 		goto out;
 	}
 	for (i = 0; i < res->nrows; i++) {
 		if ((name = cell_str(res, i, "name")) == NULL || strncmp(name, prefix, plen) != 0)
 			continue;
-		if (stmt_renew(&st, &e) != 0 || sql_stmt_raw(st, "DROP DATABASE IF EXISTS ") != 0 ||
-		    sql_stmt_ident(st, name, &e) != 0 ||
-		    exec1(s, st, "DROP DATABASE", NULL, &e) != 0)
+		if (sql_drop_database(s, name, &e) != 0)
 			log_warn("restore test: the scratch database %s, left by an earlier run, "
 			    "could not be dropped: %s", name, e.msg);
 		else
@@ -1128,7 +1009,6 @@ scratch_sweep(struct agent *a, struct sql_session *s, const char *prefix)
 	}
 out:
 	sql_result_free(res);
-	sql_stmt_free(st);
 }
 
 /* A scratch database on the primary (not in the AG) for one database's
@@ -1140,7 +1020,6 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 	struct agent *a = run->a;
 	struct pass_policy pp;
 	struct secret *tmp_pw = NULL;
-	struct sql_stmt *st = NULL;
 	char scratch[80], prefix[48], rnd[33];
 	size_t i;
 	int r, created = 0, failed = 0, dmk_done = 0;
@@ -1154,13 +1033,7 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 	policy_of(a, &pp);
 	if ((r = genpass(&pp, &tmp_pw, err)) != 0)
 		return r;
-	if ((st = sql_stmt_new()) == NULL || sql_stmt_raw(st, "CREATE DATABASE ") != 0 ||
-	    sql_stmt_ident(st, scratch, err) != 0 || sql_stmt_raw(st, ";\nUSE ") != 0 ||
-	    sql_stmt_ident(st, scratch, err) != 0) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((r = exec1(s, st, "CREATE DATABASE for the restore test", NULL, &e)) != 0) {
+	if ((r = sql_create_database_use(s, scratch, &e)) != 0) {
 		int num = sql_last_error(s)->number;
 		created = num != 1801 && num != 102 && num != 262;
 		for (i = from; i < to; i++)
@@ -1188,18 +1061,9 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 			*err = e;
 		}
 	}
-	if (!dmk_done) {
-		sql_stmt_free(st);
-		if ((st = sql_stmt_new()) == NULL ||
-		    sql_stmt_raw(st, "CREATE MASTER KEY ENCRYPTION BY PASSWORD = ") != 0 ||
-		    sql_stmt_secret(st, tmp_pw, err) != 0 ||
-		    sql_stmt_raw(st, ";\nOPEN MASTER KEY DECRYPTION BY PASSWORD = ") != 0 ||
-		    sql_stmt_secret(st, tmp_pw, err) != 0) {
-			r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		if ((r = exec1(s, st, "CREATE MASTER KEY in the scratch database", NULL, err)) != 0)
-			goto out;
+	if (!dmk_done && (r = sql_create_master_key(s, tmp_pw, err)) != 0) {
+		dmk_err_prefix(err, "scratch database");
+		goto out;
 	}
 	for (i = from; i < to; i++) {
 		struct bk_item *it = &rep->items[i];
@@ -1217,11 +1081,7 @@ restore_test(struct ag_run *run, struct sql_session *s, struct bk_report *rep, s
 	r = failed;
 out:
 	if (created) {
-		sql_stmt_free(st);
-		dmk_errf(&e, DMK_ERR_NOMEM, "out of memory");
-		if ((st = sql_stmt_new()) != NULL && sql_stmt_raw(st, "USE master;\n"
-		    "DROP DATABASE IF EXISTS ") == 0 && sql_stmt_ident(st, scratch, &e) == 0 &&
-		    exec1(s, st, "DROP DATABASE", NULL, &e) == 0)
+		if (sql_drop_database(s, scratch, &e) == 0)
 			log_info("restore test: scratch database %s dropped", scratch);
 		else {
 			/* Not done: it holds copies of the keys.  The next restore
@@ -1235,7 +1095,6 @@ out:
 			}
 		}
 	}
-	sql_stmt_free(st);
 	secret_free(tmp_pw);
 	bk_fp("after-restore-test", NULL);
 	for (i = from; i < to; i++) {

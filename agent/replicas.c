@@ -121,7 +121,7 @@ endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_e
 int
 rep_credentials(struct sql_session *s, struct sql_result **out, struct dmk_err *err)
 {
-	return sql_query(s, SQL_CREDENTIALS_QUERY, out, err);
+	return sql_credentials(s, out, err);
 }
 
 int
@@ -152,57 +152,27 @@ rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err)
 int
 probe_auto_open(struct sql_session *s, const char *db, const char *cert, struct dmk_err *err)
 {
-	struct sql_stmt *st;
-	struct sql_result *res = NULL;
-	const struct sql_value *v;
-	int r;
+	int r, opened;
 
 	if (cert == NULL || cert[0] == '\0')
 		return -1;
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	/* Encrypt and decrypt a constant with the certificate: non-NULL only
-	 * when the DMK opened by itself (service master key or credential). */
-	if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, db, err)) != 0 ||
-	    (r = sql_stmt_raw(st, "; SELECT CASE WHEN DECRYPTBYCERT(CERT_ID(")) != 0 ||
-	    (r = sql_stmt_nstr(st, cert, err)) != 0 ||
-	    (r = sql_stmt_raw(st, "), ENCRYPTBYCERT(CERT_ID(")) != 0 ||
-	    (r = sql_stmt_nstr(st, cert, err)) != 0 ||
-	    (r = sql_stmt_raw(st, "), N'dmkagent-probe')) IS NULL THEN 0 ELSE 1 END AS opened")) != 0)
-		goto out;
-	if ((r = sql_exec(s, st, &res, err)) != 0)
-		goto out;
-	v = res ? sql_cell(res, 0, "opened") : NULL;
-	r = v && v->type == SQLT_INT ? (v->i ? 1 : 0) : -1;
-out:
-	sql_result_free(res);
-	sql_stmt_free(st);
-	return r;
+	/* The certificate encrypts and decrypts a constant only when the DMK
+	 * opened by itself (service master key or credential). */
+	if ((r = sql_cert_probe(s, db, cert, &opened, err)) != 0)
+		return r;
+	return opened;
 }
 
 /* The first certificate whose private key the DMK protects. */
 static void
 find_cert(struct sql_session *s, struct db_plan *p)
 {
-	struct sql_stmt *st = sql_stmt_new();
-	struct sql_result *res = NULL;
-	const struct sql_value *v;
 	struct dmk_err e;
 
-	if (p->db->ncertificates > 0) {
+	if (p->db->ncertificates > 0)
 		util_strlcpy(p->cert, p->db->certificates[0], sizeof(p->cert));
-		goto out;
-	}
-	if (st == NULL || sql_stmt_raw(st, "USE ") != 0 || sql_stmt_ident(st, p->db->name, &e) != 0 ||
-	    sql_stmt_raw(st, "; SELECT TOP 1 name FROM sys.certificates "
-	    "WHERE pvt_key_encryption_type = 'MK' ORDER BY certificate_id") != 0)
-		goto out;
-	if (sql_exec(s, st, &res, &e) == 0 && res && res->nrows > 0 &&
-	    (v = sql_cell(res, 0, "name")) != NULL && v->type == SQLT_STR)
-		util_strlcpy(p->cert, v->s, sizeof(p->cert));
-out:
-	sql_result_free(res);
-	sql_stmt_free(st);
+	else
+		(void)sql_find_dmk_cert(s, p->db->name, p->cert, sizeof(p->cert), &e);
 }
 
 /* Per-database facts from the primary, one database at a time (the slow,
@@ -252,25 +222,10 @@ primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
 
 	if ((st = sql_stmt_new()) == NULL)
 		return DMK_ERR_NOMEM;
-	r = sql_stmt_raw(st, "SELECT d.name AS name, d.is_master_key_encrypted_by_server AS by_smk, "
-	    "r.family_guid AS family_guid FROM sys.databases AS d JOIN "
-	    "sys.database_recovery_status AS r ON r.database_id = d.database_id;\n");
-	for (i = 0; i < run->nplans && r == 0; i++) {
-		struct db_plan *p = &run->plans[i];
-		if (!p->usable)
-			continue;
-		if ((r = sql_stmt_raw(st, "SELECT ")) != 0 || (r = sql_stmt_int(st, (long long)i)) != 0 ||
-		    (r = sql_stmt_raw(st, " AS i, key_guid AS key_guid FROM ")) != 0 ||
-		    (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, ".sys.symmetric_keys WHERE name = "
-		    "N'##MS_DatabaseMasterKey##';\nSELECT TOP 1 ")) != 0 ||
-		    (r = sql_stmt_int(st, (long long)i)) != 0 ||
-		    (r = sql_stmt_raw(st, " AS i, name AS cert FROM ")) != 0 ||
-		    (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, ".sys.certificates WHERE pvt_key_encryption_type = 'MK' "
-		    "ORDER BY certificate_id;\n")) != 0)
-			break;
-	}
+	r = sql_add_db_list(st, &e);
+	for (i = 0; i < run->nplans && r == 0; i++)
+		if (run->plans[i].usable)
+			r = sql_add_db_facts(st, i, run->plans[i].db->name, &e);
 	if (r != 0 || (r = sql_exec_sets(ls, st, &sets, &n, &e)) != 0)
 		goto out;
 	if (sql_call_errors(ls, NULL, 0) > 0 || n == 0) {
@@ -332,16 +287,9 @@ primary_probe_bulk(struct sql_session *ls, struct ag_run *run)
 
 	if ((st = sql_stmt_new()) == NULL)
 		return DMK_ERR_NOMEM;
-	for (i = 0; i < run->nplans && r == 0; i++) {
-		struct db_plan *p = &run->plans[i];
-		if (!p->usable)
-			continue;
-		if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, "; OPEN MASTER KEY DECRYPTION BY PASSWORD = ")) != 0 ||
-		    (r = sql_stmt_secret(st, p->pw, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, "; CLOSE MASTER KEY;\n")) != 0)
-			break;
-	}
+	for (i = 0; i < run->nplans && r == 0; i++)
+		if (run->plans[i].usable)
+			r = sql_add_dmk_proof(st, run->plans[i].db->name, run->plans[i].pw, &e);
 	if (r == 0)
 		r = sql_exec(ls, st, NULL, &e);
 	if (r == 0 && sql_call_errors(ls, NULL, 0) > 0)
@@ -584,39 +532,21 @@ int
 ag_failover_to(struct ag_run *run, struct rep_run *target, struct dmk_err *err)
 {
 	struct sql_session *s = NULL;
-	struct sql_stmt *st = NULL;
+	char role[32];
 	int r, tries;
 
 	if ((r = rep_connect(target, &s, err)) != 0)
 		return r;
-	if ((st = sql_stmt_new()) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((r = sql_stmt_raw(st, "ALTER AVAILABILITY GROUP ")) != 0 ||
-	    (r = sql_stmt_ident(st, run->ag->name, err)) != 0 ||
-	    (r = sql_stmt_raw(st, " FAILOVER")) != 0)
-		goto out;
-	if ((r = sql_exec(s, st, NULL, err)) != 0)
+	if ((r = sql_ag_failover(s, run->ag->name, err)) != 0)
 		goto out;
 	/* The statement returns once the target accepts; wait for the role. */
 	for (tries = 0; tries < 50; tries++) {
-		struct sql_result *res = NULL;
-		const struct sql_value *v;
-		int primary = 0;
-		if (sql_query(s, "SELECT role_desc FROM sys.dm_hadr_availability_replica_states "
-		    "WHERE is_local = 1", &res, err) == 0 && res && res->nrows > 0 &&
-		    (v = sql_cell(res, 0, "role_desc")) && v->type == SQLT_STR &&
-		    strcmp(v->s, "PRIMARY") == 0)
-			primary = 1;
-		sql_result_free(res);
-		if (primary)
+		if (sql_local_role(s, role, sizeof(role), err) == 0 && strcmp(role, "PRIMARY") == 0)
 			goto out;
 		util_sleep_ms(200);
 	}
 	r = dmk_errf(err, DMK_ERR_TIMEOUT, "%s did not become primary", target->rep->name);
 out:
-	sql_stmt_free(st);
 	sql_close(s);
 	return r;
 }

@@ -325,30 +325,18 @@ rot_probe(struct rot *r, const struct secret *pw, struct dmk_err *err)
 	return sql_dmk_probe(r->ps, r->p->db->name, pw, err);
 }
 
-/* USE [db]; ALTER MASTER KEY <what> [= pw].  Returns SQL Server's error number
- * in *num (0 on success). */
+/* Change the DMK's encryptions by password on the primary (op: sql.h).
+ * Returns SQL Server's error number in *num (0 on success). */
 static int
-rot_alter(struct rot *r, const char *what, const struct secret *pw, int *num,
+rot_alter(struct rot *r, enum sql_mk_op op, const struct secret *pw, int *num,
     struct dmk_err *err)
 {
-	struct sql_stmt *st;
 	int rc;
 
 	*num = 0;
 	if ((rc = rot_primary(r, err)) != 0)
 		return rc;
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((rc = sql_stmt_raw(st, "USE ")) == 0 &&
-	    (rc = sql_stmt_ident(st, r->p->db->name, err)) == 0 &&
-	    (rc = sql_stmt_raw(st, "; ALTER MASTER KEY ")) == 0 &&
-	    (rc = sql_stmt_raw(st, what)) == 0 &&
-	    (rc = sql_stmt_secret(st, pw, err)) == 0)
-		rc = sql_exec(r->ps, st, NULL, err);
-	if (rc == DMK_ERR_SQL)
-		*num = sql_last_error(r->ps)->number;
-	sql_stmt_free(st);
-	return rc;
+	return sql_alter_master_key(r->ps, r->p->db->name, op, pw, num, err);
 }
 
 /* Facts of the database from the primary when ag_open did not get them
@@ -357,9 +345,6 @@ static int
 rot_facts(struct rot *r, struct dmk_err *err)
 {
 	struct db_plan *p = r->p;
-	struct sql_stmt *st;
-	struct sql_result *res = NULL;
-	const struct sql_value *v;
 	int rc;
 
 	if (p->primary_keys.family_guid[0] && p->cert[0])
@@ -375,17 +360,7 @@ rot_facts(struct rot *r, struct dmk_err *err)
 		util_strlcpy(p->cert, p->db->certificates[0], sizeof(p->cert));
 		return 0;
 	}
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((rc = sql_stmt_raw(st, "USE ")) == 0 && (rc = sql_stmt_ident(st, p->db->name, err)) == 0 &&
-	    (rc = sql_stmt_raw(st, "; SELECT TOP 1 name FROM sys.certificates "
-	    "WHERE pvt_key_encryption_type = 'MK' ORDER BY certificate_id")) == 0 &&
-	    (rc = sql_exec(r->ps, st, &res, err)) == 0 && res && res->nrows > 0 &&
-	    (v = sql_cell(res, 0, "name")) != NULL && v->type == SQLT_STR)
-		util_strlcpy(p->cert, v->s, sizeof(p->cert));
-	sql_result_free(res);
-	sql_stmt_free(st);
-	return rc;
+	return sql_find_dmk_cert(r->ps, p->db->name, p->cert, sizeof(p->cert), err);
 }
 
 /* ---- the lease, kept through a long run ---- */
@@ -884,7 +859,7 @@ step_apply(struct rot *r, struct dmk_err *err)
 		rot_fp(r, "after-register");
 		if ((rc = rot_keep(r, err)) != 0)
 			return rc;
-		rc = rot_alter(r, "REGENERATE WITH ENCRYPTION BY PASSWORD = ", r->newpw, &num, err);
+		rc = rot_alter(r, SQL_MK_REGENERATE, r->newpw, &num, err);
 		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
 		    rc ? err->msg : NULL);
 		if (rc != 0)
@@ -892,7 +867,7 @@ step_apply(struct rot *r, struct dmk_err *err)
 		rot_fp(r, "after-regenerate");
 		return 0;
 	}
-	rc = rot_alter(r, "ADD ENCRYPTION BY PASSWORD = ", r->newpw, &num, err);
+	rc = rot_alter(r, SQL_MK_ADD_PASSWORD, r->newpw, &num, err);
 	if (rc != 0 && num == 15579)
 		rc = 0;    /* already added */
 	rot_audit(r, "add", NULL, r->newv.id, rc == 0 ? "added" : "failed", rc ? err->msg : NULL);
@@ -950,7 +925,7 @@ step_drop(struct rot *r, struct dmk_err *err)
 	else if ((rc = rot_keep(r, err)) != 0)
 		return rc;
 	else {
-		rc = rot_alter(r, "DROP ENCRYPTION BY PASSWORD = ", r->oldpw, &num, err);
+		rc = rot_alter(r, SQL_MK_DROP_PASSWORD, r->oldpw, &num, err);
 		how = "dropped";
 		if (rc != 0 && num == 15313) {
 			how = "already gone";

@@ -30,9 +30,8 @@
  * One round trip for the replica's credentials (*creds, NULL if that
  * statement failed) and, where the replica is readable, every database's
  * "does the DMK open by itself here?" via a certificate under it.
- * opened[i] gets 1, 0, or -1 (cannot tell).
- * DB_NAME() guards against a USE that failed (a secondary that does not
- * allow reads): the probe would otherwise run in the wrong database.
+ * opened[i] gets 1, 0, or -1 (cannot tell, e.g. a secondary that does
+ * not allow reads: sql_add_cert_probe).
  */
 static void
 probe_all(struct rep_run *rr, struct sql_session *s, int *opened, struct sql_result **creds)
@@ -50,23 +49,13 @@ probe_all(struct rep_run *rr, struct sql_session *s, int *opened, struct sql_res
 	if ((st = sql_stmt_new()) == NULL)
 		return;
 	/* The credentials first, in the same round trip. */
-	r = sql_stmt_raw(st, SQL_CREDENTIALS_QUERY ";\n");
+	r = sql_add_credentials(st, &e);
 	n = 1;
 	for (i = 0; i < run->nplans && r == 0; i++) {
 		struct db_plan *p = &run->plans[i];
 		if (!p->usable || p->cert[0] == '\0' || !probing)
 			continue;
-		if ((r = sql_stmt_raw(st, "USE ")) != 0 || (r = sql_stmt_ident(st, p->db->name, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, "; SELECT ")) != 0 || (r = sql_stmt_int(st, (long long)i)) != 0 ||
-		    (r = sql_stmt_raw(st, " AS i, CASE WHEN DB_NAME() <> ")) != 0 ||
-		    (r = sql_stmt_nstr(st, p->db->name, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, " THEN -1 WHEN DECRYPTBYCERT(CERT_ID(")) != 0 ||
-		    (r = sql_stmt_nstr(st, p->cert, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, "), ENCRYPTBYCERT(CERT_ID(")) != 0 ||
-		    (r = sql_stmt_nstr(st, p->cert, &e)) != 0 ||
-		    (r = sql_stmt_raw(st, "), N'dmkagent-probe')) IS NULL THEN 0 ELSE 1 END "
-		    "AS opened;\n")) != 0)
-			break;
+		r = sql_add_cert_probe(st, i, p->db->name, p->cert, &e);
 		n++;
 	}
 	if (r == 0 && n > 0 && sql_exec_sets(s, st, &sets, &n, &e) == 0) {

@@ -17,19 +17,18 @@
 int
 sql_use(struct sql_session *s, const char *db, struct dmk_err *err)
 {
-	struct sql_stmt *st;
+	struct sql_stmt *st = sql_stmt_new();
 	int rc;
 
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((rc = sql_stmt_raw(st, "USE ")) != 0 || (rc = sql_stmt_ident(st, db, err)) != 0)
-		goto out;
+	sql_stmt_raw(st, "USE ");
+	if ((rc = sql_stmt_ident(st, db, err)) != 0) {
+		sql_stmt_free(st);
+		return rc;
+	}
 	sql_session_perm_hint(s, "the login needs a user in this database (or a server "
 	    "permission that grants access to it)");
-	rc = sql_exec(s, st, NULL, err);
+	rc = sql_exec_once(s, st, NULL, NULL, err);
 	sql_session_perm_hint(s, NULL);
-out:
-	sql_stmt_free(st);
 	return rc;
 }
 
@@ -88,11 +87,11 @@ sql_dmk_probe(struct sql_session *s, const char *db, const struct secret *pw,
 		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: database [%s] has no database master key",
 		    sql_session_name(s), db);
 
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((rc = sql_stmt_raw(st, "OPEN MASTER KEY DECRYPTION BY PASSWORD = ")) != 0 ||
-	    (rc = sql_stmt_secret(st, pw, err)) != 0 ||
-	    (rc = sql_stmt_raw(st, "; CLOSE MASTER KEY;")) != 0)
+	st = sql_stmt_new();
+	sql_stmt_raw(st, "OPEN MASTER KEY DECRYPTION BY PASSWORD = ");
+	sql_stmt_secret(st, pw, err);
+	sql_stmt_raw(st, "; CLOSE MASTER KEY;");
+	if ((rc = sql_stmt_error(st, err)) != 0)
 		goto out;
 	sql_session_perm_hint(s, "OPEN MASTER KEY needs CONTROL on the database");
 	rc = sql_exec(s, st, NULL, err);
@@ -110,23 +109,6 @@ sql_dmk_probe(struct sql_session *s, const char *db, const struct secret *pw,
 		}
 	}
 out:
-	sql_stmt_free(st);
-	return rc;
-}
-
-/* Run a statement built from fixed text around one quoted database name. */
-static int
-db_query(struct sql_session *s, const char *pre, const char *db, const char *post,
-    struct sql_result **res, struct dmk_err *err)
-{
-	struct sql_stmt *st;
-	int rc;
-
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((rc = sql_stmt_raw(st, pre)) == 0 && (rc = sql_stmt_ident(st, db, err)) == 0 &&
-	    (rc = sql_stmt_raw(st, post)) == 0)
-		rc = sql_exec(s, st, res, err);
 	sql_stmt_free(st);
 	return rc;
 }
@@ -167,10 +149,10 @@ sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out, struc
 		return dmk_errf(err, DMK_ERR_BADINPUT, "bad database name");
 
 	/* sys.databases: the database and whether the SMK protects its DMK. */
-	if ((st = sql_stmt_new()) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((rc = sql_stmt_raw(st, "SELECT database_id, is_master_key_encrypted_by_server "
-	    "FROM sys.databases WHERE name = ")) != 0 || (rc = sql_stmt_nstr(st, db, err)) != 0)
+	st = sql_stmt_new();
+	sql_stmt_raw(st, "SELECT database_id, is_master_key_encrypted_by_server "
+	    "FROM sys.databases WHERE name = ");
+	if ((rc = sql_stmt_nstr(st, db, err)) != 0)
 		goto out;
 	sql_session_perm_hint(s, "reading key facts needs VIEW ANY DEFINITION");
 	if ((rc = sql_exec(s, st, &res, err)) != 0)
@@ -191,13 +173,10 @@ sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out, struc
 	sql_stmt_free(st);
 
 	/* family_guid: what sys.master_key_passwords is keyed on. */
-	if ((st = sql_stmt_new()) == NULL) {
-		rc = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((rc = sql_stmt_raw(st, "SELECT family_guid FROM sys.database_recovery_status "
-	    "WHERE database_id = ")) != 0 || (rc = sql_stmt_int(st, dbid)) != 0)
-		goto out;
+	st = sql_stmt_new();
+	sql_stmt_raw(st, "SELECT family_guid FROM sys.database_recovery_status "
+	    "WHERE database_id = ");
+	sql_stmt_int(st, dbid);
 	if ((rc = sql_exec(s, st, &res, err)) != 0)
 		goto out;
 	if (res->nrows > 0)
@@ -207,8 +186,12 @@ sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out, struc
 
 	/* The DMK itself, through a three-part name: no USE needed. */
 	out->readable = 1;
-	rc = db_query(s, "SELECT symmetric_key_id, key_guid FROM ", db,
-	    ".sys.symmetric_keys WHERE name = N'" DMK_KEY_NAME "'", &res, &e2);
+	sql_stmt_free(st);
+	st = sql_stmt_new();
+	sql_stmt_raw(st, "SELECT symmetric_key_id, key_guid FROM ");
+	sql_stmt_ident(st, db, &e2);
+	sql_stmt_raw(st, ".sys.symmetric_keys WHERE name = N'" DMK_KEY_NAME "'");
+	rc = sql_exec(s, st, &res, &e2);
 	if (rc != 0) {
 		int n = sql_last_error(s)->number;
 
@@ -230,16 +213,12 @@ sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out, struc
 
 	if (out->readable && out->dmk_key_guid[0] != '\0') {
 		sql_stmt_free(st);
-		if ((st = sql_stmt_new()) == NULL) {
-			rc = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		if ((rc = sql_stmt_raw(st, "SELECT COUNT(*) AS n FROM ")) != 0 ||
-		    (rc = sql_stmt_ident(st, db, err)) != 0 ||
-		    (rc = sql_stmt_raw(st, ".sys.key_encryptions WHERE key_id = ")) != 0 ||
-		    (rc = sql_stmt_int(st, keyid)) != 0 ||
-		    (rc = sql_stmt_raw(st, " AND crypt_type_desc LIKE N'ENCRYPTION BY PASSWORD%'")) != 0)
-			goto out;
+		st = sql_stmt_new();
+		sql_stmt_raw(st, "SELECT COUNT(*) AS n FROM ");
+		sql_stmt_ident(st, db, err);
+		sql_stmt_raw(st, ".sys.key_encryptions WHERE key_id = ");
+		sql_stmt_int(st, keyid);
+		sql_stmt_raw(st, " AND crypt_type_desc LIKE N'ENCRYPTION BY PASSWORD%'");
 		if ((rc = sql_exec(s, st, &res, err)) != 0)
 			goto out;
 		if (cell_int(res, 0, "n", &v) == 0)
@@ -251,15 +230,13 @@ sql_db_keys(struct sql_session *s, const char *db, struct sql_dbkeys *out, struc
 	/* Credentials for this family: names only, never a secret. */
 	if (out->family_guid[0] != '\0') {
 		sql_stmt_free(st);
-		if ((st = sql_stmt_new()) == NULL) {
-			rc = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		if ((rc = sql_stmt_raw(st, "SELECT c.name AS name FROM sys.master_key_passwords AS m "
+		st = sql_stmt_new();
+		sql_stmt_raw(st, "SELECT c.name AS name FROM sys.master_key_passwords AS m "
 		    "JOIN sys.credentials AS c ON c.credential_id = m.credential_id "
-		    "WHERE m.family_guid = ")) != 0 ||
-		    (rc = sql_stmt_nstr(st, out->family_guid, err)) != 0 ||
-		    (rc = sql_stmt_raw(st, " ORDER BY c.name")) != 0)
+		    "WHERE m.family_guid = ");
+		sql_stmt_nstr(st, out->family_guid, err);
+		sql_stmt_raw(st, " ORDER BY c.name");
+		if ((rc = sql_stmt_error(st, err)) != 0)
 			goto out;
 		sql_session_perm_hint(s, "reading sys.credentials needs VIEW ANY DEFINITION or "
 		    "ALTER ANY CREDENTIAL");
@@ -322,8 +299,7 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 	 * short: @stmt and @params travel as nvarchar(4000) (db-lib's limit),
 	 * and the chunk size is what fits.
 	 */
-	if ((r = sql_stmt_raw(decl, "@a nvarchar(8)")) != 0)
-		goto build;
+	sql_stmt_raw(decl, "@a nvarchar(8)");
 	for (i = 0; i < n; i++) {
 		if (!sql_valid_name(dbs[i])) {
 			r = dmk_errf(err, DMK_ERR_BADINPUT, "bad database name");
@@ -331,18 +307,18 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 		}
 		snprintf(names[2 * i], sizeof(names[0]), "@d%zu", i);
 		snprintf(names[2 * i + 1], sizeof(names[0]), "@p%zu", i);
-		/* Parameter names and keywords only: the values travel as parameters. */
-		if ((r = sql_stmt_raw(text, "EXEC sp_control_dbmasterkey_password ")) != 0 ||
-		    (r = sql_stmt_raw(text, names[2 * i])) != 0 ||
-		    (r = sql_stmt_raw(text, ",")) != 0 ||
-		    (r = sql_stmt_raw(text, names[2 * i + 1])) != 0 ||
-		    (r = sql_stmt_raw(text, ",@a;\n")) != 0 ||
-		    (r = sql_stmt_raw(decl, ",")) != 0 ||
-		    (r = sql_stmt_raw(decl, names[2 * i])) != 0 ||
-		    (r = sql_stmt_raw(decl, " sysname,")) != 0 ||
-		    (r = sql_stmt_raw(decl, names[2 * i + 1])) != 0 ||
-		    (r = sql_stmt_raw(decl, " sysname")) != 0)
-			goto build;
+		/* Parameter names (@d<i>, @p<i>) and keywords only: the values
+		 * travel as parameters. */
+		sql_stmt_raw(text, "EXEC sp_control_dbmasterkey_password @d");
+		sql_stmt_int(text, (long long)i);
+		sql_stmt_raw(text, ",@p");
+		sql_stmt_int(text, (long long)i);
+		sql_stmt_raw(text, ",@a;\n");
+		sql_stmt_raw(decl, ",@d");
+		sql_stmt_int(decl, (long long)i);
+		sql_stmt_raw(decl, " sysname,@p");
+		sql_stmt_int(decl, (long long)i);
+		sql_stmt_raw(decl, " sysname");
 		p[k].name = names[2 * i];
 		p[k].type = SQLP_NVARCHAR;
 		p[k++].str = dbs[i];
@@ -354,9 +330,8 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 	p[k].type = SQLP_NVARCHAR;
 	p[k++].str = action;
 	if (after != NULL)
-		r = sql_stmt_raw(text, SQL_CREDENTIALS_QUERY ";\n");
-build:
-	if (r != 0) {
+		sql_stmt_raw(text, SQL_CREDENTIALS_QUERY ";\n");
+	if ((r = sql_stmt_error(text, NULL)) != 0 || (r = sql_stmt_error(decl, NULL)) != 0) {
 		r = dmk_errf(err, r == DMK_ERR_NOMEM ? r : DMK_ERR_INTERNAL, "cannot build the request");
 		goto out;
 	}

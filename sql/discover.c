@@ -90,8 +90,8 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 		struct dmk_err e2;
 		size_t ns = 0;
 
-		if (st != NULL && sql_stmt_raw(st, Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES
-		    ";\n" Q_DBS ";\n") == 0 && sql_exec_sets(s, st, &sets, &ns, &e2) == 0) {
+		sql_stmt_raw(st, Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES ";\n" Q_DBS ";\n");
+		if (sql_exec_sets(s, st, &sets, &ns, &e2) == 0) {
 			if (ns == 5 && sql_call_errors(s, NULL, 0) == 0) {
 				ags = sets[0];
 				reps = sets[1];

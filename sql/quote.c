@@ -20,10 +20,16 @@
 
 #define SQL_SYSNAME_MAX 128
 
+/*
+ * Invariant: once error is set (the first failing call), the text is
+ * incomplete, never grows again, and first holds that call's message;
+ * every later call returns error without appending (sticky error).
+ */
 struct sql_stmt {
 	struct secret *text;
 	int has_secret;
-	int failed;            /* an append failed: the text is incomplete */
+	int error;             /* 0, or the first failure's DMK_ERR_* */
+	struct dmk_err first;  /* its message (never holds a value) */
 };
 
 long
@@ -139,7 +145,7 @@ sql_stmt_free(struct sql_stmt *st)
 const char *
 sql_stmt_text(const struct sql_stmt *st)
 {
-	if (st == NULL || st->failed)
+	if (st == NULL || st->error)
 		return NULL;
 	return secret_reveal(st->text);
 }
@@ -150,83 +156,119 @@ sql_stmt_has_secret(const struct sql_stmt *st)
 	return st != NULL && st->has_secret;
 }
 
+int
+sql_stmt_error(const struct sql_stmt *st, struct dmk_err *err)
+{
+	if (st == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	if (st->error != 0 && err != NULL)
+		*err = st->first;
+	return st->error;
+}
+
+/*
+ * The gate of every builder: a statement that failed already (or none at
+ * all) returns its first error again, message included, and is left as it
+ * is.
+ */
 static int
-put(struct sql_stmt *st, const void *p, size_t n)
+stuck(const struct sql_stmt *st, struct dmk_err *err)
+{
+	if (st != NULL && st->error == 0)
+		return 0;
+	return sql_stmt_error(st, err);
+}
+
+/* Record the first failure; the text is incomplete from now on. */
+static int
+fail(struct sql_stmt *st, struct dmk_err *err, int code, const char *msg)
+{
+	st->error = code;
+	dmk_errf(&st->first, code, "%s", msg);
+	if (err != NULL)
+		*err = st->first;
+	return code;
+}
+
+static int
+put(struct sql_stmt *st, const void *p, size_t n, struct dmk_err *err)
 {
 	int r;
 
-	if (st->failed)
-		return DMK_ERR_INTERNAL;
+	if (st->error != 0)
+		return st->error;
 	if ((r = secret_append(st->text, p, n)) != 0)
-		st->failed = 1;
-	return r;
+		return fail(st, err, r, r == DMK_ERR_NOMEM ? "cannot build SQL statement: out of "
+		    "memory" : "cannot build SQL statement: it is too long");
+	return 0;
 }
 
 int
-sql_stmt_raw(struct sql_stmt *st, const char *sql)
+sql_stmt_raw_(struct sql_stmt *st, const char *sql)
 {
-	return put(st, sql, strlen(sql));
+	int r;
+
+	if ((r = stuck(st, NULL)) != 0)
+		return r;
+	return put(st, sql, strlen(sql), NULL);
 }
 
 int
 sql_stmt_ident(struct sql_stmt *st, const char *name, struct dmk_err *err)
 {
+	struct dmk_err e;
 	const char *p;
 	int r;
 
+	if ((r = stuck(st, err)) != 0)
+		return r;
 	if (!sql_valid_name(name)) {
-		st->failed = 1;
-		return name_error(name, err);
+		r = name_error(name, &e);
+		return fail(st, err, r, e.msg);
 	}
-	if ((r = put(st, "[", 1)) != 0)
-		goto fail;
+	if ((r = put(st, "[", 1, err)) != 0)
+		return r;
 	for (p = name; *p; p++)
-		if ((r = put(st, p, *p == ']' ? 0 : 1)) != 0 ||
-		    (*p == ']' && (r = put(st, "]]", 2)) != 0))
-			goto fail;
-	if ((r = put(st, "]", 1)) != 0)
-		goto fail;
-	return 0;
-fail:
-	return dmk_errf(err, r, "cannot build SQL statement: %s", dmk_strerror(r));
+		if ((r = put(st, p, 1, err)) != 0 || (*p == ']' && (r = put(st, "]", 1, err)) != 0))
+			return r;
+	return put(st, "]", 1, err);
 }
 
 /* N'..' around len bytes of UTF-8, doubling quotes. */
 static int
-put_nliteral(struct sql_stmt *st, const char *s, size_t len, struct dmk_err *err)
+put_nliteral(struct sql_stmt *st, const char *s, size_t len, const char *bad,
+    struct dmk_err *err)
 {
 	size_t i, start;
 	int r;
 
-	if (memchr(s, '\0', len) != NULL || sql_utf16_units(s, len) < 0) {
-		st->failed = 1;
-		return dmk_errf(err, DMK_ERR_BADINPUT, "text for a SQL literal is not valid UTF-8 "
-		    "or holds a NUL");
-	}
-	if ((r = put(st, "N'", 2)) != 0)
-		goto fail;
+	if (memchr(s, '\0', len) != NULL || sql_utf16_units(s, len) < 0)
+		return fail(st, err, DMK_ERR_BADINPUT, bad);
+	if ((r = put(st, "N'", 2, err)) != 0)
+		return r;
 	for (i = start = 0; i < len; i++) {
 		if (s[i] != '\'')
 			continue;
-		if ((r = put(st, s + start, i - start)) != 0 || (r = put(st, "''", 2)) != 0)
-			goto fail;
+		if ((r = put(st, s + start, i - start, err)) != 0 || (r = put(st, "''", 2, err)) != 0)
+			return r;
 		start = i + 1;
 	}
-	if ((r = put(st, s + start, len - start)) != 0 || (r = put(st, "'", 1)) != 0)
-		goto fail;
-	return 0;
-fail:
-	return dmk_errf(err, r, "cannot build SQL statement: %s", dmk_strerror(r));
+	if ((r = put(st, s + start, len - start, err)) != 0)
+		return r;
+	return put(st, "'", 1, err);
 }
 
 int
 sql_stmt_nstr(struct sql_stmt *st, const char *text, struct dmk_err *err)
 {
-	if (text == NULL) {
-		st->failed = 1;
-		return dmk_errf(err, DMK_ERR_BADINPUT, "no text for a SQL literal");
-	}
-	return put_nliteral(st, text, strlen(text), err);
+	int r;
+
+	if ((r = stuck(st, err)) != 0)
+		return r;
+	if (text == NULL)
+		return fail(st, err, DMK_ERR_BADINPUT, "no text for a SQL literal");
+	return put_nliteral(st, text, strlen(text), "text for a SQL literal is not valid UTF-8 "
+	    "or holds a NUL", err);
 }
 
 int
@@ -234,16 +276,14 @@ sql_stmt_secret(struct sql_stmt *st, const struct secret *pw, struct dmk_err *er
 {
 	int r;
 
+	if ((r = stuck(st, err)) != 0)
+		return r;
 	/* Flag first: even a half-built statement may hold part of it. */
 	st->has_secret = 1;
-	if (pw == NULL || secret_len(pw) == 0) {
-		st->failed = 1;
-		return dmk_errf(err, DMK_ERR_BADINPUT, "empty password for a SQL literal");
-	}
-	r = put_nliteral(st, secret_reveal(pw), secret_len(pw), err);
-	if (r == DMK_ERR_BADINPUT)
-		return dmk_errf(err, r, "the password is not valid UTF-8 or holds a NUL");
-	return r;
+	if (pw == NULL || secret_len(pw) == 0)
+		return fail(st, err, DMK_ERR_BADINPUT, "empty password for a SQL literal");
+	return put_nliteral(st, secret_reveal(pw), secret_len(pw),
+	    "the password is not valid UTF-8 or holds a NUL", err);
 }
 
 int
@@ -254,12 +294,12 @@ sql_stmt_bin(struct sql_stmt *st, const unsigned char *b, size_t n)
 	size_t i;
 	int r;
 
-	if ((r = put(st, "0x", 2)) != 0)
+	if ((r = stuck(st, NULL)) != 0 || (r = put(st, "0x", 2, NULL)) != 0)
 		return r;
 	for (i = 0; i < n; i++) {
 		pair[0] = hex[b[i] >> 4];
 		pair[1] = hex[b[i] & 15];
-		if ((r = put(st, pair, 2)) != 0)
+		if ((r = put(st, pair, 2, NULL)) != 0)
 			return r;
 	}
 	return 0;
@@ -269,12 +309,16 @@ int
 sql_stmt_int(struct sql_stmt *st, long long v)
 {
 	char tmp[32];
-	int n;
+	int n, r;
 
+	if ((r = stuck(st, NULL)) != 0)
+		return r;
 	n = snprintf(tmp, sizeof(tmp), "%lld", v);
 	/* A negative number after "-" or "--" context must not form a comment. */
-	if (v < 0)
-		return put(st, "(", 1) || put(st, tmp, (size_t)n) || put(st, ")", 1) ?
-		    DMK_ERR_NOMEM : 0;
-	return put(st, tmp, (size_t)n);
+	if (v < 0) {
+		(void)put(st, "(", 1, NULL);
+		(void)put(st, tmp, (size_t)n, NULL);
+		return put(st, ")", 1, NULL);
+	}
+	return put(st, tmp, (size_t)n, NULL);
 }

@@ -1003,6 +1003,8 @@ sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_resul
 
 	*sets = NULL;
 	*nsets = 0;
+	if ((rc = sql_stmt_error(st, err)) != 0)
+		return rc;   /* the first failed builder call's error */
 	if (text == NULL || *text == '\0')
 		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
 	if ((rc = usable(s, err)) != 0)
@@ -1088,6 +1090,8 @@ sql_exec(struct sql_session *s, const struct sql_stmt *st, struct sql_result **r
 
 	int rc;
 
+	if ((rc = sql_stmt_error(st, err)) != 0)
+		return rc;   /* the first failed builder call's error */
 	if (text == NULL || *text == '\0')
 		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
 	if ((rc = usable(s, err)) != 0 || (rc = enc_gate(s, err)) != 0)

@@ -9,10 +9,13 @@
  * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent.  See
  * dmkagent(1), SECURITY.
  *
- * T-SQL.  Procedures go as RPCs with typed parameters (sql_rpc).  DDL that
- * cannot take parameters is built only with struct sql_stmt and its
- * quoting helpers; a statement that holds a password literal lives in
- * wiped memory and is never echoed into an error or a log.
+ * T-SQL.  Every statement is written once, in sql/ (keys.c, ag.c,
+ * calls.c, discover.c), and asked for here by name; agent/ holds no T-SQL.
+ * Procedures go as RPCs with typed parameters (sql_rpc).  DDL that cannot
+ * take parameters is built only with struct sql_stmt and the quoting
+ * builders, which are private to sql/ (sql_int.h); a statement that holds
+ * a password literal lives in wiped memory and is never echoed into an
+ * error or a log.
  *
  * Errors.  SQL Server's error number, state, severity and text are
  * captured (struct sql_error) and returned as DMK_ERR_SQL (or a more
@@ -90,21 +93,20 @@ struct sql_result {
 const struct sql_value *sql_cell(const struct sql_result *r, size_t row, const char *col);
 void sql_result_free(struct sql_result *r);
 
-/* ---- statements: the quoting helpers ---- */
-struct sql_stmt;               /* text in wiped memory */
+/*
+ * ---- statements ----
+ * A struct sql_stmt is a batch of T-SQL text in wiped memory.  Outside
+ * sql/ it is only made, filled by the fragment builders below (sql_add_*)
+ * and run: the text is written in sql/ alone, with the quoting builders of
+ * sql_int.h.  A builder that fails makes the statement's error sticky:
+ * every later builder call is a no-op returning that first error (with its
+ * message in err), and sql_exec()/sql_exec_sets() refuse to run it,
+ * reporting the same error.  A NULL statement (sql_stmt_new() failed)
+ * behaves as one that failed with DMK_ERR_NOMEM.
+ */
+struct sql_stmt;
 struct sql_stmt *sql_stmt_new(void);
 void sql_stmt_free(struct sql_stmt *st);
-/* Fixed SQL text written by us (keywords, punctuation); never data. */
-int sql_stmt_raw(struct sql_stmt *st, const char *sql);
-/* [name] with ]] doubling; refuses empty, > 128 characters, NUL, bad UTF-8. */
-int sql_stmt_ident(struct sql_stmt *st, const char *name, struct dmk_err *err);
-/* N'text' with '' doubling; refuses NUL and bad UTF-8. */
-int sql_stmt_nstr(struct sql_stmt *st, const char *text, struct dmk_err *err);
-/* N'secret' with '' doubling, for DDL that takes a password literal. */
-int sql_stmt_secret(struct sql_stmt *st, const struct secret *pw, struct dmk_err *err);
-/* 0x... binary literal. */
-int sql_stmt_bin(struct sql_stmt *st, const unsigned char *b, size_t n);
-int sql_stmt_int(struct sql_stmt *st, long long v);
 /* Whether the statement holds a secret (then it is never logged). */
 int sql_stmt_has_secret(const struct sql_stmt *st);
 
@@ -132,10 +134,6 @@ void sql_sets_free(struct sql_result **sets, size_t n);
 #define SQL_CALL_ERRORS_MAX 512
 size_t sql_call_errors(const struct sql_session *s, int *nums, size_t max);
 
-/* A fixed query with no data in it (catalog reads). */
-int sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
-    struct dmk_err *err);
-
 /* ---- RPC ---- */
 enum sql_param_type { SQLP_NVARCHAR = 1, SQLP_INT, SQLP_VARBINARY };
 struct sql_param {
@@ -157,12 +155,6 @@ int sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, 
 int sql_rpc_sets(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
     struct sql_result ***sets, size_t *nsets, struct dmk_err *err);
 
-/* Every DMK credential on the server: columns family_guid, name. */
-#define SQL_CREDENTIALS_QUERY \
-	"SELECT m.family_guid AS family_guid, c.name AS name " \
-	"FROM sys.master_key_passwords AS m JOIN sys.credentials AS c " \
-	"ON c.credential_id = m.credential_id ORDER BY c.name"
-
 /* ---- the calls the agent makes ---- */
 /* sp_control_dbmasterkey_password @db_name, @password, @action = add|drop.
  * Already provisioned (15594) and not provisioned (15595) come back as
@@ -177,7 +169,7 @@ int sql_dmk_password(struct sql_session *s, const char *db, const struct secret 
  * *ambiguous is set when any other error occurred (which database it
  * belonged to is not known: ask database by database).  Only a failed
  * connection or bad input is an error.  With after != NULL the same request
- * then reads SQL_CREDENTIALS_QUERY into *after (NULL if it could not).
+ * then reads sql_credentials()'s set into *after (NULL if it could not).
  */
 #define SQL_DMK_MANY_MAX 70    /* what fits in @stmt's 4000 bytes (calls.c) */
 int sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
@@ -191,6 +183,112 @@ int sql_dmk_probe(struct sql_session *s, const char *db, const struct secret *pw
     struct dmk_err *err);
 /* USE [db] */
 int sql_use(struct sql_session *s, const char *db, struct dmk_err *err);
+
+/*
+ * ---- key statements (keys.c) ----
+ *
+ * Each statement the agent sends about keys is written once, in keys.c.
+ * One-shot calls build, run and free their statement; *res, where there is
+ * one, is the first result set, owned by the caller (sql_result_free), and
+ * NULL after an error.  Errors are sql_exec()'s: DMK_ERR_SQL with the
+ * server's message (read sql_last_error(s)->number), and the builder's
+ * (DMK_ERR_BADINPUT for a name or text that cannot be quoted,
+ * DMK_ERR_NOMEM); where a statement's name is given below in [brackets],
+ * a failed run's message starts with it.  Passwords go only into the
+ * statement (wiped memory), never into a message.
+ *
+ * Fragment builders append one statement (";\n"-terminated) to a batch the
+ * caller owns (sql_stmt_new/sql_stmt_free) and runs with sql_exec() or
+ * sql_exec_sets(): one round trip for many databases.  They return 0 or
+ * the batch's sticky error (its first failure, message in err); a failed
+ * batch cannot run.  i tags the fragment's rows (column "i") so that the
+ * caller can tell which database a result set belongs to.
+ */
+/* Every DMK credential on the server: columns family_guid, name. */
+int sql_credentials(struct sql_session *s, struct sql_result **res, struct dmk_err *err);
+int sql_add_credentials(struct sql_stmt *st, struct dmk_err *err);
+/* Every database: columns name, by_smk (is_master_key_encrypted_by_server),
+ * family_guid. */
+int sql_add_db_list(struct sql_stmt *st, struct dmk_err *err);
+/* Two sets for db: (i, key_guid) of its DMK (no row: none), and (i, cert),
+ * the first certificate whose private key the DMK protects (no row: none).
+ * Three-part names: no USE, the batch stays where it is. */
+int sql_add_db_facts(struct sql_stmt *st, size_t i, const char *db, struct dmk_err *err);
+/* USE db and the name of the first certificate whose private key the DMK
+ * protects into out; out is left as it is when there is none. */
+int sql_find_dmk_cert(struct sql_session *s, const char *db, char *out, size_t outlen,
+    struct dmk_err *err);
+/* USE db; (i, opened): 1 when cert encrypts and decrypts, i.e. the DMK
+ * opened by itself (service master key or credential), 0 when not, -1
+ * when the USE did not take effect (DB_NAME() differs). */
+int sql_add_cert_probe(struct sql_stmt *st, size_t i, const char *db, const char *cert,
+    struct dmk_err *err);
+/* The same probe alone: *opened 1, 0 or -1 (cannot tell).  The session
+ * stays in db. */
+int sql_cert_probe(struct sql_session *s, const char *db, const char *cert, int *opened,
+    struct dmk_err *err);
+/* USE db; OPEN MASTER KEY DECRYPTION BY PASSWORD = pw; CLOSE MASTER KEY. */
+int sql_add_dmk_proof(struct sql_stmt *st, const char *db, const struct secret *pw,
+    struct dmk_err *err);
+/* USE db; ALTER MASTER KEY ADD ENCRYPTION BY PASSWORD, DROP ENCRYPTION BY
+ * PASSWORD or REGENERATE WITH ENCRYPTION BY PASSWORD = pw.  *num gets SQL
+ * Server's error number (0 if none).  The session stays in db. */
+enum sql_mk_op { SQL_MK_ADD_PASSWORD = 1, SQL_MK_DROP_PASSWORD, SQL_MK_REGENERATE };
+int sql_alter_master_key(struct sql_session *s, const char *db, enum sql_mk_op op,
+    const struct secret *pw, int *num, struct dmk_err *err);
+/* USE db; with open_pw, OPEN MASTER KEY for the session (the caller closes
+ * it: sql_dmk_backup(close_key) or sql_close_master_key); *res: node
+ * (@@SERVERNAME), dmk_key_guid (no row: no DMK). */
+int sql_dmk_open_facts(struct sql_session *s, const char *db, const struct secret *open_pw,
+    struct sql_result **res, struct dmk_err *err);
+int sql_close_master_key(struct sql_session *s, struct dmk_err *err);
+/* Every certificate of the current database under its DMK: name,
+ * thumbprint, der (CERTENCODED), pvk (CERTPRIVATEKEY encrypted by
+ * certpw; NULL when the DMK is not open). */
+int sql_dmk_certs(struct sql_session *s, const struct secret *certpw,
+    struct sql_result **res, struct dmk_err *err);
+/* [BACKUP MASTER KEY] of the current database to file (server side),
+ * encrypted by pw, read back: *res column dmk_backup; with close_key the
+ * session's open DMK is closed in the same batch. */
+int sql_dmk_backup(struct sql_session *s, const char *file, const struct secret *pw,
+    int close_key, struct sql_result **res, struct dmk_err *err);
+/* A file on the server (OPENROWSET BULK): *res column data. */
+int sql_read_server_file(struct sql_session *s, const char *file, struct sql_result **res,
+    struct dmk_err *err);
+/* [RESTORE MASTER KEY] into the current database from file (encrypted by
+ * pw), re-encrypted by new_pw and opened with it: *res column key_guid. */
+int sql_restore_dmk(struct sql_session *s, const char *file, const struct secret *pw,
+    const struct secret *new_pw, struct sql_result **res, struct dmk_err *err);
+/* [CREATE MASTER KEY] in the current database, encrypted by pw, opened. */
+int sql_create_master_key(struct sql_session *s, const struct secret *pw, struct dmk_err *err);
+/* [CREATE CERTIFICATE FROM BINARY] name from der and pvk (decrypted by pw),
+ * in the current database: *res columns thumbprint, key_ok (1 when its
+ * private key decrypts what its public key encrypted). */
+int sql_create_cert_from_binary(struct sql_session *s, const char *name,
+    const unsigned char *der, size_t dlen, const unsigned char *pvk, size_t plen,
+    const struct secret *pw, struct sql_result **res, struct dmk_err *err);
+/* The service master key: node (@@SERVERNAME), smk_key_guid. */
+int sql_smk_facts(struct sql_session *s, struct sql_result **res, struct dmk_err *err);
+/* [BACKUP SERVICE MASTER KEY] to file, encrypted by pw, read back: *res
+ * column smk_backup. */
+int sql_smk_backup(struct sql_session *s, const char *file, const struct secret *pw,
+    struct sql_result **res, struct dmk_err *err);
+/* Databases whose name is LIKE pattern (a LIKE pattern: '_' and '%' are
+ * wildcards): column name. */
+int sql_databases_like(struct sql_session *s, const char *pattern, struct sql_result **res,
+    struct dmk_err *err);
+/* [CREATE DATABASE] name; USE name. */
+int sql_create_database_use(struct sql_session *s, const char *name, struct dmk_err *err);
+/* USE master; [DROP DATABASE] IF EXISTS name. */
+int sql_drop_database(struct sql_session *s, const char *name, struct dmk_err *err);
+
+/* ---- availability group statements (ag.c) ---- */
+/* ALTER AVAILABILITY GROUP ag FAILOVER, on a session to the target
+ * replica; returns once the target accepts (poll sql_local_role). */
+int sql_ag_failover(struct sql_session *s, const char *ag, struct dmk_err *err);
+/* The connected replica's role_desc (PRIMARY, SECONDARY, RESOLVING) into
+ * out, "" when the replica does not say. */
+int sql_local_role(struct sql_session *s, char *out, size_t outlen, struct dmk_err *err);
 
 /* ---- availability group discovery ---- */
 struct sql_replica {

@@ -1,16 +1,69 @@
 /*
  * sql_int.h: what the files of sql/ share and nothing outside needs: the
- * statement text accessor, the session internals, the relay.
+ * quoting builders that write T-SQL text, the statement text accessor, the
+ * session internals, the relay.  Only sql/ (and its tests) are compiled with
+ * DMK_SQL_INTERNAL (meson.build): anywhere else this header does not
+ * compile, so agent/ cannot write T-SQL.
  */
 #ifndef DMK_SQL_INT_H
 #define DMK_SQL_INT_H
+
+#ifndef DMK_SQL_INTERNAL
+#error "sql/sql_int.h is private to sql/ and its tests: use sql/sql.h"
+#endif
 
 #include <stddef.h>
 
 #include "sql.h"
 
+/*
+ * ---- the quoting builders: the only way T-SQL text is written ----
+ * Each appends to st.  The error is sticky: once a call fails, the text is
+ * incomplete and every later call on st appends nothing and returns that
+ * first error (copying its message into err, where the call takes one),
+ * so a statement may be built by a chain of unchecked calls and checked
+ * once, with sql_stmt_error() or by sql_exec(), which refuses a failed
+ * statement with the same error.  st NULL (sql_stmt_new() failed) gives
+ * DMK_ERR_NOMEM throughout.
+ */
+/* Fixed SQL text written by us (keywords, punctuation); never data: a
+ * string literal only (a non-literal does not compile). */
+#define sql_stmt_raw(st, lit) sql_stmt_raw_((st), "" lit "")
+int sql_stmt_raw_(struct sql_stmt *st, const char *sql);
+/* [name] with ]] doubling; refuses empty, > 128 characters, NUL, bad UTF-8. */
+int sql_stmt_ident(struct sql_stmt *st, const char *name, struct dmk_err *err);
+/* N'text' with '' doubling; refuses NUL and bad UTF-8. */
+int sql_stmt_nstr(struct sql_stmt *st, const char *text, struct dmk_err *err);
+/* N'secret' with '' doubling, for DDL that takes a password literal. */
+int sql_stmt_secret(struct sql_stmt *st, const struct secret *pw, struct dmk_err *err);
+/* 0x... binary literal. */
+int sql_stmt_bin(struct sql_stmt *st, const unsigned char *b, size_t n);
+/* A decimal number; negative ones in parentheses. */
+int sql_stmt_int(struct sql_stmt *st, long long v);
+
+/* A fixed query with no data in it (catalog reads). */
+int sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
+    struct dmk_err *err);
+
+/* Every DMK credential on the server: columns family_guid, name. */
+#define SQL_CREDENTIALS_QUERY \
+	"SELECT m.family_guid AS family_guid, c.name AS name " \
+	"FROM sys.master_key_passwords AS m JOIN sys.credentials AS c " \
+	"ON c.credential_id = m.credential_id ORDER BY c.name"
+
 /* The statement text (NUL-terminated), or NULL if building it failed. */
 const char *sql_stmt_text(const struct sql_stmt *st);
+/* 0, or the statement's sticky error with its first message copied into
+ * err (st NULL: DMK_ERR_NOMEM, as from a failed sql_stmt_new()). */
+int sql_stmt_error(const struct sql_stmt *st, struct dmk_err *err);
+/*
+ * Run st (one batch, built with the sticky builders) and free it: a failed
+ * build reports its first error, a failed run frees *res and prefixes the
+ * message with what (if not NULL).  *res (res may be NULL) gets the first
+ * result set.
+ */
+int sql_exec_once(struct sql_session *s, struct sql_stmt *st, const char *what,
+    struct sql_result **res, struct dmk_err *err);
 /* Count UTF-16 code units of valid UTF-8 (no NUL); -1 if invalid. */
 long sql_utf16_units(const char *s, size_t len);
 

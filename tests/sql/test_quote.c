@@ -220,6 +220,67 @@ test_stmt_numbers(void **state)
 	sql_stmt_free(st);
 }
 
+/*
+ * The builder's error is sticky: after the first failing call every later
+ * call appends nothing and returns that error, with the first message, so
+ * that a caller may chain calls and check once.
+ */
+static void
+test_stmt_sticky(void **state)
+{
+	struct sql_stmt *st = sql_stmt_new();
+	struct secret *pw = secret_from_str("pw");
+	static const unsigned char b[] = { 1 };
+	struct dmk_err err = { 0 }, first, later = { 0 };
+
+	(void)state;
+	assert_int_equal(sql_stmt_raw(st, "USE "), 0);
+	assert_int_equal(sql_stmt_error(st, &err), 0);
+	assert_int_equal(sql_stmt_ident(st, "bad\xff", &err), DMK_ERR_BADINPUT);
+	first = err;
+	assert_true(first.msg[0] != '\0');
+	/* every builder now returns the same error and leaves the text alone */
+	assert_int_equal(sql_stmt_raw(st, "; SELECT 1"), DMK_ERR_BADINPUT);
+	assert_int_equal(sql_stmt_ident(st, "good", &later), DMK_ERR_BADINPUT);
+	assert_int_equal(later.code, DMK_ERR_BADINPUT);
+	assert_string_equal(later.msg, first.msg);
+	memset(&later, 0, sizeof(later));
+	assert_int_equal(sql_stmt_nstr(st, "good", &later), DMK_ERR_BADINPUT);
+	assert_string_equal(later.msg, first.msg);
+	assert_int_equal(sql_stmt_secret(st, pw, &later), DMK_ERR_BADINPUT);
+	assert_int_equal(sql_stmt_int(st, 7), DMK_ERR_BADINPUT);
+	assert_int_equal(sql_stmt_bin(st, b, sizeof(b)), DMK_ERR_BADINPUT);
+	assert_null(sql_stmt_text(st));
+	memset(&later, 0, sizeof(later));
+	assert_int_equal(sql_stmt_error(st, &later), DMK_ERR_BADINPUT);
+	assert_string_equal(later.msg, first.msg);
+	/* a failed statement cannot be run: sql_exec reports the first error
+	 * before it touches the session */
+	memset(&later, 0, sizeof(later));
+	assert_int_equal(sql_exec(NULL, st, NULL, &later), DMK_ERR_BADINPUT);
+	assert_string_equal(later.msg, first.msg);
+	sql_stmt_free(st);
+
+	/* chained without checks, checked once */
+	st = sql_stmt_new();
+	memset(&err, 0, sizeof(err));
+	sql_stmt_raw(st, "USE ");
+	sql_stmt_ident(st, "db", &err);
+	sql_stmt_raw(st, "; SELECT ");
+	sql_stmt_nstr(st, "x", &err);
+	assert_int_equal(sql_stmt_error(st, &err), 0);
+	assert_string_equal(sql_stmt_text(st), "USE [db]; SELECT N'x'");
+	sql_stmt_free(st);
+
+	/* no statement at all (sql_stmt_new failed): out of memory throughout */
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(sql_stmt_raw(NULL, "USE "), DMK_ERR_NOMEM);
+	assert_int_equal(sql_stmt_ident(NULL, "db", &err), DMK_ERR_NOMEM);
+	assert_int_equal(err.code, DMK_ERR_NOMEM);
+	assert_int_equal(sql_stmt_error(NULL, &err), DMK_ERR_NOMEM);
+	secret_free(pw);
+}
+
 static void
 test_replica_address(void **state)
 {
@@ -261,6 +322,7 @@ main(void)
 		cmocka_unit_test(test_stmt_nstr),
 		cmocka_unit_test(test_stmt_secret),
 		cmocka_unit_test(test_stmt_numbers),
+		cmocka_unit_test(test_stmt_sticky),
 		cmocka_unit_test(test_replica_address),
 	};
 
