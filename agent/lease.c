@@ -697,12 +697,11 @@ names_us(struct agent *a, const struct lease *l, const struct lease_holder *h, c
 }
 
 static int
-lost(struct agent *a, struct lease *l, const char *why, struct dmk_err *err)
+lost(struct lease *l, const char *why, struct dmk_err *err)
 {
 	l->held = 0;    /* not ours to release */
 	return dmk_errf(err, DMK_ERR_LOCKED, "lease %s was taken over (%s); stopping before "
 	    "the next change (a rerun continues where it stopped)", l->ref.text, why);
-	(void)a;
 }
 
 int
@@ -719,22 +718,22 @@ lease_guard(struct agent *a, struct lease *l, struct dmk_err *err)
 		return 0;
 	age = now - l->written_ms;
 	if (age >= ttl_ms)
-		return lost(a, l, "it expired: this run could not renew it within lease_ttl", err);
+		return lost(l, "it expired: this run could not renew it within lease_ttl", err);
 	r = read_lease(l, &h, hv, sizeof(hv), &ver, err);
 	if (r == 1)
-		return lost(a, l, "the record is gone", err);
+		return lost(l, "the record is gone", err);
 	if (r == DMK_ERR_PROTOCOL) {
 		snprintf(why, sizeof(why), "overwritten by something that is not a lease record: "
 		    "%s", err->msg);
-		return lost(a, l, why, err);
+		return lost(l, why, err);
 	}
 	if (r == 0) {
 		if (!names_us(a, l, &h, hv)) {
 			describe(&h, why, sizeof(why));
-			return lost(a, l, why, err);
+			return lost(l, why, err);
 		}
 		if (h.expires <= time(NULL))
-			return lost(a, l, "its record expired", err);
+			return lost(l, "its record expired", err);
 		if (age * 3 < ttl_ms)
 			return 0;
 		/* Due: renew. */
