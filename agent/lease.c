@@ -430,9 +430,10 @@ claim_cmp_created(const void *x, const void *y)
 	return strcmp(b->id, a->id);
 }
 
-/* The newest LEASE_SCAN lease records, parsed (garbled ones left out). */
+/* The newest LEASE_SCAN lease records created at or after since (0: any),
+ * parsed (garbled ones left out). */
 static int
-scan_claims(struct lease *l, struct claim *c, size_t *nc, struct dmk_err *err)
+scan_claims(struct lease *l, time_t since, struct claim *c, size_t *nc, struct dmk_err *err)
 {
 	struct prov_version *vs = NULL;
 	struct secret *s;
@@ -450,6 +451,8 @@ scan_claims(struct lease *l, struct claim *c, size_t *nc, struct dmk_err *err)
 	for (i = 0; i < n && *nc < LEASE_SCAN; i++) {
 		if (vs[i].deleted || vs[i].destroyed || vs[i].disabled)
 			continue;
+		if (since != 0 && vs[i].created != 0 && vs[i].created < since)
+			break;    /* newest first: the rest are older still */
 		s = NULL;
 		if ((r = l->st->ops->get(l->st, &l->ref, vs[i].id, &s, NULL, err)) != 0) {
 			free(vs);
@@ -505,7 +508,7 @@ latest_of(const struct claim *c, size_t nc, const char *nonce)
  * that won on cur's base.
  */
 static int
-effective(struct lease *l, const struct lease_holder *cur, const char *curv,
+effective(struct lease *l, time_t since, const struct lease_holder *cur, const char *curv,
     struct lease_holder *out, char *outv, size_t ovl, struct dmk_err *err)
 {
 	struct claim *c;
@@ -519,7 +522,7 @@ effective(struct lease *l, const struct lease_holder *cur, const char *curv,
 		return 0;
 	if ((c = calloc(LEASE_SCAN, sizeof(*c))) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if ((r = scan_claims(l, c, &nc, err)) != 0)
+	if ((r = scan_claims(l, since, c, &nc, err)) != 0)
 		goto out;
 	/* The claim that began cur's run, and the contest it was part of. */
 	if ((mine = contest(c, nc, cur->base)) == NULL || cur->seq != 0) {
@@ -557,9 +560,10 @@ out:
 
 /* ---- taking, keeping, releasing ---- */
 
-/* The current record and who holds it.  1: none there (or deleted). */
+/* The current record and who holds it.  1: none there (or deleted).  since:
+ * claims older than that need not be read (0: read the newest LEASE_SCAN). */
 static int
-read_lease(struct lease *l, struct lease_holder *h, char *hv, size_t hvl,
+read_lease(struct lease *l, time_t since, struct lease_holder *h, char *hv, size_t hvl,
     struct prov_version *ver, struct dmk_err *err)
 {
 	struct secret *cur = NULL;
@@ -578,7 +582,7 @@ read_lease(struct lease *l, struct lease_holder *h, char *hv, size_t hvl,
 	secret_free(cur);
 	if (r != 0)
 		return r;
-	return effective(l, &raw, ver->id, h, hv, hvl, err);
+	return effective(l, since, &raw, ver->id, h, hv, hvl, err);
 }
 
 static int
@@ -591,15 +595,16 @@ try_take(struct agent *a, struct lease *l, char *why, size_t wl, struct dmk_err 
 	struct lease_proc proc;
 	char hv[80];
 	const char *expect;
-	int r, cas = (l->st->ops->caps & PROV_CAP_CAS) != 0;
+	int r, existed, cas = (l->st->ops->caps & PROV_CAP_CAS) != 0;
 
-	r = read_lease(l, &h, hv, sizeof(hv), &ver, err);
+	r = read_lease(l, 0, &h, hv, sizeof(hv), &ver, err);
 	if (r < 0) {
 		if (r == DMK_ERR_PROTOCOL)
 			dmk_err_prefix(err, "delete the lease record (no rotation runs while it is "
 			    "there) or wait until it is rewritten");
 		return r;
 	}
+	existed = r != 1;
 	if (r == 1)
 		expect = ver.deleted && ver.id[0] ? ver.id : "0";
 	else {
@@ -629,6 +634,7 @@ try_take(struct agent *a, struct lease *l, char *why, size_t wl, struct dmk_err 
 	if (r != 0)
 		return dmk_err_prefix(err, "taking lease %s", l->ref.text);
 	util_strlcpy(l->version, nv.id, sizeof(l->version));
+	l->since = existed ? ver.created : 0;
 	if (!cas) {
 		struct claim *c;
 		const struct claim *w;
@@ -637,7 +643,7 @@ try_take(struct agent *a, struct lease *l, char *why, size_t wl, struct dmk_err 
 		util_sleep_ms(LEASE_SETTLE_MS);
 		if ((c = calloc(LEASE_SCAN, sizeof(*c))) == NULL)
 			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		if ((r = scan_claims(l, c, &nc, err)) != 0) {
+		if ((r = scan_claims(l, ver.created, c, &nc, err)) != 0) {
 			free(c);
 			return r;
 		}
@@ -719,7 +725,7 @@ lease_guard(struct agent *a, struct lease *l, struct dmk_err *err)
 	age = now - l->written_ms;
 	if (age >= ttl_ms)
 		return lost(l, "it expired: this run could not renew it within lease_ttl", err);
-	r = read_lease(l, &h, hv, sizeof(hv), &ver, err);
+	r = read_lease(l, l->since, &h, hv, sizeof(hv), &ver, err);
 	if (r == 1)
 		return lost(l, "the record is gone", err);
 	if (r == DMK_ERR_PROTOCOL) {

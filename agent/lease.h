@@ -45,6 +45,7 @@ struct lease {
 	char nonce[33];               /* this run's claim, for stores without CAS */
 	long long seq;                /* versions written under this nonce */
 	long long written_ms;         /* util_now_ms() when we last wrote it */
+	time_t since;                 /* created time of the version our claim replaced */
 	int held;
 	int renewals;                 /* how often this run renewed it */
 };
