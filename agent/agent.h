@@ -42,6 +42,11 @@ struct agent {
 	FILE *out;                   /* stdout, or a test's stream */
 	struct json_t *regstate;     /* state_dir/registered.json, read once (replicas.c) */
 	int regstate_dirty;          /* changed since last written */
+	/* Called before each change made under a store lease (rotate, recover,
+	 * and the backup they take): 0 go on, else stop (DMK_ERR_LOCKED: the
+	 * lease was lost).  NULL outside a lease. */
+	int (*guard)(void *ctx, struct dmk_err *err);
+	void *guard_ctx;
 };
 
 void agent_init(struct agent *a);
@@ -59,6 +64,9 @@ int agent_store(struct agent *a, const char *name, struct store **out,
  */
 int agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
     struct secret **out, struct prov_version *ver, struct dmk_err *err);
+
+/* Before a change: a->guard, when set (0 when not). */
+int agent_guard(struct agent *a, struct dmk_err *err);
 
 /* Take the run lock and open the audit log (run start record). */
 int agent_begin(struct agent *a, const char *command, struct dmk_err *err);

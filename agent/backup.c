@@ -207,6 +207,11 @@ backup_password(struct agent *a, const struct secret_ref *ref, const struct audi
 	prov_meta_set(&m, MARK_KIND, "backup-password");
 	prov_meta_set(&m, MARK_TIME, tm);
 	memset(ver, 0, sizeof(*ver));
+	if ((r = agent_guard(a, err)) != 0) {
+		secret_free(*pw);
+		*pw = NULL;
+		return r;
+	}
 	r = store_put(st, ref, *pw, "0", &m, ver, err);
 	memset(&k, 0, sizeof(k));
 	k.store = ref->store;
@@ -359,6 +364,8 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 	prov_meta_set(&m, MARK_TIME, time_s);
 	prov_meta_set(&m, MARK_PWVER, it->pwver);
 	memset(&nv, 0, sizeof(nv));
+	if ((r = agent_guard(a, err)) != 0)
+		return r;
 	r = store_put(st, &it->ref, value, expect, &m, &nv, err);
 	if (r != 0 && nv.id[0] != '\0' && store_can(st, PROV_CAP_META)) {
 		/* the version landed, its markers did not: once more */
@@ -416,6 +423,8 @@ escrow_item(struct agent *a, const char *ag, struct bk_item *it, const char *con
 	if ((r = escrow_value(it, tm, fields, bytes, lens, nfields, &value, err)) == 0)
 		r = escrow_write(a, it, value, tm, err);
 	secret_free(value);
+	if (r == DMK_ERR_LOCKED)
+		return r;    /* the lease was lost before this write: nothing tried */
 	it->ok = r == 0;
 	if (r != 0)
 		util_strlcpy(it->error, err->msg, sizeof(it->error));
@@ -497,7 +506,10 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 	if ((r = sql_dmk_certs(s, certpw, &rs, &certerr)) != 0)
 		failed = dmk_err_prefix(&certerr, "%s: reading the certificates", db->name);
 
-	/* 3: the DMK, to a file and back (the key is closed in the same batch). */
+	/* 3: the DMK, to a file and back (the key is closed in the same batch).
+	 * A file on the server is written: under a lease, a change. */
+	if ((r = agent_guard(a, err)) != 0)
+		goto out;
 	dmkrc = sql_dmk_backup(s, file, dmkpw, opened, &dmkres, &dmkerr);
 	opened = 0;
 	if (dmkrc != 0)
@@ -550,7 +562,12 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 			lens[0] = der->len;
 			bytes[1] = pvk->bin;
 			lens[1] = pvk->len;
-			if (escrow_item(a, run->ag->name, it, fields, bytes, lens, 2, &e) == 0) {
+			if ((r = escrow_item(a, run->ag->name, it, fields, bytes, lens, 2, &e)) ==
+			    DMK_ERR_LOCKED) {
+				*err = e;
+				goto out;
+			}
+			if (r == 0) {
 				log_info("%s: certificate %s escrowed in %s version %s", db->name,
 				    it->name, it->ref.text, it->version);
 				continue;
@@ -595,7 +612,12 @@ backup_db(struct ag_run *run, struct db_plan *p, struct sql_session *s,
 		} else if ((r = escrow_ref(base, "dmk", NULL, &it->ref, &e)) == 0) {
 			bytes[0] = data->bin;
 			lens[0] = data->len;
-			if (escrow_item(a, run->ag->name, it, fields, bytes, lens, 1, &e) == 0)
+			if ((r = escrow_item(a, run->ag->name, it, fields, bytes, lens, 1, &e)) ==
+			    DMK_ERR_LOCKED) {
+				*err = e;
+				goto out;
+			}
+			if (r == 0)
 				log_info("%s: master key escrowed in %s version %s (the file %s stays on "
 				    "%s, encrypted by the backup password)", db->name, it->ref.text,
 				    it->version, file, node);

@@ -92,6 +92,12 @@ store_bootstrap_resolve(void *ctx, const struct secret_ref *ref, struct secret *
 }
 
 int
+agent_guard(struct agent *a, struct dmk_err *err)
+{
+	return a->guard != NULL ? a->guard(a->guard_ctx, err) : 0;
+}
+
+int
 agent_store(struct agent *a, const char *name, struct store **out, struct dmk_err *err)
 {
 	size_t i;

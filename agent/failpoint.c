@@ -12,7 +12,12 @@ void
 failpoint(const char *name)
 {
 	const char *want = getenv("DMKAGENT_FAILPOINT");
+	const char *stop = getenv("DMKAGENT_FAILPOINT_STOP");
 
+	if (stop != NULL && strcmp(stop, name) == 0) {
+		log_warn("failpoint %s: stopping (SIGSTOP) until continued", name);
+		raise(SIGSTOP);
+	}
 	if (want != NULL && strcmp(want, name) == 0) {
 		log_warn("failpoint %s: killing myself", name);
 		kill(getpid(), SIGKILL);

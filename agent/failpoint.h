@@ -4,7 +4,9 @@
  * builds the test binary that way); a release build has none.
  *
  *   DMKAGENT_FAILPOINT=rotate:after-pending dmkagent rotate
- * kills the process with SIGKILL when it reaches that boundary.
+ * kills the process with SIGKILL when it reaches that boundary;
+ *   DMKAGENT_FAILPOINT_STOP=rotate:after-add dmkagent rotate
+ * stops it there (SIGSTOP) until the test sends SIGCONT.
  */
 #ifndef DMK_FAILPOINT_H
 #define DMK_FAILPOINT_H

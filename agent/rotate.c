@@ -31,9 +31,12 @@
  *                   every replica; old version marked retired   fp after-drop-primary,
  *                                          after-drop-replicas, after-retire
  *     release       the lease                                   fp after-release
- * Between steps (and before each change inside 6 and 7) the lease is
- * renewed once a third of lease_ttl has passed; a lease found taken over
- * stops the run there (DMK_ERR_LOCKED), before its next change.
+ * Before every change (each SQL Server change, each store write, here and
+ * in backup.c) the lease is checked: the doors rot_alter, rot_mark,
+ * rot_write_pending, rot_each and backup.c's writes call agent_guard,
+ * which reads the lease record (renewing it once a third of lease_ttl has
+ * passed); a lease found taken over stops the run there (DMK_ERR_LOCKED),
+ * before that change.
  * Resume: the store's markers say where a run stopped.  The newest version
  * marked pending is an unfinished rotation (its dmkagent-replaces marker
  * names the old version); SQL Server then says whether step 4 happened
@@ -180,6 +183,8 @@ rot_mark(struct rot *r, const char *version, const char *state, struct dmk_err *
 
 	memset(&m, 0, sizeof(m));
 	markers_stamp(&m, state);
+	if ((rc = rot_keep(r, err)) != 0)
+		return rc;
 	if ((rc = store_set_meta(r->st, r->ref, version, &m, err)) != 0)
 		return dmk_err_prefix(err, "%s: marking version %s %s", r->ref->text, version, state);
 	snprintf(by, sizeof(by), "mark-%s", state);
@@ -334,7 +339,7 @@ rot_alter(struct rot *r, enum sql_mk_op op, const struct secret *pw, int *num,
 	int rc;
 
 	*num = 0;
-	if ((rc = rot_primary(r, err)) != 0)
+	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_primary(r, err)) != 0)
 		return rc;
 	return sql_alter_master_key(r->ps, r->p->db->name, op, pw, num, err);
 }
@@ -365,8 +370,9 @@ rot_facts(struct rot *r, struct dmk_err *err)
 
 /* ---- the lease, kept through a long run ---- */
 
-/* Renew the lease when it is due.  A lease taken over stops the run here,
- * before its next change; the caller passes the error up. */
+/* Before a change: the lease still ours (one read), renewed when due.  A
+ * lease taken over stops the run here, before the change; the caller
+ * passes the error up.  backup.c reaches it through agent_guard. */
 static int
 rot_keep(struct rot *r, struct dmk_err *err)
 {
@@ -374,12 +380,18 @@ rot_keep(struct rot *r, struct dmk_err *err)
 
 	if (r->lease == NULL)
 		return 0;
-	if ((rc = lease_renew(r->a, r->lease, err)) == 1)
+	if ((rc = lease_guard(r->a, r->lease, err)) == 1)
 		rot_audit(r, "lease", NULL, r->lease->version, "renewed", NULL);
 	if (rc >= 0)
 		return 0;
 	rot_audit(r, "lease", NULL, NULL, rc == DMK_ERR_LOCKED ? "lost" : "renewal failed", err->msg);
 	return dmk_err_prefix(err, "%s", r->p->db->name);
+}
+
+static int
+rot_guard(void *ctx, struct dmk_err *err)
+{
+	return rot_keep(ctx, err);
 }
 
 /* ---- the backup taken first ---- */
@@ -507,6 +519,8 @@ bk_tag(struct rot *r, time_t t0, struct dmk_err *err)
 	memset(&m, 0, sizeof(m));
 	prov_meta_set(&m, MARK_ROTATION, r->rid);
 	prov_meta_set(&m, MARK_BEFORE, r->latest[0] ? r->latest : "0");
+	if ((rc = rot_keep(r, err)) != 0)
+		goto out;
 	if ((rc = store_set_meta(st, &ref, r->bkver, &m, err)) != 0)
 		dmk_err_prefix(err, "%s: marking version %s with the rotation", ref.text, r->bkver);
 out:
@@ -536,8 +550,6 @@ rot_backup(struct rot *r, struct dmk_err *err)
 		r->backed_up = 1;
 		return 0;
 	}
-	if ((rc = rot_keep(r, err)) != 0)
-		return rc;
 	if ((rc = bk_find(r, err)) < 0)
 		return dmk_err_prefix(err, "%s: looking for this rotation's backup", r->p->db->name);
 	if (rc == 1) {
@@ -553,6 +565,8 @@ rot_backup(struct rot *r, struct dmk_err *err)
 		util_random_id(r->rid, sizeof(r->rid));
 	t0 = time(NULL);
 	if ((rc = backup_database(r->run, r->p, r->ps, err)) != 0) {
+		if (rc == DMK_ERR_LOCKED)
+			return rc;    /* the lease was lost (agent_guard): said already */
 		rot_bk_audit(r, "failed", err->msg);
 		if (r->mode == MODE_REGENERATE)
 			return dmk_err_prefix(err, "%s: rotate --regenerate refused: it makes new key "
@@ -562,7 +576,10 @@ rot_backup(struct rot *r, struct dmk_err *err)
 		    "failed; nothing was changed (--no-backup goes on without one)",
 		    r->p->db->name, r->cmd);
 	}
-	if (bk_tag(r, t0, &e2) != 0)
+	if ((rc = bk_tag(r, t0, &e2)) == DMK_ERR_LOCKED) {
+		*err = e2;
+		return rc;
+	} else if (rc != 0)
 		log_warn("%s: %s (the backup is escrowed; a rerun would take another)",
 		    r->p->db->name, e2.msg);
 	r->backed_up = 1;
@@ -722,6 +739,9 @@ rot_each(struct rot *r, int (*work)(struct rep_run *, struct sql_session *), con
 	size_t i;
 	int rc;
 
+	/* One check for the batch: the replicas change in parallel. */
+	if ((rc = rot_keep(r, err)) != 0)
+		return rc;
 	reps_free(r->run);
 	r->run->ctx = r;
 	rc = ag_each_replica(r->run, work);
@@ -768,7 +788,8 @@ adopt_unmarked(struct rot *r, struct dmk_err *err)
 	prov_meta_set(&m, MARK_ROTATION, r->rid);
 	prov_meta_set(&m, MARK_MODE, markers_mode_name(MK_MODE_ROTATE));
 	prov_meta_set(&m, MARK_REPLACES, r->prevv.id);
-	if ((rc = store_set_meta(r->st, r->ref, r->oldv.id, &m, err)) != 0) {
+	if ((rc = rot_keep(r, err)) != 0 ||
+	    (rc = store_set_meta(r->st, r->ref, r->oldv.id, &m, err)) != 0) {
 		secret_free(prevpw);
 		return dmk_err_prefix(err, "%s: marking unmarked version %s pending", r->ref->text,
 		    r->oldv.id);
@@ -857,8 +878,6 @@ step_apply(struct rot *r, struct dmk_err *err)
 		if ((rc = rot_each(r, work_register, "registering before REGENERATE", err)) != 0)
 			return rc;
 		rot_fp(r, "after-register");
-		if ((rc = rot_keep(r, err)) != 0)
-			return rc;
 		rc = rot_alter(r, SQL_MK_REGENERATE, r->newpw, &num, err);
 		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
 		    rc ? err->msg : NULL);
@@ -888,12 +907,11 @@ step_verify(struct rot *r, struct dmk_err *err)
 	if ((rc = rot_each(r, work_verify, "verifying", err)) != 0)
 		return rc;
 	rot_fp(r, "after-verify");
-	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_mark(r, r->newv.id, "current", err)) != 0)
+	if ((rc = rot_mark(r, r->newv.id, "current", err)) != 0)
 		return rc;
 	rot_fp(r, "after-mark-current");
 	if (r->have_old) {
-		if ((rc = rot_keep(r, err)) != 0 ||
-		    (rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
+		if ((rc = rot_mark(r, r->oldv.id, "retiring", err)) != 0)
 			return rc;
 		rot_fp(r, "after-verify-mark");
 	}
@@ -922,8 +940,6 @@ step_drop(struct rot *r, struct dmk_err *err)
 		rc = 0;
 	} else if (rc != 0)
 		return rc;
-	else if ((rc = rot_keep(r, err)) != 0)
-		return rc;
 	else {
 		rc = rot_alter(r, SQL_MK_DROP_PASSWORD, r->oldpw, &num, err);
 		how = "dropped";
@@ -938,50 +954,51 @@ step_drop(struct rot *r, struct dmk_err *err)
 	if (rc != 0)
 		return rc;
 	rot_fp(r, "after-drop-primary");
-	if ((rc = rot_keep(r, err)) != 0 ||
-	    (rc = rot_each(r, work_drop, "dropping the old credential", err)) != 0)
+	if ((rc = rot_each(r, work_drop, "dropping the old credential", err)) != 0)
 		return rc;
 	rot_fp(r, "after-drop-replicas");
-	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_mark(r, r->oldv.id, "retired", err)) != 0)
+	if ((rc = rot_mark(r, r->oldv.id, "retired", err)) != 0)
 		return rc;
 	rot_fp(r, "after-retire");
 	return 0;
 }
 
 /* From r->step to the end.  The step a failure happened in stays in r->step;
- * the lease is renewed (when due) before each. */
+ * the lease is checked before each change (rot_keep, at the doors). */
 static int
 rot_steps(struct rot *r, struct dmk_err *err)
 {
+	char where[512];
 	int rc = 0;
 
-	if (r->step == STEP_PROVE) {
-		if ((rc = rot_keep(r, err)) != 0 || (rc = step_prove(r, err)) != 0)
+	for (; r->step >= STEP_PROVE && r->step < STEP_DONE; r->step++) {
+		/* SIGINT/SIGTERM: stop here, between two steps, never inside one. */
+		if (dmk_interrupted()) {
+			snprintf(where, sizeof(where), "at %s/%s, before the step \"%s\"",
+			    r->run->ag->name, r->p->db->name, step_names[r->step]);
+			return dmk_err_interrupted(err, where);
+		}
+		switch (r->step) {
+		case STEP_PROVE:
+			rc = step_prove(r, err);
+			break;
+		case STEP_APPLY:
+			rc = step_apply(r, err);
+			break;
+		case STEP_REGISTER:
+			if ((rc = rot_each(r, work_register, "registering", err)) == 0 &&
+			    r->mode != MODE_REGENERATE)
+				rot_fp(r, "after-register");
+			break;
+		case STEP_VERIFY:
+			rc = step_verify(r, err);
+			break;
+		case STEP_DROP:
+			rc = step_drop(r, err);
+			break;
+		}
+		if (rc != 0)
 			return rc;
-		r->step = STEP_APPLY;
-	}
-	if (r->step == STEP_APPLY) {
-		if ((rc = rot_keep(r, err)) != 0 || (rc = step_apply(r, err)) != 0)
-			return rc;
-		r->step = STEP_REGISTER;
-	}
-	if (r->step == STEP_REGISTER) {
-		if ((rc = rot_keep(r, err)) != 0 ||
-		    (rc = rot_each(r, work_register, "registering", err)) != 0)
-			return rc;
-		if (r->mode != MODE_REGENERATE)
-			rot_fp(r, "after-register");
-		r->step = STEP_VERIFY;
-	}
-	if (r->step == STEP_VERIFY) {
-		if ((rc = rot_keep(r, err)) != 0 || (rc = step_verify(r, err)) != 0)
-			return rc;
-		r->step = STEP_DROP;
-	}
-	if (r->step == STEP_DROP) {
-		if ((rc = rot_keep(r, err)) != 0 || (rc = step_drop(r, err)) != 0)
-			return rc;
-		r->step = STEP_DONE;
 	}
 	return 0;
 }
@@ -1042,8 +1059,11 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 			r->outcome = "locked";
 			return rc;
 		}
-		if (l.held)
+		if (l.held) {
 			r->lease = &l;
+			r->a->guard = rot_guard;
+			r->a->guard_ctx = r;
+		}
 		rot_audit(r, "lease", NULL, l.version, "taken", NULL);
 		rot_fp(r, "after-lease");
 	}
@@ -1135,6 +1155,8 @@ out:
 		    err->msg);
 	}
 	r->lease = NULL;
+	r->a->guard = NULL;
+	r->a->guard_ctx = NULL;
 	r->renewals = l.renewals;
 	held = l.held;
 	if (lease_release(r->a, &l, &e2) != 0)
