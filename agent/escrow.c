@@ -14,9 +14,11 @@
 #include "core/buf.h"
 #include "core/secret.h"
 #include "backup.h"
+#include "providers/provider.h"
 
-/* Azure Key Vault's limit on a secret name; Vault takes longer paths. */
-#define ESCROW_NAME_MAX 127
+/* Escrow names fit every store (the shortest name any store's table allows),
+ * so that a backup's name does not depend on which store holds it. */
+#define ESCROW_NAME_MAX prov_min_name_max()
 
 static const char b64chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

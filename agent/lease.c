@@ -28,12 +28,12 @@ path_part(char *dst, size_t n, const char *src)
 	dst[i] = '\0';
 }
 
-/* Where the lease lives: a path beside the store's other secrets.  Stores
- * with hierarchical paths get dmkagent/leases/AG/DB; flat ones (Azure
- * secret names) dmkagent-lease-AG-DB. */
+/* Where the lease lives: a path beside the store's other secrets, by the
+ * store's own naming rules (its table row): hierarchical paths get
+ * dmkagent/leases/AG/DB, flat names (Azure secret names) dmkagent-lease-AG-DB. */
 static int
-lease_ref(const struct secret_ref *near, const char *ag, const char *db,
-    struct secret_ref *out, struct dmk_err *err)
+lease_ref(const struct store *st, const struct secret_ref *near, const char *ag,
+    const char *db, struct secret_ref *out, struct dmk_err *err)
 {
 	char a2[200], d2[200];
 
@@ -42,11 +42,11 @@ lease_ref(const struct secret_ref *near, const char *ag, const char *db,
 	util_strlcpy(out->store, near->store, sizeof(out->store));
 	path_part(a2, sizeof(a2), ag);
 	path_part(d2, sizeof(d2), db);
-	if (strchr(near->path, '/') != NULL)
+	if (!st->ops->flat_names)
 		snprintf(out->path, sizeof(out->path), "dmkagent/leases/%s/%s", a2, d2);
 	else
 		snprintf(out->path, sizeof(out->path), "dmkagent-lease-%s-%s", a2, d2);
-	if (strlen(out->path) > 120)
+	if (strlen(out->path) > st->ops->name_max || strlen(out->path) >= sizeof(out->path) - 1)
 		return dmk_errf(err, DMK_ERR_CONFIG, "lease name for %s/%s is too long", ag, db);
 	if (near->field[0])
 		util_strlcpy(out->field, "lease", sizeof(out->field));
@@ -442,10 +442,7 @@ scan_claims(struct lease *l, time_t since, struct claim *c, size_t *nc, struct d
 	int r;
 
 	*nc = 0;
-	if (l->st->ops->list_versions == NULL)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "lease %s: the store lists no versions",
-		    l->ref.text);
-	if ((r = l->st->ops->list_versions(l->st, &l->ref, &vs, &n, err)) != 0)
+	if ((r = store_list_versions(l->st, &l->ref, &vs, &n, err)) != 0)
 		return dmk_err_prefix(err, "lease %s: listing its versions", l->ref.text);
 	qsort(vs, n, sizeof(*vs), claim_cmp_created);
 	for (i = 0; i < n && *nc < LEASE_SCAN; i++) {
@@ -454,7 +451,7 @@ scan_claims(struct lease *l, time_t since, struct claim *c, size_t *nc, struct d
 		if (since != 0 && vs[i].created != 0 && vs[i].created < since)
 			break;    /* newest first: the rest are older still */
 		s = NULL;
-		if ((r = l->st->ops->get(l->st, &l->ref, vs[i].id, &s, NULL, err)) != 0) {
+		if ((r = store_get(l->st, &l->ref, vs[i].id, &s, NULL, err)) != 0) {
 			free(vs);
 			return dmk_err_prefix(err, "lease %s version %s", l->ref.text, vs[i].id);
 		}
@@ -518,7 +515,7 @@ effective(struct lease *l, time_t since, const struct lease_holder *cur, const c
 
 	*out = *cur;
 	util_strlcpy(outv, curv, ovl);
-	if ((l->st->ops->caps & PROV_CAP_CAS) || cur->nonce[0] == '\0' || cur->seq < 0)
+	if ((l->st->ops->lease == PROV_LEASE_CAS) || cur->nonce[0] == '\0' || cur->seq < 0)
 		return 0;
 	if ((c = calloc(LEASE_SCAN, sizeof(*c))) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
@@ -571,7 +568,7 @@ read_lease(struct lease *l, time_t since, struct lease_holder *h, char *hv, size
 	int r;
 
 	memset(ver, 0, sizeof(*ver));
-	r = l->st->ops->get(l->st, &l->ref, NULL, &cur, ver, err);
+	r = store_get(l->st, &l->ref, NULL, &cur, ver, err);
 	if (r == DMK_ERR_NOTFOUND || r == DMK_ERR_DELETED) {
 		dmk_err_clear(err);
 		return 1;
@@ -595,7 +592,7 @@ try_take(struct agent *a, struct lease *l, char *why, size_t wl, struct dmk_err 
 	struct lease_proc proc;
 	char hv[80];
 	const char *expect;
-	int r, existed, cas = (l->st->ops->caps & PROV_CAP_CAS) != 0;
+	int r, existed, cas = (l->st->ops->lease == PROV_LEASE_CAS) != 0;
 
 	r = read_lease(l, 0, &h, hv, sizeof(hv), &ver, err);
 	if (r < 0) {
@@ -625,7 +622,7 @@ try_take(struct agent *a, struct lease *l, char *why, size_t wl, struct dmk_err 
 	memset(&nv, 0, sizeof(nv));
 	/* Without check-and-set every contender writes its claim; the count
 	 * after LEASE_SETTLE_MS decides. */
-	r = l->st->ops->put(l->st, &l->ref, rec, cas ? expect : NULL, NULL, &nv, err);
+	r = store_put(l->st, &l->ref, rec, cas ? expect : NULL, NULL, &nv, err);
 	secret_free(rec);
 	if (r == DMK_ERR_CONFLICT) {
 		snprintf(why, wl, "another agent took it at the same moment");
@@ -674,12 +671,13 @@ lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const
 	if (near->kind != REF_STORE)
 		return 0;   /* a file: reference has no store to coordinate in */
 	util_strlcpy(l->command, command, sizeof(l->command));
-	if ((r = lease_ref(near, ag, db, &l->ref, err)) != 0 ||
-	    (r = agent_store(a, near->store, &l->st, err)) != 0)
+	if ((r = agent_store(a, near->store, &l->st, err)) != 0 ||
+	    (r = lease_ref(l->st, near, ag, db, &l->ref, err)) != 0)
 		return r;
-	if (l->st->ops->put == NULL || l->st->ops->get == NULL ||
-	    (!(l->st->ops->caps & PROV_CAP_CAS) && l->st->ops->list_versions == NULL))
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "store %s cannot hold a lease", near->store);
+	/* A read-back lease (no check-and-set) is decided among the versions. */
+	if (l->st->ops->lease == PROV_LEASE_READBACK &&
+	    (r = store_require(l->st, PROV_CAP_VERSIONS, "a lease without check-and-set", err)) != 0)
+		return r;
 	for (;;) {
 		why[0] = '\0';
 		r = try_take(a, l, why, sizeof(why), err);
@@ -718,7 +716,7 @@ lease_guard(struct agent *a, struct lease *l, struct dmk_err *err)
 	struct lease_holder h;
 	long long ttl_ms = a->cfg->lease_ttl * 1000, age, now = util_now_ms();
 	char why[600] = "", hv[80] = "";
-	int r, cas = (l->st != NULL && (l->st->ops->caps & PROV_CAP_CAS) != 0);
+	int r, cas = (l->st != NULL && (l->st->ops->lease == PROV_LEASE_CAS) != 0);
 
 	if (!l->held)
 		return 0;
@@ -748,7 +746,7 @@ lease_guard(struct agent *a, struct lease *l, struct dmk_err *err)
 		if ((rec = record(a, l, "held", time(NULL) + a->cfg->lease_ttl, ver.id)) == NULL)
 			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 		memset(&nv, 0, sizeof(nv));
-		r = l->st->ops->put(l->st, &l->ref, rec, cas ? ver.id : NULL, NULL, &nv, err);
+		r = store_put(l->st, &l->ref, rec, cas ? ver.id : NULL, NULL, &nv, err);
 		secret_free(rec);
 		if (r == DMK_ERR_CONFLICT) {
 			l->held = 0;
@@ -784,12 +782,12 @@ lease_release(struct agent *a, struct lease *l, struct dmk_err *err)
 
 	if (!l->held)
 		return 0;
-	cas = (l->st->ops->caps & PROV_CAP_CAS) != 0;
+	cas = (l->st->ops->lease == PROV_LEASE_CAS) != 0;
 	l->seq++;
 	if ((rec = record(a, l, "released", time(NULL), l->version)) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	memset(&nv, 0, sizeof(nv));
-	r = l->st->ops->put(l->st, &l->ref, rec, cas ? l->version : NULL, NULL, &nv, err);
+	r = store_put(l->st, &l->ref, rec, cas ? l->version : NULL, NULL, &nv, err);
 	secret_free(rec);
 	l->held = 0;
 	if (r == DMK_ERR_CONFLICT)

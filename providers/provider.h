@@ -178,6 +178,9 @@ const char *store_cas(const struct store *st, const char *cur);
 /* Is the table row consistent (caps match the ops it sets, naming rules
  * given)?  Checked for every row when a configuration is loaded. */
 int prov_check_ops(const struct prov_ops *ops, struct dmk_err *err);
+/* The longest path every registered store accepts (names meant to be valid
+ * in any store, such as backup escrows'). */
+size_t prov_min_name_max(void);
 /* "hashicorp-vault, azure-key-vault": for messages. */
 void prov_type_list(char *out, size_t n);
 

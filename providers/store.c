@@ -139,6 +139,17 @@ prov_check_ops(const struct prov_ops *o, struct dmk_err *err)
 	return 0;
 }
 
+size_t
+prov_min_name_max(void)
+{
+	size_t i, m = 0;
+
+	for (i = 0; providers[i] != NULL; i++)
+		if (m == 0 || providers[i]->name_max < m)
+			m = providers[i]->name_max;
+	return m;
+}
+
 void
 prov_type_list(char *out, size_t n)
 {

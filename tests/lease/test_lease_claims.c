@@ -116,7 +116,8 @@ f_list(struct store *st, const struct secret_ref *ref, struct prov_version **out
 }
 
 static const struct prov_ops fake_ops = {
-	.type = "fake", .caps = PROV_CAP_VERSIONS, .get = f_get, .put = f_put,
+	.type = "fake", .caps = PROV_CAP_VERSIONS, .lease = PROV_LEASE_READBACK, .name_max = 127,
+	.flat_names = 1, .get = f_get, .put = f_put,
 	.list_versions = f_list,
 };
 
