@@ -969,16 +969,16 @@ static int
 rot_steps(struct rot *r, struct dmk_err *err)
 {
 	char where[512];
-	int rc = 0;
+	int rc = 0, at;
 
-	for (; r->step >= STEP_PROVE && r->step < STEP_DONE; r->step++) {
+	while (r->step >= STEP_PROVE && r->step < STEP_DONE) {
 		/* SIGINT/SIGTERM: stop here, between two steps, never inside one. */
 		if (dmk_interrupted()) {
 			snprintf(where, sizeof(where), "at %s/%s, before the step \"%s\"",
 			    r->run->ag->name, r->p->db->name, step_names[r->step]);
 			return dmk_err_interrupted(err, where);
 		}
-		switch (r->step) {
+		switch ((at = r->step)) {
 		case STEP_PROVE:
 			rc = step_prove(r, err);
 			break;
@@ -999,6 +999,8 @@ rot_steps(struct rot *r, struct dmk_err *err)
 		}
 		if (rc != 0)
 			return rc;
+		if (r->step == at)   /* a step may say where to go on (adopt: to apply) */
+			r->step++;
 	}
 	return 0;
 }
