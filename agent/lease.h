@@ -28,6 +28,11 @@
  * the TTL has passed since it last wrote the record it renews it.  Finding
  * another agent's record there means the lease was taken over: the holder
  * stops before that change and never writes over the other run's record.
+ *
+ * Ownership: a struct lease is the caller's (usually on its stack); it
+ * borrows the agent's store (never closed here) and holds no secret: its
+ * records carry identities and times only.  lease_release() is safe to call
+ * on a lease not held.
  */
 #ifndef DMK_LEASE_H
 #define DMK_LEASE_H

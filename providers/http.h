@@ -13,6 +13,12 @@
  *  - Request bodies and headers may carry secrets (tokens, passwords): they
  *    are never logged, and header copies are wiped when released.
  *  - Response bodies live in a struct buf, which wipes on free.
+ *
+ * Ownership: a request only points at its method, URL, headers and body; the
+ * caller owns them and keeps them alive for the call.  A response is the
+ * caller's: http_response_init() before, http_response_free() after (wipes
+ * the body).  A client is the store's: http_client_close() releases the
+ * transport; tls->client_key is borrowed, never freed here.
  */
 #ifndef DMK_HTTP_H
 #define DMK_HTTP_H
@@ -102,7 +108,8 @@ void http_client_close(struct http_client *c);
 int http_do(struct http_client *c, struct http_request *req,
     struct http_response *resp, struct dmk_err *err);
 
-/* Add a header line; the string is copied into wiped storage by the caller. */
+/* Add a header line.  Only the pointer is kept: the caller owns the string,
+ * keeps it alive until http_do() returns, and wipes it (it may hold a token). */
 int http_req_header(struct http_request *req, const char *line);
 
 /* Parse Retry-After (seconds or HTTP date) into milliseconds; -1 if absent. */
