@@ -110,15 +110,24 @@ class Lab:
         self.sims.append(self.sql)
         self.sql_ready = self.sql.ready
 
+    # The store: Vault here; a subclass (tests/rotate/azlab.py) puts the
+    # passwords in another store by overriding _start_vault, store_section
+    # and dmk_ref, and nothing else.
+    def store_section(self):
+        return (f"[store hcv]\ntype = hashicorp-vault\naddress = {self.vault.ready['address']}\n"
+                f"ca_file = {self.ca}\nauth = token\n"
+                f"token = file:{os.path.join(self.dir, 'vault-root-token')}\n")
+
+    def dmk_ref(self, label):
+        return f"hcv:sql/ag1/{label.lower()}/dmk#password"
+
     def write_config(self, ca=None, login="sa", login_password_file=None, extra_ag="",
                      databases=None, agent_extra=""):
         self.state_dir = os.path.join(self.dir, "state")
         self.audit_log = os.path.join(self.dir, "audit.jsonl")
         dbs = databases if databases is not None else [("CM_P01", None)]
         text = (f"[agent]\nstate_dir = {self.state_dir}\naudit_log = {self.audit_log}\n{agent_extra}"
-                f"[store hcv]\ntype = hashicorp-vault\naddress = {self.vault.ready['address']}\n"
-                f"ca_file = {self.ca}\nauth = token\n"
-                f"token = file:{os.path.join(self.dir, 'vault-root-token')}\n"
+                + self.store_section() +
                 f"[ag AG1]\nlistener = 127.0.0.1:{self.sql_ready['listener_port']}\n"
                 f"login = {login}\n"
                 f"login_password = file:{login_password_file or os.path.join(self.dir, 'sa-password')}\n"
@@ -128,7 +137,7 @@ class Lab:
             text += f"[database AG1/{lab}]\n"
             if label:
                 text += f"name = {name}\n"
-            text += f"dmk_password = hcv:sql/ag1/{lab.lower()}/dmk#password\n"
+            text += f"dmk_password = {self.dmk_ref(lab)}\n"
         self.config = os.path.join(self.dir, "dmkagent.conf")
         with open(os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)

@@ -27,7 +27,8 @@ def secret_name(label):
 
 class AzureLab(Lab):
     """Lab with `[store akv] type = azure-key-vault` (client secret auth) and
-    `dmk_password = akv:sql-ag1-<db>-dmk` for every database."""
+    `dmk_password = akv:sql-ag1-<db>-dmk` for every database: only the store
+    differs from Lab (its simulator, its section, its references)."""
 
     def _start_vault(self):
         port = free_port_block(2)
@@ -44,32 +45,16 @@ class AzureLab(Lab):
         self.sims.append(self.azure)
         self.vault = self.azure         # Lab.control(sim=lab.vault) reaches the store's simulator
 
-    def write_config(self, ca=None, login="sa", login_password_file=None, extra_ag="",
-                     databases=None, agent_extra=""):
-        self.state_dir = os.path.join(self.dir, "state")
-        self.audit_log = os.path.join(self.dir, "audit.jsonl")
-        dbs = databases if databases is not None else [("CM_P01", None)]
+    def store_section(self):
         r = self.azure.ready
-        text = (f"[agent]\nstate_dir = {self.state_dir}\naudit_log = {self.audit_log}\n{agent_extra}"
-                f"[store akv]\ntype = azure-key-vault\nvault_url = {r['vault_url']}\n"
+        return (f"[store akv]\ntype = azure-key-vault\nvault_url = {r['vault_url']}\n"
                 f"ca_file = {self.ca}\nchallenge_resource_verification = no\ntimeout = 20s\n"
                 f"auth = client-secret\ntenant_id = {TENANT}\nclient_id = {CLIENT}\n"
                 f"authority_host = {r['authority_host']}\n"
-                f"client_secret = file:{self.client_secret_file}\n"
-                f"[ag AG1]\nlistener = 127.0.0.1:{self.sql_ready['listener_port']}\n"
-                f"login = {login}\n"
-                f"login_password = file:{login_password_file or os.path.join(self.dir, 'sa-password')}\n"
-                f"ca_file = {ca or self.ca}\nconnect_timeout = 10s\nquery_timeout = 30s\n{extra_ag}")
-        for name, label in dbs:
-            lab = label or name.replace("/", "_")
-            text += f"[database AG1/{lab}]\n"
-            if label:
-                text += f"name = {name}\n"
-            text += f"dmk_password = akv:{secret_name(lab)}\n"
-        self.config = os.path.join(self.dir, "dmkagent.conf")
-        with open(os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(text)
-        return self.config
+                f"client_secret = file:{self.client_secret_file}\n")
+
+    def dmk_ref(self, label):
+        return "akv:" + secret_name(label)
 
     def put_dmk_password(self, value=None, ref=None, overwrite=False):
         return super().put_dmk_password(value, ref or "akv:" + secret_name("CM_P01"), overwrite)
