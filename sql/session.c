@@ -1,7 +1,7 @@
 /*
- * session.c: FreeTDS db-lib sessions through the TLS relay (relay.c),
- * running statements and RPCs, reading results, turning SQL Server's
- * errors into dmk_err values.
+ * session.c: FreeTDS db-lib sessions through the TLS relay (relay.c):
+ * connecting, the encryption gate, and SQL Server's errors as dmk_err
+ * values.  Running batches and RPCs is exec.c's, reading results result.c's.
  *
  * FreeTDS configuration.  encryption, ca file and the like exist only as
  * freetds.conf keys, so every session gets a section of its own
@@ -41,36 +41,8 @@
 #include "core/buf.h"
 #include "core/secret.h"
 #include "relay.h"
-#include "sql_int.h"
+#include "session_int.h"
 
-#define SYB_UNIQUE 36          /* uniqueidentifier; sybdb.h has no name for it */
-#define RPC_STR_MAX 4000       /* bytes: db-lib sends NVARCHAR up to this */
-/* What one result set may hold: far above anything our queries return. */
-#define SQL_RESULT_MAX_COLS 4096
-#define SQL_RESULT_MAX_CELLS ((size_t)1 << 22)
-#define SQL_RESULT_MAX_BYTES (256 << 20)
-
-struct sql_session {
-	DBPROCESS *dbproc;
-	struct relay *relay;
-	char name[520];
-	unsigned section;
-	long query_timeout;
-	struct sql_error first;    /* first error (severity > 10) of the current call */
-	struct sql_error last;     /* last error seen on the session */
-	int dberr;                 /* last db-lib error of the current call */
-	char dberr_text[256];
-	int timed_out, dead;
-	const char *perm_hint;     /* what permission the current call needs */
-	int errnos[SQL_CALL_ERRORS_MAX]; /* error numbers (severity > 10) of the current call */
-	size_t nerrnos;            /* how many there were (may exceed what errnos holds) */
-	int enc_unchecked;         /* encrypt_option not read yet (see enc_gate) */
-	char enc_refused[300];     /* why the session may not be used, or "" */
-	long connect_timeout;
-	int connecting;            /* in sql_connect(): name carries the address */
-	int bad_code;              /* the server sent a value we refused: the session */
-	char bad_value[300];       /* is not used again (this says why) */
-};
 
 /* ---- process-wide: db-lib init, handlers, the private freetds.conf ---- */
 
@@ -292,8 +264,8 @@ sql_session_name(const struct sql_session *s)
 }
 
 /* Turn what the handlers saw into one dmk_err. */
-static int
-session_error(struct sql_session *s, struct dmk_err *err)
+int
+sess_error(struct sql_session *s, struct dmk_err *err)
 {
 	const struct sql_error *e = &s->first;
 	struct dmk_err rerr = { 0 };
@@ -380,9 +352,6 @@ sql_last_error(const struct sql_session *s)
 	"SELECT encrypt_option FROM sys.dm_exec_connections WHERE session_id = @@SPID " \
 	"ELSE SELECT CAST(NULL AS nvarchar(40)) AS encrypt_option;\n"
 
-static int run_batch(struct sql_session *s, const char *text, struct sql_result **res,
-    struct dmk_err *err);
-static int collect_all(struct sql_session *s, struct sql_result ***sets, size_t *nsets);
 
 static int
 enc_verdict(struct sql_session *s, const struct sql_result *res, struct dmk_err *err)
@@ -405,8 +374,8 @@ enc_verdict(struct sql_session *s, const struct sql_result *res, struct dmk_err 
 }
 
 /* Before a call that may carry a secret: the check in its own round trip. */
-static int
-enc_gate(struct sql_session *s, struct dmk_err *err)
+int
+sess_enc_gate(struct sql_session *s, struct dmk_err *err)
 {
 	struct sql_result *res = NULL;
 	int rc;
@@ -414,7 +383,7 @@ enc_gate(struct sql_session *s, struct dmk_err *err)
 	if (!s->enc_unchecked)
 		return 0;
 	s->enc_unchecked = 0;
-	if ((rc = run_batch(s, ENC_CHECK_SQL, &res, err)) != 0) {
+	if ((rc = sess_run_batch(s, ENC_CHECK_SQL, &res, err)) != 0) {
 		if (s->dead)
 			return rc;
 		memset(&s->last, 0, sizeof(s->last));   /* our probe, not the caller's */
@@ -433,8 +402,8 @@ enc_gate(struct sql_session *s, struct dmk_err *err)
  * own set taken off and judged.  Only a failed connection or a failed check
  * is an error; statement errors are left in the call's error list.
  */
-static int
-enc_fused(struct sql_session *s, const char *text, struct sql_result ***sets, size_t *nsets,
+int
+sess_enc_fused(struct sql_session *s, const char *text, struct sql_result ***sets, size_t *nsets,
     struct dmk_err *err)
 {
 	struct buf b;
@@ -456,12 +425,12 @@ enc_fused(struct sql_session *s, const char *text, struct sql_result ***sets, si
 	dbfreebuf(s->dbproc);
 	buf_free(&b);
 	if (rc)
-		return session_error(s, err);
-	if ((rc = collect_all(s, sets, nsets)) != 0) {
+		return sess_error(s, err);
+	if ((rc = sess_collect_all(s, sets, nsets)) != 0) {
 		sql_sets_free(*sets, *nsets);
 		*sets = NULL;
 		*nsets = 0;
-		return rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") : session_error(s, err);
+		return rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") : sess_error(s, err);
 	}
 	if (!lead)
 		return 0;
@@ -574,7 +543,7 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 			    "before reaching the server: no ticket for %s? (kinit, a keytab, "
 			    "KRB5CCNAME) [%s]", s->name, spn,
 			    s->dberr_text[0] ? s->dberr_text : "FreeTDS gave no reason");
-		else if ((rc = session_error(s, err)) == DMK_ERR_SQL && s->first.number == 0)
+		else if ((rc = sess_error(s, err)) == DMK_ERR_SQL && s->first.number == 0)
 			rc = dmk_errf(err, DMK_ERR_UNREACHABLE, "%s: cannot log in: %s", s->name,
 			    s->dberr_text[0] ? s->dberr_text : "FreeTDS gave no reason");
 		goto fail;
@@ -602,677 +571,6 @@ fail:
 }
 
 /* ---- results ---- */
-
-const struct sql_value *
-sql_cell(const struct sql_result *r, size_t row, const char *col)
-{
-	size_t c;
-
-	if (r == NULL || row >= r->nrows)
-		return NULL;
-	for (c = 0; c < r->ncols; c++)
-		if (strcasecmp(r->cols[c], col) == 0)
-			return &r->cells[row * r->ncols + c];
-	return NULL;
-}
-
-void
-sql_result_free(struct sql_result *r)
-{
-	size_t i;
-
-	if (r == NULL)
-		return;
-	for (i = 0; i < r->ncols; i++)
-		free(r->cols[i]);
-	free(r->cols);
-	for (i = 0; i < r->ncols * r->nrows; i++) {
-		if (r->cells[i].s) {
-			OPENSSL_cleanse(r->cells[i].s, r->cells[i].len);
-			free(r->cells[i].s);
-		}
-		if (r->cells[i].bin) {
-			OPENSSL_cleanse(r->cells[i].bin, r->cells[i].len);
-			free(r->cells[i].bin);
-		}
-	}
-	free(r->cells);
-	free(r);
-}
-
-static char *
-dup_n(const void *p, size_t n)
-{
-	char *s = malloc(n + 1);
-
-	if (s == NULL)
-		return NULL;
-	if (n)
-		memcpy(s, p, n);
-	s[n] = '\0';
-	return s;
-}
-
-static int
-set_str(struct sql_value *v, const char *p, size_t n)
-{
-	v->type = SQLT_STR;
-	v->len = n;
-	return (v->s = dup_n(p, n)) == NULL ? DMK_ERR_NOMEM : 0;
-}
-
-/*
- * Decoding a value the server sent.  db-lib hands us its type and length
- * (dbdatlen); FreeTDS took the length from the wire, so it is checked
- * against what the type allows before a byte is copied: fixed-size types
- * must have exactly their size, a GUID 16 bytes, a string no NUL in it.
- */
-int
-sql_cell_decode(int t, const unsigned char *data, long len, struct sql_value *v,
-    const char **why)
-{
-	char tmp[40];
-	long k;
-
-	memset(v, 0, sizeof(*v));
-	*why = NULL;
-	if (data == NULL || len < 0)
-		return 0;   /* NULL */
-	switch (t) {
-	case SYBINT1: case SYBBIT: case SYBBITN:
-		if (len != 1)
-			goto badlen;
-		v->type = SQLT_INT;
-		v->i = t == SYBINT1 ? data[0] : data[0] != 0;
-		return 0;
-	case SYBINT2: case SYBINT4: case SYBINT8: case SYBINTN:
-		if ((t == SYBINT2 && len != 2) || (t == SYBINT4 && len != 4) ||
-		    (t == SYBINT8 && len != 8) ||
-		    (t == SYBINTN && len != 1 && len != 2 && len != 4 && len != 8))
-			goto badlen;
-		/* the host's order, as db-lib stores it; INT1 is unsigned */
-		v->type = SQLT_INT;
-		if (len == 1)
-			v->i = data[0];
-		else if (len == 2) {
-			int16_t x;
-			memcpy(&x, data, 2);
-			v->i = x;
-		} else if (len == 4) {
-			int32_t x;
-			memcpy(&x, data, 4);
-			v->i = x;
-		} else {
-			int64_t x;
-			memcpy(&x, data, 8);
-			v->i = x;
-		}
-		return 0;
-	case SYBBINARY: case SYBVARBINARY: case SYBIMAGE:
-		v->type = SQLT_BIN;
-		v->len = (size_t)len;
-		return (v->bin = (unsigned char *)dup_n(data, (size_t)len)) == NULL ?
-		    DMK_ERR_NOMEM : 0;
-	case SYBCHAR: case SYBVARCHAR: case SYBTEXT: case SYBNVARCHAR: case SYBNTEXT:
-		/* FreeTDS has converted it to the client charset, UTF-8.  Callers
-		 * read it as a C string: a NUL inside would cut it silently. */
-		for (k = 0; k < len; k++)
-			if (data[k] == '\0') {
-				*why = "a string with a NUL character in it";
-				return DMK_ERR_PROTOCOL;
-			}
-		return set_str(v, (const char *)data, (size_t)len);
-	case SYB_UNIQUE:
-		if (len != 16)
-			goto badlen;
-		/* Data1..3 little-endian on the wire, Data4 bytes in order. */
-		snprintf(tmp, sizeof(tmp), "%02X%02X%02X%02X-%02X%02X-%02X%02X-"
-		    "%02X%02X-%02X%02X%02X%02X%02X%02X", data[3], data[2], data[1], data[0],
-		    data[5], data[4], data[7], data[6], data[8], data[9], data[10], data[11],
-		    data[12], data[13], data[14], data[15]);
-		return set_str(v, tmp, strlen(tmp));
-	}
-	return 1;   /* not ours: db-lib converts it */
-badlen:
-	*why = "a value whose length does not fit its type";
-	return DMK_ERR_PROTOCOL;
-}
-
-static int
-read_cell(DBPROCESS *d, int c, struct sql_value *v, const char **why)
-{
-	int t = dbcoltype(d, c), rc;
-	BYTE *data = dbdata(d, c);
-	DBINT len = dbdatlen(d, c);
-	char tmp[128];
-	DBDATEREC2 dr;
-	DBINT n;
-
-	if ((rc = sql_cell_decode(t, data, (long)len, v, why)) <= 0)
-		return rc;
-	switch (t) {
-	case SYBDATETIME: case SYBDATETIME4: case SYBDATETIMN:
-		/* DATETIMN is DATETIME4 or DATETIME by its length */
-		if (len != 4 && len != 8)
-			break;
-		if ((t == SYBDATETIME && len != 8) || (t == SYBDATETIME4 && len != 4))
-			break;
-		if (t == SYBDATETIMN)
-			t = len == 4 ? SYBDATETIME4 : SYBDATETIME;
-		/* FALLTHROUGH */
-	case SYBMSDATETIME2: case SYBMSDATE: case SYBMSDATETIMEOFFSET:
-		/* db-lib keeps the MS types in a structure of its own making. */
-		if (len == 0 || dbanydatecrack(d, &dr, t, data) != SUCCEED)
-			break;
-		snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d", (int)dr.dateyear,
-		    (int)dr.datemonth + 1, (int)dr.datedmonth, (int)dr.datehour,
-		    (int)dr.dateminute, (int)dr.datesecond);
-		return set_str(v, tmp, strlen(tmp));
-	default:
-		n = dbconvert(d, t, data, len, SYBCHAR, (BYTE *)tmp, sizeof(tmp) - 1);
-		if (n < 0 || (size_t)n >= sizeof(tmp))
-			return set_str(v, "", 0);
-		tmp[n] = '\0';
-		return set_str(v, tmp, strlen(tmp));
-	}
-	*why = "a date whose length does not fit its type";
-	return DMK_ERR_PROTOCOL;
-}
-
-/*
- * After read_set() failed.  Out of memory: cancel the rest as usual.  A
- * value we refused or a result over the limits: the server is not to be
- * trusted to end what it sends or to acknowledge a cancel, so the relay
- * cuts the connection (FreeTDS then sees it closed) and the session is
- * not used again.
- */
-static void
-drop_or_cancel(struct sql_session *s)
-{
-	if (s->bad_code == 0) {
-		dbcancel(s->dbproc);
-		return;
-	}
-	relay_abort(s->relay);
-	s->dead = 1;
-}
-
-/* Read the current result set into a new struct sql_result. */
-static int
-read_set(struct sql_session *s, struct sql_result **out, int *fetch_failed)
-{
-	DBPROCESS *d = s->dbproc;
-	struct sql_result *r;
-	struct sql_value *cells;
-	size_t cap = 0, i, bytes = 0;
-	int ncols = dbnumcols(d), c, rr, rc = 0, k;
-	const char *nm, *why = NULL;
-
-	if (ncols <= 0 || (size_t)ncols > SQL_RESULT_MAX_COLS) {
-		snprintf(s->bad_value, sizeof(s->bad_value), "a result with %d columns", ncols);
-		return DMK_ERR_PROTOCOL;
-	}
-	if ((r = calloc(1, sizeof(*r))) == NULL)
-		return DMK_ERR_NOMEM;
-	r->ncols = (size_t)ncols;
-	if ((r->cols = calloc((size_t)ncols, sizeof(char *))) == NULL) {
-		free(r);
-		return DMK_ERR_NOMEM;
-	}
-	for (c = 0; c < ncols; c++) {
-		nm = dbcolname(d, c + 1);
-		if ((r->cols[c] = dup_n(nm ? nm : "", nm ? strlen(nm) : 0)) == NULL) {
-			rc = DMK_ERR_NOMEM;
-			goto out;
-		}
-	}
-	while ((rr = dbnextrow(d)) != NO_MORE_ROWS) {
-		if (rr == FAIL) {
-			*fetch_failed = 1;
-			break;
-		}
-		if (rr != REG_ROW)
-			continue;   /* COMPUTE rows: none from our queries */
-		if (rc == DMK_ERR_NOMEM)
-			continue;   /* drain after a failure */
-		if (rc != 0)
-			break;      /* not after a bad value: the rest may never end */
-		if (r->nrows >= SQL_RESULT_MAX_CELLS / r->ncols) {
-			snprintf(s->bad_value, sizeof(s->bad_value), "a result of more than %zu rows",
-			    r->nrows);
-			rc = DMK_ERR_TOOBIG;
-			continue;
-		}
-		if ((r->nrows + 1) * r->ncols > cap) {
-			size_t ncap = cap ? cap * 2 : (size_t)ncols * 16;
-
-			if ((cells = realloc(r->cells, ncap * sizeof(*cells))) == NULL) {
-				rc = DMK_ERR_NOMEM;
-				continue;
-			}
-			r->cells = cells;
-			cap = ncap;
-		}
-		for (c = 0; c < ncols; c++) {
-			i = r->nrows * r->ncols + (size_t)c;
-			if ((k = read_cell(d, c + 1, &r->cells[i], &why)) != 0 && rc == 0) {
-				rc = k;
-				if (k != DMK_ERR_NOMEM)
-					snprintf(s->bad_value, sizeof(s->bad_value), "column %.128s: %s "
-					    "(type %d, %ld bytes)", r->cols[c], why ? why : "bad value",
-					    dbcoltype(d, c + 1), (long)dbdatlen(d, c + 1));
-			}
-			bytes += r->cells[i].len;
-		}
-		r->nrows++;   /* cells of a failed row are freed with the result */
-		if (rc == 0 && bytes > SQL_RESULT_MAX_BYTES) {
-			snprintf(s->bad_value, sizeof(s->bad_value), "a result larger than %d MiB",
-			    SQL_RESULT_MAX_BYTES >> 20);
-			rc = DMK_ERR_TOOBIG;
-		}
-	}
-out:
-	if (rc != 0) {
-		if (rc != DMK_ERR_NOMEM)
-			s->bad_code = rc;
-		sql_result_free(r);
-		return rc;
-	}
-	*out = r;
-	return 0;
-}
-
-/*
- * After the request was sent: process every result, keep the first set
- * that has columns, drain the rest.  Returns 0 or a negative code; the
- * failure detail is in the session (first error, db-lib error).
- */
-static int
-collect(struct sql_session *s, struct sql_result **res, int *retstatus)
-{
-	DBPROCESS *d = s->dbproc;
-	struct sql_result *got = NULL;
-	int rc, failed = 0, r;
-
-	if (dbsqlok(d) == FAIL) {
-		failed = 1;
-		goto done;
-	}
-	while ((rc = dbresults(d)) != NO_MORE_RESULTS) {
-		if (rc == FAIL) {
-			failed = 1;
-			break;
-		}
-		if (dbnumcols(d) > 0 && res != NULL && got == NULL) {
-			if ((r = read_set(s, &got, &failed)) != 0) {
-				drop_or_cancel(s);
-				return r;
-			}
-		} else {
-			while ((r = dbnextrow(d)) != NO_MORE_ROWS)
-				if (r == FAIL) {
-					failed = 1;
-					break;
-				}
-		}
-		if (retstatus != NULL && dbhasretstat(d))
-			*retstatus = dbretstatus(d);
-		if (s->dead)
-			break;
-	}
-done:
-	if (retstatus != NULL && !s->dead && dbhasretstat(d))
-		*retstatus = dbretstatus(d);
-	if (failed && !s->dead)
-		dbcancel(d);
-	if (failed || s->first.number != 0 || s->dead) {
-		sql_result_free(got);
-		return DMK_ERR_SQL;
-	}
-	if (res != NULL)
-		*res = got;
-	else
-		sql_result_free(got);
-	return 0;
-}
-
-static int usable(struct sql_session *s, struct dmk_err *err);
-
-/*
- * Like collect(), for a batch of independent statements: keep every result
- * set, in order.  Statement errors are not fatal here (the caller reads
- * sql_call_errors()); only a failed connection is.
- */
-static int
-collect_all(struct sql_session *s, struct sql_result ***sets, size_t *nsets)
-{
-	DBPROCESS *d = s->dbproc;
-	struct sql_result *got, **v;
-	int rc, r, failed = 0;
-
-	*sets = NULL;
-	*nsets = 0;
-	if (dbsqlok(d) == FAIL && s->dead)
-		return DMK_ERR_SQL;
-	while ((rc = dbresults(d)) != NO_MORE_RESULTS) {
-		if (rc == FAIL) {
-			if (s->dead)
-				break;
-			continue;   /* a statement failed; the batch goes on */
-		}
-		if (dbnumcols(d) > 0) {
-			got = NULL;
-			if ((r = read_set(s, &got, &failed)) != 0) {
-				drop_or_cancel(s);
-				return r;
-			}
-			if ((v = realloc(*sets, (*nsets + 1) * sizeof(*v))) == NULL) {
-				sql_result_free(got);
-				dbcancel(d);
-				return DMK_ERR_NOMEM;
-			}
-			*sets = v;
-			v[(*nsets)++] = got;
-		} else
-			while ((r = dbnextrow(d)) != NO_MORE_ROWS)
-				if (r == FAIL)
-					break;
-		if (s->dead)
-			break;
-	}
-	return s->dead ? DMK_ERR_SQL : 0;
-}
-
-size_t
-sql_call_errors(const struct sql_session *s, int *nums, size_t max)
-{
-	size_t i;
-
-	for (i = 0; i < s->nerrnos && i < max && i < SQL_CALL_ERRORS_MAX; i++)
-		nums[i] = s->errnos[i];
-	return s->nerrnos;
-}
-
-int
-sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_result ***sets,
-    size_t *nsets, struct dmk_err *err)
-{
-	const char *text = sql_stmt_text(st);
-	size_t i;
-	int rc;
-
-	*sets = NULL;
-	*nsets = 0;
-	if ((rc = sql_stmt_error(st, err)) != 0)
-		return rc;   /* the first failed builder call's error */
-	if (text == NULL || *text == '\0')
-		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
-	if ((rc = usable(s, err)) != 0)
-		return rc;
-	if (!sql_stmt_has_secret(st))
-		return enc_fused(s, text, sets, nsets, err);
-	if ((rc = enc_gate(s, err)) != 0)
-		return rc;
-	s->first.number = 0;
-	s->nerrnos = 0;
-	s->dberr = 0;
-	s->dberr_text[0] = '\0';
-	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
-		dbfreebuf(s->dbproc);
-		return session_error(s, err);
-	}
-	dbfreebuf(s->dbproc);
-	if ((rc = collect_all(s, sets, nsets)) != 0) {
-		for (i = 0; i < *nsets; i++)
-			sql_result_free((*sets)[i]);
-		free(*sets);
-		*sets = NULL;
-		*nsets = 0;
-		return rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") : session_error(s, err);
-	}
-	return 0;
-}
-
-void
-sql_sets_free(struct sql_result **sets, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		sql_result_free(sets[i]);
-	free(sets);
-}
-
-static int
-usable(struct sql_session *s, struct dmk_err *err)
-{
-	if (s == NULL || s->dbproc == NULL)
-		return dmk_errf(err, DMK_ERR_INTERNAL, "no session");
-	if (s->enc_refused[0])
-		return dmk_errf(err, DMK_ERR_TLS, "%s; refusing to use it", s->enc_refused);
-	if (s->bad_code != 0)
-		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the server sent %s earlier; refusing "
-		    "to use the session", s->name, s->bad_value);
-	if (s->dead || dbdead(s->dbproc))
-		return dmk_errf(err, s->timed_out ? DMK_ERR_TIMEOUT : DMK_ERR_UNREACHABLE,
-		    "%s: the connection is closed", s->name);
-	return 0;
-}
-
-static int
-run_batch(struct sql_session *s, const char *text, struct sql_result **res, struct dmk_err *err)
-{
-	int rc;
-
-	if (res != NULL)
-		*res = NULL;
-	if ((rc = usable(s, err)) != 0)
-		return rc;
-	s->first.number = 0;
-	s->nerrnos = 0;
-	s->dberr = 0;
-	s->dberr_text[0] = '\0';
-	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
-		dbfreebuf(s->dbproc);
-		return session_error(s, err);
-	}
-	dbfreebuf(s->dbproc);   /* the command buffer may hold a password literal */
-	if (collect(s, res, NULL) != 0)
-		return session_error(s, err);
-	return 0;
-}
-
-int
-sql_exec(struct sql_session *s, const struct sql_stmt *st, struct sql_result **res,
-    struct dmk_err *err)
-{
-	const char *text = sql_stmt_text(st);
-
-	int rc;
-
-	if ((rc = sql_stmt_error(st, err)) != 0)
-		return rc;   /* the first failed builder call's error */
-	if (text == NULL || *text == '\0')
-		return dmk_errf(err, DMK_ERR_INTERNAL, "incomplete SQL statement");
-	if ((rc = usable(s, err)) != 0 || (rc = enc_gate(s, err)) != 0)
-		return rc;
-	return run_batch(s, text, res, err);
-}
-
-int
-sql_query(struct sql_session *s, const char *fixed_sql, struct sql_result **res,
-    struct dmk_err *err)
-{
-	struct sql_result **sets = NULL;
-	size_t n = 0, i;
-	int rc;
-
-	if (fixed_sql == NULL || *fixed_sql == '\0')
-		return dmk_errf(err, DMK_ERR_INTERNAL, "empty SQL query");
-	if ((rc = usable(s, err)) != 0)
-		return rc;
-	if (!s->enc_unchecked)
-		return run_batch(s, fixed_sql, res, err);
-	/* The session's first call: the encryption check rides along. */
-	if (res != NULL)
-		*res = NULL;
-	if ((rc = enc_fused(s, fixed_sql, &sets, &n, err)) != 0)
-		return rc;
-	if (s->first.number != 0) {
-		sql_sets_free(sets, n);
-		return session_error(s, err);
-	}
-	for (i = 0; i < n; i++)
-		if (i == 0 && res != NULL)
-			*res = sets[0];
-		else
-			sql_result_free(sets[i]);
-	free(sets);
-	return 0;
-}
-
-/* ---- RPC ---- */
-
-static int
-rpc_call(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
-    int *retstatus, struct sql_result ***sets, size_t *nsets, struct dmk_err *err)
-{
-	DBBIGINT i8;
-	DBINT i4;
-	size_t k, len;
-	const char *str;
-	int rc, ret = 0;
-	/* Integer values must stay put until dbrpcsend(). */
-	DBBIGINT *ints = NULL;
-
-	if ((rc = usable(s, err)) != 0 || (rc = enc_gate(s, err)) != 0)
-		return rc;
-	s->first.number = 0;
-	s->nerrnos = 0;
-	s->dberr = 0;
-	s->dberr_text[0] = '\0';
-	if (proc == NULL || !sql_valid_name(proc))
-		return dmk_errf(err, DMK_ERR_BADINPUT, "bad procedure name");
-	if (n > 0 && (ints = calloc(n, sizeof(*ints))) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	if (dbrpcinit(s->dbproc, proc, 0) == FAIL) {
-		rc = session_error(s, err);
-		goto out;
-	}
-	for (k = 0; k < n; k++) {
-		const struct sql_param *q = &p[k];
-		int ok;
-
-		if (q->name == NULL || q->name[0] != '@' || !sql_valid_name(q->name)) {
-			rc = dmk_errf(err, DMK_ERR_BADINPUT, "bad parameter name for %s", proc);
-			goto cancel;
-		}
-		switch (q->type) {
-		case SQLP_NVARCHAR:
-			str = q->secret ? secret_reveal(q->secret) : q->str;
-			len = q->secret ? secret_len(q->secret) : (str ? strlen(str) : 0);
-			if (q->is_null || str == NULL) {
-				ok = dbrpcparam(s->dbproc, q->name, 0, SYBVARCHAR, -1, 0, NULL);
-				break;
-			}
-			if (len == 0 || len > RPC_STR_MAX || sql_utf16_units(str, len) < 0) {
-				/* db-lib sends a zero length as NULL, and more than 4000
-				 * bytes not as NVARCHAR: refuse rather than change the value. */
-				rc = dmk_errf(err, DMK_ERR_BADINPUT, "parameter %s of %s: %s", q->name,
-				    proc, len == 0 ? "empty strings cannot be sent" :
-				    len > RPC_STR_MAX ? "longer than 4000 bytes" :
-				    "not valid UTF-8");
-				goto cancel;
-			}
-			ok = dbrpcparam(s->dbproc, q->name, 0, SYBVARCHAR, -1, (DBINT)len,
-			    (BYTE *)str);
-			break;
-		case SQLP_INT:
-			if (q->is_null) {
-				ok = dbrpcparam(s->dbproc, q->name, 0, SYBINTN, -1, 0, NULL);
-				break;
-			}
-			if (q->i >= INT32_MIN && q->i <= INT32_MAX) {
-				i4 = (DBINT)q->i;
-				memcpy(&ints[k], &i4, sizeof(i4));
-				ok = dbrpcparam(s->dbproc, q->name, 0, SYBINT4, -1, -1, (BYTE *)&ints[k]);
-			} else {
-				i8 = q->i;
-				ints[k] = i8;
-				ok = dbrpcparam(s->dbproc, q->name, 0, SYBINT8, -1, -1, (BYTE *)&ints[k]);
-			}
-			break;
-		case SQLP_VARBINARY:
-			if (q->is_null || q->bin == NULL) {
-				ok = dbrpcparam(s->dbproc, q->name, 0, SYBVARBINARY, -1, 0, NULL);
-				break;
-			}
-			if (q->len == 0 || q->len > 8000) {
-				rc = dmk_errf(err, DMK_ERR_BADINPUT, "parameter %s of %s: binary length %zu "
-				    "not supported", q->name, proc, q->len);
-				goto cancel;
-			}
-			ok = dbrpcparam(s->dbproc, q->name, 0, SYBVARBINARY, -1, (DBINT)q->len,
-			    (BYTE *)q->bin);
-			break;
-		default:
-			rc = dmk_errf(err, DMK_ERR_INTERNAL, "bad parameter type");
-			goto cancel;
-		}
-		if (ok == FAIL) {
-			rc = session_error(s, err);
-			goto cancel;
-		}
-	}
-	if (dbrpcsend(s->dbproc) == FAIL) {
-		rc = session_error(s, err);
-		goto out;
-	}
-	if (sets != NULL) {
-		/* every result set; statement errors are the caller's to read */
-		if ((rc = collect_all(s, sets, nsets)) != 0) {
-			sql_sets_free(*sets, *nsets);
-			*sets = NULL;
-			*nsets = 0;
-			rc = rc == DMK_ERR_NOMEM ? dmk_errf(err, rc, "out of memory") :
-			    session_error(s, err);
-			goto out;
-		}
-		if (s->first.number != 0)
-			(void)session_error(s, err);
-	} else if (collect(s, NULL, &ret) != 0) {
-		rc = session_error(s, err);
-		goto out;
-	}
-	if (retstatus != NULL)
-		*retstatus = ret;
-	rc = 0;
-	goto out;
-cancel:
-	dbrpcinit(s->dbproc, "", DBRPCRESET);   /* drop the parameters we queued */
-out:
-	if (ints != NULL) {
-		OPENSSL_cleanse(ints, n * sizeof(*ints));
-		free(ints);
-	}
-	return rc;
-}
-
-int
-sql_rpc(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
-    int *retstatus, struct dmk_err *err)
-{
-	return rpc_call(s, proc, p, n, retstatus, NULL, NULL, err);
-}
-
-int
-sql_rpc_sets(struct sql_session *s, const char *proc, const struct sql_param *p, size_t n,
-    struct sql_result ***sets, size_t *nsets, struct dmk_err *err)
-{
-	*sets = NULL;
-	*nsets = 0;
-	return rpc_call(s, proc, p, n, NULL, sets, nsets, err);
-}
 
 void
 sql_session_perm_hint(struct sql_session *s, const char *hint)
