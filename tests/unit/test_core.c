@@ -252,6 +252,9 @@ test_retry_after(void **st)
 	assert_int_equal(http_parse_retry_after("", 0), -1);
 	assert_int_equal(http_parse_retry_after("soon", 0), -1);
 	assert_int_equal(http_parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", 1445412480), 10000);
+	/* a huge value is held to the bound, not overflowed (fuzz_hcvault_http) */
+	assert_true(http_parse_retry_after("99999999999999999999", 0) == HTTP_RETRY_AFTER_MAX * 1000);
+	assert_true(http_parse_retry_after("9223372036854775807", 0) == HTTP_RETRY_AFTER_MAX * 1000);
 }
 
 static void
