@@ -10,12 +10,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "core/buf.h"
 #include "agent/genpass.h"
 #include "agent/lock.h"
+#include "agent/agent.h"
+#include "agent/replicas.h"
 #include "providers/http.h"
 
 static void
@@ -245,6 +248,46 @@ test_lock(void **st)
 	lock_release(fd2);
 }
 
+/* A registered.json with a non-object where an AG's or a replica's record
+ * belongs (hand-edited, truncated): recording replaces it, and what was
+ * recorded reads back (fuzz_state: the record was written after free). */
+static void
+test_regstate_corrupt(void **st)
+{
+	static const char *const bodies[] = { "{\"ag1\":{\"SQL1\":[]}}", "{\"ag1\":\"x\"}",
+		"{\"ag1\":{\"SQL1\":5,\"SQL2\":{\"fam1\":{\"version\":\"1\"}}}}" };
+	char dir[] = "/tmp/dmkstateXXXXXX", path[300], ver[80], cred[160];
+	struct config *cfg;
+	struct agent a;
+	struct dmk_err e;
+	size_t i;
+	FILE *f;
+
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(cfg = calloc(1, sizeof(*cfg)));
+	snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", dir);
+	snprintf(path, sizeof(path), "%s/registered.json", dir);
+	for (i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+		assert_non_null(f = fopen(path, "w"));
+		fputs(bodies[i], f);
+		fclose(f);
+		memset(&a, 0, sizeof(a));
+		a.cfg = cfg;
+		assert_int_equal(regstate_set(&a, "ag1", "SQL1", "fam1", "hcv:sql/db1", "3", "c1",
+		    &e), 0);
+		json_decref(a.regstate);
+		a.regstate = NULL;   /* read back from the file */
+		assert_int_equal(regstate_get(&a, "ag1", "SQL1", "fam1", ver, sizeof(ver), cred,
+		    sizeof(cred)), 0);
+		assert_string_equal(ver, "3");
+		assert_string_equal(cred, "c1");
+		json_decref(a.regstate);
+	}
+	unlink(path);
+	rmdir(dir);
+	free(cfg);
+}
+
 static void
 test_retry_after(void **st)
 {
@@ -388,6 +431,7 @@ main(void)
 		cmocka_unit_test(test_policy_check),
 		cmocka_unit_test(test_random_index_uniform),
 		cmocka_unit_test(test_lock),
+		cmocka_unit_test(test_regstate_corrupt),
 		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_http_retry),
 		cmocka_unit_test(test_http_https_only),
