@@ -117,6 +117,18 @@ test_util(void **st)
 	util_rfc3339(t, buf, sizeof(buf));
 	assert_string_equal(buf, "2026-11-25T06:15:00Z");
 	assert_int_not_equal(util_parse_rfc3339("yesterday", &t), 0);
+	/* a short offset is refused, not read past its end (fuzz_state); the
+	 * zeroed buffer would let the old code accept it */
+	{
+		char shortoff[40] = "2026-11-25T07:15:00+1:00";
+		assert_int_not_equal(util_parse_rfc3339(shortoff, &t), 0);
+		memcpy(shortoff, "2026-11-25T07:15:00+01:0", 25);
+		assert_int_not_equal(util_parse_rfc3339(shortoff, &t), 0);
+	}
+	assert_int_not_equal(util_parse_rfc3339("2026-11-25T07:15:00+24:00", &t), 0);
+	assert_int_equal(util_parse_rfc3339("2026-11-25T01:15:00-05:00", &t), 0);
+	util_rfc3339(t, buf, sizeof(buf));
+	assert_string_equal(buf, "2026-11-25T06:15:00Z");
 	assert_true(util_utf8_valid("héllo", strlen("héllo")));
 	assert_false(util_utf8_valid("\xc3", 1));
 	assert_false(util_utf8_valid("\xc0\x80", 2));       /* overlong NUL */
