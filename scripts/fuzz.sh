@@ -10,14 +10,15 @@
 # go to build-fuzz/artifacts/NAME/.
 #
 # Environment: FUZZ_RUNS=N also stops a target after N executions;
-# FUZZ_TARGETS="a b" runs only those; FUZZ_NICE=0 runs without nice.
+# FUZZ_TARGETS="a b" runs only those; FUZZ_NICE=0 runs without nice;
+# FUZZ_BUILD=DIR uses another build directory (default build-fuzz).
 # Prints one line per target: executions, edges (cov), features (ft),
 # crashes, seconds.  Exit 0 when no target crashed, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-300}
 case $secs in ''|*[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS]" >&2; exit 2;; esac
-bd=build-fuzz
+bd=${FUZZ_BUILD:-build-fuzz}
 
 if [ ! -f "$bd/build.ninja" ]; then
   CC=clang meson setup "$bd" --buildtype=debugoptimized -Db_sanitize=address,undefined \
