@@ -40,12 +40,12 @@ nice=(nice -n 10)
 runs=()
 [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
 
-printf '%-10s %12s %8s %8s %8s %8s\n' target executions cov ft crashes seconds
+printf '%-14s %12s %8s %8s %8s %8s\n' target executions cov ft crashes seconds
 bad=0
 for t in $targets; do
   exe=$bd/tests/fuzz/fuzz_$t
   if [ ! -x "$exe" ]; then
-    printf '%-10s missing: fuzz_%s is not in tests/fuzz/meson.build\n' "$t" "$t"
+    printf '%-14s missing: fuzz_%s is not in tests/fuzz/meson.build\n' "$t" "$t"
     bad=1
     continue
   fi
@@ -67,7 +67,7 @@ for t in $targets; do
     crashes=1
     bad=1
   fi
-  printf '%-10s %12s %8s %8s %8s %8s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes" "$dur"
+  printf '%-14s %12s %8s %8s %8s %8s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes" "$dur"
   if [ $crashes -ne 0 ]; then
     echo "  exit $rc; log $log; artifacts:" $(ls "$art") | head -c 2000
     echo
