@@ -137,6 +137,12 @@ read_tail(const char *path, char prev[65], long long *seq, struct dmk_err *err)
 	}
 	*seq = json_integer_value(json_object_get(j, "seq"));
 	json_decref(j);
+	/* The next records are seq + 1...: a forged LLONG_MAX would overflow. */
+	if (*seq < 1 || *seq > AUDIT_SEQ_MAX) {
+		r = dmk_errf(err, DMK_ERR_VERIFY, "%s: the last record's seq %lld is out of range; "
+		    "run 'dmkagent audit verify %s'", path, *seq, path);
+		*seq = 0;
+	}
 out:
 	free(b);
 	close(fd);

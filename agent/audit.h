@@ -50,6 +50,9 @@ struct audit {
 	pid_t pid;
 };
 
+/* The highest seq an append continues from (a forged one is refused). */
+#define AUDIT_SEQ_MAX 1000000000000000LL
+
 /* One record to append: what audit_record takes, as a value. */
 struct audit_entry {
 	const char *action;
