@@ -159,6 +159,12 @@ read_tail(int fd, const char *path, struct tail *t, struct dmk_err *err)
 		util_strlcpy(t->run_id, json_string_value(v), sizeof(t->run_id));
 	v = json_object_get(j, "action");
 	t->run_end = json_is_string(v) && strcmp(json_string_value(v), "run-end") == 0;
+	/* The next records are seq + 1...: a forged LLONG_MAX would overflow. */
+	if (t->seq < 1 || t->seq > AUDIT_SEQ_MAX) {
+		r = dmk_errf(err, DMK_ERR_VERIFY, "%s: the last record's seq %lld is out of range; "
+		    "run 'dmkagent audit verify %s'", path, t->seq, path);
+		t->seq = 0;
+	}
 out:
 	json_decref(j);
 	free(b);

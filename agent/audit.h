@@ -90,6 +90,9 @@ struct audit {
 	char anchor_err[512];      /* the last anchor failure, audited next batch */
 };
 
+/* The highest seq an append continues from (a forged one is refused). */
+#define AUDIT_SEQ_MAX 1000000000000000LL
+
 /* One record to append: what audit_record takes, as a value. */
 struct audit_entry {
 	const char *action;

@@ -621,9 +621,14 @@ regstate_stage(struct agent *a, const char *ag, const char *replica, const char 
 
 	pthread_mutex_lock(&state_mtx);
 	root = regstate_root(a);
-	if ((o = json_object_get(root, ag)) == NULL)
+	/* The file is our own cache, but read from disk: what is not an object
+	 * where one belongs is replaced.  (Setting a key on a non-object fails
+	 * and frees the new value, which was then written to after free.) */
+	o = json_object_get(root, ag);
+	if (!json_is_object(o))
 		json_object_set_new(root, ag, o = json_object());
-	if ((rec = json_object_get(o, replica)) == NULL)
+	rec = json_object_get(o, replica);
+	if (!json_is_object(rec))
 		json_object_set_new(o, replica, rec = json_object());
 	o = json_object();
 	util_rfc3339(time(NULL), t, sizeof(t));

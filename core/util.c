@@ -76,8 +76,14 @@ util_parse_rfc3339(const char *s, time_t *out)
 	if (*p == 'Z' || *p == 'z')
 		p++;
 	else if (*p == '+' || *p == '-') {
+		/* exactly +HH:MM: a shorter one ("+2:00") once moved p past the end */
 		int hh, mm;
-		if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2)
+		if (!isdigit((unsigned char)p[1]) || !isdigit((unsigned char)p[2]) || p[3] != ':' ||
+		    !isdigit((unsigned char)p[4]) || !isdigit((unsigned char)p[5]))
+			return DMK_ERR_BADINPUT;
+		hh = (p[1] - '0') * 10 + (p[2] - '0');
+		mm = (p[4] - '0') * 10 + (p[5] - '0');
+		if (hh > 23 || mm > 59)
 			return DMK_ERR_BADINPUT;
 		off = (hh * 3600L + mm * 60L) * (*p == '+' ? 1 : -1);
 		p += 6;

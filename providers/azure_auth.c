@@ -254,7 +254,11 @@ json_seconds(json_t *v, long long *out)
 		return 0;
 	}
 	if (json_is_real(v)) {
-		*out = (long long)json_real_value(v);
+		double d = json_real_value(v);
+		/* 1e300 does not fit a long long: not a number of seconds */
+		if (!(d > -1e15 && d < 1e15))
+			return -1;
+		*out = (long long)d;
 		return 0;
 	}
 	if (json_is_string(v) && isdigit((unsigned char)json_string_value(v)[0])) {

@@ -200,16 +200,28 @@ field_of(const struct secret_ref *ref)
 	return ref->field[0] ? ref->field : HCV_DEFAULT_FIELD;
 }
 
+/*
+ * A number from an answer (TTLs in seconds, version numbers), held to
+ * +-HCV_NUM_MAX like util_parse_duration(): the renewal arithmetic
+ * multiplies TTLs by 1000 and 3, and a real such as 1e300 does not fit a
+ * long long at all.
+ */
+#define HCV_NUM_MAX 1000000000000LL
 static long long
 json_num(json_t *v)
 {
+	long long n = 0;
+	double d;
+
 	if (json_is_integer(v))
-		return (long long)json_integer_value(v);
-	if (json_is_real(v))
-		return (long long)json_real_value(v);
-	if (json_is_string(v))
-		return strtoll(json_string_value(v), NULL, 10);
-	return 0;
+		n = (long long)json_integer_value(v);
+	else if (json_is_real(v)) {
+		d = json_real_value(v);
+		n = d >= (double)HCV_NUM_MAX ? HCV_NUM_MAX : d <= -(double)HCV_NUM_MAX ?
+		    -HCV_NUM_MAX : (long long)d;
+	} else if (json_is_string(v))
+		n = strtoll(json_string_value(v), NULL, 10);
+	return n > HCV_NUM_MAX ? HCV_NUM_MAX : n < -HCV_NUM_MAX ? -HCV_NUM_MAX : n;
 }
 
 /* Vault durations in lookup answers are seconds; "1h" style in some places. */
@@ -1207,7 +1219,8 @@ marker_version(const char *k)
 	if (k[0] != 'v' || !isdigit((unsigned char)k[1]))
 		return -1;
 	for (k++; isdigit((unsigned char)*k); k++)
-		v = v * 10 + (*k - '0');
+		if ((v = v * 10 + (*k - '0')) > HCV_NUM_MAX)
+			return -1;   /* no version is that high: someone else's key */
 	return *k == '.' ? v : -1;
 }
 

@@ -58,12 +58,15 @@ http_parse_retry_after(const char *v, time_t now)
 		s = strtoll(v, &end, 10);
 		if (*end != '\0' && !isspace((unsigned char)*end))
 			return -1;
-		return s * 1000;
+		/* Held to HTTP_RETRY_AFTER_MAX s: the caller adds it to a time. */
+		return (s > HTTP_RETRY_AFTER_MAX ? HTTP_RETRY_AFTER_MAX : s) * 1000;
 	}
 	memset(&tm, 0, sizeof(tm));
 	if (strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm) == NULL)
 		return -1;
 	s = (long long)timegm(&tm) - (long long)now;
+	if (s > HTTP_RETRY_AFTER_MAX)
+		s = HTTP_RETRY_AFTER_MAX;
 	return s > 0 ? s * 1000 : 0;
 }
 

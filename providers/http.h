@@ -112,7 +112,9 @@ int http_do(struct http_client *c, struct http_request *req,
  * keeps it alive until http_do() returns, and wipes it (it may hold a token). */
 int http_req_header(struct http_request *req, const char *line);
 
-/* Parse Retry-After (seconds or HTTP date) into milliseconds; -1 if absent. */
+/* Parse Retry-After (seconds or HTTP date) into milliseconds; -1 if absent.
+ * A value above HTTP_RETRY_AFTER_MAX seconds counts as that many. */
+#define HTTP_RETRY_AFTER_MAX 1000000000LL
 long long http_parse_retry_after(const char *v, time_t now);
 
 /* Percent-encode for a URL path segment or form value into out. */

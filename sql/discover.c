@@ -31,14 +31,14 @@ str_of(const struct sql_result *r, size_t row, const char *col)
  */
 static int
 take(char *dst, size_t size, const struct sql_result *r, size_t row, const char *col,
-    struct sql_session *s, struct dmk_err *err)
+    const char *who, struct dmk_err *err)
 {
 	const char *v = str_of(r, row, col);
 	size_t n = strlen(v);
 
 	if (n >= size)
 		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the catalog's %s is %zu bytes long "
-		    "(at most %zu here)", sql_session_name(s), col, n, size - 1);
+		    "(at most %zu here)", who, col, n, size - 1);
 	memcpy(dst, v, n + 1);
 	return 0;
 }
@@ -73,46 +73,23 @@ sql_ag_free(struct sql_ag *ag)
 #define Q_DBS "SELECT group_id, database_name FROM sys.availability_databases_cluster"
 
 int
-sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
+sql_ag_from_rows(const char *who, const char *ag_name, const struct sql_result *ags,
+    const struct sql_result *reps, const struct sql_result *states,
+    const struct sql_result *gstates, const struct sql_result *dbs, struct sql_ag *out,
     struct dmk_err *err)
 {
-	struct sql_result *ags = NULL, *reps = NULL, *states = NULL, *gstates = NULL, *dbs = NULL;
 	char (*ids)[40] = NULL;   /* replica_id per replica */
 	size_t i, j, found = SIZE_MAX, n;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	sql_session_perm_hint(s, "discovery needs VIEW SERVER STATE and VIEW ANY DEFINITION");
-	/* All five in one round trip; on any error, one by one for a precise message. */
-	{
-		struct sql_stmt *st = sql_stmt_new();
-		struct sql_result **sets = NULL;
-		struct dmk_err e2;
-		size_t ns = 0;
-
-		sql_stmt_raw(st, Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES ";\n" Q_DBS ";\n");
-		if (sql_exec_sets(s, st, &sets, &ns, &e2) == 0) {
-			if (ns == 5 && sql_call_errors(s, NULL, 0) == 0) {
-				ags = sets[0];
-				reps = sets[1];
-				states = sets[2];
-				gstates = sets[3];
-				dbs = sets[4];
-				free(sets);
-			} else
-				sql_sets_free(sets, ns);
-		}
-		sql_stmt_free(st);
-	}
-	if (ags == NULL && (rc = sql_query(s, Q_AGS, &ags, err)) != 0)
-		goto out;
 	for (i = 0; i < ags->nrows; i++) {
 		if (ag_name != NULL && *ag_name != '\0' &&
 		    strcasecmp(str_of(ags, i, "name"), ag_name) != 0)
 			continue;
 		if (found != SIZE_MAX) {
 			rc = dmk_errf(err, DMK_ERR_CONFIG, "%s: more than one availability group here; "
-			    "name the one to use", sql_session_name(s));
+			    "name the one to use", who);
 			goto out;
 		}
 		found = i;
@@ -120,18 +97,16 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 	if (found == SIZE_MAX) {
 		if (ag_name != NULL && *ag_name != '\0')
 			rc = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: no availability group named '%s'",
-			    sql_session_name(s), ag_name);
+			    who, ag_name);
 		else
 			rc = dmk_errf(err, DMK_ERR_NOTFOUND, "%s: this server is in no availability group",
-			    sql_session_name(s));
+			    who);
 		goto out;
 	}
-	if ((rc = take(out->name, sizeof(out->name), ags, found, "name", s, err)) != 0 ||
-	    (rc = take(out->group_id, sizeof(out->group_id), ags, found, "group_id", s, err)) != 0)
+	if ((rc = take(out->name, sizeof(out->name), ags, found, "name", who, err)) != 0 ||
+	    (rc = take(out->group_id, sizeof(out->group_id), ags, found, "group_id", who, err)) != 0)
 		goto out;
 
-	if (reps == NULL && (rc = sql_query(s, Q_REPS, &reps, err)) != 0)
-		goto out;
 	if ((out->replicas = calloc(reps->nrows + 1, sizeof(*out->replicas))) == NULL ||
 	    (ids = calloc(reps->nrows + 1, sizeof(*ids))) == NULL) {
 		rc = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
@@ -143,43 +118,39 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 		if (strcasecmp(str_of(reps, i, "group_id"), out->group_id) != 0)
 			continue;
 		r = &out->replicas[out->nreplicas];
-		if ((rc = take(ids[out->nreplicas], sizeof(ids[0]), reps, i, "replica_id", s,
+		if ((rc = take(ids[out->nreplicas], sizeof(ids[0]), reps, i, "replica_id", who,
 		    err)) != 0 ||
-		    (rc = take(r->name, sizeof(r->name), reps, i, "replica_server_name", s, err)) != 0 ||
-		    (rc = take(r->endpoint_url, sizeof(r->endpoint_url), reps, i, "endpoint_url", s,
+		    (rc = take(r->name, sizeof(r->name), reps, i, "replica_server_name", who, err)) != 0 ||
+		    (rc = take(r->endpoint_url, sizeof(r->endpoint_url), reps, i, "endpoint_url", who,
 		    err)) != 0 ||
 		    (rc = take(r->routing_url, sizeof(r->routing_url), reps, i,
-		    "read_only_routing_url", s, err)) != 0)
+		    "read_only_routing_url", who, err)) != 0)
 			goto out;
 		r->secondary_allow = (int)int_of(reps, i, "secondary_role_allow_connections", 0);
 		out->nreplicas++;
 	}
 	if (out->nreplicas == 0) {
 		rc = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: availability group '%s' lists no replicas",
-		    sql_session_name(s), out->name);
+		    who, out->name);
 		goto out;
 	}
 
-	if (states == NULL && (rc = sql_query(s, Q_STATES, &states, err)) != 0)
-		goto out;
 	for (i = 0; i < states->nrows; i++)
 		for (j = 0; j < out->nreplicas; j++) {
 			struct sql_replica *r = &out->replicas[j];
 
 			if (strcasecmp(str_of(states, i, "replica_id"), ids[j]) != 0)
 				continue;
-			if ((rc = take(r->role, sizeof(r->role), states, i, "role_desc", s,
+			if ((rc = take(r->role, sizeof(r->role), states, i, "role_desc", who,
 			    err)) != 0 || (rc = take(r->sync_health, sizeof(r->sync_health), states,
-			    i, "synchronization_health_desc", s, err)) != 0)
+			    i, "synchronization_health_desc", who, err)) != 0)
 				goto out;
 			r->connected = int_of(states, i, "connected_state", 0) == 1;
 		}
 
-	if (gstates == NULL && (rc = sql_query(s, Q_GSTATES, &gstates, err)) != 0)
-		goto out;
 	for (i = 0; i < gstates->nrows; i++)
 		if (strcasecmp(str_of(gstates, i, "group_id"), out->group_id) == 0 &&
-		    (rc = take(out->primary, sizeof(out->primary), gstates, i, "primary_replica", s,
+		    (rc = take(out->primary, sizeof(out->primary), gstates, i, "primary_replica", who,
 		    err)) != 0)
 			goto out;
 	if (out->primary[0] == '\0')
@@ -187,8 +158,6 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 			if (strcasecmp(out->replicas[j].role, "PRIMARY") == 0)
 				util_strlcpy(out->primary, out->replicas[j].name, sizeof(out->primary));
 
-	if (dbs == NULL && (rc = sql_query(s, Q_DBS, &dbs, err)) != 0)
-		goto out;
 	if ((out->databases = calloc(dbs->nrows + 1, sizeof(*out->databases))) == NULL) {
 		rc = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 		goto out;
@@ -196,20 +165,55 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 	for (i = n = 0; i < dbs->nrows; i++)
 		if (strcasecmp(str_of(dbs, i, "group_id"), out->group_id) == 0 &&
 		    (rc = take(out->databases[n++], sizeof(out->databases[0]), dbs, i,
-		    "database_name", s, err)) != 0)
+		    "database_name", who, err)) != 0)
 			goto out;
 	out->ndatabases = n;
 	rc = 0;
 out:
-	sql_session_perm_hint(s, NULL);
 	if (rc != 0)
 		sql_ag_free(out);
 	free(ids);
-	sql_result_free(ags);
-	sql_result_free(reps);
-	sql_result_free(states);
-	sql_result_free(gstates);
-	sql_result_free(dbs);
+	return rc;
+}
+
+int
+sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
+    struct dmk_err *err)
+{
+	static const char *const q[5] = { Q_AGS, Q_REPS, Q_STATES, Q_GSTATES, Q_DBS };
+	struct sql_result *rs[5] = { NULL, NULL, NULL, NULL, NULL };
+	size_t i;
+	int rc = 0;
+
+	memset(out, 0, sizeof(*out));
+	sql_session_perm_hint(s, "discovery needs VIEW SERVER STATE and VIEW ANY DEFINITION");
+	/* All five in one round trip; on any error, one by one for a precise message. */
+	{
+		struct sql_stmt *st = sql_stmt_new();
+		struct sql_result **sets = NULL;
+		struct dmk_err e2;
+		size_t ns = 0;
+
+		if (st != NULL && sql_stmt_raw(st, Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES
+		    ";\n" Q_DBS ";\n") == 0 && sql_exec_sets(s, st, &sets, &ns, &e2) == 0) {
+			if (ns == 5 && sql_call_errors(s, NULL, 0) == 0) {
+				for (i = 0; i < 5; i++)
+					rs[i] = sets[i];
+				free(sets);
+			} else
+				sql_sets_free(sets, ns);
+		}
+		sql_stmt_free(st);
+	}
+	for (i = 0; i < 5 && rc == 0; i++)
+		if (rs[i] == NULL)
+			rc = sql_query(s, q[i], &rs[i], err);
+	if (rc == 0)
+		rc = sql_ag_from_rows(sql_session_name(s), ag_name, rs[0], rs[1], rs[2], rs[3],
+		    rs[4], out, err);
+	sql_session_perm_hint(s, NULL);
+	for (i = 0; i < 5; i++)
+		sql_result_free(rs[i]);
 	return rc;
 }
 

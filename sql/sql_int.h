@@ -87,4 +87,14 @@ struct sql_value;
 int sql_cell_decode(int t, const unsigned char *data, long len, struct sql_value *v,
     const char **why);
 
+/*
+ * The AG named ag_name (or the only one when ag_name is NULL or "") from the
+ * five catalog reads of discovery (discover.c), none of them NULL; who names
+ * the server in messages.  Pure: no I/O (a fuzz target calls it).
+ */
+int sql_ag_from_rows(const char *who, const char *ag_name, const struct sql_result *ags,
+    const struct sql_result *reps, const struct sql_result *states,
+    const struct sql_result *gstates, const struct sql_result *dbs, struct sql_ag *out,
+    struct dmk_err *err);
+
 #endif

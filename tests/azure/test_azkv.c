@@ -218,6 +218,14 @@ t_token_parse(void **state)
 	const char *ctl = "{\"access_token\":\"a\\r\\nX-Evil: 1\",\"expires_in\":10}";
 	assert_int_equal(az_token_parse(ctl, strlen(ctl), 0, &tok, &exp, &err), DMK_ERR_PROTOCOL);
 	assert_int_equal(az_token_parse("[1]", 3, 0, &tok, &exp, &err), DMK_ERR_PROTOCOL);
+	/* A real out of a long long's range is no time (fuzz_azkv; UBSan caught the cast). */
+	const char *huge = "{\"access_token\":\"abc\",\"expires_on\":1e300}";
+	assert_int_equal(az_token_parse(huge, strlen(huge), 0, &tok, &exp, &err), DMK_ERR_PROTOCOL);
+	assert_null(tok);
+	const char *huge2 = "{\"access_token\":\"abc\",\"expires_on\":-1e300,\"expires_in\":60.0}";
+	assert_int_equal(az_token_parse(huge2, strlen(huge2), 1000, &tok, &exp, &err), 0);
+	assert_int_equal(exp, 1060);
+	secret_free(tok);
 }
 
 /* ---- open, challenge, token ---- */

@@ -1,4 +1,8 @@
-/* Fuzz target: audit verify reads hostile files and hostile checkpoints. */
+/*
+ * Fuzz target: audit verify reads hostile files and hostile checkpoints;
+ * a run appends one record to the same file (reading its last line for seq
+ * and hash), and a log that verified before must still verify after.
+ */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +26,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct audit_ckpt c;
 	struct audit_check chk = { "fuzz", &c };
 	struct dmk_err e;
+	struct audit a;
 	long long n;
+	int ok;
 	int macs;
 	size_t half = size / 2;
 	FILE *f;
@@ -37,7 +43,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fwrite(data, 1, size, f);
 	fclose(f);
 	audit_verify(path, NULL, &n, &macs, &e);
-	audit_verify(path, key, &n, &macs, &e);
+	ok = audit_verify(path, key, &n, &macs, &e) == 0;
+	if (audit_open(&a, path, key, "0123456789abcdef0123456789abcdef", &e) == 0) {
+		int appended = audit_record(&a, "fuzz", NULL, NULL, "ok", NULL, &e) == 0;
+		audit_close(&a);
+		if (ok && appended && audit_verify(path, key, &n, &macs, &e) != 0)
+			abort();
+	}
 	/* The same bytes as a checkpoint, with and without the key. */
 	audit_ckpt_parse((const char *)data, size, NULL, "fuzz", &c, &e);
 	if (audit_ckpt_parse((const char *)data, size, key, "fuzz", &c, &e) != 0) {

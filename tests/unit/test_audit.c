@@ -178,6 +178,30 @@ test_truncate(void **st)
 	free(b);
 }
 
+/* A last record with a huge or negative seq: appending refuses it instead
+ * of overflowing seq + 1 (fuzz_audit). */
+static void
+test_append_seq_out_of_range(void **st)
+{
+	static const char *const lines[] = {
+		"{\"seq\":9223372036854775807,\"prev\":\"x\"}\n", "{\"seq\":-5}\n" };
+	struct audit a;
+	struct dmk_err e;
+	size_t i;
+	FILE *f;
+
+	for (i = 0; i < 2; i++) {
+		unlink(path);
+		assert_non_null(f = fopen(path, "w"));
+		fputs(lines[i], f);
+		fclose(f);
+		assert_int_equal(audit_open(&a, path, NULL, "ffffffffffffffffffffffffffffffff", &e), 0);
+		assert_int_equal(audit_record(&a, "x", NULL, NULL, "ok", NULL, &e), DMK_ERR_VERIFY);
+		assert_non_null(strstr(e.msg, "out of range"));
+		audit_close(&a);
+	}
+}
+
 static void
 test_forged_append_with_mac(void **st)
 {
@@ -677,6 +701,7 @@ main(void)
 		cmocka_unit_test(test_delete_line),
 		cmocka_unit_test(test_swap_lines),
 		cmocka_unit_test(test_truncate),
+		cmocka_unit_test(test_append_seq_out_of_range),
 		cmocka_unit_test(test_forged_append_with_mac),
 		cmocka_unit_test(test_forged_append_without_key_chain),
 		cmocka_unit_test(test_no_secret_in_record),

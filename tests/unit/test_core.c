@@ -12,12 +12,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "core/buf.h"
 #include "agent/genpass.h"
 #include "agent/lock.h"
+#include "agent/agent.h"
+#include "agent/replicas.h"
 #include "providers/http.h"
 
 static void
@@ -116,6 +119,18 @@ test_util(void **st)
 	util_rfc3339(t, buf, sizeof(buf));
 	assert_string_equal(buf, "2026-11-25T06:15:00Z");
 	assert_int_not_equal(util_parse_rfc3339("yesterday", &t), 0);
+	/* a short offset is refused, not read past its end (fuzz_state); the
+	 * zeroed buffer would let the old code accept it */
+	{
+		char shortoff[40] = "2026-11-25T07:15:00+1:00";
+		assert_int_not_equal(util_parse_rfc3339(shortoff, &t), 0);
+		memcpy(shortoff, "2026-11-25T07:15:00+01:0", 25);
+		assert_int_not_equal(util_parse_rfc3339(shortoff, &t), 0);
+	}
+	assert_int_not_equal(util_parse_rfc3339("2026-11-25T07:15:00+24:00", &t), 0);
+	assert_int_equal(util_parse_rfc3339("2026-11-25T01:15:00-05:00", &t), 0);
+	util_rfc3339(t, buf, sizeof(buf));
+	assert_string_equal(buf, "2026-11-25T06:15:00Z");
 	assert_true(util_utf8_valid("héllo", strlen("héllo")));
 	assert_false(util_utf8_valid("\xc3", 1));
 	assert_false(util_utf8_valid("\xc0\x80", 2));       /* overlong NUL */
@@ -305,6 +320,46 @@ test_private_files(void **st)
 	unlink(victim);
 }
 
+/* A registered.json with a non-object where an AG's or a replica's record
+ * belongs (hand-edited, truncated): recording replaces it, and what was
+ * recorded reads back (fuzz_state: the record was written after free). */
+static void
+test_regstate_corrupt(void **st)
+{
+	static const char *const bodies[] = { "{\"ag1\":{\"SQL1\":[]}}", "{\"ag1\":\"x\"}",
+		"{\"ag1\":{\"SQL1\":5,\"SQL2\":{\"fam1\":{\"version\":\"1\"}}}}" };
+	char dir[] = "/tmp/dmkstateXXXXXX", path[300], ver[80], cred[160];
+	struct config *cfg;
+	struct agent a;
+	struct dmk_err e;
+	size_t i;
+	FILE *f;
+
+	assert_non_null(mkdtemp(dir));
+	assert_non_null(cfg = calloc(1, sizeof(*cfg)));
+	snprintf(cfg->state_dir, sizeof(cfg->state_dir), "%s", dir);
+	snprintf(path, sizeof(path), "%s/registered.json", dir);
+	for (i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+		assert_non_null(f = fopen(path, "w"));
+		fputs(bodies[i], f);
+		fclose(f);
+		memset(&a, 0, sizeof(a));
+		a.cfg = cfg;
+		assert_int_equal(regstate_set(&a, "ag1", "SQL1", "fam1", "hcv:sql/db1", "3", "c1",
+		    &e), 0);
+		json_decref(a.regstate);
+		a.regstate = NULL;   /* read back from the file */
+		assert_int_equal(regstate_get(&a, "ag1", "SQL1", "fam1", ver, sizeof(ver), cred,
+		    sizeof(cred)), 0);
+		assert_string_equal(ver, "3");
+		assert_string_equal(cred, "c1");
+		json_decref(a.regstate);
+	}
+	unlink(path);
+	rmdir(dir);
+	free(cfg);
+}
+
 static void
 test_retry_after(void **st)
 {
@@ -312,6 +367,9 @@ test_retry_after(void **st)
 	assert_int_equal(http_parse_retry_after("", 0), -1);
 	assert_int_equal(http_parse_retry_after("soon", 0), -1);
 	assert_int_equal(http_parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", 1445412480), 10000);
+	/* a huge value is held to the bound, not overflowed (fuzz_hcvault_http) */
+	assert_true(http_parse_retry_after("99999999999999999999", 0) == HTTP_RETRY_AFTER_MAX * 1000);
+	assert_true(http_parse_retry_after("9223372036854775807", 0) == HTTP_RETRY_AFTER_MAX * 1000);
 }
 
 static void
@@ -445,6 +503,7 @@ main(void)
 		cmocka_unit_test(test_policy_check),
 		cmocka_unit_test(test_random_index_uniform),
 		cmocka_unit_test(test_lock),
+		cmocka_unit_test(test_regstate_corrupt),
 		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_http_retry),
 		cmocka_unit_test(test_http_https_only),

@@ -754,6 +754,68 @@ t_jwt_k8s_cert_login(void **state)
 	fx_free(f);
 }
 
+/* A key that looks like a marker of an impossible version (v + 23 digits) is
+ * someone else's key: kept, not parsed with an overflow (fuzz_hcvault_http). */
+static void
+t_set_meta_huge_marker(void **state)
+{
+	static const struct http_replay_entry e[] = { LOOKUP_ROOT, MOUNTS_V2,
+		{ 200, "{\"data\":{\"current_version\":7,\"custom_metadata\":{"
+		  "\"v99999999999999999999999.x\":\"y\",\"v7.dmkagent-state\":\"current\"},"
+		  "\"versions\":{\"7\":{\"created_time\":\"2024-03-01T00:00:00Z\"}}}}", NULL },
+		OK204 };
+	struct fx *f = fx_new();
+	struct secret_ref ref = mkref("hcv:sql/x");
+	struct prov_meta m;
+	json_t *body, *cm;
+
+	memset(&m, 0, sizeof(m));
+	prov_meta_set(&m, "dmkagent-state", "retiring");
+	conf_add(f, "token", "file:/t/token");
+	assert_int_equal(fx_open(f, e, 4), 0);
+	assert_int_equal(prov_hcvault.set_meta(&f->st, &ref, "7", &m, &f->err), 0);
+	body = json_loads(f->rp.seen_body[3], 0, NULL);
+	assert_non_null(body);
+	cm = json_object_get(body, "custom_metadata");
+	assert_string_equal(json_string_value(json_object_get(cm, "v99999999999999999999999.x")),
+	    "y");
+	assert_string_equal(json_string_value(json_object_get(cm, "v7.dmkagent-state")), "retiring");
+	json_decref(body);
+	fx_free(f);
+}
+
+/*
+ * TTLs from an answer are held to a sane bound: a huge one (integer or
+ * real) means "plenty left", not an overflow that makes every request
+ * renew first (found by fuzz_hcvault_http).
+ */
+static void
+t_renewal_huge_ttl(void **state)
+{
+	static const struct http_replay_entry e1[] = {
+		{ 200, "{\"data\":{\"ttl\":9223372036854775,\"creation_ttl\":3600,"
+		  "\"renewable\":true}}", NULL }, MOUNTS_V2, DATA_V3 };
+	static const struct http_replay_entry e2[] = {
+		{ 200, "{\"data\":{\"ttl\":1e300,\"creation_ttl\":3600,\"renewable\":true}}",
+		  NULL }, MOUNTS_V2, DATA_V3 };
+	const struct http_replay_entry *es[] = { e1, e2 };
+	struct secret_ref ref = mkref("hcv:sql/x");
+	struct secret *s = NULL;
+	struct fx *f;
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		f = fx_new();
+		conf_add(f, "token", "file:/t/token");
+		assert_int_equal(fx_open(f, es[i], 3), 0);
+		assert_int_equal(prov_hcvault.get(&f->st, &ref, NULL, &s, NULL, &f->err), 0);
+		assert_int_equal(f->rp.nseen, 3);
+		assert_null(strstr(f->rp.seen_url[1], "renew"));
+		secret_free(s);
+		fx_free(f);
+	}
+}
+
 static void
 t_renewal_decision(void **state)
 {
@@ -957,6 +1019,8 @@ main(void)
 		cmocka_unit_test(t_approle_wrapped_used),
 		cmocka_unit_test(t_jwt_k8s_cert_login),
 		cmocka_unit_test(t_renewal_decision),
+		cmocka_unit_test(t_renewal_huge_ttl),
+		cmocka_unit_test(t_set_meta_huge_marker),
 		cmocka_unit_test(t_check),
 		cmocka_unit_test(t_validate),
 		cmocka_unit_test(t_env_fallbacks),
