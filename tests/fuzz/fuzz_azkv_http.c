@@ -38,7 +38,8 @@ static const char *const confs[] = {
 	VAULT "auth = managed-identity\n",           /* Azure Arc */
 	VAULT "auth = workload-identity\ntenant_id = t1\nclient_id = c1\n"
 	    "federated_token_file = " FUZZ_DIR "/fed.jwt\n",
-	VAULT "cloud = usgov\n",                     /* default chain */
+	"[store akv]\ntype = azure-key-vault\nvault_url = https://myvault.vault.usgovcloudapi.net\n"
+	    "cloud = usgov\n",                          /* default chain, another cloud */
 	VAULT "auth = managed-identity\nmanaged_identity_client_id = mi1\n"
 	    "challenge_resource_verification = no\napi_version = 7.4\n",
 };
