@@ -38,12 +38,7 @@
 #include "core/secret.h"
 #include "core/ref.h"
 #include "provider.h"
-
-#define HCV_DEFAULT_FIELD "password"
-#define HCV_DEFAULT_MOUNT "secret"
-#define HCV_K8S_TOKEN "/var/run/secrets/kubernetes.io/serviceaccount/token"
-#define HCV_META_MAX_KEYS 64
-#define HCV_URL_MAX 4096
+#include "hcvault_int.h"
 
 static const struct conf_keydef hcvault_keys[] = {
 	{ "address", CK_URL, 0, NULL, 0, 0 },          /* default VAULT_ADDR */
@@ -66,57 +61,36 @@ static const struct conf_keydef hcvault_keys[] = {
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
-enum hcv_auth { AUTH_TOKEN = 0, AUTH_APPROLE, AUTH_K8S, AUTH_JWT, AUTH_CERT };
 static const char *const auth_names[] = { "token", "approle", "kubernetes", "jwt", "cert" };
-
-struct hcv {
-	char addr[1024];          /* no trailing slash */
-	char ns[256];
-	char mount[256];          /* as configured, no slashes around */
-	enum hcv_auth auth;
-	char auth_mount[256];
-	struct http_tls tls;
-	struct secret *client_key;
-	struct secret *token;
-	int token_owned;          /* from a login: renew, revoke at close */
-	long long token_ttl_s;    /* TTL at the last lookup or renewal; 0: none */
-	long long token_period_s; /* what a renewal should restore */
-	long long token_t0_ms;    /* when token_ttl_s was measured */
-	int token_renewable;
-	int renewing;
-	int kv_version;           /* 0: not detected yet */
-	char kv_mount[256];       /* the mount path Vault reported, no slash */
-	char kv_prefix[512];      /* part of the path inside the mount before the ref */
-};
 
 /* ---- small helpers ---- */
 
-static const char *
-kv_str(const struct conf_store *c, const char *key)
+const char *
+hcv_kv_str(const struct conf_store *c, const char *key)
 {
 	const char *v = conf_store_str(c, key);
 
 	return (v != NULL && *v != '\0') ? v : NULL;
 }
 
-static const struct secret_ref *
-kv_ref(const struct conf_store *c, const char *key)
+const struct secret_ref *
+hcv_kv_ref(const struct conf_store *c, const char *key)
 {
 	const struct conf_kv *kv = conf_store_kv(c, key);
 
 	return (kv != NULL && kv->kind == CK_REF) ? &kv->ref : NULL;
 }
 
-static int
-kv_bool(const struct conf_store *c, const char *key)
+int
+hcv_kv_bool(const struct conf_store *c, const char *key)
 {
-	const char *v = kv_str(c, key);
+	const char *v = hcv_kv_str(c, key);
 
 	return v != NULL && (strcmp(v, "yes") == 0 || strcmp(v, "true") == 0);
 }
 
-static const char *
-envstr(const char *name)
+const char *
+hcv_envstr(const char *name)
 {
 	const char *v = getenv(name);
 
@@ -126,7 +100,7 @@ envstr(const char *name)
 static int
 auth_of(const struct conf_store *c, enum hcv_auth *out)
 {
-	const char *a = kv_str(c, "auth");
+	const char *a = hcv_kv_str(c, "auth");
 	size_t i;
 
 	*out = AUTH_TOKEN;
@@ -165,8 +139,8 @@ valid_mount(const char *s)
 }
 
 /* Append s as a JSON string literal (quotes included). */
-static int
-json_quote(struct buf *b, const char *s, size_t n)
+int
+hcv_json_quote(struct buf *b, const char *s, size_t n)
 {
 	static const char hx[] = "0123456789abcdef";
 	size_t i;
@@ -188,10 +162,10 @@ json_quote(struct buf *b, const char *s, size_t n)
 	return r ? r : buf_putc(b, '"');
 }
 
-static int
-json_quote_str(struct buf *b, const char *s)
+int
+hcv_json_quote_str(struct buf *b, const char *s)
 {
-	return json_quote(b, s, strlen(s));
+	return hcv_json_quote(b, s, strlen(s));
 }
 
 static const char *
@@ -207,8 +181,8 @@ field_of(const struct secret_ref *ref)
  * long long at all.
  */
 #define HCV_NUM_MAX 1000000000000LL
-static long long
-json_num(json_t *v)
+long long
+hcv_json_num(json_t *v)
 {
 	long long n = 0;
 	double d;
@@ -225,14 +199,14 @@ json_num(json_t *v)
 }
 
 /* Vault durations in lookup answers are seconds; "1h" style in some places. */
-static long long
-json_secs(json_t *v)
+long long
+hcv_json_secs(json_t *v)
 {
 	long long s = 0;
 
 	if (json_is_string(v) && util_parse_duration(json_string_value(v), &s) == 0)
 		return s;
-	return json_num(v);
+	return hcv_json_num(v);
 }
 
 /* Free what Jansson allocated (json_dumps), with Jansson's own allocator. */
@@ -306,14 +280,12 @@ vault_errors(const struct http_response *resp, char *out, size_t len)
 	json_decref(root);
 }
 
-enum { CTX_DATA = 0, CTX_LOGIN };
-
 /*
  * One message per failed answer: what we asked, the status, what it means
  * and Vault's text.  Returns the DMK_ERR_* code.
  */
-static int
-vault_fail(const struct http_response *resp, const char *what, int ctx, struct dmk_err *err)
+int
+hcv_vault_fail(const struct http_response *resp, const char *what, int ctx, struct dmk_err *err)
 {
 	char ve[600], detail[700];
 	const char *meaning;
@@ -396,20 +368,13 @@ hcv_retry_status(long status)
 	return status == 412 || status == 429 || status >= 500;
 }
 
-enum {
-	REQ_TOKEN = 1 << 0,     /* send X-Vault-Token */
-	REQ_NORETRY = 1 << 1,   /* single-use: never retry */
-	REQ_NORENEW = 1 << 2,   /* do not consider renewal first */
-};
-
-static int hcv_maybe_renew(struct store *st, struct dmk_err *err);
 
 /*
  * One call to Vault.  path is below /v1/.  tok (may be NULL) overrides the
  * store's token.  The answer lands in resp (caller frees); 0 when an answer
  * arrived, whatever its status.
  */
-static int
+int
 hcv_request(struct store *st, const char *method, const char *path,
     const struct buf *body, int flags, const struct secret *tok,
     struct http_response *resp, struct dmk_err *err)
@@ -470,8 +435,8 @@ out:
 }
 
 /* Parse an answer body; NULL with err set when it is not JSON. */
-static json_t *
-parse_body(const struct http_response *resp, const char *what, struct dmk_err *err)
+json_t *
+hcv_parse_body(const struct http_response *resp, const char *what, struct dmk_err *err)
 {
 	json_t *root;
 
@@ -514,400 +479,6 @@ kv_plain(struct hcv *h, const char *kind, const char *path, char *out, size_t le
 	    h->kv_prefix, path);
 }
 
-/* ---- token lifecycle ---- */
-
-static void
-token_set(struct hcv *h, struct secret *tok, int owned)
-{
-	secret_free(h->token);
-	h->token = tok;
-	h->token_owned = owned;
-	h->token_ttl_s = 0;
-	h->token_period_s = 0;
-	h->token_renewable = 0;
-	h->token_t0_ms = util_now_ms();
-}
-
-/* auth.client_token of a login answer, as a secret. */
-static int
-take_client_token(struct hcv *h, const struct http_response *resp, const char *what,
-    struct dmk_err *err)
-{
-	json_t *root, *auth;
-	const char *t;
-	struct secret *s;
-
-	if ((root = parse_body(resp, what, err)) == NULL)
-		return err->code;
-	auth = json_object_get(root, "auth");
-	if ((t = json_string_value(json_object_get(auth, "client_token"))) == NULL || !*t) {
-		json_decref(root);
-		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer holds no auth.client_token",
-		    what);
-	}
-	s = secret_from_str(t);
-	if (s == NULL) {
-		json_decref(root);
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	}
-	token_set(h, s, 1);
-	h->token_ttl_s = json_num(json_object_get(auth, "lease_duration"));
-	h->token_period_s = h->token_ttl_s;
-	h->token_renewable = json_is_true(json_object_get(auth, "renewable"));
-	json_decref(root);
-	return 0;
-}
-
-/* GET auth/token/lookup-self: is the token good, and how long does it live? */
-static int
-token_lookup(struct store *st, struct dmk_err *err)
-{
-	struct hcv *h = st->priv;
-	struct http_response resp;
-	json_t *root = NULL, *d;
-	long long ttl, cttl, period;
-	int r;
-
-	http_response_init(&resp);
-	if ((r = hcv_request(st, "GET", "auth/token/lookup-self", NULL, REQ_TOKEN | REQ_NORENEW,
-	    NULL, &resp, err)) != 0)
-		goto out;
-	if (resp.status != 200) {
-		r = vault_fail(&resp, "token lookup (auth/token/lookup-self)", CTX_DATA, err);
-		if (r == DMK_ERR_DENIED || r == DMK_ERR_NOTFOUND)
-			r = dmk_errf(err, DMK_ERR_AUTH, "%s", err->msg);
-		goto out;
-	}
-	if ((root = parse_body(&resp, "token lookup", err)) == NULL) {
-		r = err->code;
-		goto out;
-	}
-	d = json_object_get(root, "data");
-	ttl = json_secs(json_object_get(d, "ttl"));
-	cttl = json_secs(json_object_get(d, "creation_ttl"));
-	period = json_secs(json_object_get(d, "period"));
-	h->token_ttl_s = ttl;
-	h->token_period_s = period > 0 ? period : cttl > 0 ? cttl : ttl;
-	h->token_renewable = json_is_true(json_object_get(d, "renewable"));
-	h->token_t0_ms = util_now_ms();
-	if (ttl > 0)
-		log_debug("Vault token: ttl %llds of %llds, %srenewable", ttl, h->token_period_s,
-		    h->token_renewable ? "" : "not ");
-out:
-	json_decref(root);
-	http_response_free(&resp);
-	return r;
-}
-
-/* Renew when less than a third of the TTL is left; failure is only a warning. */
-static int
-hcv_maybe_renew(struct store *st, struct dmk_err *err)
-{
-	struct hcv *h = st->priv;
-	struct http_response resp;
-	struct buf body;
-	struct dmk_err e;
-	json_t *root;
-	long long left_ms;
-	int r;
-
-	if (h->token == NULL || h->renewing || !h->token_renewable || h->token_ttl_s <= 0 ||
-	    h->token_period_s <= 0)
-		return 0;
-	left_ms = h->token_ttl_s * 1000 - (util_now_ms() - h->token_t0_ms);
-	if (left_ms * 3 >= h->token_period_s * 1000)
-		return 0;
-	h->renewing = 1;
-	http_response_init(&resp);
-	buf_init_locked(&body, 256);
-	buf_printf(&body, "{\"increment\":\"%llds\"}", h->token_period_s);
-	r = hcv_request(st, "POST", "auth/token/renew-self", &body, REQ_TOKEN | REQ_NORENEW,
-	    NULL, &resp, &e);
-	if (r == 0 && resp.status == 200 &&
-	    (root = json_loadb(resp.body.data, resp.body.len, 0, NULL)) != NULL) {
-		json_t *auth = json_object_get(root, "auth");
-		long long nt = json_num(json_object_get(auth, "lease_duration"));
-		h->token_t0_ms = util_now_ms();
-		if (nt > 0)
-			h->token_ttl_s = nt;
-		h->token_renewable = json_is_true(json_object_get(auth, "renewable"));
-		if (nt * 1000 <= left_ms)
-			h->token_renewable = 0;  /* capped by max TTL: stop trying */
-		log_debug("Vault token renewed: ttl %llds", h->token_ttl_s);
-		json_decref(root);
-	} else {
-		if (r == 0)
-			vault_fail(&resp, "token renewal (auth/token/renew-self)", CTX_DATA, &e);
-		log_warn("Vault token renewal failed, going on with the current token: %s", e.msg);
-		h->token_renewable = 0;
-	}
-	buf_free(&body);
-	http_response_free(&resp);
-	h->renewing = 0;
-	return 0;
-}
-
-/* ---- authentication ---- */
-
-static int
-resolve_ref(struct store *st, const struct secret_ref *ref, const char *key,
-    struct secret **out, struct dmk_err *err)
-{
-	int r;
-
-	*out = NULL;
-	if (st->resolve == NULL)
-		return dmk_errf(err, DMK_ERR_CONFIG, "'%s' cannot be resolved here", key);
-	if ((r = st->resolve(st->resolve_ctx, ref, out, err)) != 0)
-		return dmk_err_prefix(err, "'%s' (%s)", key, ref->text);
-	return 0;
-}
-
-/* A file read without the 0600 rule (a Kubernetes projected token is 0644). */
-static int
-read_plain_file(const char *path, struct secret **out, struct dmk_err *err)
-{
-	char chunk[4096];
-	struct secret *s;
-	ssize_t n;
-	int fd, r = 0;
-
-	*out = NULL;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
-		return dmk_errf(err, DMK_ERR_CONFIG, "%s: %s", path, strerror(errno));
-	if ((s = secret_new()) == NULL) {
-		close(fd);
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	}
-	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
-		if ((r = secret_append(s, chunk, (size_t)n)) != 0)
-			break;
-	secure_wipe(chunk, sizeof(chunk));
-	close(fd);
-	if (r != 0 || n < 0) {
-		secret_free(s);
-		return dmk_errf(err, r ? r : DMK_ERR_IO, "%s: cannot read", path);
-	}
-	secret_trim_newline(s);
-	*out = s;
-	return 0;
-}
-
-static int
-login(struct store *st, const char *what, const struct buf *body, struct dmk_err *err)
-{
-	struct hcv *h = st->priv;
-	struct http_response resp;
-	char path[400], desc[500];
-	int r;
-
-	snprintf(path, sizeof(path), "auth/%s/login", h->auth_mount);
-	snprintf(desc, sizeof(desc), "%s login (%s)", what, path);
-	http_response_init(&resp);
-	if ((r = hcv_request(st, "POST", path, body, 0, NULL, &resp, err)) != 0)
-		goto out;
-	if (resp.status != 200) {
-		r = vault_fail(&resp, desc, CTX_LOGIN, err);
-		goto out;
-	}
-	r = take_client_token(h, &resp, desc, err);
-out:
-	http_response_free(&resp);
-	return r;
-}
-
-/*
- * A wrapped secret_id: look the wrapping token up first (it must come from
- * a .../secret-id endpoint, or someone handed us a wrapped something else),
- * then unwrap it once.
- */
-static int
-unwrap_secret_id(struct store *st, const struct secret *wrap, struct secret **out,
-    struct dmk_err *err)
-{
-	struct http_response resp;
-	struct buf body;
-	json_t *root = NULL;
-	const char *cp, *sid;
-	size_t n;
-	int r;
-
-	*out = NULL;
-	http_response_init(&resp);
-	buf_init_locked(&body, 64 * 1024);
-	if ((r = buf_puts(&body, "{\"token\":")) != 0 ||
-	    (r = json_quote(&body, secret_reveal(wrap), secret_len(wrap))) != 0 ||
-	    (r = buf_putc(&body, '}')) != 0) {
-		r = dmk_errf(err, r, "wrapping token too long");
-		goto out;
-	}
-	if ((r = hcv_request(st, "POST", "sys/wrapping/lookup", &body, 0, NULL, &resp, err)) != 0)
-		goto out;
-	if (resp.status != 200) {
-		r = vault_fail(&resp, "secret_id wrapping token lookup (sys/wrapping/lookup)",
-		    CTX_LOGIN, err);
-		goto out;
-	}
-	if ((root = parse_body(&resp, "sys/wrapping/lookup", err)) == NULL) {
-		r = err->code;
-		goto out;
-	}
-	cp = json_string_value(json_object_get(json_object_get(root, "data"), "creation_path"));
-	n = cp ? strlen(cp) : 0;
-	if (n < 10 || strcmp(cp + n - 10, "/secret-id") != 0) {
-		r = dmk_errf(err, DMK_ERR_AUTH, "the wrapped secret_id was not created by an "
-		    "AppRole secret-id endpoint (creation_path '%s'); refusing to unwrap it",
-		    cp ? cp : "");
-		goto out;
-	}
-	json_decref(root);
-	root = NULL;
-	/* Single use: never retried, the token is the credential. */
-	if ((r = hcv_request(st, "POST", "sys/wrapping/unwrap", NULL, REQ_TOKEN | REQ_NORETRY |
-	    REQ_NORENEW, wrap, &resp, err)) != 0)
-		goto out;
-	if (resp.status != 200) {
-		r = vault_fail(&resp, "secret_id unwrap (sys/wrapping/unwrap)", CTX_LOGIN, err);
-		goto out;
-	}
-	if ((root = parse_body(&resp, "sys/wrapping/unwrap", err)) == NULL) {
-		r = err->code;
-		goto out;
-	}
-	sid = json_string_value(json_object_get(json_object_get(root, "data"), "secret_id"));
-	if (sid == NULL || *sid == '\0') {
-		r = dmk_errf(err, DMK_ERR_PROTOCOL, "sys/wrapping/unwrap: the answer holds no "
-		    "data.secret_id");
-		goto out;
-	}
-	if ((*out = secret_from_str(sid)) == NULL)
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-out:
-	json_decref(root);
-	buf_free(&body);
-	http_response_free(&resp);
-	return r;
-}
-
-static int
-auth_approle(struct store *st, struct dmk_err *err)
-{
-	const struct conf_store *c = st->conf;
-	struct secret *sid = NULL, *wrap = NULL;
-	struct buf body;
-	int r;
-
-	buf_init_locked(&body, 64 * 1024);
-	if (kv_bool(c, "secret_id_wrapped")) {
-		if ((r = resolve_ref(st, kv_ref(c, "secret_id"), "secret_id", &wrap, err)) != 0)
-			goto out;
-		if ((r = unwrap_secret_id(st, wrap, &sid, err)) != 0)
-			goto out;
-	} else if ((r = resolve_ref(st, kv_ref(c, "secret_id"), "secret_id", &sid, err)) != 0)
-		goto out;
-	if ((r = buf_puts(&body, "{\"role_id\":")) != 0 ||
-	    (r = json_quote_str(&body, kv_str(c, "role_id"))) != 0 ||
-	    (r = buf_puts(&body, ",\"secret_id\":")) != 0 ||
-	    (r = json_quote(&body, secret_reveal(sid), secret_len(sid))) != 0 ||
-	    (r = buf_putc(&body, '}')) != 0) {
-		r = dmk_errf(err, r, "secret_id too long");
-		goto out;
-	}
-	r = login(st, "AppRole", &body, err);
-out:
-	buf_free(&body);
-	secret_free(sid);
-	secret_free(wrap);
-	return r;
-}
-
-static int
-auth_jwtlike(struct store *st, int k8s, struct dmk_err *err)
-{
-	const struct conf_store *c = st->conf;
-	const struct secret_ref *jr = kv_ref(c, "jwt");
-	struct secret *jwt = NULL;
-	struct buf body;
-	int r;
-
-	buf_init_locked(&body, 256 * 1024);
-	if (jr != NULL)
-		r = resolve_ref(st, jr, "jwt", &jwt, err);
-	else
-		r = read_plain_file(HCV_K8S_TOKEN, &jwt, err);
-	if (r != 0)
-		goto out;
-	if ((r = buf_puts(&body, "{\"role\":")) != 0 ||
-	    (r = json_quote_str(&body, kv_str(c, "role"))) != 0 ||
-	    (r = buf_puts(&body, ",\"jwt\":")) != 0 ||
-	    (r = json_quote(&body, secret_reveal(jwt), secret_len(jwt))) != 0 ||
-	    (r = buf_putc(&body, '}')) != 0) {
-		r = dmk_errf(err, r, "jwt too long");
-		goto out;
-	}
-	r = login(st, k8s ? "Kubernetes" : "JWT", &body, err);
-out:
-	buf_free(&body);
-	secret_free(jwt);
-	return r;
-}
-
-static int
-auth_cert(struct store *st, struct dmk_err *err)
-{
-	const char *role = kv_str(st->conf, "role");
-	struct buf body;
-	int r;
-
-	buf_init_locked(&body, 4096);
-	if (role) {
-		if ((r = buf_puts(&body, "{\"name\":")) != 0 ||
-		    (r = json_quote_str(&body, role)) != 0 || (r = buf_putc(&body, '}')) != 0) {
-			buf_free(&body);
-			return dmk_errf(err, r, "role too long");
-		}
-	} else
-		buf_puts(&body, "{}");
-	r = login(st, "TLS certificate", &body, err);
-	buf_free(&body);
-	return r;
-}
-
-static int
-auth_token(struct store *st, struct dmk_err *err)
-{
-	struct hcv *h = st->priv;
-	const struct secret_ref *tr = kv_ref(st->conf, "token");
-	struct secret *tok = NULL;
-	const char *home;
-	char path[4096];
-	int r;
-
-	if (tr != NULL) {
-		if ((r = resolve_ref(st, tr, "token", &tok, err)) != 0)
-			return r;
-	} else if (secret_env_present("VAULT_TOKEN")) {
-		/* Taken out of the environment (and /proc/PID/environ) on first use. */
-		if ((tok = secret_env_take("VAULT_TOKEN")) == NULL)
-			return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	} else if ((home = envstr("HOME")) != NULL) {
-		snprintf(path, sizeof(path), "%s/.vault-token", home);
-		if (access(path, F_OK) != 0)
-			return dmk_errf(err, DMK_ERR_CONFIG, "no Vault token: set 'token' in "
-			    "[store %s], VAULT_TOKEN, or write %s", st->conf->name, path);
-		if ((r = read_secret_file(path, &tok, err)) != 0)
-			return r;
-	} else
-		return dmk_errf(err, DMK_ERR_CONFIG, "no Vault token: set 'token' in [store %s] "
-		    "or VAULT_TOKEN", st->conf->name);
-	if (secret_len(tok) == 0) {
-		secret_free(tok);
-		return dmk_errf(err, DMK_ERR_CONFIG, "the Vault token is empty");
-	}
-	token_set(h, tok, 0);
-	return 0;
-}
-
 /* ---- configuration ---- */
 
 static int
@@ -919,28 +490,28 @@ hcvault_validate(const struct conf_store *c, struct dmk_err *err)
 	if (auth_of(c, &a) != 0)
 		return dmk_errf(err, DMK_ERR_CONFIG, "'auth' must be token, approle, kubernetes, "
 		    "jwt or cert");
-	if (kv_str(c, "tls_server_name"))
+	if (hcv_kv_str(c, "tls_server_name"))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'tls_server_name' is not supported: "
 		    "dmkagent checks the certificate against the host in 'address'; use a "
 		    "name the certificate carries there");
-	if ((v = kv_str(c, "mount")) && !valid_mount(v))
+	if ((v = hcv_kv_str(c, "mount")) && !valid_mount(v))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'mount' must be a path such as secret or "
 		    "kv/prod, without leading or trailing '/', not '%s'", v);
-	if ((v = kv_str(c, "auth_mount")) && !valid_mount(v))
+	if ((v = hcv_kv_str(c, "auth_mount")) && !valid_mount(v))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'auth_mount' must be a path such as approle "
 		    "or k8s/prod, not '%s'", v);
-	if ((v = kv_str(c, "namespace")) && (!plain_text(v) || strlen(v) >= 250))
+	if ((v = hcv_kv_str(c, "namespace")) && (!plain_text(v) || strlen(v) >= 250))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'namespace' holds a control character or "
 		    "is too long");
-	if ((v = kv_str(c, "role_id")) && (!plain_text(v) || strlen(v) >= 1000))
+	if ((v = hcv_kv_str(c, "role_id")) && (!plain_text(v) || strlen(v) >= 1000))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'role_id' holds a control character or is "
 		    "too long");
-	if ((v = kv_str(c, "role")) && (!plain_text(v) || strlen(v) >= 1000))
+	if ((v = hcv_kv_str(c, "role")) && (!plain_text(v) || strlen(v) >= 1000))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'role' holds a control character or is too "
 		    "long");
-	if (kv_ref(c, "client_key") && !kv_str(c, "client_cert"))
+	if (hcv_kv_ref(c, "client_key") && !hcv_kv_str(c, "client_cert"))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'client_key' needs 'client_cert'");
-	if (kv_str(c, "client_cert") && !kv_ref(c, "client_key"))
+	if (hcv_kv_str(c, "client_cert") && !hcv_kv_ref(c, "client_key"))
 		return dmk_errf(err, DMK_ERR_CONFIG, "'client_cert' needs 'client_key' (a file: "
 		    "reference to the PEM private key)");
 
@@ -960,22 +531,22 @@ hcvault_validate(const struct conf_store *c, struct dmk_err *err)
 
 	switch (a) {
 	case AUTH_APPROLE:
-		if (!kv_str(c, "role_id"))
+		if (!hcv_kv_str(c, "role_id"))
 			return dmk_errf(err, DMK_ERR_CONFIG, "auth = approle needs 'role_id'");
-		if (!kv_ref(c, "secret_id"))
+		if (!hcv_kv_ref(c, "secret_id"))
 			return dmk_errf(err, DMK_ERR_CONFIG, "auth = approle needs 'secret_id' (a "
 			    "reference such as file:/etc/dmkagent/secret-id)");
 		break;
 	case AUTH_K8S:
 	case AUTH_JWT:
-		if (!kv_str(c, "role"))
+		if (!hcv_kv_str(c, "role"))
 			return dmk_errf(err, DMK_ERR_CONFIG, "auth = %s needs 'role'", auth_names[a]);
-		if (a == AUTH_JWT && !kv_ref(c, "jwt"))
+		if (a == AUTH_JWT && !hcv_kv_ref(c, "jwt"))
 			return dmk_errf(err, DMK_ERR_CONFIG, "auth = jwt needs 'jwt' (a reference to "
 			    "the token, such as file:/run/dmkagent/jwt)");
 		break;
 	case AUTH_CERT:
-		if (!kv_str(c, "client_cert") && !envstr("VAULT_CLIENT_CERT"))
+		if (!hcv_kv_str(c, "client_cert") && !hcv_envstr("VAULT_CLIENT_CERT"))
 			return dmk_errf(err, DMK_ERR_CONFIG, "auth = cert needs 'client_cert' and "
 			    "'client_key' (or VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)");
 		break;
@@ -988,10 +559,10 @@ hcvault_validate(const struct conf_store *c, struct dmk_err *err)
 static void
 copy_path(char *dst, size_t n, const char *key, const char *envname, const struct conf_store *c)
 {
-	const char *v = kv_str(c, key);
+	const char *v = hcv_kv_str(c, key);
 
 	if (v == NULL)
-		v = envstr(envname);
+		v = hcv_envstr(envname);
 	util_strlcpy(dst, v ? v : "", n);
 }
 
@@ -1009,7 +580,7 @@ hcvault_open(struct store *st, struct dmk_err *err)
 	if ((r = hcvault_validate(c, err)) != 0)
 		return r;
 	auth_of(c, &h->auth);
-	if ((v = kv_str(c, "address")) == NULL && (v = envstr("VAULT_ADDR")) == NULL)
+	if ((v = hcv_kv_str(c, "address")) == NULL && (v = hcv_envstr("VAULT_ADDR")) == NULL)
 		return dmk_errf(err, DMK_ERR_CONFIG, "no Vault address: set 'address' in [store %s] "
 		    "or VAULT_ADDR", c->name);
 	if (strncmp(v, "https://", 8) != 0 || !plain_text(v))
@@ -1022,19 +593,19 @@ hcvault_open(struct store *st, struct dmk_err *err)
 		h->addr[--n] = '\0';
 	if (n >= 3 && strcmp(h->addr + n - 3, "/v1") == 0)
 		h->addr[n - 3] = '\0';
-	if ((v = kv_str(c, "namespace")) == NULL)
-		v = envstr("VAULT_NAMESPACE");
+	if ((v = hcv_kv_str(c, "namespace")) == NULL)
+		v = hcv_envstr("VAULT_NAMESPACE");
 	if (v && (!plain_text(v) || util_strlcpy(h->ns, v, sizeof(h->ns)) >= sizeof(h->ns)))
 		return dmk_errf(err, DMK_ERR_CONFIG, "the Vault namespace is too long or holds a "
 		    "control character");
-	util_strlcpy(h->mount, (v = kv_str(c, "mount")) ? v : HCV_DEFAULT_MOUNT, sizeof(h->mount));
-	util_strlcpy(h->auth_mount, (v = kv_str(c, "auth_mount")) ? v : auth_names[h->auth],
+	util_strlcpy(h->mount, (v = hcv_kv_str(c, "mount")) ? v : HCV_DEFAULT_MOUNT, sizeof(h->mount));
+	util_strlcpy(h->auth_mount, (v = hcv_kv_str(c, "auth_mount")) ? v : auth_names[h->auth],
 	    sizeof(h->auth_mount));
-	if ((v = kv_str(c, "timeout")) != NULL && util_parse_duration(v, &timeout) != 0)
+	if ((v = hcv_kv_str(c, "timeout")) != NULL && util_parse_duration(v, &timeout) != 0)
 		return dmk_errf(err, DMK_ERR_CONFIG, "'timeout' must be a duration, not '%s'", v);
 	if (timeout <= 0)
 		timeout = 30;
-	if (envstr("VAULT_SKIP_VERIFY"))
+	if (hcv_envstr("VAULT_SKIP_VERIFY"))
 		log_warn("VAULT_SKIP_VERIFY is ignored: dmkagent always verifies Vault's "
 		    "certificate");
 
@@ -1042,10 +613,10 @@ hcvault_open(struct store *st, struct dmk_err *err)
 	copy_path(h->tls.ca_path, sizeof(h->tls.ca_path), "ca_path", "VAULT_CAPATH", c);
 	copy_path(h->tls.client_cert_file, sizeof(h->tls.client_cert_file), "client_cert",
 	    "VAULT_CLIENT_CERT", c);
-	if ((kr = kv_ref(c, "client_key")) != NULL) {
-		if ((r = resolve_ref(st, kr, "client_key", &h->client_key, err)) != 0)
+	if ((kr = hcv_kv_ref(c, "client_key")) != NULL) {
+		if ((r = hcv_resolve_ref(st, kr, "client_key", &h->client_key, err)) != 0)
 			return r;
-	} else if (h->tls.client_cert_file[0] && (v = envstr("VAULT_CLIENT_KEY")) != NULL) {
+	} else if (h->tls.client_cert_file[0] && (v = hcv_envstr("VAULT_CLIENT_KEY")) != NULL) {
 		if ((r = read_secret_file(v, &h->client_key, err)) != 0)
 			return dmk_err_prefix(err, "VAULT_CLIENT_KEY");
 	}
@@ -1064,23 +635,23 @@ hcvault_open(struct store *st, struct dmk_err *err)
 
 	switch (h->auth) {
 	case AUTH_TOKEN:
-		r = auth_token(st, err);
+		r = hcv_auth_token(st, err);
 		break;
 	case AUTH_APPROLE:
-		r = auth_approle(st, err);
+		r = hcv_auth_approle(st, err);
 		break;
 	case AUTH_K8S:
-		r = auth_jwtlike(st, 1, err);
+		r = hcv_auth_jwtlike(st, 1, err);
 		break;
 	case AUTH_JWT:
-		r = auth_jwtlike(st, 0, err);
+		r = hcv_auth_jwtlike(st, 0, err);
 		break;
 	case AUTH_CERT:
-		r = auth_cert(st, err);
+		r = hcv_auth_cert(st, err);
 		break;
 	}
 	if (r == 0)
-		r = token_lookup(st, err);
+		r = hcv_token_lookup(st, err);
 	if (r != 0) {
 		/* store_open() will not call close(): release everything here. */
 		secret_free(h->token);
@@ -1106,7 +677,7 @@ hcvault_close(struct store *st)
 		    REQ_TOKEN | REQ_NORENEW | REQ_NORETRY, NULL, &resp, &e) != 0)
 			log_warn("Vault token not revoked: %s", e.msg);
 		else if (resp.status != 204 && resp.status != 200) {
-			vault_fail(&resp, "token revocation (auth/token/revoke-self)", CTX_DATA, &e);
+			hcv_vault_fail(&resp, "token revocation (auth/token/revoke-self)", CTX_DATA, &e);
 			log_warn("%s", e.msg);
 		}
 		http_response_free(&resp);
@@ -1148,13 +719,13 @@ kv_detect(struct store *st, const struct secret_ref *ref, struct dmk_err *err)
 		char what[900];
 		snprintf(what, sizeof(what), "finding the secrets engine of %s "
 		    "(sys/internal/ui/mounts/%s)", full, full);
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 		if (r == DMK_ERR_NOTFOUND || r == DMK_ERR_DENIED)
 			dmk_err_prefix(err, "no KV secrets engine at mount '%s' that this token may "
 			    "use", h->mount);
 		goto out;
 	}
-	if ((root = parse_body(&resp, "sys/internal/ui/mounts", err)) == NULL) {
+	if ((root = hcv_parse_body(&resp, "sys/internal/ui/mounts", err)) == NULL) {
 		r = err->code;
 		goto out;
 	}
@@ -1275,7 +846,7 @@ static void
 version_from(json_t *md, struct prov_version *ver)
 {
 	const char *t;
-	long long n = json_num(json_object_get(md, "version"));
+	long long n = hcv_json_num(json_object_get(md, "version"));
 	time_t tt;
 
 	ver->num = n;
@@ -1354,10 +925,10 @@ hcvault_get(struct store *st, const struct secret_ref *ref, const char *version,
 		goto out;
 	}
 	if (resp.status != 200) {
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 		goto out;
 	}
-	if ((root = parse_body(&resp, what, err)) == NULL) {
+	if ((root = hcv_parse_body(&resp, what, err)) == NULL) {
 		r = err->code;
 		goto out;
 	}
@@ -1426,10 +997,10 @@ read_metadata(struct store *st, const struct secret_ref *ref, json_t **root, jso
 		goto out;
 	}
 	if (resp.status != 200) {
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 		goto out;
 	}
-	if ((*root = parse_body(&resp, what, err)) == NULL) {
+	if ((*root = hcv_parse_body(&resp, what, err)) == NULL) {
 		r = err->code;
 		goto out;
 	}
@@ -1471,7 +1042,7 @@ write_custom_metadata(struct store *st, const struct secret_ref *ref, json_t *cm
 	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
 		goto out;
 	if (resp.status != 200 && resp.status != 204)
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 out:
 	json_release(s);
 	json_decref(o);
@@ -1575,7 +1146,7 @@ put_body(struct buf *b, json_t *cur, const char *field, const struct secret *val
 			return DMK_ERR_NOMEM;
 		r = (first ? 0 : buf_putc(b, ','));
 		if (!r)
-			r = json_quote_str(b, k);
+			r = hcv_json_quote_str(b, k);
 		if (!r)
 			r = buf_putc(b, ':');
 		if (!r)
@@ -1585,9 +1156,9 @@ put_body(struct buf *b, json_t *cur, const char *field, const struct secret *val
 			return r;
 		first = 0;
 	}
-	if ((!first && (r = buf_putc(b, ',')) != 0) || (r = json_quote_str(b, field)) != 0 ||
+	if ((!first && (r = buf_putc(b, ',')) != 0) || (r = hcv_json_quote_str(b, field)) != 0 ||
 	    (r = buf_putc(b, ':')) != 0 ||
-	    (r = json_quote(b, secret_reveal(value), secret_len(value))) != 0)
+	    (r = hcv_json_quote(b, secret_reveal(value), secret_len(value))) != 0)
 		return r;
 	return buf_puts(b, "}}");
 }
@@ -1616,10 +1187,10 @@ current_data(struct store *st, const struct secret_ref *ref, json_t **root, json
 	if (resp.status == 404)
 		goto out;   /* new key, or deleted version: nothing to keep */
 	if (resp.status != 200) {
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 		goto out;
 	}
-	if ((*root = parse_body(&resp, what, err)) == NULL) {
+	if ((*root = hcv_parse_body(&resp, what, err)) == NULL) {
 		r = err->code;
 		goto out;
 	}
@@ -1684,7 +1255,7 @@ hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret 
 	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
 		goto out;
 	if (resp.status != 200) {
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 		/*
 		 * A retried CAS write whose first try landed before the connection
 		 * dropped: the retry sees its own version.  If the current value is
@@ -1705,12 +1276,12 @@ hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret 
 		}
 		goto out;
 	}
-	if ((root = parse_body(&resp, what, err)) == NULL) {
+	if ((root = hcv_parse_body(&resp, what, err)) == NULL) {
 		r = err->code;
 		goto out;
 	}
 	d = json_object_get(root, "data");
-	if (!json_is_object(d) || json_num(json_object_get(d, "version")) <= 0) {
+	if (!json_is_object(d) || hcv_json_num(json_object_get(d, "version")) <= 0) {
 		r = dmk_errf(err, DMK_ERR_PROTOCOL, "%s: the answer has no data.version", what);
 		goto out;
 	}
@@ -1827,7 +1398,7 @@ hcvault_delete_version(struct store *st, const struct secret_ref *ref, const cha
 	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
 		goto out;
 	if (resp.status != 204 && resp.status != 200)
-		r = vault_fail(&resp, what, CTX_DATA, err);
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
 out:
 	buf_free(&body);
 	buf_free(&path);
@@ -1889,17 +1460,17 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 		kv_plain(h, h->kv_version == 2 ? "data" : NULL, ref->path, dpath, sizeof(dpath));
 		kv_plain(h, "metadata", ref->path, mpath, sizeof(mpath));
 		buf_puts(&body, "{\"paths\":[");
-		json_quote_str(&body, dpath);
+		hcv_json_quote_str(&body, dpath);
 		if (h->kv_version == 2) {
 			buf_putc(&body, ',');
-			json_quote_str(&body, mpath);
+			hcv_json_quote_str(&body, mpath);
 		}
 		buf_puts(&body, "]}");
 		snprintf(what, sizeof(what), "checking %s (sys/capabilities-self)", ref->text);
 		if ((r = hcv_request(st, "POST", "sys/capabilities-self", &body, REQ_TOKEN, NULL,
 		    &resp, err)) != 0 || (resp.status != 200 &&
-		    (r = vault_fail(&resp, what, CTX_DATA, err)) != 0) ||
-		    (root = parse_body(&resp, what, err)) == NULL) {
+		    (r = hcv_vault_fail(&resp, what, CTX_DATA, err)) != 0) ||
+		    (root = hcv_parse_body(&resp, what, err)) == NULL) {
 			if (r == 0)
 				r = err->code;
 			buf_printf(report, "             %-40s FAIL  %s\n", ref->text, err->msg);
