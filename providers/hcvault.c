@@ -1099,22 +1099,34 @@ out:
 	return r;
 }
 
+/* A KV v2 reference and one of its version numbers; lacking says what v1 lacks. */
 static int
-hcvault_set_meta(struct store *st, const struct secret_ref *ref, const char *version,
-    const struct prov_meta *meta, struct dmk_err *err)
+kv2_version(struct store *st, const struct secret_ref *ref, const char *version,
+    const char *lacking, long long *vnum, struct dmk_err *err)
 {
 	struct hcv *h = st->priv;
-	long long vnum;
 	int r;
 
 	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
 		return r;
 	if (h->kv_version != 2)
 		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1, which "
-		    "has no metadata", ref->text, h->kv_mount);
-	if (parse_version(version, &vnum) != 0 || vnum == 0)
+		    "%s", ref->text, h->kv_mount, lacking);
+	if (parse_version(version, vnum) != 0 || *vnum == 0)
 		return dmk_errf(err, DMK_ERR_BADINPUT, "%s: version '%s' is not a Vault version "
 		    "number", ref->text, version ? version : "");
+	return 0;
+}
+
+static int
+hcvault_set_meta(struct store *st, const struct secret_ref *ref, const char *version,
+    const struct prov_meta *meta, struct dmk_err *err)
+{
+	long long vnum;
+	int r;
+
+	if ((r = kv2_version(st, ref, version, "has no metadata", &vnum, err)) != 0)
+		return r;
 	if (meta == NULL || meta->n == 0)
 		return 0;
 	return set_markers(st, ref, vnum, meta, err);
@@ -1377,14 +1389,8 @@ hcvault_delete_version(struct store *st, const struct secret_ref *ref, const cha
 	long long vnum;
 	int r;
 
-	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+	if ((r = kv2_version(st, ref, version, "keeps no versions to delete", &vnum, err)) != 0)
 		return r;
-	if (h->kv_version != 2)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: mount '%s' is KV version 1, which "
-		    "keeps no versions to delete", ref->text, h->kv_mount);
-	if (parse_version(version, &vnum) != 0 || vnum == 0)
-		return dmk_errf(err, DMK_ERR_BADINPUT, "%s: version '%s' is not a Vault version "
-		    "number", ref->text, version ? version : "");
 	http_response_init(&resp);
 	buf_init(&path, HCV_URL_MAX);
 	buf_init_locked(&body, 256);
