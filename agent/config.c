@@ -176,6 +176,9 @@ static const struct conf_keydef agent_keys[] = {
 	{ "password_length", CK_INT, 0, NULL, 8, 128 },
 	{ "password_avoid", CK_STRING, 0, NULL, 0, 0 },
 	{ "lease_ttl", CK_DURATION, 0, NULL, 0, 0 },
+	{ "hook_command", CK_PATH, 0, NULL, 0, 0 },
+	{ "hook_timeout", CK_DURATION, 0, NULL, 0, 0 },
+	{ "metrics_file", CK_PATH, 0, NULL, 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -198,6 +201,8 @@ static const struct conf_keydef db_keys[] = {
 	{ "cert_backup_password", CK_REF, 0, NULL, 0, 0 },
 	{ "dmk_backup_password", CK_REF, 0, NULL, 0, 0 },
 	{ "rotate_every", CK_DURATION, 0, NULL, 0, 0 },
+	{ "backup_every", CK_DURATION, 0, NULL, 0, 0 },
+	{ "restore_test_every", CK_DURATION, 0, NULL, 0, 0 },
 	{ "certificates", CK_STRING, 0, NULL, 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
@@ -429,6 +434,15 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			util_strlcpy(cfg->password_avoid, kv->value, sizeof(cfg->password_avoid));
 		else if (strcmp(kv->key, "lease_ttl") == 0)
 			cfg->lease_ttl = num;
+		else if (strcmp(kv->key, "hook_command") == 0)
+			util_strlcpy(cfg->hook_command, kv->value, sizeof(cfg->hook_command));
+		else if (strcmp(kv->key, "hook_timeout") == 0) {
+			if (num < 1 || num > 3600)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'hook_timeout' in [agent] must be 1s "
+				    "to 1h");
+			cfg->hook_timeout = num;
+		} else if (strcmp(kv->key, "metrics_file") == 0)
+			util_strlcpy(cfg->metrics_file, kv->value, sizeof(cfg->metrics_file));
 	}
 	return 0;
 }
@@ -664,6 +678,10 @@ interp_db(const char *path, struct raw_section *sec, const char *label,
 			db->has_dmk_backup_password = 1;
 		} else if (strcmp(kv->key, "rotate_every") == 0)
 			db->rotate_every = num;
+		else if (strcmp(kv->key, "backup_every") == 0)
+			db->backup_every = num;
+		else if (strcmp(kv->key, "restore_test_every") == 0)
+			db->restore_test_every = num;
 		else if (strcmp(kv->key, "certificates") == 0) {
 			char tmp[CONF_VALUE_MAX], *tok, *save = NULL;
 			util_strlcpy(tmp, kv->value, sizeof(tmp));
@@ -830,6 +848,7 @@ config_parse_string(const char *text, const char *path, struct config **out,
 	util_strlcpy(cfg->audit_log, "/var/log/dmkagent/audit.jsonl", sizeof(cfg->audit_log));
 	cfg->password_length = 32;
 	cfg->lease_ttl = 900;
+	cfg->hook_timeout = 30;
 
 	for (const char *p = text; *p; p++)
 		if ((unsigned char)*p < 0x20 && *p != '\n' && *p != '\r' && *p != '\t') {

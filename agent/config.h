@@ -53,6 +53,8 @@ struct conf_db {
 	int has_dmk_backup_password;
 	struct secret_ref dmk_backup_password;
 	long long rotate_every;        /* seconds; 0: never due */
+	long long backup_every;        /* seconds; 0: run takes no backups */
+	long long restore_test_every;  /* seconds; 0: run makes no restore tests */
 	char certificates[8][CONF_NAME_BYTES];
 	size_t ncertificates;
 	int line;
@@ -67,6 +69,9 @@ struct config {
 	int password_length;
 	char password_avoid[128];
 	long long lease_ttl;           /* seconds */
+	char hook_command[PATH_MAX];   /* "" none: run after each change (deployhook.h) */
+	long long hook_timeout;        /* seconds */
+	char metrics_file[PATH_MAX];   /* "" none: Prometheus text after each run (metrics.h) */
 	struct conf_store *stores;
 	size_t nstores;
 	struct conf_ag *ags;
