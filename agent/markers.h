@@ -36,6 +36,7 @@
 #define MARK_GUID      "dmkagent-key-guid"
 #define MARK_NODE      "dmkagent-node"
 #define MARK_PWVER     "dmkagent-password-version"
+#define MARK_RESTORED  "dmkagent-restore-tested" /* RFC 3339: a restore test passed */
 
 enum mk_mode { MK_MODE_ROTATE = 0, MK_MODE_REGENERATE, MK_MODE_RECOVER };
 
