@@ -377,7 +377,11 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	if (run_stop)
 		goto stopped;
 
-	/* 5: verify */
+	/* 5: verify (a dry run's plan may not have happened yet: not judged) */
+	if (c->dry_run) {
+		stage(c, ag->name, "would verify every replica");
+		goto out;
+	}
 	stage(c, ag->name, "verify");
 	r = verify_steps(c, &run, jstep(jsteps, "verify"));
 	if (r != 0)

@@ -63,7 +63,8 @@ struct mk_plan {
 	long oldv;                /* the version being replaced */
 	long newv;                /* the version replacing it (resume only) */
 	long prev;                /* start NEW on an unmarked current version: the older
-	                             one marked current behind it (an operator's write) */
+	                             live one behind it, marked current or unmarked
+	                             (an operator's write on top of it) */
 	const char *rotation;     /* rotation id of the unfinished rotation, or "" */
 };
 

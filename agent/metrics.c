@@ -12,6 +12,7 @@
 
 #include "core/dmk.h"
 #include "core/buf.h"
+#include "core/secret.h"
 #include "agent.h"
 #include "metrics.h"
 
@@ -220,7 +221,8 @@ metrics_write(struct agent *a, const struct metrics_db *m, size_t n, int code,
 	mkdir(a->cfg->state_dir, 0700);
 	r = s != NULL ? write_atomic(spath, s, strlen(s), 0600, err) :
 	    dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-	free(s);
+	if (s != NULL)
+		json_free_dump(s);
 	if (r != 0) {
 		free(last);
 		return r;

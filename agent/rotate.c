@@ -1112,8 +1112,11 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 					break;
 				}
 				if ((rc = rot_probe(r, r->oldpw, err)) == 0) {
-					say(r, "store version %s already opens the DMK: nothing to apply",
-					    r->oldv.id);
+					/* in force already (added by hand): say so in the store */
+					if (!r->dry && (rc = rot_mark(r, r->oldv.id, "current", err)) != 0)
+						goto out;
+					say(r, "store version %s already opens the DMK: nothing to apply%s",
+					    r->oldv.id, r->dry ? "" : "; marked current");
 					break;
 				}
 				if (rc != DMK_ERR_WRONGPASS)
