@@ -117,9 +117,9 @@ class Watch(unittest.TestCase):
         self.assertIn("a store version changed", self.log())
         # an outage: sealed Vault; watch keeps going and backs off
         lab.control("/seal", {}, sim=lab.vault)
-        time.sleep(4)
+        wait_for("the outage to be noticed", lambda: "cannot be read" in self.log(), timeout=60)
+        time.sleep(3)
         self.assertIsNone(self.proc.poll(), "watch died during a store outage")
-        self.assertIn("cannot be read", self.log())
         lab.control("/unseal", {"key": "any"}, sim=lab.vault)
         newer = _labmod.strong_password()
         self.assertEqual(self.hvac_write(newer), 3)
