@@ -121,6 +121,17 @@ static const struct command commands[] = {
 	  "(doubling, up to 16 intervals).  SIGTERM stops it at a step boundary\n"
 	  "(exit 0).  With $NOTIFY_SOCKET (systemd Type=notify), reports READY=1.\n"
 	  "  --ag AG, --database DB  only these\n" },
+	{ "hook serve", cmd_hook_serve, 1, "hook serve",
+	  "an HTTPS endpoint for Azure Event Grid (Key Vault secret events)",
+	  "Listens on [hook] listen with [hook] tls_cert and tls_key, and takes Azure\n"
+	  "Event Grid webhook deliveries (Event Grid schema or CloudEvents 1.0; both\n"
+	  "validation handshakes are answered).  Every request needs ?code=[hook] key\n"
+	  "(401 otherwise).  For a configured DMK password: SecretNewVersionCreated\n"
+	  "applies the new version (a pass of run for that database), SecretNearExpiry\n"
+	  "rotates it, SecretExpired rotates it and reports an error.  Answers at once\n"
+	  "and works in the background, one event at a time, deduplicated by event id;\n"
+	  "a full queue ([hook] queue) answers 503 with Retry-After.  Other events are\n"
+	  "acknowledged and logged by id only.  SIGTERM stops it (exit 0).\n" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
 };
 

@@ -207,6 +207,16 @@ static const struct conf_keydef db_keys[] = {
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
+static const struct conf_keydef hook_keys[] = {
+	{ "listen", CK_STRING, 1, NULL, 0, 0 },
+	{ "tls_cert", CK_PATH, 1, NULL, 0, 0 },
+	{ "tls_key", CK_REF, 1, NULL, 0, 0 },
+	{ "key", CK_REF, 1, NULL, 0, 0 },
+	{ "auth", CK_ENUM, 0, "code|entra", 0, 0 },
+	{ "queue", CK_INT, 0, NULL, 1, 4096 },
+	{ NULL, 0, 0, NULL, 0, 0 },
+};
+
 static const struct conf_keydef common_store_keys[] = {
 	{ "type", CK_STRING, 1, NULL, 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
@@ -443,6 +453,62 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			cfg->hook_timeout = num;
 		} else if (strcmp(kv->key, "metrics_file") == 0)
 			util_strlcpy(cfg->metrics_file, kv->value, sizeof(cfg->metrics_file));
+	}
+	return 0;
+}
+
+static int
+interp_hook(const char *path, struct raw_section *sec, struct config *cfg,
+    struct dmk_err *err)
+{
+	struct conf_hook *h = &cfg->hook;
+	const struct conf_keydef *d;
+	char hint[128];
+	size_t i;
+	int r;
+
+	if (h->present)
+		FAIL(DMK_ERR_CONFIG, sec->line, "[hook] appears twice");
+	h->present = 1;
+	h->line = sec->line;
+	h->listen_port = 8443;
+	h->queue = 32;
+	for (i = 0; i < sec->nkv; i++) {
+		struct raw_kv *kv = &sec->kv[i];
+		const struct conf_keydef *def = find_key(hook_keys, kv->key);
+		struct secret_ref ref;
+		long long num = 0;
+
+		if (def == NULL) {
+			suggest(hook_keys, NULL, kv->key, hint, sizeof(hint));
+			FAIL(DMK_ERR_CONFIG, kv->line, "unknown key '%s' in [hook]%s", kv->key, hint);
+		}
+		if ((r = check_value(path, "hook", kv, kv->key, def, &ref, &num, err)) != 0)
+			return r;
+		if (strcmp(kv->key, "listen") == 0) {
+			if (parse_hostport(kv->value, h->listen_host, sizeof(h->listen_host),
+			    &h->listen_port, 8443) != 0)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'listen' in [hook] must be HOST:PORT "
+				    "(such as 0.0.0.0:8443), not '%s'", kv->value);
+		} else if (strcmp(kv->key, "tls_cert") == 0)
+			util_strlcpy(h->tls_cert, kv->value, sizeof(h->tls_cert));
+		else if (strcmp(kv->key, "tls_key") == 0)
+			h->tls_key = ref;
+		else if (strcmp(kv->key, "key") == 0)
+			h->key = ref;
+		else if (strcmp(kv->key, "queue") == 0)
+			h->queue = (int)num;
+		else if (strcmp(kv->key, "auth") == 0 && strcmp(kv->value, "entra") == 0)
+			FAIL(DMK_ERR_CONFIG, kv->line, "'auth = entra' in [hook]: Entra ID bearer "
+			    "tokens are not supported by this version; use auth = code (the shared "
+			    "secret in the code parameter)");
+	}
+	for (d = hook_keys; d->name != NULL; d++) {
+		int seen = 0;
+		for (i = 0; i < sec->nkv; i++)
+			seen |= strcmp(sec->kv[i].key, d->name) == 0;
+		if (d->required && !seen)
+			FAIL(DMK_ERR_CONFIG, sec->line, "[hook] needs '%s'", d->name);
 	}
 	return 0;
 }
@@ -738,6 +804,10 @@ check_refs(const char *path, struct config *cfg, struct dmk_err *err)
 
 	if (cfg->has_audit_key)
 		CHECK_REF(&cfg->audit_key, 0, "audit_key", "agent", 0);
+	if (cfg->hook.present) {
+		CHECK_REF(&cfg->hook.tls_key, cfg->hook.line, "tls_key", "hook", 0);
+		CHECK_REF(&cfg->hook.key, cfg->hook.line, "key", "hook", 0);
+	}
 	for (i = 0; i < cfg->nstores; i++) {
 		struct conf_store *st = &cfg->stores[i];
 		char where[80];
@@ -815,13 +885,15 @@ interpret(struct parse_ctx *pc, struct config *cfg, struct dmk_err *err)
 			r = interp_ag(path, sec, n + 3, cfg, err);
 		else if (strncmp(n, "database ", 9) == 0)
 			r = interp_db(path, sec, n + 9, cfg, err);
+		else if (strcmp(n, "hook") == 0)
+			r = interp_hook(path, sec, cfg, err);
 		else if (n[0] == '\0')
 			FAIL(DMK_ERR_CONFIG, sec->kv ? sec->kv[0].line : 1, "key '%s' outside any "
 			    "section; start with [agent], [store NAME], [ag NAME] or "
 			    "[database AG/DB]", sec->kv ? sec->kv[0].key : "");
 		else
 			FAIL(DMK_ERR_CONFIG, sec->line, "unknown section [%s]; expected [agent], "
-			    "[store NAME], [ag NAME] or [database AG/DB]", n);
+			    "[store NAME], [ag NAME], [database AG/DB] or [hook]", n);
 	}
 	if (r != 0)
 		return r;

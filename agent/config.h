@@ -60,6 +60,18 @@ struct conf_db {
 	int line;
 };
 
+/* [hook]: dmkagent hook serve (hook.c). */
+struct conf_hook {
+	int present;
+	char listen_host[256];
+	int listen_port;               /* default 8443 */
+	char tls_cert[PATH_MAX];       /* PEM chain */
+	struct secret_ref tls_key;     /* the PEM private key */
+	struct secret_ref key;         /* the shared secret in ?code= */
+	int queue;                     /* bounded queue of events waiting (default 32) */
+	int line;
+};
+
 struct config {
 	char path[PATH_MAX];
 	char state_dir[PATH_MAX];
@@ -78,6 +90,7 @@ struct config {
 	size_t nags;
 	struct conf_db *dbs;
 	size_t ndbs;
+	struct conf_hook hook;
 };
 
 #define CONF_DEFAULT_PATH "/etc/dmkagent/dmkagent.conf"
