@@ -12,8 +12,9 @@
  * rotation; an unmarked version on top of the one in force, which run's
  * first step applies through the rotation state machine), and every
  * --run-every (default 1 h; the first look always runs a pass).  While
- * the store cannot be read, the wait doubles up to 16 times the interval
- * (at least 5 minutes), back to the interval once it answers.  SIGTERM or
+ * no reference can be read, no pass runs and the wait doubles, up to 16
+ * intervals, back to the interval once a store answers; while only some
+ * cannot, passes go on (their run reports the rest).  SIGTERM or
  * SIGINT ends it at the next step boundary, exit 0.  With NOTIFY_SOCKET
  * set (systemd Type=notify), READY=1 once the configuration is loaded and
  * STOPPING=1 on the way out.
@@ -66,11 +67,12 @@ notify(const char *msg)
  */
 static size_t
 look(struct agent *a, const char *agf, const char *dbf, char (*sig)[128], int *work,
-    struct dmk_err *err)
+    size_t *looked, struct dmk_err *err)
 {
 	size_t i, n, bad = 0;
 
 	*work = 0;
+	*looked = 0;
 	for (i = 0; i < a->cfg->ndbs; i++) {
 		const struct conf_db *db = &a->cfg->dbs[i];
 		const struct secret_ref *ref = &db->dmk_password;
@@ -83,6 +85,7 @@ look(struct agent *a, const char *agf, const char *dbf, char (*sig)[128], int *w
 		if ((agf && strcmp(agf, db->ag) != 0 && strcmp(agf, config_ag(a->cfg, db->ag)->name)
 		    != 0) || (dbf && strcmp(dbf, db->name) != 0) || ref->kind != REF_STORE)
 			continue;
+		(*looked)++;
 		n = 0;
 		if ((r = agent_store(a, ref->store, &st, err)) == 0 &&
 		    (r = store_list_versions(st, ref, &v, &n, err)) == DMK_ERR_NOTFOUND)
@@ -148,7 +151,7 @@ cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	long long interval = 60, every = 3600, wait = 60;
 	char (*seen)[128] = NULL, (*now)[128] = NULL;
 	time_t last_pass = 0;
-	size_t bad, fails = 0, nd = a->cfg->ndbs;
+	size_t bad, fails = 0, nd = a->cfg->ndbs, looked;
 	int ch, work, first = 1, r = 0;
 	struct dmk_err e;
 
@@ -189,16 +192,14 @@ cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	log_info("watch: looking every %llds, a full run every %llds", interval, every);
 	while (!run_stop) {
 		dmk_err_clear(&e);
-		bad = look(a, agf, dbf, now, &work, &e);
+		bad = look(a, agf, dbf, now, &work, &looked, &e);
 		if (bad > 0) {
 			fails++;
-			wait = interval << (fails < 5 ? fails : 4);
-			if (wait > interval * 16 && wait > 300)
-				wait = interval * 16 > 300 ? interval * 16 : 300;
+			wait = interval << (fails < 4 ? fails : 4);    /* at most 16 intervals */
 			if (fails == 1 || fails % 10 == 0)
 				log_warn("watch: %zu reference(s) cannot be read (%s); looking again in "
 				    "%llds", bad, e.msg, wait);
-			if (bad == nd || (work == 0 && !first))
+			if (bad == looked)
 				goto sleep;
 		} else {
 			if (fails > 0)
@@ -214,7 +215,7 @@ cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			first = 0;
 			/* what the pass itself wrote is not news */
 			dmk_err_clear(&e);
-			if (look(a, agf, dbf, seen, &work, &e) > 0)
+			if (look(a, agf, dbf, seen, &work, &looked, &e) > 0)
 				memcpy(seen, now, nd * sizeof(*seen));
 		}
 		wait = fails > 0 ? wait : interval;
