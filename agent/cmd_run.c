@@ -226,6 +226,20 @@ reopen(struct agcmd_ctx *c, const struct conf_ag *ag, struct ag_run *run, int *o
 	return 0;
 }
 
+/* What the last ag_each_replica() left (a step's per-replica results),
+ * before the next step runs its own. */
+static void
+reps_clear(struct ag_run *run)
+{
+	size_t i;
+
+	for (i = 0; i < run->nreps; i++)
+		free(run->reps[i].dbs);
+	free(run->reps);
+	run->reps = NULL;
+	run->nreps = 0;
+}
+
 static json_t *
 jstep(json_t *jsteps, const char *name)
 {
@@ -307,6 +321,7 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 
 	/* 2: register what is missing */
 	stage(c, ag->name, "register");
+	reps_clear(&run);
 	r = register_steps(c, &run, jstep(jsteps, "register"), 0, &o->changes);
 	if (r != 0)
 		agcmd_keep(c, r, "%s: not registered everywhere (see above); a rerun finishes the "
@@ -383,6 +398,7 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 		goto out;
 	}
 	stage(c, ag->name, "verify");
+	reps_clear(&run);
 	r = verify_steps(c, &run, jstep(jsteps, "verify"));
 	if (r != 0)
 		agcmd_keep(c, r, "%s: not every replica can open every DMK after a failover (see "
