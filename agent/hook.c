@@ -60,6 +60,7 @@
 #include "core/buf.h"
 #include "core/secret.h"
 #include "cli.h"
+#include "hook.h"
 #include "run.h"
 
 #define HOOK_HEAD_MAX  16384
@@ -457,10 +458,16 @@ header(const char *head, const char *name, char *out, size_t len)
 	return -1;
 }
 
+/* Where a request's bytes come from: the TLS session, or (fuzzing) memory. */
+struct reader {
+	int (*read)(void *ctx, char *buf, size_t len);   /* bytes, or -1 */
+	void *ctx;
+};
+
 static int
-ssl_read_some(SSL *s, char *buf, size_t len)
+ssl_read_some(void *ctx, char *buf, size_t len)
 {
-	int r = SSL_read(s, buf, (int)len);
+	int r = SSL_read(ctx, buf, (int)len);
 
 	return r > 0 ? r : -1;
 }
@@ -480,7 +487,8 @@ respond(SSL *s, const struct reply *rp)
 
 /* A POST's body into buf (moved to its start): 0, 1 answer rp, -1 drop. */
 static int
-read_body(SSL *s, char *buf, size_t have, size_t headlen, size_t *body, struct reply *rp)
+read_body(const struct reader *rd, char *buf, size_t have, size_t headlen, size_t *body,
+    struct reply *rp)
 {
 	char cl[32], te[64];
 	long long clen = 0;
@@ -511,10 +519,88 @@ read_body(SSL *s, char *buf, size_t have, size_t headlen, size_t *body, struct r
 	}
 	memmove(buf, buf + headlen, *body);
 	while (*body < (size_t)clen) {
-		if ((r = ssl_read_some(s, buf + *body, (size_t)clen - *body)) < 0)
+		if ((r = rd->read(rd->ctx, buf + *body, (size_t)clen - *body)) < 0)
 			return -1;
 		*body += (size_t)r;
 	}
+	return 0;
+}
+
+/*
+ * One request, read through rd into buf (HOOK_HEAD_MAX + HOOK_BODY_MAX + 1
+ * bytes, wiped by the caller up to *used): the answer in rp.  0 answer,
+ * -1 the client went away (no answer).
+ */
+static int
+hook_handle(struct hook *h, const struct reader *rd, char *buf, size_t *used,
+    struct reply *rp)
+{
+	char method[16], target[2048], origin[300];
+	size_t have = 0, headlen = 0, body = 0;
+	char *eoh, *sp;
+	int r;
+
+	memset(rp, 0, sizeof(*rp));
+	*used = 0;
+	/* the head */
+	while ((eoh = have ? strstr(buf, "\r\n\r\n") : NULL) == NULL) {
+		if (have >= HOOK_HEAD_MAX) {
+			say(rp, 431, "Request Header Fields Too Large", "{\"error\":\"headers too large\"}");
+			return 0;
+		}
+		if ((r = rd->read(rd->ctx, buf + have, HOOK_HEAD_MAX - have)) < 0)
+			return -1;
+		have += (size_t)r;
+		*used = have;
+		buf[have] = '\0';
+		if (strlen(buf) != have) {
+			say(rp, 400, "Bad Request", "{\"error\":\"NUL in the request\"}");
+			return 0;
+		}
+	}
+	headlen = (size_t)(eoh - buf) + 4;
+	eoh[2] = '\0';                /* the head ends with its last line's \r\n */
+	sp = strstr(buf, "\r\n");
+	if (sscanf(buf, "%15s %2047s", method, target) != 2 || sp == NULL ||
+	    sp - buf < 9 || strncmp(sp - 9, " HTTP/1.", 8) != 0) {
+		say(rp, 400, "Bad Request", "{\"error\":\"not an HTTP/1.x request\"}");
+		return 0;
+	}
+	/* A POST's body is read before any answer: a reply while the client still
+	 * sends would reach it as a reset. */
+	if (strcmp(method, "POST") == 0 && (r = read_body(rd, buf, have, headlen, &body,
+	    rp)) != 0) {
+		*used = have > body ? have : body;
+		return r < 0 ? -1 : 0;
+	}
+	*used = have > body ? have : body;
+	if (!code_ok(h, target)) {
+		log_warn("hook: a %s request without the right key: 401",
+		    strcmp(method, "POST") == 0 ? "POST" : strcmp(method, "OPTIONS") == 0 ?
+		    "OPTIONS" : "other");
+		say(rp, 401, "Unauthorized", "{\"error\":\"unauthorized\"}");
+		return 0;
+	}
+	if (strcmp(method, "OPTIONS") == 0) {
+		/* CloudEvents 1.0 webhook validation (abuse protection) */
+		if (header(buf, "WebHook-Request-Origin", origin, sizeof(origin)) != 0 ||
+		    origin[0] == '\0' || origin[strspn(origin, "abcdefghijklmnopqrstuvwxyz"
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-*")] != '\0') {
+			say(rp, 400, "Bad Request", "{\"error\":\"no valid WebHook-Request-Origin\"}");
+			return 0;
+		}
+		log_info("hook: CloudEvents validation answered");
+		say(rp, 200, "OK", "%s", "");
+		snprintf(rp->extra, sizeof(rp->extra), "WebHook-Allowed-Origin: %s\r\n"
+		    "WebHook-Allowed-Rate: 120\r\nAllow: POST, OPTIONS\r\n", origin);
+		return 0;
+	}
+	if (strcmp(method, "POST") != 0) {
+		say(rp, 405, "Method Not Allowed", "{\"error\":\"POST or OPTIONS\"}");
+		snprintf(rp->extra, sizeof(rp->extra), "Allow: POST, OPTIONS\r\n");
+		return 0;
+	}
+	handle_events(h, buf, body, rp);
 	return 0;
 }
 
@@ -523,13 +609,11 @@ serve_one(struct hook *h, int fd)
 {
 	struct reply rp;
 	struct timeval tv = { HOOK_DEADLINE, 0 };
-	char *buf = NULL, method[16], target[2048], origin[300];
-	size_t have = 0, headlen = 0, body = 0;
-	char *eoh;
+	struct reader rd;
+	char *buf = NULL;
+	size_t used = 0;
 	SSL *s = NULL;
-	int r;
 
-	memset(&rp, 0, sizeof(rp));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if ((s = SSL_new(h->ctx)) == NULL || SSL_set_fd(s, fd) != 1 || SSL_accept(s) != 1) {
@@ -538,73 +622,83 @@ serve_one(struct hook *h, int fd)
 	}
 	if ((buf = malloc(HOOK_HEAD_MAX + HOOK_BODY_MAX + 1)) == NULL)
 		goto out;
-	/* the head */
-	while ((eoh = have ? strstr(buf, "\r\n\r\n") : NULL) == NULL) {
-		if (have >= HOOK_HEAD_MAX) {
-			say(&rp, 431, "Request Header Fields Too Large", "{\"error\":\"headers too large\"}");
-			goto answer;
-		}
-		if ((r = ssl_read_some(s, buf + have, HOOK_HEAD_MAX - have)) < 0)
-			goto out;
-		have += (size_t)r;
-		buf[have] = '\0';
-		if (strlen(buf) != have) {
-			say(&rp, 400, "Bad Request", "{\"error\":\"NUL in the request\"}");
-			goto answer;
-		}
+	rd.read = ssl_read_some;
+	rd.ctx = s;
+	if (hook_handle(h, &rd, buf, &used, &rp) == 0) {
+		respond(s, &rp);
+		SSL_shutdown(s);
 	}
-	headlen = (size_t)(eoh - buf) + 4;
-	eoh[2] = '\0';                /* the head ends with its last line's \r\n */
-	if (sscanf(buf, "%15s %2047s HTTP/1.%*1[01]", method, target) != 2 ||
-	    strncmp(strstr(buf, " HTTP/1.") ? strstr(buf, " HTTP/1.") : "", " HTTP/1.", 8) != 0) {
-		say(&rp, 400, "Bad Request", "{\"error\":\"not an HTTP/1.x request\"}");
-		goto answer;
-	}
-	/* A POST's body is read before any answer: a reply while the client still
-	 * sends would reach it as a reset. */
-	if (strcmp(method, "POST") == 0 && (r = read_body(s, buf, have, headlen, &body,
-	    &rp)) != 0) {
-		if (r < 0)
-			goto out;
-		goto answer;
-	}
-	if (!code_ok(h, target)) {
-		log_warn("hook: a %s request without the right key: 401",
-		    strcmp(method, "POST") == 0 ? "POST" : strcmp(method, "OPTIONS") == 0 ?
-		    "OPTIONS" : "other");
-		say(&rp, 401, "Unauthorized", "{\"error\":\"unauthorized\"}");
-		goto answer;
-	}
-	if (strcmp(method, "OPTIONS") == 0) {
-		/* CloudEvents 1.0 webhook validation (abuse protection) */
-		if (header(buf, "WebHook-Request-Origin", origin, sizeof(origin)) != 0 ||
-		    origin[0] == '\0' || origin[strspn(origin, "abcdefghijklmnopqrstuvwxyz"
-		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-*")] != '\0') {
-			say(&rp, 400, "Bad Request", "{\"error\":\"no valid WebHook-Request-Origin\"}");
-			goto answer;
-		}
-		log_info("hook: CloudEvents validation answered");
-		say(&rp, 200, "OK", "%s", "");
-		snprintf(rp.extra, sizeof(rp.extra), "WebHook-Allowed-Origin: %s\r\n"
-		    "WebHook-Allowed-Rate: 120\r\nAllow: POST, OPTIONS\r\n", origin);
-		goto answer;
-	}
-	if (strcmp(method, "POST") != 0) {
-		say(&rp, 405, "Method Not Allowed", "{\"error\":\"POST or OPTIONS\"}");
-		snprintf(rp.extra, sizeof(rp.extra), "Allow: POST, OPTIONS\r\n");
-		goto answer;
-	}
-	handle_events(h, buf, body, &rp);
-answer:
-	respond(s, &rp);
-	SSL_shutdown(s);
 out:
 	if (buf != NULL) {
-		secure_wipe(buf, have > headlen + body ? have : headlen + body);
+		secure_wipe(buf, used);
 		free(buf);
 	}
 	SSL_free(s);
 	close(fd);
+}
+
+/* ---- fuzzing: one request from memory, against a fixed configuration ---- */
+
+struct memreader {
+	const unsigned char *p;
+	size_t n, off, chunk;
+};
+
+static int
+mem_read(void *ctx, char *buf, size_t len)
+{
+	struct memreader *m = ctx;
+	size_t k = m->n - m->off;
+
+	if (k == 0)
+		return -1;
+	if (k > len)
+		k = len;
+	if (k > m->chunk)
+		k = m->chunk;            /* arrive in pieces, as over TLS */
+	memcpy(buf, m->p + m->off, k);
+	m->off += k;
+	return (int)k;
+}
+
+int
+hook_fuzz_request(struct agent *a, const char *key, const unsigned char *data, size_t n)
+{
+	static char (*seen)[HOOK_ID_MAX + 1];
+	static char *buf;
+	struct job q[2];
+	struct hook h;
+	struct memreader m;
+	struct reader rd;
+	struct reply rp;
+	unsigned int ml = sizeof(h.want);
+	size_t used;
+	int r;
+
+	if (seen == NULL && (seen = calloc(HOOK_SEEN, sizeof(*seen))) == NULL)
+		return -1;
+	if (buf == NULL && (buf = malloc(HOOK_HEAD_MAX + HOOK_BODY_MAX + 1)) == NULL)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	h.a = a;
+	h.q = q;
+	h.qcap = 2;
+	h.seen = seen;
+	pthread_mutex_init(&h.mtx, NULL);
+	pthread_cond_init(&h.cv, NULL);
+	memset(h.mac_key, 7, sizeof(h.mac_key));
+	HMAC(EVP_sha256(), h.mac_key, sizeof(h.mac_key), (const unsigned char *)key, strlen(key),
+	    h.want, &ml);
+	m.p = data;
+	m.n = n;
+	m.off = 0;
+	m.chunk = n > 0 ? (size_t)data[0] % 64 + 1 : 1;
+	rd.read = mem_read;
+	rd.ctx = &m;
+	r = hook_handle(&h, &rd, buf, &used, &rp);
+	pthread_mutex_destroy(&h.mtx);
+	pthread_cond_destroy(&h.cv);
+	return r == 0 ? rp.status : -1;
 }
 
 /* ---- set-up ---- */
