@@ -126,7 +126,7 @@ static const struct command commands[] = {
 	  "Listens on [hook] listen with [hook] tls_cert and tls_key, and takes Azure\n"
 	  "Event Grid webhook deliveries (Event Grid schema or CloudEvents 1.0; both\n"
 	  "validation handshakes are answered).  Every request needs ?code=[hook] key\n"
-	  "(401 otherwise).  For a configured DMK password: SecretNewVersionCreated\n"
+	  "and/or (auth = entra) an Entra ID bearer token (401 otherwise).  For a configured DMK password: SecretNewVersionCreated\n"
 	  "applies the new version (a pass of run for that database), SecretNearExpiry\n"
 	  "rotates it, SecretExpired rotates it and reports an error.  Answers at once\n"
 	  "and works in the background, one event at a time, deduplicated by event id;\n"

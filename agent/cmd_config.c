@@ -86,7 +86,15 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			json_object_set_new(o, "listen_port", json_integer(c->hook.listen_port));
 			json_object_set_new(o, "tls_cert", json_string(c->hook.tls_cert));
 			json_object_set_new(o, "tls_key", ref_json(&c->hook.tls_key));
-			json_object_set_new(o, "key", ref_json(&c->hook.key));
+			json_object_set_new(o, "key", c->hook.has_key ? ref_json(&c->hook.key) :
+			    json_null());
+			json_object_set_new(o, "auth", json_string(c->hook.entra ? "entra" : "code"));
+			if (c->hook.entra) {
+				json_object_set_new(o, "audience", json_string(c->hook.audience));
+				json_object_set_new(o, "tenant", json_string(c->hook.tenant));
+				json_object_set_new(o, "authority_host",
+				    json_string(c->hook.authority_host));
+			}
 			json_object_set_new(o, "queue", json_integer(c->hook.queue));
 			json_object_set_new(root, "hook", o);
 		}

@@ -211,8 +211,12 @@ static const struct conf_keydef hook_keys[] = {
 	{ "listen", CK_STRING, 1, NULL, 0, 0 },
 	{ "tls_cert", CK_PATH, 1, NULL, 0, 0 },
 	{ "tls_key", CK_REF, 1, NULL, 0, 0 },
-	{ "key", CK_REF, 1, NULL, 0, 0 },
+	{ "key", CK_REF, 0, NULL, 0, 0 },
 	{ "auth", CK_ENUM, 0, "code|entra", 0, 0 },
+	{ "audience", CK_STRING, 0, NULL, 0, 0 },
+	{ "tenant", CK_STRING, 0, NULL, 0, 0 },
+	{ "authority_host", CK_URL, 0, NULL, 0, 0 },
+	{ "ca_file", CK_PATH, 0, NULL, 0, 0 },
 	{ "queue", CK_INT, 0, NULL, 1, 4096 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
@@ -494,15 +498,36 @@ interp_hook(const char *path, struct raw_section *sec, struct config *cfg,
 			util_strlcpy(h->tls_cert, kv->value, sizeof(h->tls_cert));
 		else if (strcmp(kv->key, "tls_key") == 0)
 			h->tls_key = ref;
-		else if (strcmp(kv->key, "key") == 0)
+		else if (strcmp(kv->key, "key") == 0) {
 			h->key = ref;
-		else if (strcmp(kv->key, "queue") == 0)
+			h->has_key = 1;
+		} else if (strcmp(kv->key, "queue") == 0)
 			h->queue = (int)num;
-		else if (strcmp(kv->key, "auth") == 0 && strcmp(kv->value, "entra") == 0)
-			FAIL(DMK_ERR_CONFIG, kv->line, "'auth = entra' in [hook]: Entra ID bearer "
-			    "tokens are not supported by this version; use auth = code (the shared "
-			    "secret in the code parameter)");
+		else if (strcmp(kv->key, "auth") == 0)
+			h->entra = strcmp(kv->value, "entra") == 0;
+		else if (strcmp(kv->key, "audience") == 0)
+			util_strlcpy(h->audience, kv->value, sizeof(h->audience));
+		else if (strcmp(kv->key, "tenant") == 0) {
+			if (strlen(kv->value) >= sizeof(h->tenant) ||
+			    kv->value[strspn(kv->value, "0123456789abcdefABCDEF-")] != '\0')
+				FAIL(DMK_ERR_CONFIG, kv->line, "'tenant' in [hook] must be the tenant "
+				    "id (a GUID)");
+			util_strlcpy(h->tenant, kv->value, sizeof(h->tenant));
+		} else if (strcmp(kv->key, "authority_host") == 0) {
+			util_strlcpy(h->authority_host, kv->value, sizeof(h->authority_host));
+			while (h->authority_host[0] && h->authority_host[strlen(h->authority_host) - 1] == '/')
+				h->authority_host[strlen(h->authority_host) - 1] = '\0';
+		} else if (strcmp(kv->key, "ca_file") == 0)
+			util_strlcpy(h->ca_file, kv->value, sizeof(h->ca_file));
 	}
+	if (h->authority_host[0] == '\0')
+		util_strlcpy(h->authority_host, "https://login.microsoftonline.com",
+		    sizeof(h->authority_host));
+	if (h->entra && (h->audience[0] == '\0' || h->tenant[0] == '\0'))
+		FAIL(DMK_ERR_CONFIG, sec->line, "[hook] auth = entra needs 'audience' and 'tenant'");
+	if (!h->entra && !h->has_key)
+		FAIL(DMK_ERR_CONFIG, sec->line, "[hook] needs 'key' (the code parameter's shared "
+		    "secret), or auth = entra");
 	for (d = hook_keys; d->name != NULL; d++) {
 		int seen = 0;
 		for (i = 0; i < sec->nkv; i++)
@@ -806,7 +831,8 @@ check_refs(const char *path, struct config *cfg, struct dmk_err *err)
 		CHECK_REF(&cfg->audit_key, 0, "audit_key", "agent", 0);
 	if (cfg->hook.present) {
 		CHECK_REF(&cfg->hook.tls_key, cfg->hook.line, "tls_key", "hook", 0);
-		CHECK_REF(&cfg->hook.key, cfg->hook.line, "key", "hook", 0);
+		if (cfg->hook.has_key)
+			CHECK_REF(&cfg->hook.key, cfg->hook.line, "key", "hook", 0);
 	}
 	for (i = 0; i < cfg->nstores; i++) {
 		struct conf_store *st = &cfg->stores[i];

@@ -67,7 +67,13 @@ struct conf_hook {
 	int listen_port;               /* default 8443 */
 	char tls_cert[PATH_MAX];       /* PEM chain */
 	struct secret_ref tls_key;     /* the PEM private key */
+	int has_key;
 	struct secret_ref key;         /* the shared secret in ?code= */
+	int entra;                     /* auth = entra: Entra ID bearer tokens */
+	char audience[512];            /* entra: the token's aud */
+	char tenant[64];               /* entra: the tenant id */
+	char authority_host[512];      /* entra: default https://login.microsoftonline.com */
+	char ca_file[PATH_MAX];        /* entra: CA for fetching the tenant's keys */
 	int queue;                     /* bounded queue of events waiting (default 32) */
 	int line;
 };

@@ -17,7 +17,8 @@
  * WebHook-Allowed-Origin).  Every request must carry the shared secret
  * ([hook] key) in its code query parameter, compared in constant time
  * (HMAC-SHA-256 of both under a per-process random key, so not even the
- * length leaks): 401 otherwise.  A malformed request or body: 400.  A full
+ * length leaks), and with auth = entra an Entra ID bearer token
+ * (entra_jwt.h): 401 otherwise.  A malformed request or body: 400.  A full
  * queue: 503 with Retry-After (nothing of that request is queued, so Event
  * Grid's retry delivers all of it).  Events are deduplicated by id (the last
  * HOOK_SEEN ids); events for secrets not configured, and other types, are
@@ -60,6 +61,7 @@
 #include "core/buf.h"
 #include "core/secret.h"
 #include "cli.h"
+#include "entra_jwt.h"
 #include "hook.h"
 #include "run.h"
 
@@ -81,7 +83,9 @@ struct hook {
 	struct agent *a;
 	SSL_CTX *ctx;
 	unsigned char mac_key[32];
+	int has_code;                 /* [hook] key: ?code= required */
 	unsigned char want[32];       /* HMAC of the expected code */
+	struct entra_verifier *entra; /* auth = entra: bearer tokens required */
 	int lfd;
 	/* the queue, under mtx */
 	pthread_mutex_t mtx;
@@ -464,6 +468,28 @@ struct reader {
 	void *ctx;
 };
 
+/* auth = entra: "Authorization: Bearer TOKEN" that entra_verify() passes. */
+static int
+bearer_ok(struct hook *h, const char *head)
+{
+	char *tok;
+	struct dmk_err e;
+	int ok = 0;
+
+	if ((tok = malloc(HOOK_HEAD_MAX)) == NULL)
+		return 0;
+	if (header(head, "Authorization", tok, HOOK_HEAD_MAX) != 0 ||
+	    strncasecmp(tok, "Bearer ", 7) != 0)
+		log_info("hook: no bearer token");
+	else if (entra_verify(h->entra, tok + 7, time(NULL), &e) != 0)
+		log_info("hook: %s", e.msg);     /* why, never the token */
+	else
+		ok = 1;
+	secure_wipe(tok, HOOK_HEAD_MAX);
+	free(tok);
+	return ok;
+}
+
 static int
 ssl_read_some(void *ctx, char *buf, size_t len)
 {
@@ -538,7 +564,7 @@ hook_handle(struct hook *h, const struct reader *rd, char *buf, size_t *used,
 	char method[16], target[2048], origin[300];
 	size_t have = 0, headlen = 0, body = 0;
 	char *eoh, *sp;
-	int r;
+	int r, authorized;
 
 	memset(rp, 0, sizeof(*rp));
 	*used = 0;
@@ -566,6 +592,8 @@ hook_handle(struct hook *h, const struct reader *rd, char *buf, size_t *used,
 		say(rp, 400, "Bad Request", "{\"error\":\"not an HTTP/1.x request\"}");
 		return 0;
 	}
+	/* judged while the head is whole (the body is read over it) */
+	authorized = (!h->has_code || code_ok(h, target)) && (h->entra == NULL || bearer_ok(h, buf));
 	/* A POST's body is read before any answer: a reply while the client still
 	 * sends would reach it as a reset. */
 	if (strcmp(method, "POST") == 0 && (r = read_body(rd, buf, have, headlen, &body,
@@ -574,11 +602,14 @@ hook_handle(struct hook *h, const struct reader *rd, char *buf, size_t *used,
 		return r < 0 ? -1 : 0;
 	}
 	*used = have > body ? have : body;
-	if (!code_ok(h, target)) {
-		log_warn("hook: a %s request without the right key: 401",
+	if (!authorized) {
+		log_warn("hook: a %s request without the right %s: 401",
 		    strcmp(method, "POST") == 0 ? "POST" : strcmp(method, "OPTIONS") == 0 ?
-		    "OPTIONS" : "other");
+		    "OPTIONS" : "other", h->has_code && h->entra ? "key or token" :
+		    h->has_code ? "key" : "token");
 		say(rp, 401, "Unauthorized", "{\"error\":\"unauthorized\"}");
+		snprintf(rp->extra, sizeof(rp->extra), "%s", h->entra ? "WWW-Authenticate: Bearer\r\n" :
+		    "");
 		return 0;
 	}
 	if (strcmp(method, "OPTIONS") == 0) {
@@ -687,6 +718,7 @@ hook_fuzz_request(struct agent *a, const char *key, const unsigned char *data, s
 	pthread_mutex_init(&h.mtx, NULL);
 	pthread_cond_init(&h.cv, NULL);
 	memset(h.mac_key, 7, sizeof(h.mac_key));
+	h.has_code = 1;
 	HMAC(EVP_sha256(), h.mac_key, sizeof(h.mac_key), (const unsigned char *)key, strlen(key),
 	    h.want, &ml);
 	m.p = data;
@@ -763,6 +795,25 @@ setup_key(struct hook *h, struct dmk_err *err)
 	return r;
 }
 
+/* auth = entra: the tenant's signing keys, fetched now (and when a kid is new). */
+static int
+setup_entra(struct hook *h, struct entra_verifier *v, struct dmk_err *err)
+{
+	const struct conf_hook *c = &h->a->cfg->hook;
+	int r;
+
+	if (!c->entra)
+		return 0;
+	util_strlcpy(v->authority, c->authority_host, sizeof(v->authority));
+	util_strlcpy(v->tenant, c->tenant, sizeof(v->tenant));
+	util_strlcpy(v->audience, c->audience, sizeof(v->audience));
+	util_strlcpy(v->ca_file, c->ca_file, sizeof(v->ca_file));
+	if ((r = entra_fetch_keys(v, err)) != 0)
+		return dmk_err_prefix(err, "[hook] auth = entra");
+	h->entra = v;
+	return 0;
+}
+
 static int
 setup_listen(struct hook *h, struct dmk_err *err)
 {
@@ -795,8 +846,11 @@ int
 cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
 	struct hook h;
+	struct entra_verifier ev;
 	pthread_t th;
 	int r, started = 0;
+
+	memset(&ev, 0, sizeof(ev));
 
 	if (argc > 1)
 		return dmk_errf(err, DMK_ERR_USAGE, "hook serve takes no arguments ('%s'); usage: "
@@ -815,8 +869,9 @@ cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((r = setup_key(&h, err)) != 0 || (r = setup_tls(&h, err)) != 0 ||
-	    (r = setup_listen(&h, err)) != 0)
+	h.has_code = a->cfg->hook.has_key;
+	if ((h.has_code && (r = setup_key(&h, err)) != 0) || (r = setup_tls(&h, err)) != 0 ||
+	    (r = setup_entra(&h, &ev, err)) != 0 || (r = setup_listen(&h, err)) != 0)
 		goto out;
 	run_catch_signals();
 	signal(SIGPIPE, SIG_IGN);      /* a client gone before its answer */
@@ -850,6 +905,7 @@ out:
 		pthread_join(th, NULL);
 	}
 	SSL_CTX_free(h.ctx);
+	entra_free(&ev);
 	secure_wipe(h.mac_key, sizeof(h.mac_key));
 	secure_wipe(h.want, sizeof(h.want));
 	free(h.q);

@@ -68,7 +68,7 @@ class Hook(unittest.TestCase):
             self.vault = lab.azure.ready["vault_url"].split("://")[1].split(".")[0].split(":")[0]
             with open(lab.config, "a") as f:
                 f.write(f"[hook]\nlisten = 127.0.0.1:{self.port}\ntls_cert = {lab.pki['server_pem']}\n"
-                        f"tls_key = file:{tlskey}\nkey = file:{keyfile}\nqueue = 1\n")
+                        f"tls_key = file:{tlskey}\nqueue = 1\n" + self.auth_config(keyfile))
             self.errf = open(os.path.join(lab.dir, "hook.err"), "w+")
             self.outf = open(os.path.join(lab.dir, "hook.out"), "w+")
             self.proc = subprocess.Popen([_labmod.DMK, "-c", lab.config, "-v", "hook", "serve"],
@@ -87,6 +87,9 @@ class Hook(unittest.TestCase):
             if f:
                 f.close()
         self.lab.__exit__(None, None, None)
+
+    def auth_config(self, keyfile):
+        return f"key = file:{keyfile}\n"
 
     def _listening(self):
         if self.proc.poll() is not None:
@@ -242,6 +245,64 @@ class Hook(unittest.TestCase):
         wait_for("the retried event's rotation", lambda: len(lab.store_versions()) == 4 and
                  lab.store_versions()[-1][1] == "current" and
                  [s for _, s, _ in lab.store_versions()].count("retired") == 3, timeout=240)
+
+
+class HookEntra(Hook):
+    """[hook] auth = entra: Entra ID bearer tokens checked against the tenant's
+    published keys (azuresim's discovery/v2.0/keys); no code parameter."""
+    AUD = "api://dmkagent-hook"
+
+    def auth_config(self, keyfile):
+        import azlab
+        return (f"auth = entra\naudience = {self.AUD}\ntenant = {azlab.TENANT}\n"
+                f"authority_host = {self.lab.azure.ready['authority_host']}\nca_file = {self.lab.ca}\n")
+
+    def token(self, **kw):
+        body = {"resource": self.AUD}
+        body.update(kw)
+        return self.lab.control("/token", body, sim=self.lab.azure)["access_token"]
+
+    def test_handshakes_auth_and_errors(self):
+        good = self.token()
+        code = str(uuid.uuid4())
+        ev = [{"id": str(uuid.uuid4()), "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+               "data": {"validationCode": code}}]
+        auth = lambda t: {"Authorization": "Bearer " + t}  # noqa: E731
+        st, hd, out, _ = self.request("POST", ev, code=None)
+        self.assertEqual(st, 401, out)
+        self.assertEqual(hd.get("WWW-Authenticate"), "Bearer")
+        head, claims, sig = good.split(".")
+        bad_sig = head + "." + claims + "." + ("A" if sig[0] != "A" else "B") + sig[1:]
+        for what, tok in (("another audience", self.token(resource="https://vault.azure.net")),
+                          ("another tenant", self.token(tenant="00000000-0000-0000-0000-000000000001")),
+                          ("expired", self.token(lifetime=-120)),
+                          ("bad signature", bad_sig), ("garbage", "a.b.c"), ("empty", "")):
+            st, _, out, _ = self.request("POST", ev, code=None, headers=auth(tok))
+            self.assertEqual(st, 401, (what, out))
+        st, _, out, dt = self.request("POST", ev, code=None, headers=auth(good))
+        self.assertEqual(st, 200, out)
+        self.assertEqual(json.loads(out), {"validationResponse": code})
+        self.assertLess(dt, 1.0)
+        st, hd, out, _ = self.request("OPTIONS", code=None, headers={
+            **auth(good), "WebHook-Request-Origin": "eventgrid.azure.net"})
+        self.assertEqual(st, 200, out)
+        self.assertEqual(hd.get("WebHook-Allowed-Origin"), "eventgrid.azure.net")
+        # a rotation on a SecretNearExpiry event with a good token
+        st, _, out, _ = self.request("POST", [kv_event("Microsoft.KeyVault.SecretNearExpiry",
+                                                       vault=self.vault)], code=None, headers=auth(good))
+        self.assertEqual(st, 200, out)
+        wait_for("a rotation", lambda: [s for _, s, _ in self.lab.store_versions()] ==
+                 ["retired", "current"])
+        for t in (good, bad_sig, claims):
+            self.assertNotIn(t, self.log())
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(timeout=60), 0, self.log())
+
+    def test_new_version_event_converges_once(self):
+        self.skipTest("the code parameter's test covers it")
+
+    def test_queue_full_is_503(self):
+        self.skipTest("the code parameter's test covers it")
 
 
 if __name__ == "__main__":
