@@ -29,9 +29,10 @@
  * One connection at a time, each with a 5 s deadline to send its request
  * (headers at most 16 KiB, a body at most 1 MiB, Content-Length required):
  * Event Grid delivers one request per connection and waits for the answer.
- * SIGTERM or SIGINT: stop listening, finish the event at work, drop the
- * queued ones (Event Grid retries what it did not get a 2xx for... it got
- * one: they are logged by id), exit 0.
+ * SIGTERM or SIGINT: stop listening, finish the event at work (at its next
+ * step boundary), drop the queued ones (logged; they were answered 200, so
+ * Event Grid will not send them again: the next run or watch pass does
+ * their work), exit 0.
  */
 #include <sys/socket.h>
 #include <sys/types.h>
