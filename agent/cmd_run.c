@@ -22,11 +22,15 @@
  * pass at the next step boundary (and --random-delay's wait at once).
  */
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -70,6 +74,29 @@ run_sleep(long long ms)
 		ms -= step;
 	}
 	return run_stop ? -1 : 0;
+}
+
+/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. */
+void
+run_notify(const char *msg)
+{
+	const char *p = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa;
+	size_t n;
+	int fd;
+
+	if (p == NULL || (p[0] != '/' && p[0] != '@') || (n = strlen(p)) >= sizeof(sa.sun_path))
+		return;
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, p, n);
+	if (p[0] == '@')
+		sa.sun_path[0] = '\0';
+	if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) == -1)
+		return;
+	(void)sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+	    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+	close(fd);
 }
 
 /* ---- what the store's markers say, read only ---- */

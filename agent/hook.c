@@ -883,6 +883,7 @@ cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	started = 1;
 	log_warn("hook: listening on %s:%d (queue %zu)", a->cfg->hook.listen_host,
 	    a->cfg->hook.listen_port, h.qcap);
+	run_notify("READY=1");
 	while (!run_stop) {
 		struct pollfd p = { h.lfd, POLLIN, 0 };
 		int fd;
@@ -894,6 +895,7 @@ cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		serve_one(&h, fd);
 	}
 	log_warn("hook: stopping");
+	run_notify("STOPPING=1");
 	r = 0;
 out:
 	if (h.lfd != -1)

@@ -10,5 +10,7 @@ extern volatile sig_atomic_t run_stop;
 void run_catch_signals(void);
 /* Sleep ms, or less when run_stop is set: 0, or -1 when stopped. */
 int run_sleep(long long ms);
+/* sd_notify(3) without libsystemd: msg to $NOTIFY_SOCKET, if set (services). */
+void run_notify(const char *msg);
 
 #endif

@@ -19,11 +19,7 @@
  * set (systemd Type=notify), READY=1 once the configuration is loaded and
  * STOPPING=1 on the way out.
  */
-#include <sys/socket.h>
-#include <sys/un.h>
-
 #include <getopt.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,29 +31,6 @@
 #include "cli.h"
 #include "markers.h"
 #include "run.h"
-
-/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. */
-static void
-notify(const char *msg)
-{
-	const char *p = getenv("NOTIFY_SOCKET");
-	struct sockaddr_un sa;
-	size_t n;
-	int fd;
-
-	if (p == NULL || (p[0] != '/' && p[0] != '@') || (n = strlen(p)) >= sizeof(sa.sun_path))
-		return;
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	memcpy(sa.sun_path, p, n);
-	if (p[0] == '@')
-		sa.sun_path[0] = '\0';
-	if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) == -1)
-		return;
-	(void)sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
-	    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
-	close(fd);
-}
 
 /*
  * One look at every reference: its newest version and that version's
@@ -188,7 +161,7 @@ cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	}
 	run_catch_signals();
-	notify("READY=1");
+	run_notify("READY=1");
 	log_info("watch: looking every %llds, a full run every %llds", interval, every);
 	while (!run_stop) {
 		dmk_err_clear(&e);
@@ -223,7 +196,7 @@ sleep:
 		if (run_sleep(wait * 1000) != 0)
 			break;
 	}
-	notify("STOPPING=1");
+	run_notify("STOPPING=1");
 	log_info("watch: stopped by a signal");
 	(void)r;
 	free(seen);

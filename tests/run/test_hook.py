@@ -71,8 +71,16 @@ class Hook(unittest.TestCase):
                         f"tls_key = file:{tlskey}\nqueue = 1\n" + self.auth_config(keyfile))
             self.errf = open(os.path.join(lab.dir, "hook.err"), "w+")
             self.outf = open(os.path.join(lab.dir, "hook.out"), "w+")
+            import socket
+            import tempfile
+            self.sockdir = tempfile.mkdtemp(prefix="dmkhook-")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sock.bind(os.path.join(self.sockdir, "notify"))
+            self.sock.settimeout(10)
+            e = dict(os.environ)
+            e["NOTIFY_SOCKET"] = os.path.join(self.sockdir, "notify")
             self.proc = subprocess.Popen([_labmod.DMK, "-c", lab.config, "-v", "hook", "serve"],
-                                         stdout=self.outf, stderr=self.errf)
+                                         stdout=self.outf, stderr=self.errf, env=e)
             wait_for("the hook to listen", self._listening, timeout=30)
         except BaseException:
             self.tearDown()
@@ -83,9 +91,13 @@ class Hook(unittest.TestCase):
         if p is not None and p.poll() is None:
             p.kill()
             p.wait()
-        for f in (getattr(self, "errf", None), getattr(self, "outf", None)):
+        for f in (getattr(self, "errf", None), getattr(self, "outf", None),
+                  getattr(self, "sock", None)):
             if f:
                 f.close()
+        if getattr(self, "sockdir", None):
+            import shutil
+            shutil.rmtree(self.sockdir, ignore_errors=True)
         self.lab.__exit__(None, None, None)
 
     def auth_config(self, keyfile):
@@ -132,6 +144,7 @@ class Hook(unittest.TestCase):
         return self.lab.audit_text().count('"run-start"')
 
     def test_handshakes_auth_and_errors(self):
+        self.assertEqual(self.sock.recv(4096), b"READY=1", "no readiness for systemd")
         # Event Grid schema: the validation event
         code = str(uuid.uuid4()).upper()
         ev = {"id": str(uuid.uuid4()), "topic": "/subscriptions/x", "subject": "",

@@ -358,6 +358,9 @@ class Run(unittest.TestCase):
         self.assertEqual(rc, 0, out + err)
         self.assertIn("writable by group or others", err)
         self.assertIn("refused", lab.audit_text())
+        rc, out, err = lab.agent("config", "check")
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn("writable by group or others", err)
         # a relative path is a configuration error
         edit_config(lab, agent_lines="hook_command = hook.sh\n")
         rc, out, err = lab.agent("run")
