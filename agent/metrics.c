@@ -174,7 +174,8 @@ metrics_write(struct agent *a, const struct metrics_db *m, size_t n, int code,
 	char spath[4200], key[600];
 	long long runs[6] = { 0 };
 	time_t now = time(NULL), *last = NULL;
-	json_t *st, *jr, *jl;
+	json_t *st, *jr, *jl, *jd;
+	struct metrics_db *cur = NULL;
 	struct buf b;
 	char *s;
 	size_t i;
@@ -208,13 +209,40 @@ metrics_write(struct agent *a, const struct metrics_db *m, size_t n, int code,
 		json_decref(st);
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	}
+	if (!json_is_object(jd = json_object_get(st, "dbs")))
+		json_object_set_new(st, "dbs", jd = json_object());
+	if ((cur = calloc(n + 1, sizeof(*cur))) == NULL) {
+		free(last);
+		json_decref(st);
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	}
 	for (i = 0; i < n; i++) {
-		json_t *x;
+		json_t *x, *d;
 		snprintf(key, sizeof(key), "%s/%s", m[i].ag, m[i].db);
 		if (m[i].seen && m[i].ok)
 			json_object_set_new(jl, key, json_integer((json_int_t)now));
 		x = json_object_get(jl, key);
 		last[i] = json_is_integer(x) ? (time_t)json_integer_value(x) : 0;
+		cur[i] = m[i];
+		if (m[i].seen) {
+			/* kept for a later run that does not reach this one (--database) */
+			d = json_object();
+			json_object_set_new(d, "registered", json_integer(m[i].registered));
+			json_object_set_new(d, "expected", json_integer(m[i].expected));
+			json_object_set_new(d, "pw_time", json_integer((json_int_t)m[i].pw_time));
+			json_object_set_new(d, "backup_time", json_integer((json_int_t)m[i].backup_time));
+			json_object_set_new(d, "restore_time", json_integer((json_int_t)m[i].restore_time));
+			json_object_set_new(d, "unfinished", json_integer(m[i].unfinished));
+			json_object_set_new(jd, key, d);
+		} else if (json_is_object(d = json_object_get(jd, key))) {
+			cur[i].seen = 1;
+			cur[i].registered = (long)json_integer_value(json_object_get(d, "registered"));
+			cur[i].expected = (long)json_integer_value(json_object_get(d, "expected"));
+			cur[i].pw_time = (time_t)json_integer_value(json_object_get(d, "pw_time"));
+			cur[i].backup_time = (time_t)json_integer_value(json_object_get(d, "backup_time"));
+			cur[i].restore_time = (time_t)json_integer_value(json_object_get(d, "restore_time"));
+			cur[i].unfinished = (int)json_integer_value(json_object_get(d, "unfinished"));
+		}
 	}
 	s = json_dumps(st, JSON_SORT_KEYS);
 	json_decref(st);
@@ -225,14 +253,16 @@ metrics_write(struct agent *a, const struct metrics_db *m, size_t n, int code,
 		json_free_dump(s);
 	if (r != 0) {
 		free(last);
+		free(cur);
 		return r;
 	}
 	buf_init(&b, 0);
-	if ((r = metrics_format(&b, m, n, ex, now, runs, last)) != 0)
+	if ((r = metrics_format(&b, cur, n, ex, now, runs, last)) != 0)
 		r = dmk_errf(err, r, "metrics: out of memory");
 	else
 		r = write_atomic(a->cfg->metrics_file, (const char *)b.data, b.len, 0644, err);
 	buf_free(&b);
 	free(last);
+	free(cur);
 	return r;
 }

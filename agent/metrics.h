@@ -14,8 +14,10 @@
  *   dmkagent_restore_test_age_seconds             age of the newest passed restore test
  *   dmkagent_rotation_unfinished                  1 when a rotation is left unfinished
  * A sample whose value is unknown (never backed up, AG not reached) is left
- * out rather than given a made-up value.  The counters and last-success
- * times live in state_dir/metrics.json.
+ * out rather than given a made-up value.  The counters, last-success
+ * times and each database's last values live in state_dir/metrics.json: a
+ * run limited to some databases (--ag, --database, hook serve's events)
+ * keeps the others' last known values.
  */
 #ifndef DMK_METRICS_H
 #define DMK_METRICS_H

@@ -13,6 +13,7 @@
 
 #include "core/dmk.h"
 #include "core/buf.h"
+#include "agent/agent.h"
 #include "agent/metrics.h"
 
 static char *
@@ -105,12 +106,74 @@ test_help_before_samples(void **state)
 	free(t);
 }
 
+static char *
+slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *t = calloc(1, 65536);
+
+	assert_non_null(f);
+	assert_non_null(t);
+	assert_true(fread(t, 1, 65535, f) > 0);
+	fclose(f);
+	return t;
+}
+
+/* A run limited to other databases keeps this one's last values; the run
+ * counters add up; the file is replaced whole. */
+static void
+test_write_keeps_unseen(void **state)
+{
+	char dir[] = "/tmp/dmkmetrics-XXXXXX", conf[2048], prom[1200], cmd[1300];
+	struct metrics_db m;
+	struct agent a;
+	struct dmk_err e;
+	char *t;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(prom, sizeof(prom), "%s/dmkagent.prom", dir);
+	snprintf(conf, sizeof(conf), "[agent]\nstate_dir = %s/state\nmetrics_file = %s\n"
+	    "[store v]\ntype = hashicorp-vault\naddress = https://vault.example:8200\n"
+	    "auth = token\ntoken = file:/nonexistent/t\n"
+	    "[ag AG1]\nlistener = h:1433\nlogin = sa\nlogin_password = file:/nonexistent/p\n"
+	    "[database AG1/CM_P01]\ndmk_password = v:sql/x#password\n", dir, prom);
+	agent_init(&a);
+	assert_int_equal(config_parse_string(conf, "t.conf", &a.cfg, &e), 0);
+	memset(&m, 0, sizeof(m));
+	m.ag = "AG1";
+	m.db = "CM_P01";
+	m.seen = m.ok = 1;
+	m.registered = 3;
+	m.expected = 3;
+	m.pw_time = time(NULL) - 100;
+	m.unfinished = 0;
+	assert_int_equal(metrics_write(&a, &m, 1, 0, &e), 0);
+	m.seen = m.ok = 0;                 /* the next run did not reach it */
+	m.registered = m.expected = -1;
+	m.pw_time = 0;
+	m.unfinished = -1;
+	assert_int_equal(metrics_write(&a, &m, 1, DMK_ERR_INCOMPLETE, &e), 0);
+	t = slurp(prom);
+	assert_non_null(strstr(t, "dmkagent_replicas_registered{ag=\"AG1\",database=\"CM_P01\"} 3\n"));
+	assert_non_null(strstr(t, "dmkagent_rotation_unfinished{ag=\"AG1\",database=\"CM_P01\"} 0\n"));
+	assert_non_null(strstr(t, "dmkagent_password_age_seconds{ag=\"AG1\",database=\"CM_P01\"} "));
+	assert_non_null(strstr(t, "dmkagent_runs_total{exit=\"0\"} 1\n"));
+	assert_non_null(strstr(t, "dmkagent_runs_total{exit=\"3\"} 1\n"));
+	assert_non_null(strstr(t, "dmkagent_last_run_exit_code 3\n"));
+	free(t);
+	config_free(a.cfg);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_escaping_and_values),
 		cmocka_unit_test(test_help_before_samples),
+		cmocka_unit_test(test_write_keeps_unseen),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
