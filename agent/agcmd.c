@@ -236,6 +236,7 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 		return r;
 	if (c.audit_name == NULL)
 		c.audit_name = cmd->name;
+	a->command = c.audit_name;
 	if (c.changes && (r = agent_begin(a, c.audit_name, err)) != 0)
 		goto out;
 	dmk_signals_install();

@@ -38,6 +38,7 @@ struct agent {
 	enum output_mode output;
 	int verbose, quiet;
 	long long wait_seconds;      /* --wait */
+	const char *command;         /* the running command's name (hooks, metrics) */
 	int lock_fd;
 	FILE *out;                   /* stdout, or a test's stream */
 	struct json_t *regstate;     /* state_dir/registered.json, read once (replicas.c) */

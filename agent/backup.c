@@ -74,6 +74,8 @@
 #include "backup.h"
 #include "agcmd.h"
 #include "markers.h"
+#include "deployhook.h"
+#include "steps.h"
 
 #define BK_FORMAT "dmkagent-backup-1"
 #define BK_DIR "C:\\Windows\\Temp\\"
@@ -1226,21 +1228,43 @@ bk_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 	return dmk_errf(err, DMK_ERR_USAGE, "backup: unknown option");
 }
 
-/* One database: escrow its backups, then (--restore-test) prove them. */
+/* A passed restore test, on the DMK backup's escrow version: what run's
+ * restore_test_every counts from. */
 static void
-bk_db(struct agcmd_ctx *c, struct ag_run *run, struct db_plan *p, struct sql_session *s)
+mark_restored(struct agent *a, const struct bk_item *it)
 {
-	struct bk_opts *o = c->data;
+	struct prov_meta m;
+	struct store *st;
+	struct dmk_err e;
+	char t[32];
+
+	if (it->kind != BK_DMK || it->restore <= 0 || it->version[0] == '\0')
+		return;
+	util_rfc3339(time(NULL), t, sizeof(t));
+	memset(&m, 0, sizeof(m));
+	prov_meta_set(&m, MARK_RESTORED, t);
+	if (agent_store(a, it->ref.store, &st, &e) != 0 ||
+	    store_set_meta(st, &it->ref, it->version, &m, &e) != 0)
+		log_warn("%s version %s: the passed restore test is not marked: %s", it->ref.text,
+		    it->version, e.msg);
+}
+
+/* One database: escrow its backups, then (restore) prove them. */
+static void
+bk_db(struct agcmd_ctx *c, struct bk_opts *o, struct ag_run *run, struct db_plan *p,
+    struct sql_session *s, int restore)
+{
 	struct agent *a = c->a;
 	const struct secret *open_pw = p->pw;
-	size_t first = o->rep.n;
+	size_t first = o->rep.n, i;
 	struct dmk_err e;
-	int r;
+	int r, worst = 0;
 
 	if (!p->usable && !(p->code == DMK_ERR_WRONGPASS && p->in_ag)) {
 		dmk_errf(&e, p->code ? p->code : DMK_ERR_INTERNAL, "%s: not backed up: %s",
 		    p->db->name, p->error);
 		agcmd_fail(c, e.code, &e);
+		deployhook_fire(a, "failed", run->ag->name, p->db->name, NULL, e.code);
 		return;
 	}
 	if (!p->usable) {
@@ -1253,18 +1277,28 @@ bk_db(struct agcmd_ctx *c, struct ag_run *run, struct db_plan *p, struct sql_ses
 	if (r != 0)
 		dmk_err_prefix(&e, "%s: not backed up", p->db->name);
 	agcmd_fail(c, r, &e);
-	if (o->restore && o->rep.n > first) {
+	worst = r;
+	if (restore && o->rep.n > first) {
 		r = restore_test(run, s, &o->rep, first, o->rep.n, &e);
 		agcmd_fail(c, r, &e);
+		worst = agcmd_worse(worst, r);
+		for (i = first; i < o->rep.n; i++)
+			mark_restored(a, &o->rep.items[i]);
 	}
 	if (a->output == OUTPUT_TEXT)
 		report_text(a, &o->rep, first);
+	for (i = first; i < o->rep.n; i++)
+		if (o->rep.items[i].kind == BK_DMK && o->rep.items[i].ok)
+			break;
+	if (worst != 0 || o->rep.n > first)
+		deployhook_fire(a, worst != 0 ? "failed" : "backed-up", run->ag->name, p->db->name,
+		    i < o->rep.n ? o->rep.items[i].version : NULL, worst);
 }
 
 static int
-bk_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+bk_steps(struct agcmd_ctx *c, struct bk_opts *o, struct ag_run *run, json_t *jag,
+    const int *want)
 {
-	struct bk_opts *o = c->data;
 	struct agent *a = c->a;
 	const struct conf_ag *ag = run->ag;
 	struct sql_endpoint ep;
@@ -1284,7 +1318,8 @@ bk_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 		goto out;
 	}
 	for (j = 0; j < run->nplans && !agcmd_stopping(c, run->plans[j].db->name); j++)
-		bk_db(c, run, &run->plans[j], s);
+		if (want == NULL || want[j] > 0)
+			bk_db(c, o, run, &run->plans[j], s, want ? want[j] > 1 : o->restore);
 	if (o->smk) {
 		size_t first = o->rep.n;
 		r = backup_smk(run, &o->rep, &e);
@@ -1303,6 +1338,28 @@ out:
 	json_object_set_new(jag, "backups", report_json(&o->rep, from));
 	sql_close(s);
 	return 0;
+}
+
+static int
+bk_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	return bk_steps(c, c->data, run, jag, NULL);
+}
+
+int
+backup_steps(struct agcmd_ctx *c, struct ag_run *run, const int *want, json_t *jag,
+    size_t *escrowed)
+{
+	struct bk_opts o;
+	size_t i;
+	int r;
+
+	memset(&o, 0, sizeof(o));
+	r = bk_steps(c, &o, run, jag, want);
+	for (i = 0; i < o.rep.n; i++)
+		*escrowed += o.rep.items[i].ok;
+	free(o.rep.items);
+	return r;
 }
 
 static void

@@ -105,6 +105,44 @@ static const struct command commands[] = {
 	{ "backup", cmd_backup, 1, "backup [--ag AG] [--database DB] [--smk] [--restore-test]",
 	  "escrow certificate, DMK and SMK backups in the store",
 	  "See dmkagent(1), BACKUPS.\n" },
+	{ "run", cmd_run, 1, "run [--ag AG] [--database DB] [--dry-run] [--random-delay SECONDS]",
+	  "one pass over everything, in a safe order (the command to schedule)",
+	  "One pass over every configured availability group and database:\n"
+	  "  1 finish an unfinished rotation, or apply a version written into the store\n"
+	  "    outside dmkagent (through the rotation state machine)\n"
+	  "  2 register what is missing on any replica (new replicas, rebuilt nodes)\n"
+	  "  3 rotate what is due (rotate_every)\n"
+	  "  4 escrow the backups that are due (backup_every), with a restore test\n"
+	  "    every restore_test_every\n"
+	  "  5 verify every replica\n"
+	  "Then writes [agent] metrics_file.  A second run with nothing due changes\n"
+	  "nothing.  With -q, nothing is printed unless something needs attention.\n"
+	  "  --random-delay SECONDS  first wait a random time up to SECONDS (spreads a\n"
+	  "                          fleet's timers; SIGTERM ends the wait, exit 3)\n"
+	  "  --dry-run               print what would be done; change nothing\n"
+	  "Exit codes as for every command (0, 1, 3, 4, 5); see dmkagent(1), SCHEDULING.\n" },
+	{ "watch", cmd_watch, 1, "watch [--interval SECONDS] [--run-every SECONDS]",
+	  "a service: apply store versions written by others, and keep run's schedule",
+	  "Every --interval (default 60s) reads the versions and markers of every DMK\n"
+	  "password reference.  A version written by someone else (an operator, a\n"
+	  "pipeline, the store's rotation policy) is applied at once by a pass of run:\n"
+	  "prove the old password, add the new one, register it on every replica,\n"
+	  "verify, mark it current, drop the old one.  Otherwise a pass of run every\n"
+	  "--run-every (default 1h).  While the store cannot be read, waits longer\n"
+	  "(doubling, up to 16 intervals).  SIGTERM stops it at a step boundary\n"
+	  "(exit 0).  With $NOTIFY_SOCKET (systemd Type=notify), reports READY=1.\n"
+	  "  --ag AG, --database DB  only these\n" },
+	{ "hook serve", cmd_hook_serve, 1, "hook serve",
+	  "an HTTPS endpoint for Azure Event Grid (Key Vault secret events)",
+	  "Listens on [hook] listen with [hook] tls_cert and tls_key, and takes Azure\n"
+	  "Event Grid webhook deliveries (Event Grid schema or CloudEvents 1.0; both\n"
+	  "validation handshakes are answered).  Every request needs ?code=[hook] key\n"
+	  "and/or (auth = entra) an Entra ID bearer token (401 otherwise).  For a configured DMK password: SecretNewVersionCreated\n"
+	  "applies the new version (a pass of run for that database), SecretNearExpiry\n"
+	  "rotates it, SecretExpired rotates it and reports an error.  Answers at once\n"
+	  "and works in the background, one event at a time, deduplicated by event id;\n"
+	  "a full queue ([hook] queue) answers 503 with Retry-After.  Other events are\n"
+	  "acknowledged and logged by id only.  SIGTERM stops it (exit 0).\n" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
 };
 

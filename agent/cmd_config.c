@@ -8,6 +8,7 @@
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "cli.h"
+#include "deployhook.h"
 #include "providers/provider.h"
 
 static json_t *
@@ -61,6 +62,8 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_USAGE, "config check takes no arguments");
 	if ((r = check_file_refs(a, err)) != 0)
 		return r;
+	if (c->hook_command[0] != '\0' && (r = deployhook_check(c->hook_command, err)) != 0)
+		return dmk_err_prefix(err, "%s: [agent]", c->path);
 	if (a->output == OUTPUT_JSON) {
 		json_t *root = json_object(), *arr, *o, *kv;
 		char *s;
@@ -73,7 +76,30 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		    ref_json(&c->audit_anchor) : json_null());
 		json_object_set_new(o, "password_length", json_integer(c->password_length));
 		json_object_set_new(o, "lease_ttl", json_integer(c->lease_ttl));
+		json_object_set_new(o, "hook_command", c->hook_command[0] ?
+		    json_string(c->hook_command) : json_null());
+		json_object_set_new(o, "hook_timeout", json_integer(c->hook_timeout));
+		json_object_set_new(o, "metrics_file", c->metrics_file[0] ?
+		    json_string(c->metrics_file) : json_null());
 		json_object_set_new(root, "agent", o);
+		if (c->hook.present) {
+			o = json_object();
+			json_object_set_new(o, "listen_host", json_string(c->hook.listen_host));
+			json_object_set_new(o, "listen_port", json_integer(c->hook.listen_port));
+			json_object_set_new(o, "tls_cert", json_string(c->hook.tls_cert));
+			json_object_set_new(o, "tls_key", ref_json(&c->hook.tls_key));
+			json_object_set_new(o, "key", c->hook.has_key ? ref_json(&c->hook.key) :
+			    json_null());
+			json_object_set_new(o, "auth", json_string(c->hook.entra ? "entra" : "code"));
+			if (c->hook.entra) {
+				json_object_set_new(o, "audience", json_string(c->hook.audience));
+				json_object_set_new(o, "tenant", json_string(c->hook.tenant));
+				json_object_set_new(o, "authority_host",
+				    json_string(c->hook.authority_host));
+			}
+			json_object_set_new(o, "queue", json_integer(c->hook.queue));
+			json_object_set_new(root, "hook", o);
+		}
 		arr = json_array();
 		for (i = 0; i < c->nstores; i++) {
 			o = json_object();
@@ -121,6 +147,8 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			json_object_set_new(o, "cert_backup_password", db->has_cert_backup_password ?
 			    ref_json(&db->cert_backup_password) : json_null());
 			json_object_set_new(o, "rotate_every", json_integer(db->rotate_every));
+			json_object_set_new(o, "backup_every", json_integer(db->backup_every));
+			json_object_set_new(o, "restore_test_every", json_integer(db->restore_test_every));
 			json_array_append_new(arr, o);
 		}
 		json_object_set_new(root, "databases", arr);

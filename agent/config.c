@@ -184,6 +184,9 @@ static const struct conf_keydef agent_keys[] = {
 	{ "password_length", CK_INT, 0, NULL, 8, 128 },
 	{ "password_avoid", CK_STRING, 0, NULL, 0, 0 },
 	{ "lease_ttl", CK_DURATION, 0, NULL, 0, 0 },
+	{ "hook_command", CK_PATH, 0, NULL, 0, 0 },
+	{ "hook_timeout", CK_DURATION, 0, NULL, 0, 0 },
+	{ "metrics_file", CK_PATH, 0, NULL, 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -206,7 +209,23 @@ static const struct conf_keydef db_keys[] = {
 	{ "cert_backup_password", CK_REF, 0, NULL, 0, 0 },
 	{ "dmk_backup_password", CK_REF, 0, NULL, 0, 0 },
 	{ "rotate_every", CK_DURATION, 0, NULL, 0, 0 },
+	{ "backup_every", CK_DURATION, 0, NULL, 0, 0 },
+	{ "restore_test_every", CK_DURATION, 0, NULL, 0, 0 },
 	{ "certificates", CK_STRING, 0, NULL, 0, 0 },
+	{ NULL, 0, 0, NULL, 0, 0 },
+};
+
+static const struct conf_keydef hook_keys[] = {
+	{ "listen", CK_STRING, 1, NULL, 0, 0 },
+	{ "tls_cert", CK_PATH, 1, NULL, 0, 0 },
+	{ "tls_key", CK_REF, 1, NULL, 0, 0 },
+	{ "key", CK_REF, 0, NULL, 0, 0 },
+	{ "auth", CK_ENUM, 0, "code|entra", 0, 0 },
+	{ "audience", CK_STRING, 0, NULL, 0, 0 },
+	{ "tenant", CK_STRING, 0, NULL, 0, 0 },
+	{ "authority_host", CK_URL, 0, NULL, 0, 0 },
+	{ "ca_file", CK_PATH, 0, NULL, 0, 0 },
+	{ "queue", CK_INT, 0, NULL, 1, 4096 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -447,6 +466,92 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			util_strlcpy(cfg->password_avoid, kv->value, sizeof(cfg->password_avoid));
 		else if (strcmp(kv->key, "lease_ttl") == 0)
 			cfg->lease_ttl = num;
+		else if (strcmp(kv->key, "hook_command") == 0)
+			util_strlcpy(cfg->hook_command, kv->value, sizeof(cfg->hook_command));
+		else if (strcmp(kv->key, "hook_timeout") == 0) {
+			if (num < 1 || num > 3600)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'hook_timeout' in [agent] must be 1s "
+				    "to 1h");
+			cfg->hook_timeout = num;
+		} else if (strcmp(kv->key, "metrics_file") == 0)
+			util_strlcpy(cfg->metrics_file, kv->value, sizeof(cfg->metrics_file));
+	}
+	return 0;
+}
+
+static int
+interp_hook(const char *path, struct raw_section *sec, struct config *cfg,
+    struct dmk_err *err)
+{
+	struct conf_hook *h = &cfg->hook;
+	const struct conf_keydef *d;
+	char hint[128];
+	size_t i;
+	int r;
+
+	if (h->present)
+		FAIL(DMK_ERR_CONFIG, sec->line, "[hook] appears twice");
+	h->present = 1;
+	h->line = sec->line;
+	h->listen_port = 8443;
+	h->queue = 32;
+	for (i = 0; i < sec->nkv; i++) {
+		struct raw_kv *kv = &sec->kv[i];
+		const struct conf_keydef *def = find_key(hook_keys, kv->key);
+		struct secret_ref ref;
+		long long num = 0;
+
+		if (def == NULL) {
+			suggest(hook_keys, NULL, kv->key, hint, sizeof(hint));
+			FAIL(DMK_ERR_CONFIG, kv->line, "unknown key '%s' in [hook]%s", kv->key, hint);
+		}
+		if ((r = check_value(path, "hook", kv, kv->key, def, &ref, &num, err)) != 0)
+			return r;
+		if (strcmp(kv->key, "listen") == 0) {
+			if (parse_hostport(kv->value, h->listen_host, sizeof(h->listen_host),
+			    &h->listen_port, 8443) != 0)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'listen' in [hook] must be HOST:PORT "
+				    "(such as 0.0.0.0:8443), not '%s'", kv->value);
+		} else if (strcmp(kv->key, "tls_cert") == 0)
+			util_strlcpy(h->tls_cert, kv->value, sizeof(h->tls_cert));
+		else if (strcmp(kv->key, "tls_key") == 0)
+			h->tls_key = ref;
+		else if (strcmp(kv->key, "key") == 0) {
+			h->key = ref;
+			h->has_key = 1;
+		} else if (strcmp(kv->key, "queue") == 0)
+			h->queue = (int)num;
+		else if (strcmp(kv->key, "auth") == 0)
+			h->entra = strcmp(kv->value, "entra") == 0;
+		else if (strcmp(kv->key, "audience") == 0)
+			util_strlcpy(h->audience, kv->value, sizeof(h->audience));
+		else if (strcmp(kv->key, "tenant") == 0) {
+			if (strlen(kv->value) >= sizeof(h->tenant) ||
+			    kv->value[strspn(kv->value, "0123456789abcdefABCDEF-")] != '\0')
+				FAIL(DMK_ERR_CONFIG, kv->line, "'tenant' in [hook] must be the tenant "
+				    "id (a GUID)");
+			util_strlcpy(h->tenant, kv->value, sizeof(h->tenant));
+		} else if (strcmp(kv->key, "authority_host") == 0) {
+			util_strlcpy(h->authority_host, kv->value, sizeof(h->authority_host));
+			while (h->authority_host[0] && h->authority_host[strlen(h->authority_host) - 1] == '/')
+				h->authority_host[strlen(h->authority_host) - 1] = '\0';
+		} else if (strcmp(kv->key, "ca_file") == 0)
+			util_strlcpy(h->ca_file, kv->value, sizeof(h->ca_file));
+	}
+	if (h->authority_host[0] == '\0')
+		util_strlcpy(h->authority_host, "https://login.microsoftonline.com",
+		    sizeof(h->authority_host));
+	if (h->entra && (h->audience[0] == '\0' || h->tenant[0] == '\0'))
+		FAIL(DMK_ERR_CONFIG, sec->line, "[hook] auth = entra needs 'audience' and 'tenant'");
+	if (!h->entra && !h->has_key)
+		FAIL(DMK_ERR_CONFIG, sec->line, "[hook] needs 'key' (the code parameter's shared "
+		    "secret), or auth = entra");
+	for (d = hook_keys; d->name != NULL; d++) {
+		int seen = 0;
+		for (i = 0; i < sec->nkv; i++)
+			seen |= strcmp(sec->kv[i].key, d->name) == 0;
+		if (d->required && !seen)
+			FAIL(DMK_ERR_CONFIG, sec->line, "[hook] needs '%s'", d->name);
 	}
 	return 0;
 }
@@ -682,6 +787,10 @@ interp_db(const char *path, struct raw_section *sec, const char *label,
 			db->has_dmk_backup_password = 1;
 		} else if (strcmp(kv->key, "rotate_every") == 0)
 			db->rotate_every = num;
+		else if (strcmp(kv->key, "backup_every") == 0)
+			db->backup_every = num;
+		else if (strcmp(kv->key, "restore_test_every") == 0)
+			db->restore_test_every = num;
 		else if (strcmp(kv->key, "certificates") == 0) {
 			char tmp[CONF_VALUE_MAX], *tok, *save = NULL;
 			util_strlcpy(tmp, kv->value, sizeof(tmp));
@@ -740,6 +849,11 @@ check_refs(const char *path, struct config *cfg, struct dmk_err *err)
 		CHECK_REF(&cfg->audit_key, 0, "audit_key", "agent", 0);
 	if (cfg->has_audit_anchor)
 		CHECK_REF(&cfg->audit_anchor, cfg->audit_anchor_line, "audit_anchor", "agent", 0);
+	if (cfg->hook.present) {
+		CHECK_REF(&cfg->hook.tls_key, cfg->hook.line, "tls_key", "hook", 0);
+		if (cfg->hook.has_key)
+			CHECK_REF(&cfg->hook.key, cfg->hook.line, "key", "hook", 0);
+	}
 	for (i = 0; i < cfg->nstores; i++) {
 		struct conf_store *st = &cfg->stores[i];
 		char where[80];
@@ -817,13 +931,15 @@ interpret(struct parse_ctx *pc, struct config *cfg, struct dmk_err *err)
 			r = interp_ag(path, sec, n + 3, cfg, err);
 		else if (strncmp(n, "database ", 9) == 0)
 			r = interp_db(path, sec, n + 9, cfg, err);
+		else if (strcmp(n, "hook") == 0)
+			r = interp_hook(path, sec, cfg, err);
 		else if (n[0] == '\0')
 			FAIL(DMK_ERR_CONFIG, sec->kv ? sec->kv[0].line : 1, "key '%s' outside any "
 			    "section; start with [agent], [store NAME], [ag NAME] or "
 			    "[database AG/DB]", sec->kv ? sec->kv[0].key : "");
 		else
 			FAIL(DMK_ERR_CONFIG, sec->line, "unknown section [%s]; expected [agent], "
-			    "[store NAME], [ag NAME] or [database AG/DB]", n);
+			    "[store NAME], [ag NAME], [database AG/DB] or [hook]", n);
 	}
 	if (r != 0)
 		return r;
@@ -850,6 +966,7 @@ config_parse_string(const char *text, const char *path, struct config **out,
 	util_strlcpy(cfg->audit_log, "/var/log/dmkagent/audit.jsonl", sizeof(cfg->audit_log));
 	cfg->password_length = 32;
 	cfg->lease_ttl = 900;
+	cfg->hook_timeout = 30;
 
 	for (const char *p = text; *p; p++)
 		if ((unsigned char)*p < 0x20 && *p != '\n' && *p != '\r' && *p != '\t') {

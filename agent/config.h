@@ -53,8 +53,28 @@ struct conf_db {
 	int has_dmk_backup_password;
 	struct secret_ref dmk_backup_password;
 	long long rotate_every;        /* seconds; 0: never due */
+	long long backup_every;        /* seconds; 0: run takes no backups */
+	long long restore_test_every;  /* seconds; 0: run makes no restore tests */
 	char certificates[8][CONF_NAME_BYTES];
 	size_t ncertificates;
+	int line;
+};
+
+/* [hook]: dmkagent hook serve (hook.c). */
+struct conf_hook {
+	int present;
+	char listen_host[256];
+	int listen_port;               /* default 8443 */
+	char tls_cert[PATH_MAX];       /* PEM chain */
+	struct secret_ref tls_key;     /* the PEM private key */
+	int has_key;
+	struct secret_ref key;         /* the shared secret in ?code= */
+	int entra;                     /* auth = entra: Entra ID bearer tokens */
+	char audience[512];            /* entra: the token's aud */
+	char tenant[64];               /* entra: the tenant id */
+	char authority_host[512];      /* entra: default https://login.microsoftonline.com */
+	char ca_file[PATH_MAX];        /* entra: CA for fetching the tenant's keys */
+	int queue;                     /* bounded queue of events waiting (default 32) */
 	int line;
 };
 
@@ -70,12 +90,16 @@ struct config {
 	int password_length;
 	char password_avoid[128];
 	long long lease_ttl;           /* seconds */
+	char hook_command[PATH_MAX];   /* "" none: run after each change (deployhook.h) */
+	long long hook_timeout;        /* seconds */
+	char metrics_file[PATH_MAX];   /* "" none: Prometheus text after each run (metrics.h) */
 	struct conf_store *stores;
 	size_t nstores;
 	struct conf_ag *ags;
 	size_t nags;
 	struct conf_db *dbs;
 	size_t ndbs;
+	struct conf_hook hook;
 };
 
 #define CONF_DEFAULT_PATH "/etc/dmkagent/dmkagent.conf"

@@ -206,7 +206,7 @@ anchor_put(void *ctx, const char *text, struct dmk_err *err)
 	if ((v = secret_from_str(text)) == NULL)
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	memset(&ver, 0, sizeof(ver));
-	r = st->ops->put(st, &a->cfg->audit_anchor, v, NULL, NULL, &ver, err);
+	r = store_put(st, &a->cfg->audit_anchor, v, NULL, NULL, &ver, err);
 	secret_free(v);
 	if (r != 0)
 		return dmk_err_prefix(err, "%s", a->cfg->audit_anchor.text);
@@ -224,7 +224,7 @@ agent_audit_anchor_get(struct agent *a, const struct secret *key, struct audit_c
 	*found = 0;
 	if ((r = anchor_store(a, &st, err)) != 0)
 		return r;
-	r = st->ops->get(st, &a->cfg->audit_anchor, NULL, &v, NULL, err);
+	r = store_get(st, &a->cfg->audit_anchor, NULL, &v, NULL, err);
 	if (r == DMK_ERR_NOTFOUND || r == DMK_ERR_DELETED) {
 		dmk_err_clear(err);
 		return 0;

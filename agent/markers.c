@@ -112,11 +112,14 @@ markers_plan(const struct prov_version *v, size_t n, struct mk_plan *p)
 		p->rotation = rotation_of(&v[p->current]);
 		return;
 	}
-	/* Nothing unfinished: the current version is the old one of a new rotation. */
+	/* Nothing unfinished: the current version is the old one of a new rotation.
+	 * An unmarked one may be someone else's write on top of the one in force:
+	 * prev is the one behind it (marked current, or unmarked too: both count
+	 * as current; the rotation proves which opens before it adopts). */
 	p->oldv = p->current;
 	if (is_state(&v[p->current], ""))
 		for (i = p->current - 1; i >= 0 && p->prev < 0; i--)
-			if (markers_live(&v[i]) && is_state(&v[i], "current"))
+			if (markers_live(&v[i]) && (is_state(&v[i], "current") || is_state(&v[i], "")))
 				p->prev = i;
 }
 

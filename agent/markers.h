@@ -36,6 +36,7 @@
 #define MARK_GUID      "dmkagent-key-guid"
 #define MARK_NODE      "dmkagent-node"
 #define MARK_PWVER     "dmkagent-password-version"
+#define MARK_RESTORED  "dmkagent-restore-tested" /* RFC 3339: a restore test passed */
 
 enum mk_mode { MK_MODE_ROTATE = 0, MK_MODE_REGENERATE, MK_MODE_RECOVER };
 
@@ -62,7 +63,8 @@ struct mk_plan {
 	long oldv;                /* the version being replaced */
 	long newv;                /* the version replacing it (resume only) */
 	long prev;                /* start NEW on an unmarked current version: the older
-	                             one marked current behind it (an operator's write) */
+	                             live one behind it, marked current or unmarked
+	                             (an operator's write on top of it) */
 	const char *rotation;     /* rotation id of the unfinished rotation, or "" */
 };
 

@@ -22,6 +22,8 @@
 #include "core/secret.h"
 #include "cli.h"
 #include "agcmd.h"
+#include "deployhook.h"
+#include "steps.h"
 
 /*
  * --prune, on the primary: which older store versions hold a password that
@@ -349,17 +351,17 @@ reg_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 }
 
 /* Register on every replica, then (--prune) drop what older versions left. */
-static int
-reg_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+int
+register_steps(struct agcmd_ctx *c, struct ag_run *run, json_t *jag, int prune,
+    size_t *changed)
 {
-	struct reg_opts *o = c->data;
-	size_t j, k, nst = 0;
-	int r, rc = 0;
+	size_t j, k, nst = 0, added;
+	int r, rc = 0, failed;
 
 	run->dry_run = c->dry_run;
-	run->prune = o->prune;
+	run->prune = prune;
 	r = ag_each_replica(run, register_work);
-	if (o->prune && r == 0) {
+	if (prune && r == 0) {
 		for (j = 0; j < run->nplans; j++)
 			nst += run->plans[j].nstale;
 		if (nst > 0) {
@@ -374,10 +376,31 @@ reg_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 	for (j = 0; j < run->nplans; j++)
 		if (!run->plans[j].usable)
 			rc = agcmd_worse(rc, DMK_ERR_INCOMPLETE);
-	for (j = 0; j < run->nreps; j++)
-		for (k = 0; k < run->nplans; k++)
-			o->changed += run->reps[j].dbs[k].outcome == OUT_ADDED;
+	/* One hook per database: registered somewhere new, or failed somewhere. */
+	for (k = 0; k < run->nplans; k++) {
+		if (!run->plans[k].usable)
+			continue;
+		for (j = 0, added = 0, failed = 0; j < run->nreps; j++) {
+			if (run->reps[j].dbs == NULL)
+				continue;
+			added += run->reps[j].dbs[k].outcome == OUT_ADDED;
+			failed |= run->reps[j].dbs[k].outcome == OUT_FAILED || !run->reps[j].reached;
+		}
+		*changed += added;
+		if (!c->dry_run && (added || failed))
+			deployhook_fire(c->a, failed ? "failed" : "registered", run->ag->name,
+			    run->plans[k].db->name, run->plans[k].ver.id, failed ?
+			    DMK_ERR_INCOMPLETE : 0);
+	}
 	return agcmd_worse(rc, r);
+}
+
+static int
+reg_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	struct reg_opts *o = c->data;
+
+	return register_steps(c, run, jag, o->prune, &o->changed);
 }
 
 static void

@@ -71,6 +71,8 @@
 #include "markers.h"
 #include "backup.h"
 #include "agcmd.h"
+#include "deployhook.h"
+#include "steps.h"
 
 #define ROT_MAX_STEPS 24
 
@@ -108,6 +110,7 @@ struct rot {
 	char note[256];               /* why a step was skipped, for the report */
 	struct lease *lease;          /* NULL: none (dry run, or a file: reference) */
 	int no_backup;                /* --no-backup */
+	enum rot_when when;           /* which rotations this run may carry out */
 	int backed_up;                /* a backup for r->rid is in the store */
 	char bkver[80];               /* its version of the DMK backup escrow */
 	/* for the report (--output json) */
@@ -1092,6 +1095,45 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 				rot_fp(r, "after-pending");
 				r->step = STEP_APPLY;
 			}
+			if (r->when == ROT_RESUME_ONLY) {
+				rot_versions(r);
+				r->outcome = "unchanged";
+				say(r, "no unfinished rotation");
+				break;
+			}
+			if (r->when == ROT_ADOPT_ONLY) {
+				rot_versions(r);
+				r->outcome = "unchanged";
+				if (!r->have_prev || !r->have_old) {
+					say(r, "no new version written outside dmkagent");
+					break;
+				}
+				if ((rc = rot_probe(r, r->oldpw, err)) == 0) {
+					/* in force already (added by hand): say so in the store */
+					if (!r->dry && (rc = rot_mark(r, r->oldv.id, "current", err)) != 0)
+						goto out;
+					say(r, "store version %s already opens the DMK: nothing to apply%s",
+					    r->oldv.id, r->dry ? "" : "; marked current");
+					break;
+				}
+				if (rc != DMK_ERR_WRONGPASS)
+					goto out;
+				if (r->dry) {
+					r->outcome = "planned";
+					say(r, "would apply store version %s (written outside dmkagent) in "
+					    "place of version %s", r->oldv.id, r->prevv.id);
+					break;
+				}
+				if ((rc = adopt_unmarked(r, err)) < 0)
+					goto out;
+				if (rc == 1) {
+					rc = dmk_errf(err, DMK_ERR_WRONGPASS, "%s: neither store version %s "
+					    "nor version %s opens the DMK on the primary; nothing was changed "
+					    "(dmkagent recover)", r->p->db->name, r->oldv.id, r->prevv.id);
+					goto out;
+				}
+				r->outcome = NULL;
+			}
 			if (if_due) {
 				time_t due = r->oldv.created + (time_t)r->p->db->rotate_every;
 				char t[32];
@@ -1309,38 +1351,76 @@ jdbs_of(json_t *jag)
 	return jdbs;
 }
 
+/* The hook's event for a finished rotation, or NULL. */
+static const char *
+rot_event(const char *outcome)
+{
+	if (outcome == NULL)
+		return NULL;
+	if (strcmp(outcome, "recovered") == 0)
+		return "recovered";
+	if (strcmp(outcome, "rotated") == 0 || strcmp(outcome, "finished") == 0 ||
+	    strcmp(outcome, "regenerated") == 0)
+		return "rotated";
+	return NULL;
+}
+
+static void
+rot_hook(struct agcmd_ctx *c, const struct rot *r, int rc)
+{
+	const char *ev = rc != 0 ? "failed" : rot_event(r->outcome);
+
+	if (ev != NULL && !r->dry)
+		deployhook_fire(c->a, ev, r->run->ag->name, r->p->db->name,
+		    r->rep_new[0] ? r->rep_new : NULL, rc);
+}
+
+int
+rotate_database(struct agcmd_ctx *c, struct ag_run *run, size_t j, enum rot_when when,
+    int regenerate, int no_backup, json_t *jdbs, const char **outcome)
+{
+	struct opts o;
+	struct rot r;
+	struct dmk_err e;
+	int rc;
+
+	if (outcome != NULL)
+		*outcome = "failed";
+	if (!run->plans[j].in_ag) {
+		jdb_put(jdbs, plan_json(run->plans[j].db->name, "failed", run->plans[j].error));
+		dmk_errf(&e, DMK_ERR_INCOMPLETE, "%s", run->plans[j].error);
+		agcmd_fail(c, DMK_ERR_INCOMPLETE, &e);
+		return DMK_ERR_INCOMPLETE;
+	}
+	memset(&o, 0, sizeof(o));
+	o.dry = c->dry_run;
+	o.no_backup = no_backup;
+	rot_init(&r, c->a, run, j, "rotate", regenerate ? MODE_REGENERATE : MODE_ROTATE, &o);
+	r.when = when;
+	dmk_err_clear(&e);
+	rc = rot_db(&r, when == ROT_IF_DUE, &e);
+	if (rc == 0 && r.resumed == 0 && regenerate && r.mode != MODE_REGENERATE)
+		say(&r, "finished an unfinished rotation first; run rotate --regenerate "
+		    "again to regenerate");
+	jdb_put(jdbs, rot_json(&r, rc, &e));
+	if (outcome != NULL)
+		*outcome = r.outcome ? r.outcome : rc != 0 ? "stopped" : "unchanged";
+	rot_hook(c, &r, rc);
+	rot_free(&r);
+	agcmd_fail(c, rc, &e);
+	return rc;
+}
+
 static int
 rot_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 {
 	struct opts *o = c->data;
 	json_t *jdbs = jdbs_of(jag);
-	struct dmk_err e;
 	size_t j;
-	int rc;
 
-	for (j = 0; j < run->nplans; j++) {
-		struct rot r;
-
-		if (agcmd_stopping(c, run->plans[j].db->name))
-			break;
-		if (!run->plans[j].in_ag) {
-			jdb_put(jdbs, plan_json(run->plans[j].db->name, "failed",
-			    run->plans[j].error));
-			dmk_errf(&e, DMK_ERR_INCOMPLETE, "%s", run->plans[j].error);
-			agcmd_fail(c, DMK_ERR_INCOMPLETE, &e);
-			continue;
-		}
-		rot_init(&r, c->a, run, j, "rotate", o->regenerate ? MODE_REGENERATE :
-		    MODE_ROTATE, o);
-		dmk_err_clear(&e);
-		rc = rot_db(&r, o->if_due, &e);
-		if (rc == 0 && r.resumed == 0 && o->regenerate && r.mode != MODE_REGENERATE)
-			say(&r, "finished an unfinished rotation first; run rotate --regenerate "
-			    "again to regenerate");
-		jdb_put(jdbs, rot_json(&r, rc, &e));
-		rot_free(&r);
-		agcmd_fail(c, rc, &e);
-	}
+	for (j = 0; j < run->nplans && !agcmd_stopping(c, run->plans[j].db->name); j++)
+		rotate_database(c, run, j, o->if_due ? ROT_IF_DUE : ROT_ALWAYS, o->regenerate,
+		    o->no_backup, jdbs, NULL);
 	return 0;
 }
 
@@ -1504,6 +1584,7 @@ recover_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 			dmk_err_clear(&e);
 			rc = recover_db(&r, &need_node, &e);
 			jdb_put(jdbs, rot_json(&r, rc, &e));
+			rot_hook(c, &r, rc);
 			rot_free(&r);
 			agcmd_fail(c, rc, &e);
 		}

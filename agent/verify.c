@@ -25,6 +25,7 @@
 #include "core/secret.h"
 #include "cli.h"
 #include "agcmd.h"
+#include "steps.h"
 
 /*
  * One round trip for the replica's credentials (*creds, NULL if that
@@ -326,9 +327,8 @@ ver_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 }
 
 static int
-ver_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, json_t *jag)
 {
-	struct ver_opts *o = c->data;
 	size_t j;
 	int r;
 
@@ -344,6 +344,20 @@ ver_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 	}
 	print_run(c->a, run, jag, o->status);
 	return r;
+}
+
+static int
+ver_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	return ver_steps(c, c->data, run, jag);
+}
+
+int
+verify_steps(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
+{
+	static const struct ver_opts o = { 0, 0 };
+
+	return ver_steps(c, &o, run, jag);
 }
 
 static void
