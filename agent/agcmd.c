@@ -44,6 +44,9 @@ agcmd_fail(struct agcmd_ctx *c, int code, const struct dmk_err *e)
 	}
 }
 
+static void keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
 static void
 keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, va_list ap)
 {
