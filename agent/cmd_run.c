@@ -43,37 +43,15 @@
 #include "run.h"
 #include "steps.h"
 
-volatile sig_atomic_t run_stop;
-
-static void
-on_stop(int sig)
-{
-	(void)sig;
-	run_stop = 1;
-}
-
-void
-run_catch_signals(void)
-{
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_stop;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = 0;              /* no SA_RESTART: a sleep ends at once */
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-}
-
 int
 run_sleep(long long ms)
 {
-	while (ms > 0 && !run_stop) {
+	while (ms > 0 && !dmk_interrupted()) {
 		long long step = ms < 200 ? ms : 200;
 		util_sleep_ms(step);
 		ms -= step;
 	}
-	return run_stop ? -1 : 0;
+	return dmk_interrupted() ? -1 : 0;
 }
 
 /* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. */
@@ -343,7 +321,7 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	}
 	if (changed == 1 && !c->dry_run && reopen(c, ag, &run, &opened, jag) != 0)
 		goto out;
-	if (run_stop)
+	if (dmk_interrupted())
 		goto stopped;
 
 	/* 2: register what is missing */
@@ -353,7 +331,7 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	if (r != 0)
 		agcmd_keep(c, r, "%s: not registered everywhere (see above); a rerun finishes the "
 		    "rest", ag->name);
-	if (run_stop)
+	if (dmk_interrupted())
 		goto stopped;
 
 	/* 3: rotate what is due */
@@ -379,7 +357,7 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	}
 	if (changed == 1 && !c->dry_run && reopen(c, ag, &run, &opened, jag) != 0)
 		goto out;
-	if (run_stop)
+	if (dmk_interrupted())
 		goto stopped;
 
 	/* 4: the backups that are due, one database at a time */
@@ -416,7 +394,7 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 		}
 	}
 	o->changes += escrowed;
-	if (run_stop)
+	if (dmk_interrupted())
 		goto stopped;
 
 	/* 5: verify (a dry run's plan may not have happened yet: not judged) */
@@ -510,10 +488,9 @@ run_check(struct agcmd_ctx *c, struct dmk_err *err)
 	ms = (long long)(rnd % (unsigned long long)(o->delay * 1000 + 1));
 	log_info("run: waiting %lld.%03llds (--random-delay %lld)", ms / 1000, ms % 1000,
 	    o->delay);
-	run_catch_signals();
+	dmk_signals_install();
 	if (run_sleep(ms) != 0)
-		return dmk_errf(err, DMK_ERR_INCOMPLETE, "run: stopped by a signal during "
-		    "--random-delay; nothing was done");
+		return dmk_err_interrupted(err, "during --random-delay, before anything was done");
 	return 0;
 }
 
@@ -552,7 +529,7 @@ cmd_run(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		o.m[i].registered = o.m[i].expected = -1;
 		o.m[i].unfinished = -1;
 	}
-	run_catch_signals();
+	dmk_signals_install();
 	r = agcmd_main(a, &run_cmd, &o, argc, argv, err);
 	/* Not for a usage error or a dry run (nothing ran), nor a locked one
 	 * (the run holding the lock writes them). */

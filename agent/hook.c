@@ -874,7 +874,7 @@ cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	if ((h.has_code && (r = setup_key(&h, err)) != 0) || (r = setup_tls(&h, err)) != 0 ||
 	    (r = setup_entra(&h, &ev, err)) != 0 || (r = setup_listen(&h, err)) != 0)
 		goto out;
-	run_catch_signals();
+	dmk_signals_install();
 	signal(SIGPIPE, SIG_IGN);      /* a client gone before its answer */
 	if (pthread_create(&th, NULL, worker, &h) != 0) {
 		r = dmk_errf(err, DMK_ERR_INTERNAL, "cannot start the worker");
@@ -884,7 +884,7 @@ cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	log_warn("hook: listening on %s:%d (queue %zu)", a->cfg->hook.listen_host,
 	    a->cfg->hook.listen_port, h.qcap);
 	run_notify("READY=1");
-	while (!run_stop) {
+	while (!dmk_interrupted()) {
 		struct pollfd p = { h.lfd, POLLIN, 0 };
 		int fd;
 

@@ -160,10 +160,10 @@ cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		free(seen);
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	}
-	run_catch_signals();
+	dmk_signals_install();
 	run_notify("READY=1");
 	log_info("watch: looking every %llds, a full run every %llds", interval, every);
-	while (!run_stop) {
+	while (!dmk_interrupted()) {
 		dmk_err_clear(&e);
 		bad = look(a, agf, dbf, now, &work, &looked, &e);
 		if (bad > 0) {

@@ -263,7 +263,8 @@ class Run(unittest.TestCase):
         rc, out, err = lab.agent("run", "--random-delay", "soon")
         self.assertEqual(rc, 2, out + err)
         self.assertIn("--random-delay", err)
-        # SIGTERM during the wait: nothing done, exit 3, at once
+        # SIGTERM during the wait: nothing done, at once, exit 143 (128 + SIGTERM) as
+        # for any interrupted run
         audit_before = lab.audit_text()
         p = subprocess.Popen([_labmod.DMK, "-c", lab.config, "run", "--random-delay", "86400"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -272,8 +273,8 @@ class Run(unittest.TestCase):
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=20)
         self.assertLess(time.monotonic() - t0, 5)
-        self.assertEqual(p.returncode, 3, out + err)
-        self.assertIn("nothing was done", err)
+        self.assertEqual(p.returncode, 143, out + err)
+        self.assertIn("before anything was done", err)
         self.assertEqual(lab.audit_text(), audit_before, "an interrupted wait wrote run records")
 
     def test_help_and_usage(self):
