@@ -65,6 +65,7 @@ struct rep_run {
 	struct ag_run *run;
 	struct sql_replica *rep;
 	struct sql_endpoint ep;
+	char how[96];                   /* how its address was found (status) */
 	int is_primary;
 	int reached;
 	int code;

@@ -102,6 +102,7 @@ struct relay {
 	struct relay_stats stats;
 	struct buf pt;          /* plaintext scratch, wiped */
 	const char *why;        /* static text: what the framer refused */
+	char peer_names[300];   /* a refused certificate's names, for the message */
 };
 
 /* ---- the process-wide part: private directory, ephemeral certificate ---- */
@@ -604,6 +605,74 @@ leg_ssl(struct leg *l, SSL_CTX *ctx)
 	return 0;
 }
 
+/* Append "DNS:x" / "IP:y" / "CN:z" to out; the text came from the network:
+ * printable ASCII only, cut at len. */
+static void
+names_add(char *out, size_t len, const char *kind, const unsigned char *v, size_t n)
+{
+	size_t o = strlen(out), i;
+
+	if (o + strlen(kind) + 4 >= len)
+		return;
+	if (o > 0) {
+		memcpy(out + o, ", ", 2);
+		o += 2;
+	}
+	memcpy(out + o, kind, strlen(kind));
+	o += strlen(kind);
+	for (i = 0; i < n && o + 1 < len; i++)
+		out[o++] = v[i] >= 0x20 && v[i] < 0x7f ? (char)v[i] : '?';
+	out[o] = '\0';
+}
+
+static void
+cert_names(X509 *x, char *out, size_t len)
+{
+	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	char ip[INET6_ADDRSTRLEN], cn[256];
+	int i, n;
+
+	out[0] = '\0';
+	for (i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		const ASN1_OCTET_STRING *a;
+
+		if (g->type == GEN_DNS)
+			names_add(out, len, "DNS:", ASN1_STRING_get0_data(g->d.dNSName),
+			    (size_t)ASN1_STRING_length(g->d.dNSName));
+		else if (g->type == GEN_IPADD) {
+			a = g->d.iPAddress;
+			n = ASN1_STRING_length(a);
+			if ((n == 4 || n == 16) && inet_ntop(n == 4 ? AF_INET : AF_INET6,
+			    ASN1_STRING_get0_data(a), ip, sizeof(ip)) != NULL)
+				names_add(out, len, "IP:", (const unsigned char *)ip, strlen(ip));
+		}
+	}
+	GENERAL_NAMES_free(gens);
+	if (out[0] == '\0' && (n = X509_NAME_get_text_by_NID(X509_get_subject_name(x),
+	    NID_commonName, cn, sizeof(cn))) > 0)
+		names_add(out, len, "CN:", (const unsigned char *)cn, (size_t)n);
+	if (out[0] == '\0')
+		util_strlcpy(out, "no name", len);
+}
+
+/* Keep the OpenSSL verdict; on a host-name mismatch note what the
+ * certificate is for, so that the message names both. */
+static int
+verify_cb(int ok, X509_STORE_CTX *sc)
+{
+	int e = X509_STORE_CTX_get_error(sc);
+	SSL *ssl;
+	struct relay *r;
+	X509 *x;
+
+	if (!ok && (e == X509_V_ERR_HOSTNAME_MISMATCH || e == X509_V_ERR_IP_ADDRESS_MISMATCH) &&
+	    (ssl = X509_STORE_CTX_get_ex_data(sc, SSL_get_ex_data_X509_STORE_CTX_idx())) != NULL &&
+	    (r = SSL_get_app_data(ssl)) != NULL && (x = X509_STORE_CTX_get0_cert(sc)) != NULL)
+		cert_names(x, r->peer_names, sizeof(r->peer_names));
+	return ok;
+}
+
 /* Send what the SSL wrote: raw, or wrapped in one PRELOGIN message. */
 static int
 leg_flush(struct relay *r, struct leg *l, int wrapped, long long deadline)
@@ -788,7 +857,7 @@ outer_setup(struct relay *r, const struct relay_params *p)
 	    !SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION))
 		goto tlsfail;
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
 	if (p->ca_file && *p->ca_file) {
 		if (access(p->ca_file, R_OK) != 0) {
 			set_err(r, DMK_ERR_CONFIG, "cannot read CA file %s: %s", p->ca_file,
@@ -804,6 +873,7 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		goto tlsfail;
 	if (leg_ssl(&r->outer, ctx) != 0)
 		goto tlsfail;
+	SSL_set_app_data(r->outer.ssl, r);
 	if (is_ip_literal(name)) {
 		if (!X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(r->outer.ssl), name))
 			goto tlsfail;
@@ -828,7 +898,13 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		e = SSL_get_error(r->outer.ssl, h);
 		if (e != SSL_ERROR_WANT_READ) {
 			v = SSL_get_verify_result(r->outer.ssl);
-			if (v != X509_V_OK)
+			if ((v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) &&
+			    r->peer_names[0] != '\0')
+				set_err(r, DMK_ERR_TLS, "the server's TLS certificate is for %s, not for "
+				    "'%s' (set 'tls_name' for this replica in the [ag] section to a name "
+				    "the certificate carries, or reissue it); nothing was sent",
+				    r->peer_names, name);
+			else if (v != X509_V_OK)
 				set_err(r, DMK_ERR_TLS, "the server's TLS certificate is not accepted "
 				    "for '%s': %s (CA: %s); nothing was sent", name,
 				    X509_verify_cert_error_string(v),
