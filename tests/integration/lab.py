@@ -41,7 +41,8 @@ def write_secret(path, value):
 
 class Lab:
     def __init__(self, nodes=3, scenario="configmgr", dmk_password=None, latency_ms=0,
-                 readable="yes", keep=False, extra_sql_args=(), server_cert="server", vaultsim=None):
+                 readable="yes", keep=False, extra_sql_args=(), server_cert="server", vaultsim=None,
+                 listener_host="127.0.0.1", node_certs=None):
         self.nodes = nodes
         self.scenario = scenario
         self.dmk_password = dmk_password or strong_password()
@@ -53,6 +54,8 @@ class Lab:
         self.server_cert = server_cert      # "server", "wrongname" or "untrusted" (pki.py)
         self.vaultsim = vaultsim or os.path.join(SRC, "tests/sim/vaultsim")   # another entry point (bench)
         self.sims = []
+        self.listener_host = listener_host  # "localhost" for certificates without an IP address
+        self.node_certs = node_certs or {}  # node index -> another pki.py certificate for it
 
     # ---- set-up ----
     def __enter__(self):
@@ -102,6 +105,8 @@ class Lab:
                      write_secret(os.path.join(self.dir, "dmk-password"), self.dmk_password)]
         if self.latency_ms:
             argv += ["--latency-ms", str(self.latency_ms)]
+        for idx, name in sorted(self.node_certs.items()):
+            argv += ["--node-tls", f"{idx}:{self.pki[name + '_pem']}:{self.pki[name + '_key']}"]
         argv += self.extra_sql_args
         self.sql = Sim(argv, timeout=60, log_path=os.path.join(self.dir, "sqlsim.log")).__enter__()
         self.sims.append(self.sql)
@@ -116,7 +121,7 @@ class Lab:
                 f"[store hcv]\ntype = hashicorp-vault\naddress = {self.vault.ready['address']}\n"
                 f"ca_file = {self.ca}\nauth = token\n"
                 f"token = file:{os.path.join(self.dir, 'vault-root-token')}\n"
-                f"[ag AG1]\nlistener = 127.0.0.1:{self.sql_ready['listener_port']}\n"
+                f"[ag AG1]\nlistener = {self.listener_host}:{self.sql_ready['listener_port']}\n"
                 f"login = {login}\n"
                 f"login_password = file:{login_password_file or os.path.join(self.dir, 'sa-password')}\n"
                 f"ca_file = {ca or self.ca}\nconnect_timeout = 10s\nquery_timeout = 30s\n{extra_ag}")

@@ -119,6 +119,25 @@ def post_node_up(sim, req):
     return 200, status(sim)
 
 
+def post_browser(sim, req):
+    if sim.browser is None:
+        raise ValueError("no --browser-port")
+    mode = req.body.get("mode", "normal")
+    if mode not in ("normal", "silent", "garbage", "other-instance", "no-tcp"):
+        raise ValueError("mode: normal, silent, garbage, other-instance or no-tcp")
+    sim.browser.mode = mode
+    return 200, {"mode": mode, "requests": sim.browser.requests}
+
+
+def post_shape(sim, req):
+    shapes = req.body.get("shapes", [])
+    known = {"no-routing-urls", "null-role-disconnected", "null-primary-on-secondary"}
+    if not set(shapes) <= known:
+        raise ValueError(f"shapes: {sorted(known)}")
+    sim.shapes = set(shapes)
+    return 200, {"shapes": sorted(sim.shapes)}
+
+
 # path -> handler(sim, req) -> (status, object)
 POST_ROUTES = {
     "/faults": post_faults,
@@ -127,4 +146,6 @@ POST_ROUTES = {
     "/failover": post_failover,
     "/nodes/{node}/down": post_node_down,
     "/nodes/{node}/up": post_node_up,
+    "/browser": post_browser,
+    "/shape": post_shape,
 }

@@ -59,6 +59,12 @@ class Server:
         self.faults.downgrade = bool(args.downgrade)
         self.force_encryption = bool(args.force_encryption)
         self.tls_ctx = make_tls_context(args.tls_cert, args.tls_key)
+        self.node_tls = {}
+        for spec in args.node_tls or []:
+            i, cert, key = spec.split(":", 2)
+            self.node_tls[int(i)] = make_tls_context(cert, key)
+        self.shapes = set(args.shape or [])
+        self.browser = None
         self.stats_lock = threading.Lock()
         self.stats = {}
         self.reset_stats()
@@ -239,9 +245,15 @@ class Server:
         cport = args.control_port or (args.port + n + 1)
         self.control = control.ControlServer(self, cport)
         self.control.start()
+        if args.browser_port is not None:
+            from .browser import Browser
+            self.browser = Browser(self, args.browser_port)
+            self.browser.start()
         ready = {"ag": self.state.ag["name"],
                  "nodes": [{"name": nd.name, "port": args.port + nd.idx} for nd in self.state.nodes],
                  "listener_port": args.port + n, "control_port": cport,
+                 "replica_names": [r["name"] for r in self.state.ag["replicas"]],
+                 "browser_port": self.browser.port if self.browser else None,
                  "databases": sorted(self.state.ag["databases"].keys())}
         sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
@@ -362,7 +374,8 @@ class ConnHandler:
             self.mode = "none"
         typ, _st, payload = t.read_message()
         if typ == tds.PT_PRELOGIN and senc != tds.ENC_NOT_SUP:
-            t.tls_handshake(srv.tls_ctx, payload, before_reply=self.handshake_round_trip)
+            ctx = srv.tls_ctx if self.via_listener else srv.node_tls.get(self.node.idx, srv.tls_ctx)
+            t.tls_handshake(ctx, payload, before_reply=self.handshake_round_trip)
             srv.stat("tls_handshakes")
             typ, _st, payload = t.read_message()
         elif typ == tds.PT_LOGIN7:
@@ -624,6 +637,15 @@ def parse_args(argv):
     p.add_argument("--database-name", action="append", default=[], metavar="NAME",
                    help="an AG database with exactly this name (repeatable)")
     p.add_argument("--control-port", type=int)
+    p.add_argument("--server-names", metavar="N1,N2,...",
+                   help="replica_server_name of each node (e.g. localhost\\INST1): NetBIOS names, "
+                        "SERVER\\INSTANCE for named instances")
+    p.add_argument("--shape", action="append", default=[],
+                   choices=["no-routing-urls", "null-role-disconnected", "null-primary-on-secondary"],
+                   help="present a real-world catalog shape (repeatable)")
+    p.add_argument("--browser-port", type=int, help="answer SQL Server Browser (SSRP) on this UDP port (0: any free one, in the ready line)")
+    p.add_argument("--node-tls", action="append", default=[], metavar="IDX:CERT:KEY",
+                   help="another certificate for one node")
     p.add_argument("--downgrade", action="store_true",
                    help="attacker downgrade: answer ENCRYPT_OFF to every client (see README)")
     a = p.parse_args(argv)
