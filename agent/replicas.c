@@ -561,6 +561,19 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		    "(is the name right, and is %s:%d its listener?)", ag->name, lep.host, lep.port);
 		goto out;
 	}
+	if (run->info.primary[0] == '\0') {
+		/* Only a secondary answers primary_replica NULL with no PRIMARY row:
+		 * it cannot say where the primary is, nor check a DMK password. */
+		const char *here = "a secondary replica";
+
+		for (j = 0; j < run->info.nreplicas; j++)
+			if (run->info.replicas[j].role[0] != '\0')
+				here = run->info.replicas[j].name;
+		r = dmk_errf(err, DMK_ERR_CONFIG, "AG %s: %s:%d answered from %s, which does not "
+		    "know the primary; set 'listener' in [ag %s] to the AG's listener", ag->name,
+		    lep.host, lep.port, here, ag->label);
+		goto out;
+	}
 	if (started) {
 		pthread_join(th, NULL);
 		started = 0;

@@ -121,6 +121,45 @@ class CertificateMismatch(unittest.TestCase):
             lab.__exit__(None, None, None)
 
 
+class CatalogShapes(unittest.TestCase):
+    """A disconnected remote replica's role is NULL; primary_replica is NULL on a secondary."""
+
+    def setUp(self):
+        self.lab = Lab(nodes=3, extra_sql_args=["--shape", "null-primary-on-secondary",
+                                                "--shape", "null-role-disconnected"]).__enter__()
+        self.lab.put_dmk_password()
+
+    def tearDown(self):
+        self.lab.__exit__(None, None, None)
+
+    def test_disconnected_replica_role_unknown(self):
+        lab = self.lab
+        rc, out, err = lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+        lab.control("/nodes/2/down", {})
+        rc, out, err = lab.agent("status")
+        self.assertEqual(rc, 3, out + err)
+        self.assertRegex(out, r"SQLNODE3 +UNKNOWN +127\.0\.0\.1:\d+ \(routing URL\)  NOT REACHED")
+        self.assertRegex(out, r"SQLNODE2 +SECONDARY")
+        rc, out, err = lab.agent("--output", "json", "status")
+        reps = {r["name"]: r for r in json.loads(out)["ags"][0]["replicas"]}
+        self.assertEqual(reps["SQLNODE3"]["role"], "UNKNOWN")
+        self.assertEqual(reps["SQLNODE1"]["role"], "PRIMARY")
+        self.assertEqual(reps["SQLNODE1"]["address_from"], "routing URL")
+        self.assertEqual(reps["SQLNODE1"]["tls_name"], "127.0.0.1")
+
+    def test_listener_on_a_secondary_is_named(self):
+        lab = self.lab
+        lab.sql_ready = dict(lab.sql_ready, listener_port=lab.sql_ready["nodes"][1]["port"])
+        lab.write_config()
+        for cmd in ("status", "register"):
+            rc, out, err = lab.agent(cmd)
+            self.assertEqual(rc, 2, out + err)
+            self.assertIn(f"127.0.0.1:{lab.sql_ready['listener_port']} answered from SQLNODE2, "
+                          "which does not know the primary; set 'listener' in [ag AG1]", err)
+        self.assertEqual(lab.credentials(1), [])
+
+
 class FQDN(unittest.TestCase):
     """SQLNODEn\\INSTn: completed with `domain`, or by the resolver's canonical name (nss_wrapper)."""
 
