@@ -674,14 +674,9 @@ interp_ag(const char *path, struct raw_section *sec, const char *label,
 			util_strlcpy(key[0] == 'd' ? ag->domain : ag->tls_name, v, sizeof(ag->domain));
 		} else if (strcmp(key, "browser_port") == 0)
 			ag->browser_port = (int)num;
-		else if (strcmp(key, "encrypt") == 0) {
-			/* TDS 8.0 needs TLS before PRELOGIN in the relay: not built yet */
-			if (strcmp(kv->value, "strict") == 0)
-				FAIL(DMK_ERR_CONFIG, kv->line, "'encrypt = strict' (TDS 8.0) in [%s] is "
-				    "not supported by this version; use 'encrypt = mandatory' and turn "
-				    "off \"Force Strict Encryption\" on the server", secname);
-			ag->encrypt = ENCRYPT_MANDATORY;
-		}
+		else if (strcmp(key, "encrypt") == 0)
+			ag->encrypt = strcmp(kv->value, "strict") == 0 ? ENCRYPT_STRICT :
+			    ENCRYPT_MANDATORY;
 	}
 	if (ag->listener_host[0] == '\0')
 		FAIL(DMK_ERR_CONFIG, sec->line, "[%s] needs 'listener = HOST[:PORT]'", secname);

@@ -510,6 +510,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	run->login.user = strcmp(ag->login, "integrated") == 0 ? NULL : ag->login;
 	run->login.integrated = run->login.user == NULL;
 	run->login.ca_file = ag->ca_file[0] ? ag->ca_file : NULL;
+	run->login.strict = ag->encrypt == ENCRYPT_STRICT;
 	run->login.connect_timeout = ag->connect_timeout;
 	run->login.query_timeout = ag->query_timeout;
 	if (ag->has_login_password &&

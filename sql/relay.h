@@ -24,6 +24,7 @@ struct relay_params {
 	const char *tls_name;      /* name the certificate must carry */
 	const char *ca_file;       /* NULL: system store */
 	long connect_timeout;      /* seconds; 0 = 15 */
+	int strict;                /* TDS 8.0: TLS (1.2/1.3, ALPN tds/8.0) before PRELOGIN */
 };
 
 /* The PEM file FreeTDS must trust (the relay's ephemeral certificate)

@@ -41,6 +41,7 @@ struct sql_login {
 	long connect_timeout;      /* seconds */
 	long query_timeout;        /* seconds */
 	const char *database;      /* initial database, or NULL for the login's default */
+	int strict;                /* TDS 8.0 strict encryption: TLS before PRELOGIN */
 };
 
 struct sql_error {

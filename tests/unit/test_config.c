@@ -259,7 +259,9 @@ test_reach_keys(void **st)
 	expect_err(GOOD_HEAD "domain = corp example\n", "'domain' in [ag AG1] must be a DNS name");
 	expect_err(GOOD_HEAD "browser_port = 0\n", "'browser_port' in [ag AG1]");
 	expect_err(GOOD_HEAD "encrypt = optional\n", "must be one of mandatory|strict");
-	expect_err(GOOD_HEAD "encrypt = strict\n", "use 'encrypt = mandatory'");
+	c = parse_ok(GOOD_HEAD "encrypt = strict\n[database AG1/X]\ndmk_password = hcv:a/b\n");
+	assert_int_equal(c->ags[0].encrypt, ENCRYPT_STRICT);
+	config_free(c);
 	expect_err(GOOD_HEAD "tls_name A = x y\n", "'tls_name A' in [ag AG1] must be a DNS name");
 	expect_err(GOOD_HEAD "replica A = h:1\nreplica A = h:2\n", "'replica A' is set twice");
 }
