@@ -100,7 +100,8 @@ class NamedInstances(unittest.TestCase):
         lab.write_config(extra_ag=f"browser_port = {lab.browser_port}\ntls_name = other.sim.test\n")
         rc, out, err = lab.agent("status")
         self.assertNotEqual(rc, 0, out + err)
-        self.assertIn("not for 'other.sim.test'", out + err)
+        self.assertIn("not accepted for 'other.sim.test': hostname mismatch: it is for "
+                      "DNS:localhost, DNS:sqlnode1.sim.test", out + err)
 
 
 class CertificateMismatch(unittest.TestCase):
@@ -113,8 +114,8 @@ class CertificateMismatch(unittest.TestCase):
             lab.put_dmk_password()
             rc, out, err = lab.agent("status")
             self.assertEqual(rc, 3, out + err)
-            self.assertIn("the server's TLS certificate is for DNS:wrong.example, not for "
-                          "'localhost'", out)
+            self.assertIn("the server's TLS certificate is not accepted for 'localhost': "
+                          "hostname mismatch: it is for DNS:wrong.example (set 'tls_name'", out)
             self.assertIn("set 'tls_name'", out)
             self.assertEqual(out.count("NOT REACHED"), 1, out)
         finally:

@@ -44,6 +44,7 @@ def status(sim):
     st = sim.state
     return {"ag": st.ag["name"], "primary": st.nodes[st.ag["primary"]].name,
             "readable_secondaries": st.ag["readable"], "force_encryption": sim.force_encryption,
+            "strict": sim.strict,
             "nodes": [{"name": n.name, "port": st.base_port + n.idx, "up": n.up,
                        "role": "PRIMARY" if n.idx == st.ag["primary"] else "SECONDARY",
                        "smk_guid": n.d["smk"]["key_guid"],
@@ -74,6 +75,9 @@ def post_faults(sim, req):
         if k == "force_encryption":
             sim.force_encryption = bool(v)
             continue
+        if k == "strict":
+            sim.strict = bool(v)
+            continue
         if k == "readable_secondaries":
             v = {"yes": "all", "all": "all", "no": "no", "read_only": "read_only",
                  "read-only": "read_only"}[str(v).lower()]
@@ -90,6 +94,7 @@ def post_faults(sim, req):
         raise ValueError("drop_when must be before or after")
     out = f.to_json()
     out["force_encryption"] = sim.force_encryption
+    out["strict"] = sim.strict
     return 200, out
 
 

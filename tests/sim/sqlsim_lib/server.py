@@ -60,9 +60,13 @@ class Server:
         self.force_encryption = bool(args.force_encryption)
         self.tls_ctx = make_tls_context(args.tls_cert, args.tls_key)
         self.node_tls = {}
+        self.node_tls_strict = {}
         for spec in args.node_tls or []:
             i, cert, key = spec.split(":", 2)
             self.node_tls[int(i)] = make_tls_context(cert, key)
+            self.node_tls_strict[int(i)] = make_tls_context(cert, key, strict=True)
+        self.tls_ctx_strict = make_tls_context(args.tls_cert, args.tls_key, strict=True)
+        self.strict = bool(args.strict)
         self.shapes = set(args.shape or [])
         self.browser = None
         self.stats_lock = threading.Lock()
@@ -80,6 +84,8 @@ class Server:
                           "plaintext_packets_after_login": 0, "plaintext_logins": 0, "login_only_sessions": 0,
                           "full_tls_sessions": 0, "unencrypted_sessions": 0, "requests": 0, "statements": 0,
                           "attentions": 0, "dropped_by_fault": 0, "refused_encryption": 0,
+                          "strict_sessions": 0, "refused_not_strict": 0, "refused_strict_client": 0,
+                          "strict_alpn": {}, "strict_tls_version": {},
                           "prelogin_client_encryption": {}, "prelogin_server_encryption": {},
                           "round_trips": 0, "connect_round_trips": 0, "rpcs": 0, "by_node": {},
                           "per_connection": collections.deque(maxlen=5000)}
@@ -340,12 +346,44 @@ class ConnHandler:
             self.server.stat("plaintext_packets_after_login")
 
     # ------------------------------------------------------------ PRELOGIN / TLS / LOGIN7
+    def strict_handshake_and_login(self):
+        """TDS 8.0: TLS first (1.2 or 1.3, ALPN tds/8.0), then PRELOGIN and LOGIN7 inside it."""
+        srv = self.server
+        t = self.transport
+        ctx = srv.tls_ctx_strict if self.via_listener else srv.node_tls_strict.get(self.node.idx,
+                                                                                   srv.tls_ctx_strict)
+        try:
+            alpn, version = t.tls_handshake_raw(ctx)
+        except Closed:
+            srv.stat("refused_not_strict")
+            raise
+        srv.stat("tls_handshakes")
+        srv.stat("strict_sessions")
+        srv.stat_map("strict_alpn", str(alpn))
+        srv.stat_map("strict_tls_version", str(version))
+        typ, _st, payload = t.read_message()
+        if typ != tds.PT_PRELOGIN:
+            raise Closed()
+        opts = tds.decode_prelogin(payload)
+        cenc = opts.get(0x01, b"\x02")[:1]
+        srv.stat_map("prelogin_client_encryption", str(cenc[0] if cenc else None))
+        self.handshake_round_trip()
+        t.send_message(tds.PT_REPLY, tds.encode_prelogin(tds.ENC_REQ), packet_size=4096)
+        self.mode = "full"
+        typ, _st, payload = t.read_message()
+        if typ != tds.PT_LOGIN7:
+            raise Closed()
+        self.login(payload)
+
     def handshake_and_login(self):
         srv = self.server
         t = self.transport
+        if srv.strict:
+            return self.strict_handshake_and_login()
         typ, _st, payload = t.read_message()
         if typ == 0x16:
-            raise Closed()      # TDS 8.0 strict: not supported
+            srv.stat("refused_strict_client")
+            raise Closed()      # a TLS ClientHello (TDS 8.0): SQL Server before 2022 just closes
         if typ != tds.PT_PRELOGIN:
             raise Closed()
         opts = tds.decode_prelogin(payload)
@@ -646,6 +684,9 @@ def parse_args(argv):
     p.add_argument("--browser-port", type=int, help="answer SQL Server Browser (SSRP) on this UDP port (0: any free one, in the ready line)")
     p.add_argument("--node-tls", action="append", default=[], metavar="IDX:CERT:KEY",
                    help="another certificate for one node")
+    p.add_argument("--strict", action="store_true",
+                   help="Force Strict Encryption (TDS 8.0): TLS before any TDS byte; PRELOGIN in the clear is "
+                        "refused")
     p.add_argument("--downgrade", action="store_true",
                    help="attacker downgrade: answer ENCRYPT_OFF to every client (see README)")
     a = p.parse_args(argv)
