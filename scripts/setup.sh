@@ -9,7 +9,7 @@ pkgs=(
   git ca-certificates openssl pkg-config meson ninja-build gcc clang libclang-rt-14-dev
   libcurl4-openssl-dev libjansson-dev freetds-dev freetds-bin libssl-dev libinih-dev
   libcmocka-dev python3 python3-cryptography python3-openssl python3-tds python3-hvac
-  procps libnss-wrapper
+  procps libnss-wrapper krb5-kdc krb5-admin-server krb5-user python3-gssapi
 )
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

@@ -78,6 +78,18 @@ class Server:
         self.stopping = threading.Event()
         self.next_spid = 51
 
+    def kerberos_accept(self, token):
+        """(client principal, answer token) for one Kerberos/SPNEGO initial token."""
+        if not self.args.kerberos_keytab:
+            raise ValueError("no --kerberos-keytab: integrated login is not configured")
+        import gssapi
+        creds = gssapi.Credentials(usage="accept", store={"keytab": self.args.kerberos_keytab})
+        ctx = gssapi.SecurityContext(creds=creds, usage="accept")
+        out = ctx.step(token)
+        if not ctx.complete:
+            raise ValueError("the security context needs more than one round")
+        return str(ctx.initiator_name), out or b""
+
     def reset_stats(self):
         with self.stats_lock:
             self.stats = {"connections": 0, "tls_handshakes": 0, "logins_ok": 0, "logins_failed": 0,
@@ -85,7 +97,8 @@ class Server:
                           "full_tls_sessions": 0, "unencrypted_sessions": 0, "requests": 0, "statements": 0,
                           "attentions": 0, "dropped_by_fault": 0, "refused_encryption": 0,
                           "strict_sessions": 0, "refused_not_strict": 0, "refused_strict_client": 0,
-                          "strict_alpn": {}, "strict_tls_version": {},
+                          "strict_alpn": {}, "strict_tls_version": {}, "kerberos_logins": 0,
+                          "kerberos_refused": 0,
                           "prelogin_client_encryption": {}, "prelogin_server_encryption": {},
                           "round_trips": 0, "connect_round_trips": 0, "rpcs": 0, "by_node": {},
                           "per_connection": collections.deque(maxlen=5000)}
@@ -243,6 +256,16 @@ class Server:
         sa = open(args.sa_password_file).read().strip("\r\n")
         dmk = open(args.dmk_password_file).read().strip("\r\n") if args.dmk_password_file else None
         created = self.state.load_or_init(args, sa, dmk)
+        for princ in args.kerberos_login or []:
+            for nd in self.state.nodes:
+                if princ not in nd.d["logins"]:
+                    nd.d["logins"][princ] = {"password": None, "sid": "0105" + format(nd.d["next_login_id"], "04x"),
+                                             "principal_id": nd.d["next_login_id"], "sysadmin": True,
+                                             "perms": [], "create_date": "2024-01-01T00:00:00", "disabled": False,
+                                             "default_database": "master", "windows": True}
+                    nd.d["next_login_id"] += 1
+        if args.kerberos_login:
+            self.state.save()
         log("state", "created" if created else "resumed", args.state)
         n = len(self.state.nodes)
         for i in range(n):
@@ -459,6 +482,19 @@ class ConnHandler:
             t.send_message(tds.PT_REPLY, body)
             raise Closed()
 
+        sspi_answer = b""
+        if lg["integrated"]:
+            # Integrated login: a Kerberos (or SPNEGO) token in LOGIN7, accepted with the service keytab
+            # (python3-gssapi); the client principal is the login.  One round: the acceptor's token (the
+            # AP-REP of mutual authentication) goes back in an SSPI token before LOGINACK.
+            try:
+                principal, sspi_answer = srv.kerberos_accept(lg["sspi"])
+            except Exception as e:
+                log(f"{node.name}: Kerberos login refused: {e}")
+                srv.stat("kerberos_refused")
+                fail([SqlError(18452, state=1)])
+            lg["username"] = principal
+            srv.stat("kerberos_logins")
         with srv.state.lock:
             l = node.d["logins"].get(lg["username"])
             if l is None:
@@ -466,7 +502,8 @@ class ConnHandler:
                     if n.lower() == lg["username"].lower():
                         l = v
                         lg["username"] = n
-        if l is None or l["password"] != lg["password"] or l.get("disabled"):
+        if l is None or l.get("disabled") or (not lg["integrated"] and l["password"] != lg["password"]) \
+                or (lg["integrated"] and not l.get("windows")) or (not lg["integrated"] and l.get("windows")):
             fail([SqlError(18456, lg["username"], state=1)])
         with srv.conns_lock:
             spid = srv.next_spid
@@ -500,6 +537,8 @@ class ConnHandler:
         body += tds.tok_envchange_bytes(7, tds.COLLATION, b"")
         body += tds.tok_envchange_str(2, "us_english", "")
         body += tds.tok_info(5703, 1, 0, "Changed language setting to us_english.", server_name, "", 1, ver)
+        if sspi_answer:
+            body = tds.tok_sspi(sspi_answer) + body
         body += tds.tok_loginack(ver)
         if 0x0A in lg["features"]:
             body += tds.tok_featureextack_utf8()
@@ -684,6 +723,10 @@ def parse_args(argv):
     p.add_argument("--browser-port", type=int, help="answer SQL Server Browser (SSRP) on this UDP port (0: any free one, in the ready line)")
     p.add_argument("--node-tls", action="append", default=[], metavar="IDX:CERT:KEY",
                    help="another certificate for one node")
+    p.add_argument("--kerberos-keytab", metavar="FILE",
+                   help="accept integrated (Kerberos) logins with this service keytab (read at each login)")
+    p.add_argument("--kerberos-login", action="append", default=[], metavar="PRINCIPAL",
+                   help="a Windows login (sysadmin) for this Kerberos principal, e.g. dmkagent@DMK.TEST")
     p.add_argument("--strict", action="store_true",
                    help="Force Strict Encryption (TDS 8.0): TLS before any TDS byte; PRELOGIN in the clear is "
                         "refused")
