@@ -173,7 +173,9 @@ class FQDN(unittest.TestCase):
         with open(self.hosts, "w") as f:
             f.write("127.0.0.1 sqlnode1.sim.test sqlnode1\n127.0.0.1 sqlnode2.sim.test sqlnode2\n"
                     "127.0.0.1 localhost\n")
-        self.env = {"LD_PRELOAD": NSS_WRAPPER, "NSS_WRAPPER_HOSTS": self.hosts}
+        # NSS_WRAPPER_DISABLE_DEEPBIND: RTLD_DEEPBIND does not go with sanitizer runtimes
+        self.env = {"LD_PRELOAD": NSS_WRAPPER, "NSS_WRAPPER_HOSTS": self.hosts,
+                    "NSS_WRAPPER_DISABLE_DEEPBIND": "1"}
         self.lab.write_config(extra_ag=f"browser_port = {self.lab.browser_port}\n")
         self.lab.put_dmk_password()
 
