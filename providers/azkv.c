@@ -19,10 +19,12 @@
  * test that calls ops->open itself can do this.
  */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -35,6 +37,10 @@
 #define AZ_TAGS_MAX 15
 #define AZ_TAG_LEN_MAX 256
 #define AZ_PAGES_MAX 1000
+/* Key Vault lists versions in no documented order and `created` has one-second
+ * resolution: every version written here carries its own order (nanoseconds,
+ * 20 digits, increasing within the process), and the list is sorted by it. */
+#define AZ_ORDER_TAG "dmkagent-order"
 
 static const struct conf_keydef azkv_keys[] = {
 	{ "vault_url", CK_URL, 1, NULL, 0, 0 },
@@ -455,6 +461,33 @@ azkv_get(struct store *st, const struct secret_ref *ref, const char *version,
 	return get_bundle(st, ref->path, version, out, ver, err);
 }
 
+/* meta plus this write's AZ_ORDER_TAG. */
+static int
+order_tag(const struct prov_meta *meta, struct prov_meta *out, struct dmk_err *err)
+{
+	static atomic_ullong last;
+	unsigned long long now, prev;
+	struct timespec ts;
+	char v[24];
+
+	if (meta != NULL)
+		*out = *meta;
+	else
+		memset(out, 0, sizeof(*out));
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now = (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+	prev = atomic_load(&last);
+	do {
+		if (now <= prev)
+			now = prev + 1;
+	} while (!atomic_compare_exchange_weak(&last, &prev, now));
+	snprintf(v, sizeof(v), "%020llu", now);
+	if (prov_meta_set(out, AZ_ORDER_TAG, v) != 0)
+		return dmk_errf(err, DMK_ERR_TOOBIG, "too many markers for Azure Key Vault's %d tags",
+		    AZ_TAGS_MAX);
+	return 0;
+}
+
 static int
 write_version(struct store *st, const char *name, const struct secret *value,
     const struct prov_meta *meta, struct prov_version *out, struct dmk_err *err)
@@ -462,13 +495,14 @@ write_version(struct store *st, const char *name, const struct secret *value,
 	struct azkv *kv = st->priv;
 	struct http_response resp;
 	struct buf url, body;
+	struct prov_meta ordered;
 	json_t *j = NULL, *tags = NULL, *val;
 	int r;
 
 	buf_init(&url, 0);
 	buf_init(&body, 256 * 1024);
 	http_response_init(&resp);
-	if ((r = tags_json(meta, &tags, err)) != 0)
+	if ((r = order_tag(meta, &ordered, err)) != 0 || (r = tags_json(&ordered, &tags, err)) != 0)
 		goto out;
 	if ((val = json_stringn(secret_reveal(value), secret_len(value))) == NULL) {
 		r = dmk_errf(err, DMK_ERR_BADINPUT, "the value is not valid UTF-8 text");
@@ -619,7 +653,15 @@ static int
 cmp_created(const void *a, const void *b)
 {
 	const struct prov_version *x = a, *y = b;
+	const char *ox = prov_meta_get(&x->meta, AZ_ORDER_TAG);
+	const char *oy = prov_meta_get(&y->meta, AZ_ORDER_TAG);
+	int c;
 
+	/* both written here: our own order (same-length digit strings) */
+	if (ox != NULL && oy != NULL && strlen(ox) == 20 && strlen(oy) == 20 &&
+	    strspn(ox, "0123456789") == 20 && strspn(oy, "0123456789") == 20 &&
+	    (c = strcmp(ox, oy)) != 0)
+		return c < 0 ? -1 : 1;
 	if (x->created != y->created)
 		return x->created < y->created ? -1 : 1;
 	return x->num < y->num ? -1 : x->num > y->num;  /* num: the order the vault gave */

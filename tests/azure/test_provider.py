@@ -232,6 +232,29 @@ def t_paging(c):
     assert created == sorted(created), created
 
 
+def t_version_order(c):
+    """Key Vault lists versions in no documented order and `created` has one-second resolution
+    (here: all in one second, listed by id): the newest is the one written last, by the agent's
+    own order tag."""
+    conf = client_secret_conf(c)
+    c.control("/pin-created", {"created": 1767225600})
+    try:
+        vers = []
+        for i in range(6):
+            v = f"order-value-{i}-Jq7!"
+            c.values.append(v)
+            _, out, _ = c.run(conf, ["store", "put", "--overwrite", "--no-policy-check", "akv:ordered"],
+                              stdin=v)
+            vers.append(out.split()[-1])
+        _, out, _ = c.run(conf, ["--output", "json", "store", "show", "akv:ordered"])
+        listed = [v["version"] for v in json.loads(out)["versions"]]
+        assert listed == vers, (listed, vers)
+        assert all(len(v["markers"].get("dmkagent-order", "")) == 20
+                   for v in json.loads(out)["versions"]), out
+    finally:
+        c.control("/pin-created", {"created": None})
+
+
 def t_throttling(c):
     conf = client_secret_conf(c)
     put_show_check(c, conf, "thr-db1")
@@ -294,7 +317,7 @@ def t_canary(c):
 
 
 CASES = [t_client_secret, t_client_cert, t_workload, t_imds, t_app_service, t_arc,
-         t_default_chain, t_paging, t_throttling, t_token_expiry, t_deleted, t_canary]
+         t_default_chain, t_paging, t_version_order, t_throttling, t_token_expiry, t_deleted, t_canary]
 
 
 def main():
