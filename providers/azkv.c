@@ -75,6 +75,7 @@ struct azkv {
 	int challenged;           /* a challenge was seen and accepted */
 	const struct secret *sending;  /* the value in flight, for az_scrub */
 	struct az_cred cred;
+	char tenant_id[64];       /* cred.tenant when it is a domain: its id, once resolved */
 };
 
 /* ---- names and URLs ---- */
@@ -130,8 +131,71 @@ secret_url(struct azkv *kv, struct buf *u, const char *prefix, const char *name,
 
 /* ---- the challenge and the authenticated call ---- */
 
+/*
+ * A tenant configured as a domain (contoso.onmicrosoft.com) is compared by
+ * its id: the issuer of the authority's OpenID configuration for it,
+ * https://<authority>/<tenant id>/v2.0, fetched from the configured
+ * authority (never from a host the challenge names).
+ */
 static int
-accept_challenge(struct azkv *kv, const char *hdr, struct dmk_err *err)
+resolve_tenant(struct store *st, struct azkv *kv, struct dmk_err *err)
+{
+	struct http_request req;
+	struct http_response resp;
+	struct buf url;
+	json_t *j = NULL;
+	const char *iss, *p;
+	size_t n, i;
+	int r;
+
+	if (kv->tenant_id[0] != '\0')
+		return 0;
+	buf_init(&url, 0);
+	http_response_init(&resp);
+	if (buf_printf(&url, "%s/%s/v2.0/.well-known/openid-configuration",
+	    kv->cred.authority_host, kv->cred.tenant) != 0) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memset(&req, 0, sizeof(req));
+	req.method = "GET";
+	req.url = url.data;
+	http_req_header(&req, "Accept: application/json");
+	if ((r = http_do(&st->http, &req, &resp, err)) != 0) {
+		dmk_err_prefix(err, "tenant_id %s: the OpenID configuration", kv->cred.tenant);
+		goto out;
+	}
+	if (resp.status != 200) {
+		r = dmk_errf(err, DMK_ERR_AUTH, "tenant_id %s: %s answers HTTP %ld for its OpenID "
+		    "configuration: not a tenant there (set tenant_id to the tenant's id)",
+		    kv->cred.tenant, kv->cred.authority_host, resp.status);
+		goto out;
+	}
+	j = json_loadb(resp.body.data, resp.body.len, 0, NULL);
+	iss = json_string_value(json_object_get(j, "issuer"));
+	/* https://host/<id>/v2.0: the first path segment, a GUID's characters */
+	p = iss != NULL && strncmp(iss, "https://", 8) == 0 ? strchr(iss + 8, '/') : NULL;
+	n = p != NULL ? strcspn(p + 1, "/") : 0;
+	for (i = 0; p != NULL && i < n; i++)
+		if (!isxdigit((unsigned char)p[1 + i]) && p[1 + i] != '-')
+			break;
+	if (p == NULL || n == 0 || i != n || n >= sizeof(kv->tenant_id)) {
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "tenant_id %s: the OpenID configuration's issuer "
+		    "names no tenant id", kv->cred.tenant);
+		goto out;
+	}
+	memcpy(kv->tenant_id, p + 1, n);
+	kv->tenant_id[n] = '\0';
+	r = 0;
+out:
+	json_decref(j);
+	http_response_free(&resp);
+	buf_free(&url);
+	return r;
+}
+
+static int
+accept_challenge(struct store *st, struct azkv *kv, const char *hdr, struct dmk_err *err)
 {
 	struct az_challenge ch;
 	char rhost[256];
@@ -153,9 +217,16 @@ accept_challenge(struct azkv *kv, const char *hdr, struct dmk_err *err)
 			    "vault set challenge_resource_verification = no)", ch.resource,
 			    kv->vault_host);
 	}
-	if (kv->cred.tenant[0] != '\0' && strcasecmp(kv->cred.tenant, ch.tenant) != 0)
-		return dmk_errf(err, DMK_ERR_AUTH, "the vault belongs to tenant %s, but the store is "
-		    "configured for tenant %s", ch.tenant, kv->cred.tenant);
+	if (kv->cred.tenant[0] != '\0' && strcasecmp(kv->cred.tenant, ch.tenant) != 0) {
+		if (strchr(kv->cred.tenant, '.') != NULL &&
+		    (r = resolve_tenant(st, kv, err)) != 0)
+			return r;
+		if (kv->tenant_id[0] == '\0' || strcasecmp(kv->tenant_id, ch.tenant) != 0)
+			return dmk_errf(err, DMK_ERR_AUTH, "the vault belongs to tenant %s, but the "
+			    "store is configured for tenant %s%s%s%s", ch.tenant, kv->cred.tenant,
+			    kv->tenant_id[0] ? " (id " : "", kv->tenant_id,
+			    kv->tenant_id[0] ? ")" : "");
+	}
 	if (strcmp(kv->cred.scope, ch.scope) != 0) {
 		/* A different audience: a token for the old one is useless. */
 		util_strlcpy(kv->cred.scope, ch.scope, sizeof(kv->cred.scope));
@@ -220,7 +291,7 @@ kv_send(struct store *st, const char *method, const char *url, const char *body,
 		}
 		if (resp->www_authenticate[0] == '\0' && sent_token)
 			break;
-		if ((r = accept_challenge(kv, resp->www_authenticate, err)) != 0)
+		if ((r = accept_challenge(st, kv, resp->www_authenticate, err)) != 0)
 			return r;
 		if (sent_token) {
 			if (forced)

@@ -53,6 +53,9 @@ class Entra:
             return self.instance_discovery(req)
         tenant = parts[0]
         rest = "/".join(parts[1:])
+        # a verified domain of the tenant stands for its id, on every endpoint
+        if tenant.lower() in self.sim.tenant_domains:
+            tenant = self.sim.tenant
         if rest in ("oauth2/v2.0/token", "oauth2/token") and req.method == "POST":
             if tenant.lower() != self.sim.tenant.lower():
                 return self.tenant_not_found(req, tenant)
