@@ -237,6 +237,17 @@ creds_of(const struct sql_result *all, const char *family, char names[8][160])
 	return k;
 }
 
+void
+ag_listener_endpoint(const struct conf_ag *ag, struct sql_endpoint *ep)
+{
+	memset(ep, 0, sizeof(*ep));
+	snprintf(ep->name, sizeof(ep->name), "%s listener", ag->name);
+	util_strlcpy(ep->host, ag->listener_host, sizeof(ep->host));
+	ep->port = ag->listener_port;
+	util_strlcpy(ep->tls_name, ag->tls_name[0] ? ag->tls_name : ag->listener_host,
+	    sizeof(ep->tls_name));
+}
+
 int
 rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err)
 {
@@ -543,12 +554,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 			prefetch_thread(&pf);
 	}
 
-	memset(&lep, 0, sizeof(lep));
-	snprintf(lep.name, sizeof(lep.name), "%s listener", ag->name);
-	util_strlcpy(lep.host, ag->listener_host, sizeof(lep.host));
-	lep.port = ag->listener_port;
-	util_strlcpy(lep.tls_name, ag->tls_name[0] ? ag->tls_name : ag->listener_host,
-	    sizeof(lep.tls_name));
+	ag_listener_endpoint(ag, &lep);
 	if ((r = sql_connect(&lep, &run->login, &ls, err)) != 0) {
 		dmk_err_prefix(err, "AG %s", ag->name);
 		goto out;
