@@ -1,8 +1,8 @@
 /* replicas.c: discovering an AG and running a job on every replica; see replicas.h. */
 #include <ctype.h>
 #include <errno.h>
-#include <netdb.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
