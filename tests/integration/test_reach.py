@@ -200,6 +200,19 @@ class FQDN(unittest.TestCase):
             self.assertIn(f"SQLNODE{i + 1}.sim.test:{nd['port']} (server name + domain + "
                           "SQL Server Browser)", out)
 
+    def test_server_name_already_an_fqdn(self):
+        lab2 = named_lab(["sqlnode1.sim.test\\INST1", "sqlnode2.sim.test\\INST2"], nodes=2)
+        try:
+            lab2.write_config(extra_ag=f"browser_port = {lab2.browser_port}\ndomain = ignored.example\n")
+            lab2.put_dmk_password()
+            rc, out, err = lab2.agent("status", env=self.env)
+            self.assertEqual(rc, 0, out + err)
+            for i, nd in enumerate(lab2.sql_ready["nodes"]):
+                self.assertIn(f"sqlnode{i + 1}.sim.test:{nd['port']} (server name + SQL Server Browser)",
+                              out)
+        finally:
+            lab2.__exit__(None, None, None)
+
     def test_unresolvable_name_says_what_to_set(self):
         lab = self.lab
         with open(self.hosts, "w") as f:
