@@ -68,6 +68,55 @@ class Kerberos(unittest.TestCase):
         self.assertGreaterEqual(self.lab.control("/stats")["kerberos_refused"], 1)
 
 
+NSS_WRAPPER = next((p for p in ("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so",
+                                "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so") if os.path.exists(p)), None)
+
+
+class KerberosFQDN(unittest.TestCase):
+    """Named instances without routing URLs, placed by `domain` and SQL Server Browser: the service
+    names asked for are MSSQLSvc/<FQDN>:<port>, as SPNs are registered in Active Directory."""
+
+    def setUp(self):
+        if NSS_WRAPPER is None:
+            self.skipTest("libnss-wrapper is not installed")
+        self.kdc = kdcmod.KDC(tempfile.mkdtemp(prefix="dmkkdc-")).start()
+        self.addCleanup(self.kdc.cleanup)
+        keytab = os.path.join(self.kdc.dir, "mssql.keytab")
+        self.lab = Lab(nodes=2, server_cert="dnsonly", listener_host="localhost",
+                       extra_sql_args=["--server-names", "SQLNODE1\\INST1,SQLNODE2\\INST2",
+                                       "--browser-port", "0", "--shape", "no-routing-urls",
+                                       "--kerberos-keytab", keytab, "--kerberos-login", PRINC]).__enter__()
+        self.addCleanup(self.lab.__exit__, None, None, None)
+        r = self.lab.sql_ready
+        self.kdc.add(f"MSSQLSvc/localhost:{r['listener_port']}", keytab)
+        for i, n in enumerate(r["nodes"]):
+            self.kdc.add(f"MSSQLSvc/SQLNODE{i + 1}.sim.test:{n['port']}", keytab)
+        client = os.path.join(self.kdc.dir, "client.keytab")
+        self.kdc.add("dmkagent", client)
+        self.kdc.kinit("dmkagent", client)
+        self.lab.put_dmk_password()
+        self.lab.write_config(login="integrated",
+                              extra_ag=f"browser_port = {r['browser_port']}\ndomain = sim.test\n")
+        with open(self.lab.config) as f:
+            text = re.sub(r"(?m)^login_password = .*\n", "", f.read())
+        with open(self.lab.config, "w") as f:
+            f.write(text)
+        hosts = os.path.join(self.kdc.dir, "hosts")
+        with open(hosts, "w") as f:
+            f.write("127.0.0.1 sqlnode1.sim.test\n127.0.0.1 sqlnode2.sim.test\n127.0.0.1 localhost\n")
+        self.env = {k: v for k, v in self.kdc.env().items()
+                    if k in ("KRB5_CONFIG", "KRB5CCNAME", "KRB5RCACHETYPE")}
+        self.env.update(LD_PRELOAD=NSS_WRAPPER, NSS_WRAPPER_HOSTS=hosts, NSS_WRAPPER_DISABLE_DEEPBIND="1")
+
+    def test_spn_is_the_fqdn(self):
+        rc, out, err = self.lab.agent("register", env=self.env)
+        self.assertEqual(rc, 0, out + err)
+        rc, out, err = self.lab.agent("status", env=self.env)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("(server name + domain + SQL Server Browser)", out)
+        self.assertGreaterEqual(self.lab.control("/stats")["kerberos_logins"], 5)
+
+
 if __name__ == "__main__":
     why = kdcmod.missing()
     if why:
