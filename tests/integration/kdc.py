@@ -79,7 +79,9 @@ class KDC:
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.1)
-        raise RuntimeError("krb5kdc did not start: " + open(os.path.join(d, "krb5kdc.err")).read())
+        self.stop()
+        with open(os.path.join(d, "krb5kdc.err")) as f:
+            raise RuntimeError("krb5kdc did not start: " + f.read())
 
     def add(self, principal, keytab):
         self._run(["/usr/sbin/kadmin.local", "-r", self.realm, "-q", f"addprinc -randkey {principal}"])

@@ -19,10 +19,13 @@ PRINC = "dmkagent@DMK.TEST"
 
 class Kerberos(unittest.TestCase):
     def setUp(self):
-        self.kdc = kdcmod.KDC(tempfile.mkdtemp(prefix="dmkkdc-")).start()
+        self.kdc = kdcmod.KDC(tempfile.mkdtemp(prefix="dmkkdc-"))
+        self.addCleanup(self.kdc.cleanup)
+        self.kdc.start()
         self.svc_keytab = os.path.join(self.kdc.dir, "mssql.keytab")
         self.lab = Lab(nodes=2, extra_sql_args=["--kerberos-keytab", self.svc_keytab,
                                                 "--kerberos-login", PRINC]).__enter__()
+        self.addCleanup(self.lab.__exit__, None, None, None)
         r = self.lab.sql_ready
         for port in [r["listener_port"]] + [n["port"] for n in r["nodes"]]:
             self.kdc.add(f"MSSQLSvc/127.0.0.1:{port}", self.svc_keytab)
@@ -36,10 +39,6 @@ class Kerberos(unittest.TestCase):
             f.write(text)
         self.env = {k: v for k, v in self.kdc.env().items()
                     if k in ("KRB5_CONFIG", "KRB5CCNAME", "KRB5RCACHETYPE")}
-
-    def tearDown(self):
-        self.lab.__exit__(None, None, None)
-        self.kdc.cleanup()
 
     def test_integrated_login_registers_and_verifies(self):
         lab = self.lab
@@ -79,8 +78,9 @@ class KerberosFQDN(unittest.TestCase):
     def setUp(self):
         if NSS_WRAPPER is None:
             self.skipTest("libnss-wrapper is not installed")
-        self.kdc = kdcmod.KDC(tempfile.mkdtemp(prefix="dmkkdc-")).start()
+        self.kdc = kdcmod.KDC(tempfile.mkdtemp(prefix="dmkkdc-"))
         self.addCleanup(self.kdc.cleanup)
+        self.kdc.start()
         keytab = os.path.join(self.kdc.dir, "mssql.keytab")
         self.lab = Lab(nodes=2, server_cert="dnsonly", listener_host="localhost",
                        extra_sql_args=["--server-names", "SQLNODE1\\INST1,SQLNODE2\\INST2",
