@@ -6,8 +6,9 @@
  * FreeTDS talks to an in-process relay (relay.c) that makes its own TLS
  * connection to the server with OpenSSL, verifies the certificate against
  * the configured CA and the host name, and refuses any PRELOGIN answer but
- * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent.  See
- * dmkagent(1), SECURITY.
+ * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent (with
+ * login->strict, TDS 8.0: TLS before any TDS byte).  See dmkagent(1),
+ * SECURITY.
  *
  * T-SQL.  Procedures go as RPCs with typed parameters (sql_rpc).  DDL that
  * cannot take parameters is built only with struct sql_stmt and its
