@@ -1307,11 +1307,7 @@ bk_steps(struct agcmd_ctx *c, struct bk_opts *o, struct ag_run *run, json_t *jag
 	size_t j, from = o->rep.n;
 	int r;
 
-	memset(&ep, 0, sizeof(ep));
-	snprintf(ep.name, sizeof(ep.name), "%s listener", ag->name);
-	util_strlcpy(ep.host, ag->listener_host, sizeof(ep.host));
-	ep.port = ag->listener_port;
-	util_strlcpy(ep.tls_name, ag->listener_host, sizeof(ep.tls_name));
+	ag_listener_endpoint(ag, &ep);
 	if ((r = sql_connect(&ep, &run->login, &s, &e)) != 0) {
 		dmk_err_prefix(&e, "AG %s", ag->name);
 		agcmd_fail(c, r, &e);

@@ -126,11 +126,21 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			json_object_set_new(o, "login_password",
 			    ag->has_login_password ? ref_json(&ag->login_password) : json_null());
 			json_object_set_new(o, "ca_file", json_string(ag->ca_file));
+			json_object_set_new(o, "domain", json_string(ag->domain));
+			json_object_set_new(o, "tls_name", json_string(ag->tls_name));
+			json_object_set_new(o, "browser_port", json_integer(ag->browser_port));
+			json_object_set_new(o, "encrypt", json_string(ag->encrypt == ENCRYPT_STRICT ?
+			    "strict" : "mandatory"));
 			for (j = 0; j < ag->nreplicas; j++) {
+				const struct conf_replica *cr = &ag->replicas[j];
 				json_t *rp = json_object();
-				json_object_set_new(rp, "name", json_string(ag->replicas[j].name));
-				json_object_set_new(rp, "host", json_string(ag->replicas[j].host));
-				json_object_set_new(rp, "port", json_integer(ag->replicas[j].port));
+				json_object_set_new(rp, "name", json_string(cr->name));
+				json_object_set_new(rp, "host", cr->host[0] ? json_string(cr->host) :
+				    json_null());
+				json_object_set_new(rp, "port", cr->host[0] ? json_integer(cr->port) :
+				    json_null());
+				json_object_set_new(rp, "tls_name", cr->tls_name[0] ?
+				    json_string(cr->tls_name) : json_null());
 				json_array_append_new(reps, rp);
 			}
 			json_object_set_new(o, "replica_overrides", reps);

@@ -8,11 +8,13 @@
  * repeated in a message.
  */
 #include <ctype.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -200,6 +202,10 @@ static const struct conf_keydef ag_keys[] = {
 	{ "connect_timeout", CK_DURATION, 0, NULL, 0, 0 },
 	{ "query_timeout", CK_DURATION, 0, NULL, 0, 0 },
 	{ "replica", CK_HOSTPORT, 0, NULL, 0, 0 },   /* "replica NAME = host:port" */
+	{ "domain", CK_STRING, 0, NULL, 0, 0 },
+	{ "tls_name", CK_STRING, 0, NULL, 0, 0 },    /* also "tls_name NAME = name" */
+	{ "browser_port", CK_INT, 0, NULL, 1, 65535 },
+	{ "encrypt", CK_ENUM, 0, "mandatory|strict", 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -409,6 +415,27 @@ check_value(const char *path, const char *section, const struct raw_kv *kv,
 		break;
 	}
 	return 0;
+}
+
+/* A DNS name (letters, digits, '-', '_', '.', 1..253) or an IP literal. */
+static int
+dns_name_ok(const char *s)
+{
+	size_t i, n = strlen(s);
+	unsigned char b[16];
+
+	if (inet_pton(AF_INET6, s, b) == 1)
+		return 1;
+	if (n == 0 || n > 253 || s[0] == '.' || s[0] == '-')
+		return 0;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!(isalnum(c) || c == '-' || c == '_' || c == '.'))
+			return 0;
+		if (c == '.' && s[i + 1] == '.')
+			return 0;
+	}
+	return 1;
 }
 
 static int
@@ -663,6 +690,7 @@ interp_ag(const char *path, struct raw_section *sec, const char *label,
 	ag->line = sec->line;
 	ag->connect_timeout = 15;
 	ag->query_timeout = 60;
+	ag->browser_port = 1434;
 	snprintf(secname, sizeof(secname), "ag %s", label);
 	for (i = 0; i < sec->nkv; i++) {
 		struct raw_kv *kv = &sec->kv[i];
@@ -671,26 +699,50 @@ interp_ag(const char *path, struct raw_section *sec, const char *label,
 		long long num = 0;
 		struct secret_ref ref;
 
-		if (strncmp(key, "replica", 7) == 0 && (key[7] == ' ' || key[7] == '\t')) {
-			struct conf_replica *rp;
-			const char *rn = key + 8;
+		if ((strncmp(key, "replica", 7) == 0 && (key[7] == ' ' || key[7] == '\t')) ||
+		    (strncmp(key, "tls_name", 8) == 0 && (key[8] == ' ' || key[8] == '\t'))) {
+			struct conf_replica *rp = NULL;
+			int is_tls = key[0] == 't';
+			const char *rn = key + (is_tls ? 9 : 8);
+			size_t k;
+
 			while (*rn == ' ' || *rn == '\t')
 				rn++;
 			if (!valid_sysname(rn))
-				FAIL(DMK_ERR_CONFIG, kv->line, "bad replica name in 'replica NAME = "
-				    "HOST:PORT'");
-			def = find_key(ag_keys, "replica");
-			if ((r = check_value(path, secname, kv, "replica", def, NULL, &num, err)) != 0)
-				return r;
-			rp = grow(ag->replicas, ag->nreplicas, sizeof(*rp));
-			if (rp == NULL)
-				return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-			ag->replicas = rp;
-			rp = &ag->replicas[ag->nreplicas++];
-			memset(rp, 0, sizeof(*rp));
-			util_strlcpy(rp->name, rn, sizeof(rp->name));
-			parse_hostport(kv->value, rp->host, sizeof(rp->host), &rp->port, 1433);
-			rp->line = kv->line;
+				FAIL(DMK_ERR_CONFIG, kv->line, "bad replica name in '%s NAME = %s'",
+				    is_tls ? "tls_name" : "replica", is_tls ? "DNSNAME" : "HOST:PORT");
+			if (is_tls) {
+				if (!dns_name_ok(kv->value))
+					FAIL(DMK_ERR_CONFIG, kv->line, "'tls_name %s' in [%s] must be a "
+					    "DNS name or IP address, not '%s'", rn, secname, kv->value);
+			} else {
+				def = find_key(ag_keys, "replica");
+				if ((r = check_value(path, secname, kv, "replica", def, NULL, &num,
+				    err)) != 0)
+					return r;
+			}
+			for (k = 0; k < ag->nreplicas; k++)
+				if (strcasecmp(ag->replicas[k].name, rn) == 0)
+					rp = &ag->replicas[k];
+			if (rp != NULL && (is_tls ? rp->tls_name[0] != '\0' : rp->host[0] != '\0'))
+				FAIL(DMK_ERR_CONFIG, kv->line, "'%s %s' appears twice in [%s]",
+				    is_tls ? "tls_name" : "replica", rn, secname);
+			if (rp == NULL) {
+				rp = grow(ag->replicas, ag->nreplicas, sizeof(*rp));
+				if (rp == NULL)
+					return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+				ag->replicas = rp;
+				rp = &ag->replicas[ag->nreplicas++];
+				memset(rp, 0, sizeof(*rp));
+				util_strlcpy(rp->name, rn, sizeof(rp->name));
+				rp->line = kv->line;
+			}
+			if (is_tls)
+				util_strlcpy(rp->tls_name, kv->value, sizeof(rp->tls_name));
+			else {
+				parse_hostport(kv->value, rp->host, sizeof(rp->host), &rp->port, 1433);
+				rp->line = kv->line;
+			}
 			continue;
 		}
 		def = find_key(ag_keys, key);
@@ -725,6 +777,18 @@ interp_ag(const char *path, struct raw_section *sec, const char *label,
 			ag->connect_timeout = num;
 		else if (strcmp(key, "query_timeout") == 0)
 			ag->query_timeout = num;
+		else if (strcmp(key, "domain") == 0 || strcmp(key, "tls_name") == 0) {
+			const char *v = kv->value + (key[0] == 'd' && kv->value[0] == '.');
+			if (!dns_name_ok(v) || (key[0] == 'd' && strlen(v) >= sizeof(ag->domain) - 64))
+				FAIL(DMK_ERR_CONFIG, kv->line, "'%s' in [%s] must be a DNS name%s, "
+				    "not '%s'", key, secname, key[0] == 'd' ? " such as corp.example.com" :
+				    " or IP address", kv->value);
+			util_strlcpy(key[0] == 'd' ? ag->domain : ag->tls_name, v, sizeof(ag->domain));
+		} else if (strcmp(key, "browser_port") == 0)
+			ag->browser_port = (int)num;
+		else if (strcmp(key, "encrypt") == 0)
+			ag->encrypt = strcmp(kv->value, "strict") == 0 ? ENCRYPT_STRICT :
+			    ENCRYPT_MANDATORY;
 	}
 	if (ag->listener_host[0] == '\0')
 		FAIL(DMK_ERR_CONFIG, sec->line, "[%s] needs 'listener = HOST[:PORT]'", secname);

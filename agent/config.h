@@ -18,12 +18,17 @@
 #include "core/ref.h"
 #include "core/conf.h"
 
+/* "replica NAME = host:port" and/or "tls_name NAME = name": host empty when
+ * only the certificate name is configured. */
 struct conf_replica {
 	char name[CONF_NAME_BYTES];
 	char host[256];
 	int port;
+	char tls_name[256];
 	int line;
 };
+
+enum conf_encrypt { ENCRYPT_MANDATORY = 0, ENCRYPT_STRICT };
 
 struct conf_ag {
 	char label[CONF_NAME_BYTES];   /* as in [ag LABEL] */
@@ -38,6 +43,10 @@ struct conf_ag {
 	struct secret_ref smk_backup_password;
 	long long connect_timeout;     /* seconds */
 	long long query_timeout;       /* seconds */
+	char domain[256];              /* DNS suffix completing replica server names */
+	char tls_name[256];            /* every certificate of this AG carries it */
+	int browser_port;              /* SQL Server Browser's UDP port (1434) */
+	int encrypt;                   /* enum conf_encrypt */
 	struct conf_replica *replicas;
 	size_t nreplicas;
 	int line;

@@ -308,6 +308,7 @@ report(struct agent *a, struct ag_run *run, json_t *jag)
 		json_object_set_new(o, "name", json_string(rr->rep->name));
 		json_object_set_new(o, "role", json_string(rr->is_primary ? "PRIMARY" : "SECONDARY"));
 		json_object_set_new(o, "address", json_sprintf("%s:%d", rr->ep.host, rr->ep.port));
+		json_object_set_new(o, "address_from", json_string(rr->how[0] ? rr->how : "none"));
 		json_object_set_new(o, "reached", json_boolean(rr->reached));
 		json_object_set_new(o, "error", rr->reached ? json_null() : json_string(rr->error));
 		if (!rr->reached && a->output == OUTPUT_TEXT)

@@ -1,6 +1,8 @@
 /* replicas.c: discovering an AG and running a job on every replica; see replicas.h. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,27 +97,119 @@ dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secre
 	return r ? dmk_err_prefix(err, "%s", ref->text) : 0;
 }
 
-static void
-endpoint_for(const struct conf_ag *ag, const struct sql_replica *r, struct sql_endpoint *ep)
+/* The resolver's canonical name for a short server name, if it is a host name. */
+static int
+canonical_name(const char *server, char *out, size_t outlen, struct dmk_err *err)
 {
+	struct addrinfo hints, *res = NULL;
+	const char *c;
+	size_t i, n;
+	int gai, rc = 0;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_CANONNAME;
+	if ((gai = getaddrinfo(server, NULL, &hints, &res)) != 0)
+		return dmk_errf(err, DMK_ERR_UNREACHABLE, "'%s' does not resolve (%s)", server,
+		    gai_strerror(gai));
+	c = res->ai_canonname != NULL && res->ai_canonname[0] != '\0' ? res->ai_canonname : server;
+	n = strlen(c);
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)c[i]) && c[i] != '.' && c[i] != '-' && c[i] != '_')
+			break;
+	if (i != n || n >= outlen)
+		rc = dmk_errf(err, DMK_ERR_PROTOCOL, "the resolver's canonical name for '%s' is not "
+		    "a host name", server);
+	else
+		memcpy(out, c, n + 1);
+	freeaddrinfo(res);
+	return rc;
+}
+
+/*
+ * Where to reach a replica, in the order dmkagent.conf(5) gives: the
+ * configured "replica NAME = host:port"; the AG's read-only routing URL;
+ * the server name completed to an FQDN (the AG's domain, else the
+ * resolver's canonical name), on 1433 or, for SERVER\INSTANCE, on the port
+ * SQL Server Browser announces.  The certificate must carry that host name
+ * unless a tls_name is configured.  how says which way, for status.
+ */
+static int
+rep_resolve(const struct conf_ag *ag, const struct sql_replica *r, struct sql_endpoint *ep,
+    char *how, size_t howlen, struct dmk_err *err)
+{
+	const struct conf_replica *c = NULL;
+	struct dmk_err e2;
+	const char *inst;
+	char server[256];
 	size_t i;
+	int port, rc;
 
 	memset(ep, 0, sizeof(*ep));
 	util_strlcpy(ep->name, r->name, sizeof(ep->name));
 	for (i = 0; i < ag->nreplicas; i++)
-		if (strcasecmp(ag->replicas[i].name, r->name) == 0) {
-			util_strlcpy(ep->host, ag->replicas[i].host, sizeof(ep->host));
-			ep->port = ag->replicas[i].port;
-			break;
+		if (strcasecmp(ag->replicas[i].name, r->name) == 0)
+			c = &ag->replicas[i];
+	if (c != NULL && c->host[0] != '\0') {
+		util_strlcpy(ep->host, c->host, sizeof(ep->host));
+		ep->port = c->port;
+		snprintf(how, howlen, "configured");
+	} else if (r->routing_url[0] != '\0') {
+		/* A malformed routing URL leaves no address: never a host made of
+		 * whatever the catalog held. */
+		if (sql_replica_address(r, ep->host, sizeof(ep->host), &ep->port) != 0) {
+			ep->host[0] = '\0';
+			return dmk_errf(err, DMK_ERR_PROTOCOL, "the AG's read-only routing URL for "
+			    "%s is not TCP://HOST[:PORT]; set 'replica %s = HOST:PORT' in [ag %s]",
+			    r->name, r->name, ag->label);
 		}
-	/* A malformed routing URL or server name leaves no address: the
-	 * connection then fails naming the replica, rather than going to a
-	 * host made of whatever the catalog held. */
-	if (ep->host[0] == '\0' && sql_replica_address(r, ep->host, sizeof(ep->host), &ep->port) != 0) {
-		ep->host[0] = '\0';
-		ep->port = 0;
+		snprintf(how, howlen, "routing URL");
+	} else {
+		if (sql_replica_address(r, server, sizeof(server), &port) != 0)
+			return dmk_errf(err, DMK_ERR_PROTOCOL, "the server name %s is not a host "
+			    "name; set 'replica %s = HOST:PORT' in [ag %s]", r->name, r->name,
+			    ag->label);
+		if (strchr(server, '.') != NULL) {
+			util_strlcpy(ep->host, server, sizeof(ep->host));
+			snprintf(how, howlen, "server name");
+		} else if (ag->domain[0] != '\0') {
+			if ((size_t)snprintf(ep->host, sizeof(ep->host), "%s.%s", server, ag->domain) >=
+			    sizeof(ep->host)) {
+				ep->host[0] = '\0';
+				return dmk_errf(err, DMK_ERR_CONFIG, "%s.%s is too long a host name",
+				    server, ag->domain);
+			}
+			snprintf(how, howlen, "server name + domain");
+		} else {
+			if ((rc = canonical_name(server, ep->host, sizeof(ep->host), &e2)) != 0)
+				return dmk_errf(err, rc, "%s; set 'domain' or 'replica %s = HOST:PORT' "
+				    "in [ag %s]", e2.msg, r->name, ag->label);
+			snprintf(how, howlen, "server name + canonical name");
+		}
+		ep->port = 1433;
+		if ((inst = strchr(r->name, '\\')) != NULL) {
+			/* a Browser answers at once or not at all: at most 5 s */
+			long t = ag->connect_timeout > 0 && ag->connect_timeout < 5 ?
+			    (long)ag->connect_timeout * 1000 : 5000;
+
+			if ((rc = sql_browser_port(ep->host, ag->browser_port, inst + 1, t,
+			    &ep->port, &e2)) != 0) {
+				ep->port = 0;
+				return dmk_errf(err, rc, "%s; set 'replica %s = HOST:PORT' in [ag %s] "
+				    "to skip SQL Server Browser", e2.msg, r->name, ag->label);
+			}
+			if (strlen(how) + 24 < howlen)
+				strcat(how, " + SQL Server Browser");
+		}
 	}
-	util_strlcpy(ep->tls_name, ep->host, sizeof(ep->tls_name));
+	if (c != NULL && c->tls_name[0] != '\0')
+		util_strlcpy(ep->tls_name, c->tls_name, sizeof(ep->tls_name));
+	else if (ag->tls_name[0] != '\0')
+		util_strlcpy(ep->tls_name, ag->tls_name, sizeof(ep->tls_name));
+	else
+		util_strlcpy(ep->tls_name, ep->host, sizeof(ep->tls_name));
+	return 0;
 }
 
 int
@@ -141,6 +235,17 @@ creds_of(const struct sql_result *all, const char *family, char names[8][160])
 		k++;
 	}
 	return k;
+}
+
+void
+ag_listener_endpoint(const struct conf_ag *ag, struct sql_endpoint *ep)
+{
+	memset(ep, 0, sizeof(*ep));
+	snprintf(ep->name, sizeof(ep->name), "%s listener", ag->name);
+	util_strlcpy(ep->host, ag->listener_host, sizeof(ep->host));
+	ep->port = ag->listener_port;
+	util_strlcpy(ep->tls_name, ag->tls_name[0] ? ag->tls_name : ag->listener_host,
+	    sizeof(ep->tls_name));
 }
 
 int
@@ -364,6 +469,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	run->login.user = strcmp(ag->login, "integrated") == 0 ? NULL : ag->login;
 	run->login.integrated = run->login.user == NULL;
 	run->login.ca_file = ag->ca_file[0] ? ag->ca_file : NULL;
+	run->login.strict = ag->encrypt == ENCRYPT_STRICT;
 	run->login.connect_timeout = ag->connect_timeout;
 	run->login.query_timeout = ag->query_timeout;
 	if (ag->has_login_password &&
@@ -396,11 +502,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 			prefetch_thread(&pf);
 	}
 
-	memset(&lep, 0, sizeof(lep));
-	snprintf(lep.name, sizeof(lep.name), "%s listener", ag->name);
-	util_strlcpy(lep.host, ag->listener_host, sizeof(lep.host));
-	lep.port = ag->listener_port;
-	util_strlcpy(lep.tls_name, ag->listener_host, sizeof(lep.tls_name));
+	ag_listener_endpoint(ag, &lep);
 	if ((r = sql_connect(&lep, &run->login, &ls, err)) != 0) {
 		dmk_err_prefix(err, "AG %s", ag->name);
 		goto out;
@@ -412,6 +514,19 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	if (run->info.nreplicas == 0) {
 		r = dmk_errf(err, DMK_ERR_SQL, "AG %s: the availability group lists no replicas "
 		    "(is the name right, and is %s:%d its listener?)", ag->name, lep.host, lep.port);
+		goto out;
+	}
+	if (run->info.primary[0] == '\0') {
+		/* Only a secondary answers primary_replica NULL with no PRIMARY row:
+		 * it cannot say where the primary is, nor check a DMK password. */
+		const char *here = "a secondary replica";
+
+		for (j = 0; j < run->info.nreplicas; j++)
+			if (run->info.replicas[j].role[0] != '\0')
+				here = run->info.replicas[j].name;
+		r = dmk_errf(err, DMK_ERR_CONFIG, "AG %s: %s:%d answered from %s, which does not "
+		    "know the primary; set 'listener' in [ag %s] to the AG's listener", ag->name,
+		    lep.host, lep.port, here, ag->label);
 		goto out;
 	}
 	if (started) {
@@ -459,8 +574,17 @@ rep_thread(void *arg)
 
 	int progress = isatty(STDERR_FILENO) && !rr->run->a->quiet;
 
+	if (rep_resolve(rr->run->ag, rr->rep, &rr->ep, rr->how, sizeof(rr->how), &e) != 0) {
+		rr->reached = 0;
+		rr->code = e.code;
+		util_strlcpy(rr->error, e.msg, sizeof(rr->error));
+		if (progress)
+			fprintf(stderr, "  %s: no address: %s\n", rr->rep->name, e.msg);
+		return NULL;
+	}
 	if (progress)
-		fprintf(stderr, "  %s: connecting to %s:%d\n", rr->rep->name, rr->ep.host, rr->ep.port);
+		fprintf(stderr, "  %s: connecting to %s:%d (%s)\n", rr->rep->name, rr->ep.host,
+		    rr->ep.port, rr->how);
 	if (rep_connect(rr, &s, &e) != 0) {
 		rr->reached = 0;
 		rr->code = e.code;
@@ -492,7 +616,6 @@ ag_each_replica(struct ag_run *run, int (*work)(struct rep_run *, struct sql_ses
 		rr->run = run;
 		rr->rep = &run->info.replicas[i];
 		rr->is_primary = strcasecmp(rr->rep->name, run->info.primary) == 0;
-		endpoint_for(run->ag, rr->rep, &rr->ep);
 		if ((rr->dbs = calloc(run->nplans + 1, sizeof(*rr->dbs))) == NULL)
 			return DMK_ERR_NOMEM;
 		if (pthread_create(&rr->th, NULL, rep_thread, rr) != 0) {

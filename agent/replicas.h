@@ -65,6 +65,7 @@ struct rep_run {
 	struct ag_run *run;
 	struct sql_replica *rep;
 	struct sql_endpoint ep;
+	char how[96];                   /* how its address was found (status) */
 	int is_primary;
 	int reached;
 	int code;
@@ -116,6 +117,10 @@ int dmk_password_current(struct agent *a, const struct secret_ref *ref, struct s
  */
 int rep_credentials(struct sql_session *s, struct sql_result **out, struct dmk_err *err);
 int creds_of(const struct sql_result *all, const char *family, char names[8][160]);
+
+/* The AG listener's endpoint: listener = HOST:PORT, certificate name
+ * tls_name (the AG's) or HOST. */
+void ag_listener_endpoint(const struct conf_ag *ag, struct sql_endpoint *ep);
 
 /* Connect to one replica, as the run's login. */
 int rep_connect(struct rep_run *rr, struct sql_session **s, struct dmk_err *err);

@@ -314,11 +314,7 @@ rot_primary(struct rot *r, struct dmk_err *err)
 
 	if (r->ps != NULL)
 		return 0;
-	memset(&ep, 0, sizeof(ep));
-	snprintf(ep.name, sizeof(ep.name), "%s listener", ag->name);
-	util_strlcpy(ep.host, ag->listener_host, sizeof(ep.host));
-	ep.port = ag->listener_port;
-	util_strlcpy(ep.tls_name, ag->listener_host, sizeof(ep.tls_name));
+	ag_listener_endpoint(ag, &ep);
 	return sql_connect(&ep, &r->run->login, &r->ps, err);
 }
 

@@ -239,18 +239,23 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status)
 	for (i = 0; i < run->nreps; i++) {
 		struct rep_run *rr = &run->reps[i];
 		json_t *o = json_object(), *od = json_array();
+		const char *role;
 
 		json_object_set_new(o, "name", json_string(rr->rep->name));
-		json_object_set_new(o, "role", json_string(rr->rep->role[0] ? rr->rep->role :
-		    rr->is_primary ? "PRIMARY" : "SECONDARY"));
+		/* the catalog's role; NULL (a disconnected remote replica) is unknown */
+		role = rr->rep->role[0] ? rr->rep->role : rr->is_primary ? "PRIMARY" : "UNKNOWN";
+		json_object_set_new(o, "role", json_string(role));
 		json_object_set_new(o, "synchronization_health", json_string(rr->rep->sync_health));
 		json_object_set_new(o, "address", json_sprintf("%s:%d", rr->ep.host, rr->ep.port));
+		json_object_set_new(o, "address_from", json_string(rr->how[0] ? rr->how : "none"));
+		json_object_set_new(o, "tls_name", json_string(rr->ep.tls_name));
 		json_object_set_new(o, "reached", json_boolean(rr->reached));
 		if (!rr->reached)
 			json_object_set_new(o, "error", json_string(rr->error));
 		if (a->output == OUTPUT_TEXT) {
-			fprintf(a->out, "  %-12s %-9s %s:%d%s%s\n", rr->rep->name,
-			    rr->is_primary ? "PRIMARY" : "SECONDARY", rr->ep.host, rr->ep.port,
+			fprintf(a->out, "  %-12s %-9s %s:%d (%s)%s%s\n", rr->rep->name,
+			    role, rr->ep.host[0] ? rr->ep.host : "?",
+			    rr->ep.port, rr->how[0] ? rr->how : "no address",
 			    rr->reached ? "" : "  NOT REACHED: ", rr->reached ? "" : rr->error);
 		}
 		for (j = 0; rr->reached && j < run->nplans; j++) {

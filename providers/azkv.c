@@ -24,10 +24,12 @@
  * test that calls ops->open itself can do this.
  */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -40,6 +42,10 @@
 #define AZ_TAGS_MAX 15
 #define AZ_TAG_LEN_MAX 256
 #define AZ_PAGES_MAX 1000
+/* Key Vault lists versions in no documented order and `created` has one-second
+ * resolution: every version written here carries its own order (nanoseconds,
+ * 20 digits, increasing within the process), and the list is sorted by it. */
+#define AZ_ORDER_TAG "dmkagent-order"
 
 static const struct conf_keydef azkv_keys[] = {
 	{ "vault_url", CK_URL, 1, NULL, 0, 0 },
@@ -76,6 +82,7 @@ struct azkv {
 	int challenged;           /* a challenge was seen and accepted */
 	const struct secret *sending;  /* the value in flight, for az_scrub */
 	struct az_cred cred;
+	char tenant_id[64];       /* cred.tenant when it is a domain: its id, once resolved */
 };
 
 /* ---- names and URLs ---- */
@@ -181,8 +188,71 @@ host_under_suffix(const char *host, const char *suffix)
 	return memchr(host, '.', hl - sl - 1) == NULL;
 }
 
+/*
+ * A tenant configured as a domain (contoso.onmicrosoft.com) is compared by
+ * its id: the issuer of the authority's OpenID configuration for it,
+ * https://<authority>/<tenant id>/v2.0, fetched from the configured
+ * authority (never from a host the challenge names).
+ */
 static int
-accept_challenge(struct azkv *kv, const char *hdr, struct dmk_err *err)
+resolve_tenant(struct store *st, struct azkv *kv, struct dmk_err *err)
+{
+	struct http_request req;
+	struct http_response resp;
+	struct buf url;
+	json_t *j = NULL;
+	const char *iss, *p;
+	size_t n, i;
+	int r;
+
+	if (kv->tenant_id[0] != '\0')
+		return 0;
+	buf_init(&url, 0);
+	http_response_init(&resp);
+	if (buf_printf(&url, "%s/%s/v2.0/.well-known/openid-configuration",
+	    kv->cred.authority_host, kv->cred.tenant) != 0) {
+		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memset(&req, 0, sizeof(req));
+	req.method = "GET";
+	req.url = url.data;
+	http_req_header(&req, "Accept: application/json");
+	if ((r = http_do(&st->http, &req, &resp, err)) != 0) {
+		dmk_err_prefix(err, "tenant_id %s: the OpenID configuration", kv->cred.tenant);
+		goto out;
+	}
+	if (resp.status != 200) {
+		r = dmk_errf(err, DMK_ERR_AUTH, "tenant_id %s: %s answers HTTP %ld for its OpenID "
+		    "configuration: not a tenant there (set tenant_id to the tenant's id)",
+		    kv->cred.tenant, kv->cred.authority_host, resp.status);
+		goto out;
+	}
+	j = json_loadb(resp.body.data, resp.body.len, 0, NULL);
+	iss = json_string_value(json_object_get(j, "issuer"));
+	/* https://host/<id>/v2.0: the first path segment, a GUID's characters */
+	p = iss != NULL && strncmp(iss, "https://", 8) == 0 ? strchr(iss + 8, '/') : NULL;
+	n = p != NULL ? strcspn(p + 1, "/") : 0;
+	for (i = 0; p != NULL && i < n; i++)
+		if (!isxdigit((unsigned char)p[1 + i]) && p[1 + i] != '-')
+			break;
+	if (p == NULL || n == 0 || i != n || n >= sizeof(kv->tenant_id)) {
+		r = dmk_errf(err, DMK_ERR_PROTOCOL, "tenant_id %s: the OpenID configuration's issuer "
+		    "names no tenant id", kv->cred.tenant);
+		goto out;
+	}
+	memcpy(kv->tenant_id, p + 1, n);
+	kv->tenant_id[n] = '\0';
+	r = 0;
+out:
+	json_decref(j);
+	http_response_free(&resp);
+	buf_free(&url);
+	return r;
+}
+
+static int
+accept_challenge(struct store *st, struct azkv *kv, const char *hdr, struct dmk_err *err)
 {
 	struct az_challenge ch;
 	char rhost[256];
@@ -204,9 +274,16 @@ accept_challenge(struct azkv *kv, const char *hdr, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_AUTH, "the vault %s challenges for resource "
 		    "'%.200s', not https://%s (the Key Vault resource of the store's cloud); "
 		    "refused", kv->vault, ch.resource, kv->suffix);
-	if (kv->cred.tenant[0] != '\0' && strcasecmp(kv->cred.tenant, ch.tenant) != 0)
-		return dmk_errf(err, DMK_ERR_AUTH, "the vault belongs to tenant %s, but the store is "
-		    "configured for tenant %s", ch.tenant, kv->cred.tenant);
+	if (kv->cred.tenant[0] != '\0' && strcasecmp(kv->cred.tenant, ch.tenant) != 0) {
+		if (strchr(kv->cred.tenant, '.') != NULL &&
+		    (r = resolve_tenant(st, kv, err)) != 0)
+			return r;
+		if (kv->tenant_id[0] == '\0' || strcasecmp(kv->tenant_id, ch.tenant) != 0)
+			return dmk_errf(err, DMK_ERR_AUTH, "the vault belongs to tenant %s, but the "
+			    "store is configured for tenant %s%s%s%s", ch.tenant, kv->cred.tenant,
+			    kv->tenant_id[0] ? " (id " : "", kv->tenant_id,
+			    kv->tenant_id[0] ? ")" : "");
+	}
 	kv->challenged = 1;
 	return 0;
 }
@@ -265,7 +342,7 @@ kv_send(struct store *st, const char *method, const char *url, const char *body,
 		}
 		if (resp->www_authenticate[0] == '\0' && sent_token)
 			break;
-		if ((r = accept_challenge(kv, resp->www_authenticate, err)) != 0)
+		if ((r = accept_challenge(st, kv, resp->www_authenticate, err)) != 0)
 			return r;
 		if (sent_token) {
 			if (forced)
@@ -506,6 +583,33 @@ azkv_get(struct store *st, const struct secret_ref *ref, const char *version,
 	return get_bundle(st, ref->path, version, out, ver, err);
 }
 
+/* meta plus this write's AZ_ORDER_TAG. */
+static int
+order_tag(const struct prov_meta *meta, struct prov_meta *out, struct dmk_err *err)
+{
+	static atomic_ullong last;
+	unsigned long long now, prev;
+	struct timespec ts;
+	char v[24];
+
+	if (meta != NULL)
+		*out = *meta;
+	else
+		memset(out, 0, sizeof(*out));
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now = (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+	prev = atomic_load(&last);
+	do {
+		if (now <= prev)
+			now = prev + 1;
+	} while (!atomic_compare_exchange_weak(&last, &prev, now));
+	snprintf(v, sizeof(v), "%020llu", now);
+	if (prov_meta_set(out, AZ_ORDER_TAG, v) != 0)
+		return dmk_errf(err, DMK_ERR_TOOBIG, "too many markers for Azure Key Vault's %d tags",
+		    AZ_TAGS_MAX);
+	return 0;
+}
+
 static int
 write_version(struct store *st, const char *name, const struct secret *value,
     const struct prov_meta *meta, struct prov_version *out, struct dmk_err *err)
@@ -513,13 +617,14 @@ write_version(struct store *st, const char *name, const struct secret *value,
 	struct azkv *kv = st->priv;
 	struct http_response resp;
 	struct buf url, body;
+	struct prov_meta ordered;
 	json_t *j = NULL, *tags = NULL, *val;
 	int r;
 
 	buf_init(&url, 0);
 	buf_init_locked(&body, 256 * 1024);
 	http_response_init(&resp);
-	if ((r = tags_json(meta, &tags, err)) != 0)
+	if ((r = order_tag(meta, &ordered, err)) != 0 || (r = tags_json(&ordered, &tags, err)) != 0)
 		goto out;
 	if ((val = json_stringn(secret_reveal(value), secret_len(value))) == NULL) {
 		r = dmk_errf(err, DMK_ERR_BADINPUT, "the value is not valid UTF-8 text");
@@ -670,7 +775,15 @@ static int
 cmp_created(const void *a, const void *b)
 {
 	const struct prov_version *x = a, *y = b;
+	const char *ox = prov_meta_get(&x->meta, AZ_ORDER_TAG);
+	const char *oy = prov_meta_get(&y->meta, AZ_ORDER_TAG);
+	int c;
 
+	/* both written here: our own order (same-length digit strings) */
+	if (ox != NULL && oy != NULL && strlen(ox) == 20 && strlen(oy) == 20 &&
+	    strspn(ox, "0123456789") == 20 && strspn(oy, "0123456789") == 20 &&
+	    (c = strcmp(ox, oy)) != 0)
+		return c < 0 ? -1 : 1;
 	if (x->created != y->created)
 		return x->created < y->created ? -1 : 1;
 	return x->num < y->num ? -1 : x->num > y->num;  /* num: the order the vault gave */

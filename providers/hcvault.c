@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -370,6 +371,56 @@ hcv_retry_status(long status)
 
 
 /*
+ * A standby Vault with request forwarding off answers 307 (or 308) with the
+ * active node's address.  Followed once, with the token, only to https and
+ * the same /v1/ path: the same client makes the call, so the same CA must
+ * vouch for the active node and its name.  Anything else is refused,
+ * naming VAULT_ADDR.
+ */
+static int
+follow_standby(struct store *st, struct http_request *req, const char *path,
+    struct http_response *resp, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	char loc[1024];
+	const char *v1 = NULL, *c;
+	size_t pl = strlen(path);
+	long status = resp->status;
+	int r, ok;
+
+	util_strlcpy(loc, resp->location, sizeof(loc));
+	ok = strncasecmp(loc, "https://", 8) == 0 && (v1 = strstr(loc + 8, "/v1/")) != NULL &&
+	    v1 > loc + 8 && strncmp(v1 + 4, path, pl) == 0 &&
+	    (v1[4 + pl] == '\0' || (v1[4 + pl] == '?' && strchr(path, '?') == NULL));
+	for (c = loc + 8; ok && c < v1; c++)
+		if (!isalnum((unsigned char)*c) && strchr(".-:[]", *c) == NULL)
+			ok = 0;
+	if (!ok)
+		return dmk_errf(err, DMK_ERR_CONFIG, "Vault at %s is a standby and redirects (HTTP "
+		    "%ld) to '%.300s': not followed (only https, for the same path, under the same "
+		    "CA); set VAULT_ADDR (address in [store %s]) to the active node", h->addr,
+		    status, loc[0] ? loc : "(no Location)", st->conf->name);
+	if (!h->told_standby) {
+		log_warn("Vault at %s is a standby (request forwarding off): following its "
+		    "redirect to %.*s with the token, verified against the same CA; set VAULT_ADDR "
+		    "(address in [store %s]) to the active node to skip this", h->addr,
+		    (int)(v1 - loc), loc, st->conf->name);
+		h->told_standby = 1;
+	}
+	req->url = loc;
+	http_response_free(resp);
+	http_response_init(resp);
+	if ((r = http_do(&st->http, req, resp, err)) != 0)
+		return dmk_err_prefix(err, "Vault's active node %.*s (redirected from the standby %s)",
+		    (int)(v1 - loc), loc, h->addr);
+	if (resp->status == 307 || resp->status == 308)
+		return dmk_errf(err, DMK_ERR_CONFIG, "Vault at %s redirected to %.*s, which redirects "
+		    "again: not followed; set VAULT_ADDR (address in [store %s]) to the active node",
+		    h->addr, (int)(v1 - loc), loc, st->conf->name);
+	return 0;
+}
+
+/*
  * One call to Vault.  path is below /v1/.  tok (may be NULL) overrides the
  * store's token.  The answer lands in resp (caller frees); 0 when an answer
  * arrived, whatever its status.
@@ -424,6 +475,8 @@ hcv_request(struct store *st, const char *method, const char *path,
 	r = http_do(&st->http, &req, resp, err);
 	if (r != 0)
 		dmk_err_prefix(err, "Vault at %s unreachable", h->addr);
+	else if (resp->status == 307 || resp->status == 308)
+		r = follow_standby(st, &req, path, resp, err);
 	goto out;
 nomem:
 	r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");

@@ -40,6 +40,7 @@ struct hcv {
 	int kv_version;           /* 0: not detected yet */
 	char kv_mount[256];       /* the mount path Vault reported, no slash */
 	char kv_prefix[512];      /* part of the path inside the mount before the ref */
+	int told_standby;         /* the standby redirect was reported */
 };
 
 /* What a failure is about (hcv_vault_fail): reading data or logging in. */

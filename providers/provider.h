@@ -134,6 +134,8 @@ const struct prov_ops *prov_find(const char *type);
 
 /* Markers (their meaning is the agent's: agent/markers.h). */
 const char *prov_meta_get(const struct prov_meta *m, const char *key);
+/* An empty value removes the marker (none is ever written empty); an empty
+ * key is DMK_ERR_BADINPUT. */
 int prov_meta_set(struct prov_meta *m, const char *key, const char *value);
 
 /*

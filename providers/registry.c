@@ -43,11 +43,23 @@ prov_meta_set(struct prov_meta *m, const char *key, const char *value)
 {
 	size_t i;
 
+	if (key[0] == '\0')
+		return DMK_ERR_BADINPUT;
 	if (strlen(key) >= sizeof(m->kv[0].key) || strlen(value) >= sizeof(m->kv[0].value))
 		return DMK_ERR_TOOBIG;
 	for (i = 0; i < m->n; i++)
 		if (strcmp(m->kv[i].key, key) == 0)
 			break;
+	/* Never an empty marker (Vault refuses empty custom_metadata values):
+	 * an empty value means no marker, which readers take the same way. */
+	if (value[0] == '\0') {
+		if (i < m->n) {
+			memmove(&m->kv[i], &m->kv[i + 1], (m->n - i - 1) * sizeof(m->kv[0]));
+			m->n--;
+			memset(&m->kv[m->n], 0, sizeof(m->kv[0]));
+		}
+		return 0;
+	}
 	if (i == m->n) {
 		if (m->n == PROV_META_MAX)
 			return DMK_ERR_TOOBIG;

@@ -10,7 +10,8 @@ pkgs=(
   libcurl4-openssl-dev libjansson-dev freetds-dev freetds-bin libssl-dev libinih-dev
   libcmocka-dev python3 python3-cryptography python3-openssl python3-tds python3-hvac
   python3-prometheus-client
-  procps
+  procps libnss-wrapper krb5-kdc krb5-admin-server krb5-user python3-gssapi
+  python3-azure python3-msal
 )
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

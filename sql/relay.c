@@ -78,6 +78,7 @@
 #define ENC_ON          0x01
 #define ENC_NOT_SUP     0x02
 #define ENC_REQ         0x03
+#define ENC_STRICT      0x04    /* TDS 8.0: PRELOGIN inside TLS */
 
 #define PLAINTEXT_CHUNK 16384
 
@@ -102,6 +103,7 @@ struct relay {
 	struct relay_stats stats;
 	struct buf pt;          /* plaintext scratch, wiped */
 	const char *why;        /* static text: what the framer refused */
+	char peer_names[300];   /* a refused certificate's names, for the message */
 };
 
 /* ---- the process-wide part: private directory, ephemeral certificate ---- */
@@ -544,7 +546,7 @@ relay_parse_prelogin(const unsigned char *p, size_t n, struct relay_prelogin *pl
 
 /* Our PRELOGIN, as a client (encrypt = ON) or as the server's answer. */
 static size_t
-build_prelogin(unsigned char *out, int server, const unsigned char version[6])
+build_prelogin(unsigned char *out, int server, const unsigned char version[6], int enc)
 {
 	/* VERSION, ENCRYPTION, INSTOPT, THREADID, MARS, terminator */
 	const size_t hdr = 5 * 5 + 1;
@@ -564,7 +566,7 @@ build_prelogin(unsigned char *out, int server, const unsigned char version[6])
 #undef ENTRY
 	*e = 0xff;
 	memcpy(out + off_ver, version, 6);
-	out[off_enc] = ENC_ON;
+	out[off_enc] = (unsigned char)enc;
 	out[off_inst] = 0;
 	if (!server)
 		memcpy(out + off_thr, &pid, 4);
@@ -603,6 +605,74 @@ leg_ssl(struct leg *l, SSL_CTX *ctx)
 	BIO_set_mem_eof_return(l->rb, -1);
 	SSL_set_bio(l->ssl, l->rb, l->wb);   /* the SSL owns them now */
 	return 0;
+}
+
+/* Append "DNS:x" / "IP:y" / "CN:z" to out; the text came from the network:
+ * printable ASCII only, cut at len. */
+static void
+names_add(char *out, size_t len, const char *kind, const unsigned char *v, size_t n)
+{
+	size_t o = strlen(out), i;
+
+	if (o + strlen(kind) + 4 >= len)
+		return;
+	if (o > 0) {
+		memcpy(out + o, ", ", 2);
+		o += 2;
+	}
+	memcpy(out + o, kind, strlen(kind));
+	o += strlen(kind);
+	for (i = 0; i < n && o + 1 < len; i++)
+		out[o++] = v[i] >= 0x20 && v[i] < 0x7f ? (char)v[i] : '?';
+	out[o] = '\0';
+}
+
+static void
+cert_names(X509 *x, char *out, size_t len)
+{
+	GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	char ip[INET6_ADDRSTRLEN], cn[256];
+	int i, n;
+
+	out[0] = '\0';
+	for (i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		const ASN1_OCTET_STRING *a;
+
+		if (g->type == GEN_DNS)
+			names_add(out, len, "DNS:", ASN1_STRING_get0_data(g->d.dNSName),
+			    (size_t)ASN1_STRING_length(g->d.dNSName));
+		else if (g->type == GEN_IPADD) {
+			a = g->d.iPAddress;
+			n = ASN1_STRING_length(a);
+			if ((n == 4 || n == 16) && inet_ntop(n == 4 ? AF_INET : AF_INET6,
+			    ASN1_STRING_get0_data(a), ip, sizeof(ip)) != NULL)
+				names_add(out, len, "IP:", (const unsigned char *)ip, strlen(ip));
+		}
+	}
+	GENERAL_NAMES_free(gens);
+	if (out[0] == '\0' && (n = X509_NAME_get_text_by_NID(X509_get_subject_name(x),
+	    NID_commonName, cn, sizeof(cn))) > 0)
+		names_add(out, len, "CN:", (const unsigned char *)cn, (size_t)n);
+	if (out[0] == '\0')
+		util_strlcpy(out, "no name", len);
+}
+
+/* Keep the OpenSSL verdict; on a host-name mismatch note what the
+ * certificate is for, so that the message names both. */
+static int
+verify_cb(int ok, X509_STORE_CTX *sc)
+{
+	int e = X509_STORE_CTX_get_error(sc);
+	SSL *ssl;
+	struct relay *r;
+	X509 *x;
+
+	if (!ok && (e == X509_V_ERR_HOSTNAME_MISMATCH || e == X509_V_ERR_IP_ADDRESS_MISMATCH) &&
+	    (ssl = X509_STORE_CTX_get_ex_data(sc, SSL_get_ex_data_X509_STORE_CTX_idx())) != NULL &&
+	    (r = SSL_get_app_data(ssl)) != NULL && (x = X509_STORE_CTX_get0_cert(sc)) != NULL)
+		cert_names(x, r->peer_names, sizeof(r->peer_names));
+	return ok;
 }
 
 /* Send what the SSL wrote: raw, or wrapped in one PRELOGIN message. */
@@ -739,6 +809,122 @@ is_ip_literal(const char *s)
 	return inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
 }
 
+#define STRICT_HINT " (a server without strict encryption, TDS 8.0, closes the connection " \
+	"when TLS comes first: then set 'encrypt = mandatory' for this AG)"
+
+static void
+append_err(struct relay *r, const char *text)
+{
+	size_t n;
+
+	pthread_mutex_lock(&r->mu);
+	n = strlen(r->err.msg);
+	util_strlcpy(r->err.msg + n, text, sizeof(r->err.msg) - n);
+	pthread_mutex_unlock(&r->mu);
+}
+
+/*
+ * TDS 8.0: one TDS message read through the outer TLS leg, every header
+ * checked by the framer as in read_message.  Exactly the message's bytes
+ * are taken from the TLS stream; the rest stays for the pump.
+ */
+static int
+ssl_read_message(struct relay *r, struct leg *l, struct buf *out, int *type, long long deadline)
+{
+	unsigned char chunk[4096], raw[4096];
+	struct relay_framer f;
+	const char *why;
+	size_t need, used;
+	ssize_t k;
+	int rc, n, w;
+
+	buf_reset(out);
+	relay_framer_init(&f, out->max);
+	for (;;) {
+		need = f.hdr_len < RELAY_TDS_HDR ? RELAY_TDS_HDR - f.hdr_len : f.left;
+		if (need > sizeof(chunk))
+			need = sizeof(chunk);
+		ERR_clear_error();
+		if ((n = SSL_read(l->ssl, chunk, (int)need)) > 0) {
+			rc = relay_tds_frame(&f, chunk, (size_t)n, &used, out, &why);
+			if (rc == 1) {
+				*type = f.msg_type;
+				rc = IO_OK;
+				break;
+			}
+			if (rc < 0) {
+				r->why = why;
+				rc = rc == DMK_ERR_TOOBIG ? IO_TOOBIG : IO_PROTO;
+				break;
+			}
+			continue;
+		}
+		if (SSL_get_error(l->ssl, n) != SSL_ERROR_WANT_READ) {
+			rc = SSL_get_error(l->ssl, n) == SSL_ERROR_ZERO_RETURN ? IO_EOF : IO_ERR;
+			break;
+		}
+		if ((rc = leg_flush(r, l, 0, deadline)) != IO_OK)
+			break;
+		if ((w = wait_fd(r, l->fd, POLLIN, deadline)) <= 0) {
+			rc = w == 0 ? IO_TIMEOUT : IO_ERR;
+			break;
+		}
+		if ((k = recv(l->fd, raw, sizeof(raw), 0)) < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (k <= 0) {
+			rc = k == 0 ? IO_EOF : IO_ERR;
+			break;
+		}
+		if (BIO_write(l->rb, raw, (int)k) != (int)k) {
+			rc = IO_ERR;
+			break;
+		}
+	}
+	OPENSSL_cleanse(chunk, sizeof(chunk));
+	return rc;
+}
+
+/* TDS 8.0: our PRELOGIN and the server's answer, inside the TLS session. */
+static int
+strict_prelogin(struct relay *r, struct buf *msg, long long deadline)
+{
+	static const unsigned char our_version[6] = { 1, 3, 0, 17, 0, 0 };
+	unsigned char pkt[TDS_HDR + 64];
+	struct relay_prelogin pl;
+	const char *why = NULL;
+	size_t n;
+	int io, type;
+
+	n = build_prelogin(pkt + TDS_HDR, 0, our_version, ENC_STRICT);
+	pkt[0] = TDS_PRELOGIN;
+	pkt[1] = TDS_EOM;
+	pkt[2] = (unsigned char)((n + TDS_HDR) >> 8);
+	pkt[3] = (unsigned char)((n + TDS_HDR) & 0xff);
+	pkt[4] = pkt[5] = pkt[7] = 0;
+	pkt[6] = 1;
+	ERR_clear_error();
+	if (SSL_write(r->outer.ssl, pkt, (int)(n + TDS_HDR)) != (int)(n + TDS_HDR) ||
+	    (io = leg_flush(r, &r->outer, 0, deadline)) != IO_OK) {
+		set_err(r, DMK_ERR_TLS, "cannot send PRELOGIN inside TLS: %s", ssl_reason());
+		return -1;
+	}
+	if ((io = ssl_read_message(r, &r->outer, msg, &type, deadline)) != IO_OK) {
+		io_err(r, io, "waiting for the PRELOGIN answer inside TLS (TDS 8.0)");
+		return -1;
+	}
+	/* The session is encrypted already: the answer's ENCRYPTION value
+	 * changes nothing, but the message must parse. */
+	if (type != TDS_REPLY || relay_parse_prelogin((unsigned char *)msg->data, msg->len, &pl,
+	    &why) != 0) {
+		set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer inside TLS cannot be parsed (%s)",
+		    why ? why : "not a reply packet");
+		return -1;
+	}
+	if (pl.have_version)
+		memcpy(r->srv_version, pl.version, 6);
+	return 0;
+}
+
 static int
 outer_setup(struct relay *r, const struct relay_params *p)
 {
@@ -757,40 +943,51 @@ outer_setup(struct relay *r, const struct relay_params *p)
 	if ((r->outer.fd = tcp_connect(r, p, deadline)) < 0)
 		goto out;
 
-	if ((io = send_message(r, r->outer.fd, TDS_PRELOGIN, pl_buf,
-	    build_prelogin(pl_buf, 0, our_version), deadline)) != IO_OK) {
-		io_err(r, io, "sending PRELOGIN");
-		goto out;
-	}
-	if ((io = read_message(r, r->outer.fd, &msg, &type, deadline)) != IO_OK) {
-		io_err(r, io, "waiting for the PRELOGIN answer");
-		goto out;
-	}
-	if (type != TDS_REPLY || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
-	    &why) != 0) {
-		set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer cannot be parsed (%s); nothing "
-		    "was sent", why ? why : "not a reply packet");
-		goto out;
-	}
-	if (pl.enc != ENC_ON && pl.enc != ENC_REQ) {
-		char val[16] = "";
+	/* TDS 7.x: PRELOGIN in the clear, then TLS inside PRELOGIN packets.
+	 * TDS 8.0 (strict): TLS first, PRELOGIN inside it (strict_prelogin). */
+	if (!p->strict) {
+		if ((io = send_message(r, r->outer.fd, TDS_PRELOGIN, pl_buf,
+		    build_prelogin(pl_buf, 0, our_version, ENC_ON), deadline)) != IO_OK) {
+			io_err(r, io, "sending PRELOGIN");
+			goto out;
+		}
+		if ((io = read_message(r, r->outer.fd, &msg, &type, deadline)) != IO_OK) {
+			io_err(r, io, "waiting for the PRELOGIN answer");
+			/* what a server that enforces TDS 8.0 does with a clear PRELOGIN */
+			if (io == IO_EOF || io == IO_PROTO)
+				append_err(r, " (a server that enforces strict encryption, TDS 8.0, "
+				    "does this: then set 'encrypt = strict' for this AG)");
+			goto out;
+		}
+		if (type != TDS_REPLY || relay_parse_prelogin((unsigned char *)msg.data, msg.len, &pl,
+		    &why) != 0) {
+			set_err(r, DMK_ERR_PROTOCOL, "the PRELOGIN answer cannot be parsed (%s); nothing "
+			    "was sent", why ? why : "not a reply packet");
+			goto out;
+		}
+		if (pl.enc != ENC_ON && pl.enc != ENC_REQ) {
+			char val[16] = "";
 
-		if (pl.enc > ENC_REQ)
-			snprintf(val, sizeof(val), ", 0x%02x", (unsigned)pl.enc);
-		set_err(r, DMK_ERR_TLS, "the server (or something in the path) refused full TLS "
-		    "encryption (PRELOGIN answered %s%s); nothing was sent", enc_name(pl.enc), val);
-		goto out;
+			if (pl.enc > ENC_REQ)
+				snprintf(val, sizeof(val), ", 0x%02x", (unsigned)pl.enc);
+			set_err(r, DMK_ERR_TLS, "the server (or something in the path) refused full TLS "
+			    "encryption (PRELOGIN answered %s%s); nothing was sent", enc_name(pl.enc), val);
+			goto out;
+		}
+		if (pl.have_version)
+			memcpy(r->srv_version, pl.version, 6);
 	}
-	if (pl.have_version)
-		memcpy(r->srv_version, pl.version, 6);
 
+	/* TDS 7.x runs TLS 1.2 (FreeTDS's peers); TDS 8.0 allows 1.3 and names
+	 * itself with ALPN */
 	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
 	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
-	    !SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION))
+	    !SSL_CTX_set_max_proto_version(ctx, p->strict ? TLS1_3_VERSION : TLS1_2_VERSION) ||
+	    (p->strict && SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x07tds/8.0", 8) != 0))
 		goto tlsfail;
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);   /* plaintext buffers freed (wiped) when empty */
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
 	if (p->ca_file && *p->ca_file) {
 		if (access(p->ca_file, R_OK) != 0) {
 			set_err(r, DMK_ERR_CONFIG, "cannot read CA file %s: %s", p->ca_file,
@@ -806,6 +1003,7 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		goto tlsfail;
 	if (leg_ssl(&r->outer, ctx) != 0)
 		goto tlsfail;
+	SSL_set_app_data(r->outer.ssl, r);
 	if (is_ip_literal(name)) {
 		if (!X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(r->outer.ssl), name))
 			goto tlsfail;
@@ -821,7 +1019,7 @@ outer_setup(struct relay *r, const struct relay_params *p)
 	for (;;) {
 		ERR_clear_error();
 		h = SSL_do_handshake(r->outer.ssl);
-		if ((io = leg_flush(r, &r->outer, 1, deadline)) != IO_OK) {
+		if ((io = leg_flush(r, &r->outer, !p->strict, deadline)) != IO_OK) {
 			io_err(r, io, "during the TLS handshake");
 			goto out;
 		}
@@ -830,15 +1028,45 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		e = SSL_get_error(r->outer.ssl, h);
 		if (e != SSL_ERROR_WANT_READ) {
 			v = SSL_get_verify_result(r->outer.ssl);
-			if (v != X509_V_OK)
+			if ((v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) &&
+			    r->peer_names[0] != '\0')
+				set_err(r, DMK_ERR_TLS, "the server's TLS certificate is not accepted "
+				    "for '%s': %s: it is for %s (set 'tls_name' in the [ag] section to "
+				    "a name it carries, or reissue it); nothing was sent", name,
+				    X509_verify_cert_error_string(v), r->peer_names);
+			else if (v != X509_V_OK)
 				set_err(r, DMK_ERR_TLS, "the server's TLS certificate is not accepted "
 				    "for '%s': %s (CA: %s); nothing was sent", name,
 				    X509_verify_cert_error_string(v),
 				    p->ca_file && *p->ca_file ? p->ca_file : "system store");
-			else
+			else {
 				set_err(r, DMK_ERR_TLS, "TLS handshake failed: %s; nothing was sent",
 				    ssl_reason());
+				if (p->strict)
+					append_err(r, STRICT_HINT);
+			}
 			goto out;
+		}
+		if (p->strict) {
+			/* raw TLS records, no TDS framing around them */
+			unsigned char raw[4096];
+			ssize_t k;
+			int w;
+
+			if ((w = wait_fd(r, r->outer.fd, POLLIN, deadline)) <= 0) {
+				io_err(r, w == 0 ? IO_TIMEOUT : IO_ERR, "during the TLS handshake");
+				goto out;
+			}
+			if ((k = recv(r->outer.fd, raw, sizeof(raw), 0)) <= 0) {
+				if (k < 0 && (errno == EINTR || errno == EAGAIN))
+					continue;
+				io_err(r, k == 0 ? IO_EOF : IO_ERR, "during the TLS handshake");
+				append_err(r, STRICT_HINT);
+				goto out;
+			}
+			if (BIO_write(r->outer.rb, raw, (int)k) != (int)k)
+				goto tlsfail;
+			continue;
 		}
 		if ((io = read_message(r, r->outer.fd, &msg, &type, deadline)) != IO_OK) {
 			io_err(r, io, "during the TLS handshake");
@@ -847,6 +1075,8 @@ outer_setup(struct relay *r, const struct relay_params *p)
 		if (BIO_write(r->outer.rb, msg.data, (int)msg.len) != (int)msg.len)
 			goto tlsfail;
 	}
+	if (p->strict && strict_prelogin(r, &msg, deadline) != 0)
+		goto out;
 	rc = 0;
 	goto out;
 tlsfail:
@@ -1022,7 +1252,7 @@ inner_setup(struct relay *r)
 		goto out;
 	}
 	if ((io = send_message(r, r->inner.fd, TDS_REPLY, pl_buf,
-	    build_prelogin(pl_buf, 1, r->srv_version), deadline)) != IO_OK) {
+	    build_prelogin(pl_buf, 1, r->srv_version, ENC_ON), deadline)) != IO_OK) {
 		io_err(r, io, "answering FreeTDS's PRELOGIN");
 		goto out;
 	}

@@ -5,7 +5,9 @@
  * relay_start() makes the outer connection synchronously: TCP, our own
  * PRELOGIN (ENCRYPTION=ON, anything but ON/REQ in the answer is refused),
  * the TLS 1.2 handshake with the certificate verified against the CA and
- * the expected name.  Only then does it listen on 127.0.0.1:<ephemeral>
+ * the expected name.  With strict (TDS 8.0) the TLS handshake (1.2 or 1.3,
+ * ALPN tds/8.0, the same checks) comes first and our PRELOGIN goes inside
+ * it; FreeTDS's side is the same in both.  Only then does it listen on 127.0.0.1:<ephemeral>
  * for exactly one connection (FreeTDS), in a thread of its own that acts as
  * the server towards FreeTDS (TLS with an ephemeral certificate) and
  * forwards the decrypted TDS packets over the outer TLS leg.
@@ -24,6 +26,7 @@ struct relay_params {
 	const char *tls_name;      /* name the certificate must carry */
 	const char *ca_file;       /* NULL: system store */
 	long connect_timeout;      /* seconds; 0 = 15 */
+	int strict;                /* TDS 8.0: TLS (1.2/1.3, ALPN tds/8.0) before PRELOGIN */
 };
 
 /* The PEM file FreeTDS must trust (the relay's ephemeral certificate)

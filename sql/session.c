@@ -496,6 +496,7 @@ sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
 	rp.tls_name = ep->tls_name[0] ? ep->tls_name : ep->host;
 	rp.ca_file = login->ca_file;
 	rp.connect_timeout = ct;
+	rp.strict = login->strict;
 	if ((rc = relay_start(&rp, &s->relay, &port, err)) != 0)
 		goto fail;
 	if ((rc = conf_add(port, ct, qt, &s->section, err)) != 0)

@@ -6,8 +6,9 @@
  * FreeTDS talks to an in-process relay (relay.c) that makes its own TLS
  * connection to the server with OpenSSL, verifies the certificate against
  * the configured CA and the host name, and refuses any PRELOGIN answer but
- * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent.  See
- * dmkagent(1), SECURITY.
+ * ENCRYPT_ON/ENCRYPT_REQ before a single byte of the login is sent (with
+ * login->strict, TDS 8.0: TLS before any TDS byte).  See dmkagent(1),
+ * SECURITY.
  *
  * T-SQL.  Every statement is written once, in sql/ (keys.c, ag.c,
  * calls.c, discover.c), and asked for here by name; agent/ holds no T-SQL.
@@ -44,6 +45,7 @@ struct sql_login {
 	long connect_timeout;      /* seconds */
 	long query_timeout;        /* seconds */
 	const char *database;      /* initial database, or NULL for the login's default */
+	int strict;                /* TDS 8.0 strict encryption: TLS before PRELOGIN */
 };
 
 struct sql_error {
@@ -313,6 +315,20 @@ struct sql_ag {
 int sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
     struct dmk_err *err);
 void sql_ag_free(struct sql_ag *ag);
+/*
+ * SQL Server Browser (SSRP, [MC-SQLR]): the TCP port of named instance
+ * `instance` on host, asked on UDP udp_port (1434 in production) within
+ * timeout_ms.  DMK_ERR_UNREACHABLE (no answer), DMK_ERR_PROTOCOL (an answer
+ * that does not parse, or names no TCP port for the instance).
+ */
+int sql_browser_port(const char *host, int udp_port, const char *instance, long timeout_ms,
+    int *port, struct dmk_err *err);
+/* The SVR_RESP parser alone (n bytes from the network): 0 and *port, or a
+ * negative DMK_ERR_* with *why set.  For tests and the fuzzer. */
+int sql_ssrp_parse(const unsigned char *p, size_t n, const char *instance, int *port,
+    const char **why);
+/* A SQL Server instance name as the Browser can be asked about it. */
+int sql_instance_name_ok(const char *s);
 /* Address of a replica: routing URL TCP://host:port, else name:1433. */
 int sql_replica_address(const struct sql_replica *r, char *host, size_t hostlen, int *port);
 

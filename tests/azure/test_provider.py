@@ -232,6 +232,43 @@ def t_paging(c):
     assert created == sorted(created), created
 
 
+def t_version_order(c):
+    """Key Vault lists versions in no documented order and `created` has one-second resolution
+    (here: all in one second, listed by id): the newest is the one written last, by the agent's
+    own order tag."""
+    conf = client_secret_conf(c)
+    c.control("/pin-created", {"created": 1767225600})
+    try:
+        vers = []
+        for i in range(6):
+            v = f"order-value-{i}-Jq7!"
+            c.values.append(v)
+            _, out, _ = c.run(conf, ["store", "put", "--overwrite", "--no-policy-check", "akv:ordered"],
+                              stdin=v)
+            vers.append(out.split()[-1])
+        _, out, _ = c.run(conf, ["--output", "json", "store", "show", "akv:ordered"])
+        listed = [v["version"] for v in json.loads(out)["versions"]]
+        assert listed == vers, (listed, vers)
+        assert all(len(v["markers"].get("dmkagent-order", "")) == 20
+                   for v in json.loads(out)["versions"]), out
+    finally:
+        c.control("/pin-created", {"created": None})
+
+
+def t_tenant_domain(c):
+    """tenant_id as a domain: the challenge names the tenant id; the agent resolves the domain
+    through the authority's OpenID configuration before comparing."""
+    def conf_for(tenant):
+        return c.config(["auth = client-secret", f"tenant_id = {tenant}", f"client_id = {CLIENT}",
+                         f"authority_host = {c.ready['authority_host']}",
+                         f"client_secret = file:{c.secret_file}"])
+    put_show_check(c, conf_for("contoso.onmicrosoft.com"), "tenant-domain")
+    rc, out, err = c.run(conf_for("fabrikam.onmicrosoft.com"), ["store", "show", "akv:tenant-domain"],
+                         expect=None)
+    assert rc != 0 and "tenant_id fabrikam.onmicrosoft.com" in err and "not a tenant there" in err, \
+        (rc, out, err)
+
+
 def t_throttling(c):
     conf = client_secret_conf(c)
     put_show_check(c, conf, "thr-db1")
@@ -294,7 +331,7 @@ def t_canary(c):
 
 
 CASES = [t_client_secret, t_client_cert, t_workload, t_imds, t_app_service, t_arc,
-         t_default_chain, t_paging, t_throttling, t_token_expiry, t_deleted, t_canary]
+         t_default_chain, t_paging, t_version_order, t_tenant_domain, t_throttling, t_token_expiry, t_deleted, t_canary]
 
 
 def main():
@@ -315,7 +352,8 @@ def main():
         argv = [PY, SIM, "--state", os.path.join(tmp, "sim"), "--port", str(port),
                 "--tls-cert", pki["server_pem"], "--tls-key", pki["server_key"],
                 "--tenant", TENANT, "--client-id", CLIENT, "--client-secret-file", secfile,
-                "--client-cert", pki["client_pem"], "--control-port", str(port + 1)]
+                "--client-cert", pki["client_pem"], "--control-port", str(port + 1),
+                "--tenant-domain", "contoso.onmicrosoft.com"]
         with Sim(argv, log_path=os.path.join(tmp, "sim.log")) as sim:
             c = Ctx(tmp, pki, sim.ready)
             for case in CASES:

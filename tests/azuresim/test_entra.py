@@ -148,6 +148,11 @@ class EntraTest(unittest.TestCase):
         old_aud = f"{self.env.ready['authority_host']}/{TENANT}/v2.0"
         st, _, b = self.post(self.assertion_form(self.assertion(aud=old_aud)))
         self.assertEqual(st, 200, b)
+        # the SHA-1 x5t in standard base64 with padding, as MSAL for Python (python3-msal) sends it
+        std = base64.b64encode(base64.urlsafe_b64decode(self.x5t + "=" * (-len(self.x5t) % 4))).decode()
+        self.assertIn("=", std)
+        st, _, b = self.post(self.assertion_form(self.assertion(header={"x5t": std})))
+        self.assertEqual(st, 200, b)
         # localhost spelling of the authority
         st, _, b = self.post(self.assertion_form(
             self.assertion(aud=f"https://localhost:{self.env.port}/{TENANT}/oauth2/v2.0/token")))

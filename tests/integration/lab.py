@@ -44,7 +44,8 @@ def write_secret(path, value):
 
 class Lab:
     def __init__(self, nodes=3, scenario="configmgr", dmk_password=None, latency_ms=0,
-                 readable="yes", keep=False, extra_sql_args=(), server_cert="server", vaultsim=None):
+                 readable="yes", keep=False, extra_sql_args=(), server_cert="server", vaultsim=None,
+                 listener_host="127.0.0.1", node_certs=None):
         self.nodes = nodes
         self.scenario = scenario
         self.dmk_password = dmk_password or strong_password()
@@ -56,6 +57,8 @@ class Lab:
         self.server_cert = server_cert      # "server", "wrongname" or "untrusted" (pki.py)
         self.vaultsim = vaultsim or os.path.join(SRC, "tests/sim/vaultsim")   # another entry point (bench)
         self.sims = []
+        self.listener_host = listener_host  # "localhost" for certificates without an IP address
+        self.node_certs = node_certs or {}  # node index -> another pki.py certificate for it
 
     # ---- set-up ----
     def __enter__(self):
@@ -105,6 +108,8 @@ class Lab:
                      write_secret(os.path.join(self.dir, "dmk-password"), self.dmk_password)]
         if self.latency_ms:
             argv += ["--latency-ms", str(self.latency_ms)]
+        for idx, name in sorted(self.node_certs.items()):
+            argv += ["--node-tls", f"{idx}:{self.pki[name + '_pem']}:{self.pki[name + '_key']}"]
         argv += self.extra_sql_args
         self.sql = Sim(argv, timeout=60, log_path=os.path.join(self.dir, "sqlsim.log")).__enter__()
         self.sims.append(self.sql)
@@ -128,7 +133,7 @@ class Lab:
         dbs = databases if databases is not None else [("CM_P01", None)]
         text = (f"[agent]\nstate_dir = {self.state_dir}\naudit_log = {self.audit_log}\n{agent_extra}"
                 + self.store_section() +
-                f"[ag AG1]\nlistener = 127.0.0.1:{self.sql_ready['listener_port']}\n"
+                f"[ag AG1]\nlistener = {self.listener_host}:{self.sql_ready['listener_port']}\n"
                 f"login = {login}\n"
                 f"login_password = file:{login_password_file or os.path.join(self.dir, 'sa-password')}\n"
                 f"ca_file = {ca or self.ca}\nconnect_timeout = 10s\nquery_timeout = 30s\n{extra_ag}")

@@ -3,6 +3,7 @@ Vault (tests/sim/azuresim) instead of Vault, and the store as the rotation
 tests inspect it: versions in creation order with their dmkagent-state tag
 and value, read over Key Vault's REST API with a token minted by the
 simulator's control API (never through dmkagent)."""
+import functools
 import json
 import os
 import ssl
@@ -73,8 +74,8 @@ class AzureLab(Lab):
             return json.loads(r.read().decode())
 
     def store_versions(self, label="CM_P01"):
-        """[(version id, state, password)] of every enabled version, oldest first
-        (Key Vault's created time, then the order the vault listed them)."""
+        """[(version id, state, password)] of every enabled version, oldest first (the agent's
+        dmkagent-order tag between two versions it wrote, else Key Vault's created time)."""
         name = secret_name(label)
         items, path, query = [], f"/secrets/{name}/versions", "&maxresults=25"
         while True:
@@ -97,9 +98,20 @@ class AzureLab(Lab):
                 continue
             vid = it["id"].rsplit("/", 1)[1]
             b = self.kv_get(f"/secrets/{name}/{vid}")
-            out.append(((b["attributes"]["created"], i), vid, (b.get("tags") or {}).get("dmkagent-state", ""),
-                        b["value"]))
-        out.sort(key=lambda x: x[0])
+            tags = b.get("tags") or {}
+            out.append(((b["attributes"]["created"], tags.get("dmkagent-order"), i), vid,
+                        tags.get("dmkagent-state", ""), b["value"]))
+
+        # Key Vault lists versions in no documented order (azuresim: by id) and `created` has one-second
+        # resolution: the agent's own dmkagent-order decides between two versions it wrote, as in azkv.c
+        def cmp(a, b):
+            (ca, oa, ia), (cb, ob, ib) = a[0], b[0]
+            if oa and ob and oa != ob:
+                return -1 if oa < ob else 1
+            if ca != cb:
+                return -1 if ca < cb else 1
+            return (ia > ib) - (ia < ib)
+        out.sort(key=functools.cmp_to_key(cmp))
         return [(vid, st, pw) for _k, vid, st, pw in out]
 
     def store_current(self):

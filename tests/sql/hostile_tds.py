@@ -6,7 +6,8 @@ PRELOGIN, TLS or framing, for the tests of what dmkagent does with it.
 The login-* modes complete PRELOGIN and TLS properly (--tls-cert,
 --tls-key) and misbehave only inside TLS, answering FreeTDS's LOGIN7; the
 result-* modes log in and answer the first batch with a value that does not
-fit its type.
+fit its type; the strict-* modes are TDS 8.0 (TLS first, ALPN tds/8.0) and
+misbehave in the PRELOGIN answer inside TLS.
 Prints one JSON line {"port": N, "mode": MODE} when listening, then serves
 until SIGTERM.  Each connection is handled in a thread of its own, so a
 client that retries meets the same fault.  Not a simulator: it knows only
@@ -184,7 +185,31 @@ def serve_login(c, mode, cert, key):
         hold(c, 120)
 
 
+def serve_strict(c, mode, cert, key):
+    """TDS 8.0: a proper TLS-first handshake (ALPN tds/8.0), then a bad PRELOGIN answer inside it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["tds/8.0"])
+    t = ctx.wrap_socket(c, server_side=True)
+    read_message(t)                     # the PRELOGIN, inside TLS
+    if mode == "strict-prelogin-offsets":
+        pl = bytearray(prelogin_answer())
+        struct.pack_into(">H", pl, 6, 0xfff0)
+        t.sendall(packet(REPLY, bytes(pl)))
+        hold(t)
+    elif mode == "strict-oversized":
+        t.sendall(packet(REPLY, GARBAGE[:4000], status=0) * 70)    # > 256 KiB without EOM
+        hold(t)
+    elif mode == "strict-close":
+        t.close()
+    elif mode == "strict-silent":
+        hold(t, 120)
+
+
 def serve(c, mode, cert=None, key=None):
+    if mode.startswith("strict-"):
+        serve_strict(c, mode, cert, key)
+        return
     if mode.startswith("login-") or mode.startswith("result-"):
         read_message(c)
         serve_login(c, mode, cert, key)
@@ -270,7 +295,8 @@ MODES = ["silent", "oversized", "oversized-valid", "short-length", "truncated-he
          "prelogin-noterm", "prelogin-into-table", "encrypt-garbage", "tls-garbage",
          "tls-raw-garbage", "tls-oversized", "close-mid-handshake", "silent-after-prelogin",
          "login-garbage", "login-oversized", "login-short-length", "login-close", "login-silent",
-         "result-bad-int", "result-nul-string"]
+         "result-bad-int", "result-nul-string",
+         "strict-prelogin-offsets", "strict-oversized", "strict-close", "strict-silent"]
 
 
 def main():

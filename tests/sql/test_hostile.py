@@ -58,6 +58,12 @@ MODES = {
                        r"whose length does not fit its type"),
     "result-nul-string": ({1}, r"AG1 listener: the server sent column encrypt_option: a "
                           r"string with a NUL character in it"),
+    # TDS 8.0 (encrypt = strict): the same checks on the PRELOGIN answer inside TLS
+    "strict-prelogin-offsets": ({1}, r"PRELOGIN answer inside TLS cannot be parsed \(an option's "
+                                r"value lies outside"),
+    "strict-oversized": ({1}, r"answer too large waiting for the PRELOGIN answer inside TLS"),
+    "strict-close": ({5}, r"connection closed waiting for the PRELOGIN answer inside TLS"),
+    "strict-silent": ({5}, r"timed out waiting for the PRELOGIN answer inside TLS"),
 }
 COMMANDS = [["verify"], ["status"]]
 
@@ -84,10 +90,10 @@ class Hostile(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def config(self, port):
+    def config(self, port, extra=""):
         d = self.dir
         text = (f"[agent]\nstate_dir = {d}/state\naudit_log = {d}/audit.jsonl\n"
-                f"[ag AG1]\nlistener = 127.0.0.1:{port}\nlogin = sa\n"
+                f"[ag AG1]\nlistener = 127.0.0.1:{port}\nlogin = sa\n{extra}"
                 f"login_password = file:{d}/sa\nca_file = {self.ca}\n"
                 f"connect_timeout = {CONNECT_TIMEOUT}s\nquery_timeout = 5s\n"
                 f"[database AG1/CM_P01]\ndmk_password = file:{d}/dmk\n")
@@ -99,7 +105,7 @@ class Hostile(unittest.TestCase):
         with Sim([PY, SERVER, "--mode", mode, "--port", str(port), "--tls-cert",
                   self.pki["server_pem"], "--tls-key", self.pki["server_key"]], timeout=20,
                  log_path=os.path.join(self.dir, f"{mode}.log")):
-            conf = self.config(port)
+            conf = self.config(port, "encrypt = strict\n" if mode.startswith("strict-") else "")
             for cmd in COMMANDS:
                 t0 = time.monotonic()
                 try:

@@ -301,6 +301,80 @@ replica_address(void **state)
 	}
 }
 
+/* SQL Server Browser's SVR_RESP: every length and field from the network checked. */
+static size_t
+svr_resp(unsigned char *out, const char *data, int size_delta)
+{
+	size_t n = strlen(data);
+
+	out[0] = 0x05;
+	out[1] = (unsigned char)((n + (size_t)size_delta) & 0xff);
+	out[2] = (unsigned char)((n + (size_t)size_delta) >> 8);
+	memcpy(out + 3, data, n);
+	return n + 3;
+}
+
+static void
+ssrp_parse(void **state)
+{
+	unsigned char b[2048];
+	const char *why;
+	size_t n;
+	int port = 0;
+	char big[1100];
+
+	(void)state;
+	n = svr_resp(b, "ServerName;SQLNODE1;InstanceName;INST1;IsClustered;No;Version;"
+	    "15.0.2000.5;tcp;49731;np;\\\\SQLNODE1\\pipe\\MSSQL$INST1\\sql\\query;;", 0);
+	assert_int_equal(sql_ssrp_parse(b, n, "inst1", &port, &why), 0);
+	assert_int_equal(port, 49731);
+	/* two instances (a CLNT_UCAST_EX-style answer): the right block's port */
+	n = svr_resp(b, "ServerName;S;InstanceName;A;tcp;1500;;ServerName;S;InstanceName;B;"
+	    "tcp;1600;;", 0);
+	assert_int_equal(sql_ssrp_parse(b, n, "B", &port, &why), 0);
+	assert_int_equal(port, 1600);
+	/* lengths and shapes refused */
+	assert_true(sql_ssrp_parse(b, 2, "B", &port, &why) < 0);
+	assert_non_null(why);
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp;1600;;", 1);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	assert_string_equal(why, "RESP_SIZE does not match the datagram");
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp;1600;;", -1);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	b[0] = 0x04;
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp;1600;;", 0);
+	b[0] = 0x06;
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp;70000;;", 0);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp;0;;", 0);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp;12a;;", 0);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	n = svr_resp(b, "ServerName;S;InstanceName;B;tcp", 0);   /* unterminated */
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	n = svr_resp(b, "ServerName;S;InstanceName;C;tcp;1600;;", 0);
+	assert_int_equal(sql_ssrp_parse(b, n, "B", &port, &why), DMK_ERR_NOTFOUND);
+	n = svr_resp(b, "ServerName;S;InstanceName;B;np;x;;", 0);
+	assert_int_equal(sql_ssrp_parse(b, n, "B", &port, &why), DMK_ERR_NOTFOUND);
+	n = svr_resp(b, "ServerName;S;InstanceName;BB;tcp;1600;;", 0);   /* a prefix is not a match */
+	assert_int_equal(sql_ssrp_parse(b, n, "B", &port, &why), DMK_ERR_NOTFOUND);
+	n = svr_resp(b, "ServerName;S;Instance\nName;B;tcp;1600;;", 0);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	/* more than the 1024 bytes CLNT_UCAST_INST allows */
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	memcpy(big, "InstanceName;B;tcp;1600;", 24);
+	n = svr_resp(b, big, 0);
+	assert_true(sql_ssrp_parse(b, n, "B", &port, &why) < 0);
+	/* instance names the agent asks about */
+	assert_true(sql_instance_name_ok("INST1"));
+	assert_true(sql_instance_name_ok("SQL$EXPRESS_2"));
+	assert_false(sql_instance_name_ok(""));
+	assert_false(sql_instance_name_ok("ABCDEFGHIJKLMNOPQ"));
+	assert_false(sql_instance_name_ok("a;b"));
+}
+
 int
 main(void)
 {
@@ -310,6 +384,7 @@ main(void)
 		cmocka_unit_test(prelogin_parse),
 		cmocka_unit_test(cell_decode),
 		cmocka_unit_test(replica_address),
+		cmocka_unit_test(ssrp_parse),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

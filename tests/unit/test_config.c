@@ -310,6 +310,38 @@ test_secret_key_names(void **st)
 	assert_false(conf_key_is_secret("keyring"));
 }
 
+static void
+test_reach_keys(void **st)
+{
+	struct config *c = parse_ok(GOOD_HEAD "domain = corp.example.com\nbrowser_port = 11434\n"
+	    "tls_name = sql.corp.example.com\nencrypt = mandatory\n"
+	    "tls_name SQLNODE2\\INST1 = node2.corp.example.com\n"
+	    "replica SQLNODE3 = 10.0.0.13:1433\ntls_name SQLNODE3 = sqlnode3.corp.example.com\n"
+	    "[database AG1/X]\ndmk_password = hcv:a/b\n");
+
+	assert_string_equal(c->ags[0].domain, "corp.example.com");
+	assert_int_equal(c->ags[0].browser_port, 11434);
+	assert_string_equal(c->ags[0].tls_name, "sql.corp.example.com");
+	assert_int_equal(c->ags[0].nreplicas, 2);
+	assert_string_equal(c->ags[0].replicas[0].name, "SQLNODE2\\INST1");
+	assert_string_equal(c->ags[0].replicas[0].host, "");
+	assert_string_equal(c->ags[0].replicas[0].tls_name, "node2.corp.example.com");
+	assert_string_equal(c->ags[0].replicas[1].host, "10.0.0.13");
+	assert_string_equal(c->ags[0].replicas[1].tls_name, "sqlnode3.corp.example.com");
+	config_free(c);
+	c = parse_ok(GOOD_HEAD "[database AG1/X]\ndmk_password = hcv:a/b\n");
+	assert_int_equal(c->ags[0].browser_port, 1434);
+	config_free(c);
+	expect_err(GOOD_HEAD "domain = corp example\n", "'domain' in [ag AG1] must be a DNS name");
+	expect_err(GOOD_HEAD "browser_port = 0\n", "'browser_port' in [ag AG1]");
+	expect_err(GOOD_HEAD "encrypt = optional\n", "must be one of mandatory|strict");
+	c = parse_ok(GOOD_HEAD "encrypt = strict\n[database AG1/X]\ndmk_password = hcv:a/b\n");
+	assert_int_equal(c->ags[0].encrypt, ENCRYPT_STRICT);
+	config_free(c);
+	expect_err(GOOD_HEAD "tls_name A = x y\n", "'tls_name A' in [ag AG1] must be a DNS name");
+	expect_err(GOOD_HEAD "replica A = h:1\nreplica A = h:2\n", "'replica A' is set twice");
+}
+
 int
 main(void)
 {
@@ -322,6 +354,7 @@ main(void)
 		cmocka_unit_test(test_file_mode),
 		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_secret_key_names),
+		cmocka_unit_test(test_reach_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

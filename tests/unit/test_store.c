@@ -118,6 +118,26 @@ test_unsupported_is_one_code(void **state)
 	store_close(&st);
 }
 
+static void
+test_no_empty_marker(void **st)
+{
+	struct prov_meta m;
+
+	(void)st;
+	memset(&m, 0, sizeof(m));
+	assert_int_equal(prov_meta_set(&m, "", "x"), DMK_ERR_BADINPUT);
+	assert_int_equal(prov_meta_set(&m, "dmkagent-node", ""), 0);
+	assert_int_equal(m.n, 0);
+	assert_int_equal(prov_meta_set(&m, "dmkagent-state", "current"), 0);
+	assert_int_equal(prov_meta_set(&m, "dmkagent-node", "SQLNODE1"), 0);
+	assert_int_equal(prov_meta_set(&m, "dmkagent-time", "2026-01-01T00:00:00Z"), 0);
+	assert_int_equal(prov_meta_set(&m, "dmkagent-node", ""), 0);
+	assert_int_equal(m.n, 2);
+	assert_null(prov_meta_get(&m, "dmkagent-node"));
+	assert_string_equal(prov_meta_get(&m, "dmkagent-state"), "current");
+	assert_string_equal(prov_meta_get(&m, "dmkagent-time"), "2026-01-01T00:00:00Z");
+}
+
 int
 main(void)
 {
@@ -125,6 +145,7 @@ main(void)
 		cmocka_unit_test(test_registered_rows),
 		cmocka_unit_test(test_inconsistent_rows),
 		cmocka_unit_test(test_unsupported_is_one_code),
+		cmocka_unit_test(test_no_empty_marker),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -487,6 +487,59 @@ dmk_password = hcv:{ref_path}
             self.assertEqual(stored()["seq"], len(f.read().splitlines()))
         self.assert_no_secrets((pw,))
 
+    def start_vaultsim(self, name, cert):
+        base = free_port_block(2)
+        sim = Sim([PY, SIM, "--state", os.path.join(self.tmp, "state-" + name), "--port", str(base),
+                   "--tls-cert", self.pki[cert + "_pem"], "--tls-key", self.pki[cert + "_key"],
+                   "--root-token-file", self.rootfile, "--control-port", str(base + 1)],
+                  timeout=30, log_path=os.path.join(self.tmp, f"vaultsim-{name}.log")).__enter__()
+        self.addCleanup(sim.stop)
+        return sim
+
+    def test_standby_redirect(self):
+        """A standby with request forwarding off answers 307 to the active node: followed with the
+        token when it is https under the same CA, for the same path; otherwise refused naming
+        VAULT_ADDR."""
+        self.outputs = []
+        standby = self.start_vaultsim("standby", "server")
+        scport = standby.ready["control_port"]
+
+        def to(active):
+            req = urllib.request.Request(f"http://127.0.0.1:{scport}/standby",
+                                         data=json.dumps({"active": active}).encode(), method="POST")
+            urllib.request.urlopen(req, timeout=10).read()
+        to(self.addr)
+        path = "sql/standby/db1"
+        conf = self.config("standby", f"auth = token\ntoken = file:{self.tmp}/token", path)
+        with open(conf) as f:
+            text = f.read().replace(f"address = {self.addr}", f"address = {standby.ready['address']}")
+        with open(conf, "w") as f:
+            f.write(text)
+        pw = "Pw-standby-" + b64u(os.urandom(12))
+        rc, out, err = self.agent(conf, ["store", "put", "hcv:" + path], pw)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn(f"Vault at {standby.ready['address']} is a standby", err)
+        self.assertIn(f"following its redirect to {self.addr}", err)
+        self.assertEqual(self.vault_value(path), (pw, 1))       # it landed on the active node
+        rc, out, err = self.agent(conf, ["store", "show", "hcv:" + path])
+        self.assertEqual(rc, 0, out + err)
+        # plain http: refused, the token never sent there
+        to(self.addr.replace("https://", "http://"))
+        rc, out, err = self.agent(conf, ["store", "show", "hcv:" + path])
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn("not followed (only https", err)
+        self.assertIn("set VAULT_ADDR (address in [store hcv]) to the active node", err)
+        # https, but a certificate the configured CA does not vouch for: refused by TLS
+        other = self.start_vaultsim("untrusted", "untrusted")
+        to(other.ready["address"])
+        rc, out, err = self.agent(conf, ["store", "show", "hcv:" + path])
+        self.assertNotEqual(rc, 0, out + err)
+        self.assertIn(f"Vault's active node {other.ready['address']} (redirected from the standby", err)
+        ost = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{other.ready['control_port']}/stats", timeout=10).read())
+        self.assertEqual(ost["total"], 0, ost)                  # no request (no token) reached it
+        self.assert_no_secrets((pw,))
+
     def test_canary(self):
         self.outputs = []
         conf = self.config("canary", f"auth = approle\nrole_id = {self.role_id}\n"

@@ -192,6 +192,17 @@ class VaultSimTest(unittest.TestCase):
                                headers={"Content-Type": "application/merge-patch+json"})
         self.assertEqual(st, 200, body)
         self.assertEqual(c.secrets.kv.v2.read_secret_version("meta/k")["data"]["data"], {"a": "4", "b": "x"})
+        # empty keys and values are refused, as are too many or too long ones
+        for cm, want in (({"": "x"}, "keys cannot be empty"),
+                         ({"owner": ""}, 'value for key "owner" cannot be empty'),
+                         ({"k" * 129: "x"}, "maximum key length of 128 bytes"),
+                         ({"owner": "v" * 513}, "maximum value length of 512 bytes"),
+                         ({f"k{i}": "x" for i in range(65)}, "at most 64 keys")):
+            st, body, _ = self.raw("POST", "/v1/secret/metadata/meta/k", {"custom_metadata": cm})
+            self.assertEqual(st, 400, body)
+            self.assertIn(want, body["errors"][0])
+        self.assertEqual(c.secrets.kv.v2.read_secret_metadata("meta/k")["data"]["custom_metadata"],
+                         {"owner": "dba"})
         st, body, _ = self.raw("PATCH", "/v1/secret/metadata/meta/k", {"custom_metadata": {"team": "x"}},
                                headers={"Content-Type": "application/merge-patch+json"})
         self.assertEqual(st, 204)

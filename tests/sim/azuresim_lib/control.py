@@ -104,6 +104,13 @@ def routes(sim):
         f.clear()
         return 200, {"ok": True}
 
+    def pin_created(req):
+        # every version written from now on gets this `created` (null: the clock again), so that
+        # versions share one second as quick writes do on the real service
+        v = req.body.get("created")
+        sim.store.pinned_created = None if v is None else int(v)
+        return 200, {"ok": True}
+
     def reset_audit(req):
         sim.audit.clear()
         return 200, {"ok": True}
@@ -149,7 +156,8 @@ def routes(sim):
             ("POST", "/delete-delay"): delete_delay, ("POST", "/reset"): reset,
             ("POST", "/reset-audit"): reset_audit, ("POST", "/expire-tokens"): expire_tokens,
             ("POST", "/grants"): set_grants, ("POST", "/reset-grants"): reset_grants,
-            ("POST", "/token"): token, ("POST", "/federated-token"): federated_token}
+            ("POST", "/token"): token, ("POST", "/federated-token"): federated_token,
+            ("POST", "/pin-created"): pin_created}
 
 
 def start_control(sim, port):

@@ -9,6 +9,7 @@ GET  /{tenant}/discovery/v2.0/keys
 GET  /common/discovery/instance
 """
 import base64
+import binascii
 import time
 import urllib.parse
 import uuid
@@ -53,6 +54,9 @@ class Entra:
             return self.instance_discovery(req)
         tenant = parts[0]
         rest = "/".join(parts[1:])
+        # a verified domain of the tenant stands for its id, on every endpoint
+        if tenant.lower() in self.sim.tenant_domains:
+            tenant = self.sim.tenant
         if rest in ("oauth2/v2.0/token", "oauth2/token") and req.method == "POST":
             if tenant.lower() != self.sim.tenant.lower():
                 return self.tenant_not_found(req, tenant)
@@ -250,13 +254,22 @@ class Entra:
                               "Client assertion failed signature validation. Trace: no certificate "
                               "credential is registered on the application.")
         match = None
+
+        def thumb(v):
+            # Entra takes the thumbprint base64url or standard base64, padded or not (MSAL for Python,
+            # as in Debian's python3-msal, sends standard base64 with '=' padding)
+            if not isinstance(v, str) or not v:
+                return None
+            try:
+                return base64.b64decode(v.replace("-", "+").replace("_", "/") + "=" * (-len(v) % 4),
+                                        validate=True)
+            except (ValueError, binascii.Error):
+                return None
+        x5t, x5t256 = thumb(header.get("x5t")), thumb(header.get("x5t#S256"))
         for c in certs:
-            s1, s256 = jwtutil.cert_thumbprints(c)
-            if alg == "RS256" and header.get("x5t") == s1:
-                match = c
-            elif alg == "PS256" and (header.get("x5t#S256") == s256 or header.get("x5t") == s1):
-                match = c
-            elif alg == "RS256" and header.get("x5t#S256") == s256:
+            s1, s256 = (thumb(t) for t in jwtutil.cert_thumbprints(c))
+            if alg in ("RS256", "PS256") and ((x5t is not None and x5t == s1) or
+                                              (x5t256 is not None and x5t256 == s256)):
                 match = c
         if match is None:
             tp = header.get("x5t#S256") or header.get("x5t")

@@ -382,7 +382,10 @@ class KeyVault:
             # the service answers an empty list for an unknown name
             return self.page(req, api, [], f"/secrets/{name}/versions")
         base = self.base(req)
-        items = [self.store.item(base, rec, v, versioned=True) for v in rec["versions"]]
+        # The service documents no order for versions (it is not creation order, and `created` has
+        # one-second resolution): here by version id, so a client relying on list order is caught.
+        items = [self.store.item(base, rec, v, versioned=True)
+                 for v in sorted(rec["versions"], key=lambda v: v["version"])]
         return self.page(req, api, items, f"/secrets/{name}/versions")
 
     def list_deleted(self, req, api):

@@ -37,6 +37,7 @@ class Sim:
         os.makedirs(self.state, exist_ok=True)
         self.port = args.port
         self.tenant = args.tenant
+        self.tenant_domains = [d.lower() for d in (args.tenant_domain or [])]
         self.client_id = args.client_id.lower()
         self.vault_name = args.vault_name
         self.authority = args.authority_host or f"https://127.0.0.1:{self.port}"
@@ -259,6 +260,9 @@ def parse_args(argv):
     ap.add_argument("--tls-cert", required=True)
     ap.add_argument("--tls-key", required=True)
     ap.add_argument("--tenant", required=True, help="the tenant id (GUID)")
+    ap.add_argument("--tenant-domain", action="append", default=[],
+                    help="a domain name of the tenant (contoso.onmicrosoft.com): the token and OpenID "
+                         "configuration endpoints take it for the tenant id (repeatable)")
     ap.add_argument("--client-id", required=True, help="the application (client) id")
     ap.add_argument("--client-secret-file", required=True, action="append",
                     help="file whose non-empty lines are valid client secrets (re-read on each "

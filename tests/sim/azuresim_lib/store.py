@@ -54,8 +54,10 @@ class Store:
         return bool(d) and d.get("pending_until", 0) > (now or time.time())
 
     # -- mutations (callers hold self.lock) ------------------------------
+    pinned_created = None      # control POST /pin-created
+
     def set(self, name, value, content_type=None, tags=None, attrs=None):
-        now = int(time.time())
+        now = int(time.time()) if self.pinned_created is None else self.pinned_created
         rec = self.secrets.get(name.lower())
         if rec is None:
             rec = {"name": name, "versions": [], "deleted": None}

@@ -4,7 +4,8 @@ Nothing here is ever committed: every test run makes its own keys.
     python3 -m tests.sim.common.pki OUTDIR   (or import make_pki)
 writes OUTDIR/ca.pem, ca.key, server.pem, server.key (CN=localhost,
 SAN DNS:localhost, IP:127.0.0.1, EKU serverAuth), client.pem, client.key
-(EKU clientAuth), and other-ca.pem (a CA that vouches for nothing here).
+(EKU clientAuth), dnsonly.pem/.key (DNS names only: localhost,
+sqlnode1..3.sim.test), and other-ca.pem (a CA that vouches for nothing here).
 """
 import datetime
 import ipaddress
@@ -80,6 +81,13 @@ def make_pki(outdir, rsa_client=True):
                    ExtendedKeyUsageOID.SERVER_AUTH)
     _write_key(os.path.join(outdir, "wrongname.key"), wk)
     _write_cert(os.path.join(outdir, "wrongname.pem"), wc)
+    # DNS names only, as certificates issued to replicas' FQDNs are (no IP address).
+    dk, dc = _leaf(ca_key, ca_cert, "sqlnode1.sim.test",
+                   [x509.DNSName(n) for n in ("localhost", "sqlnode1.sim.test", "sqlnode2.sim.test",
+                                              "sqlnode3.sim.test")],
+                   ExtendedKeyUsageOID.SERVER_AUTH)
+    _write_key(os.path.join(outdir, "dnsonly.key"), dk)
+    _write_cert(os.path.join(outdir, "dnsonly.pem"), dc)
     ck, cc = _leaf(ca_key, ca_cert, "dmkagent-client", None, ExtendedKeyUsageOID.CLIENT_AUTH,
                    rsa_key=rsa_client)
     _write_key(os.path.join(outdir, "client.key"), ck)
@@ -92,6 +100,7 @@ def make_pki(outdir, rsa_client=True):
     _write_key(os.path.join(outdir, "untrusted.key"), ok2)
     _write_cert(os.path.join(outdir, "untrusted.pem"), oc2)
     names = ["ca.pem", "ca.key", "server.pem", "server.key", "wrongname.pem", "wrongname.key",
+             "dnsonly.pem", "dnsonly.key",
              "client.pem", "client.key", "other-ca.pem", "untrusted.pem", "untrusted.key"]
     return {n.replace(".", "_"): os.path.join(outdir, n) for n in names}
 

@@ -183,11 +183,12 @@ def v_availability_replicas(ex, db):
             ("read_write_routing_url", "nvarchar(256)")]
     rows = []
     a, ad = _allow(ex)
+    routing = "no-routing-urls" not in ex.server.shapes
     for i, r in enumerate(ag["replicas"]):
         rows.append([_g(r["replica_id"]), _g(ag["group_id"]), 65536 + i, r["name"], b"\x01",
                      f"TCP://{r['name'].lower()}.sim.local:5022", 1, "SYNCHRONOUS_COMMIT", 0, "AUTOMATIC", 10, 2,
                      "ALL", a, ad, _dt(ag["create_date"]), _dt(ag["create_date"]), 50,
-                     f"TCP://127.0.0.1:{ex.state.base_port + i}", 1, "AUTOMATIC", None])
+                     f"TCP://127.0.0.1:{ex.state.base_port + i}" if routing else None, 1, "AUTOMATIC", None])
     return cols, rows
 
 
@@ -211,8 +212,11 @@ def v_dm_hadr_availability_replica_states(ex, db):
         prim = i == ag["primary"]
         up = ex.state.nodes[i].up
         local = i == ex.node.idx
-        rows.append([_g(r["replica_id"]), _g(ag["group_id"]), local, 1 if prim else 2,
-                     "PRIMARY" if prim else "SECONDARY",
+        # SQL Server: a remote replica the primary cannot reach has role NULL ("not local and
+        # disconnected"), not its last known role
+        norole = not up and not local and "null-role-disconnected" in ex.server.shapes
+        rows.append([_g(r["replica_id"]), _g(ag["group_id"]), local, None if norole else 1 if prim else 2,
+                     None if norole else "PRIMARY" if prim else "SECONDARY",
                      (2 if up else 4) if local else None, ("ONLINE" if up else "OFFLINE") if local else None,
                      1 if up else 0, "CONNECTED" if up else "DISCONNECTED",
                      1 if local else None, "ONLINE" if local else None,
@@ -227,7 +231,11 @@ def v_dm_hadr_availability_group_states(ex, db):
             ("secondary_recovery_health", "tinyint"), ("secondary_recovery_health_desc", "nvarchar(60)"),
             ("synchronization_health", "tinyint"), ("synchronization_health_desc", "nvarchar(60)")]
     allup = all(n.up for n in ex.state.nodes)
-    return cols, [[_g(ag["group_id"]), ag["replicas"][ag["primary"]]["name"], 1, "ONLINE", None, None,
+    # "NULL = Not the primary replica or unable to communicate with the WSFC failover cluster"
+    prim = ag["replicas"][ag["primary"]]["name"]
+    if ex.node.idx != ag["primary"] and "null-primary-on-secondary" in ex.server.shapes:
+        prim = None
+    return cols, [[_g(ag["group_id"]), prim, 1, "ONLINE", None, None,
                    2 if allup else 1, "HEALTHY" if allup else "PARTIALLY_HEALTHY"]]
 
 

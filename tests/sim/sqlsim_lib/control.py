@@ -44,6 +44,7 @@ def status(sim):
     st = sim.state
     return {"ag": st.ag["name"], "primary": st.nodes[st.ag["primary"]].name,
             "readable_secondaries": st.ag["readable"], "force_encryption": sim.force_encryption,
+            "strict": sim.strict,
             "nodes": [{"name": n.name, "port": st.base_port + n.idx, "up": n.up,
                        "role": "PRIMARY" if n.idx == st.ag["primary"] else "SECONDARY",
                        "smk_guid": n.d["smk"]["key_guid"],
@@ -74,6 +75,9 @@ def post_faults(sim, req):
         if k == "force_encryption":
             sim.force_encryption = bool(v)
             continue
+        if k == "strict":
+            sim.strict = bool(v)
+            continue
         if k == "readable_secondaries":
             v = {"yes": "all", "all": "all", "no": "no", "read_only": "read_only",
                  "read-only": "read_only"}[str(v).lower()]
@@ -90,6 +94,7 @@ def post_faults(sim, req):
         raise ValueError("drop_when must be before or after")
     out = f.to_json()
     out["force_encryption"] = sim.force_encryption
+    out["strict"] = sim.strict
     return 200, out
 
 
@@ -119,6 +124,25 @@ def post_node_up(sim, req):
     return 200, status(sim)
 
 
+def post_browser(sim, req):
+    if sim.browser is None:
+        raise ValueError("no --browser-port")
+    mode = req.body.get("mode", "normal")
+    if mode not in ("normal", "silent", "garbage", "other-instance", "no-tcp"):
+        raise ValueError("mode: normal, silent, garbage, other-instance or no-tcp")
+    sim.browser.mode = mode
+    return 200, {"mode": mode, "requests": sim.browser.requests}
+
+
+def post_shape(sim, req):
+    shapes = req.body.get("shapes", [])
+    known = {"no-routing-urls", "null-role-disconnected", "null-primary-on-secondary"}
+    if not set(shapes) <= known:
+        raise ValueError(f"shapes: {sorted(known)}")
+    sim.shapes = set(shapes)
+    return 200, {"shapes": sorted(sim.shapes)}
+
+
 # path -> handler(sim, req) -> (status, object)
 POST_ROUTES = {
     "/faults": post_faults,
@@ -127,4 +151,6 @@ POST_ROUTES = {
     "/failover": post_failover,
     "/nodes/{node}/down": post_node_down,
     "/nodes/{node}/up": post_node_up,
+    "/browser": post_browser,
+    "/shape": post_shape,
 }

@@ -83,6 +83,8 @@ ERRORS = {
     15595: (16, "The password cannot be dropped because it is not provisioned for the database '{0}'"),
     15600: (15, "An invalid parameter or option was specified for procedure '{0}'."),
     18456: (14, "Login failed for user '{0}'."),
+    18452: (14, "Login failed. The login is from an untrusted domain and cannot be used with Integrated "
+                "authentication."),
     41122: (16, "Cannot failover availability group '{0}' to this instance of SQL Server.  The local "
                 "availability replica is already the primary replica of the availability group.  To failover "
                 "this availability group to another instance, run the failover command on that instance.  If "

@@ -59,6 +59,16 @@ class Server:
         self.faults.downgrade = bool(args.downgrade)
         self.force_encryption = bool(args.force_encryption)
         self.tls_ctx = make_tls_context(args.tls_cert, args.tls_key)
+        self.node_tls = {}
+        self.node_tls_strict = {}
+        for spec in args.node_tls or []:
+            i, cert, key = spec.split(":", 2)
+            self.node_tls[int(i)] = make_tls_context(cert, key)
+            self.node_tls_strict[int(i)] = make_tls_context(cert, key, strict=True)
+        self.tls_ctx_strict = make_tls_context(args.tls_cert, args.tls_key, strict=True)
+        self.strict = bool(args.strict)
+        self.shapes = set(args.shape or [])
+        self.browser = None
         self.stats_lock = threading.Lock()
         self.stats = {}
         self.reset_stats()
@@ -68,12 +78,27 @@ class Server:
         self.stopping = threading.Event()
         self.next_spid = 51
 
+    def kerberos_accept(self, token):
+        """(client principal, answer token) for one Kerberos/SPNEGO initial token."""
+        if not self.args.kerberos_keytab:
+            raise ValueError("no --kerberos-keytab: integrated login is not configured")
+        import gssapi
+        creds = gssapi.Credentials(usage="accept", store={"keytab": self.args.kerberos_keytab})
+        ctx = gssapi.SecurityContext(creds=creds, usage="accept")
+        out = ctx.step(token)
+        if not ctx.complete:
+            raise ValueError("the security context needs more than one round")
+        return str(ctx.initiator_name), out or b""
+
     def reset_stats(self):
         with self.stats_lock:
             self.stats = {"connections": 0, "tls_handshakes": 0, "logins_ok": 0, "logins_failed": 0,
                           "plaintext_packets_after_login": 0, "plaintext_logins": 0, "login_only_sessions": 0,
                           "full_tls_sessions": 0, "unencrypted_sessions": 0, "requests": 0, "statements": 0,
                           "attentions": 0, "dropped_by_fault": 0, "refused_encryption": 0,
+                          "strict_sessions": 0, "refused_not_strict": 0, "refused_strict_client": 0,
+                          "strict_alpn": {}, "strict_tls_version": {}, "kerberos_logins": 0,
+                          "kerberos_refused": 0,
                           "prelogin_client_encryption": {}, "prelogin_server_encryption": {},
                           "round_trips": 0, "connect_round_trips": 0, "rpcs": 0, "by_node": {},
                           "per_connection": collections.deque(maxlen=5000)}
@@ -231,6 +256,16 @@ class Server:
         sa = open(args.sa_password_file).read().strip("\r\n")
         dmk = open(args.dmk_password_file).read().strip("\r\n") if args.dmk_password_file else None
         created = self.state.load_or_init(args, sa, dmk)
+        for princ in args.kerberos_login or []:
+            for nd in self.state.nodes:
+                if princ not in nd.d["logins"]:
+                    nd.d["logins"][princ] = {"password": None, "sid": "0105" + format(nd.d["next_login_id"], "04x"),
+                                             "principal_id": nd.d["next_login_id"], "sysadmin": True,
+                                             "perms": [], "create_date": "2024-01-01T00:00:00", "disabled": False,
+                                             "default_database": "master", "windows": True}
+                    nd.d["next_login_id"] += 1
+        if args.kerberos_login:
+            self.state.save()
         log("state", "created" if created else "resumed", args.state)
         n = len(self.state.nodes)
         for i in range(n):
@@ -239,9 +274,15 @@ class Server:
         cport = args.control_port or (args.port + n + 1)
         self.control = control.ControlServer(self, cport)
         self.control.start()
+        if args.browser_port is not None:
+            from .browser import Browser
+            self.browser = Browser(self, args.browser_port)
+            self.browser.start()
         ready = {"ag": self.state.ag["name"],
                  "nodes": [{"name": nd.name, "port": args.port + nd.idx} for nd in self.state.nodes],
                  "listener_port": args.port + n, "control_port": cport,
+                 "replica_names": [r["name"] for r in self.state.ag["replicas"]],
+                 "browser_port": self.browser.port if self.browser else None,
                  "databases": sorted(self.state.ag["databases"].keys())}
         sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
@@ -328,12 +369,44 @@ class ConnHandler:
             self.server.stat("plaintext_packets_after_login")
 
     # ------------------------------------------------------------ PRELOGIN / TLS / LOGIN7
+    def strict_handshake_and_login(self):
+        """TDS 8.0: TLS first (1.2 or 1.3, ALPN tds/8.0), then PRELOGIN and LOGIN7 inside it."""
+        srv = self.server
+        t = self.transport
+        ctx = srv.tls_ctx_strict if self.via_listener else srv.node_tls_strict.get(self.node.idx,
+                                                                                   srv.tls_ctx_strict)
+        try:
+            alpn, version = t.tls_handshake_raw(ctx)
+        except Closed:
+            srv.stat("refused_not_strict")
+            raise
+        srv.stat("tls_handshakes")
+        srv.stat("strict_sessions")
+        srv.stat_map("strict_alpn", str(alpn))
+        srv.stat_map("strict_tls_version", str(version))
+        typ, _st, payload = t.read_message()
+        if typ != tds.PT_PRELOGIN:
+            raise Closed()
+        opts = tds.decode_prelogin(payload)
+        cenc = opts.get(0x01, b"\x02")[:1]
+        srv.stat_map("prelogin_client_encryption", str(cenc[0] if cenc else None))
+        self.handshake_round_trip()
+        t.send_message(tds.PT_REPLY, tds.encode_prelogin(tds.ENC_REQ), packet_size=4096)
+        self.mode = "full"
+        typ, _st, payload = t.read_message()
+        if typ != tds.PT_LOGIN7:
+            raise Closed()
+        self.login(payload)
+
     def handshake_and_login(self):
         srv = self.server
         t = self.transport
+        if srv.strict:
+            return self.strict_handshake_and_login()
         typ, _st, payload = t.read_message()
         if typ == 0x16:
-            raise Closed()      # TDS 8.0 strict: not supported
+            srv.stat("refused_strict_client")
+            raise Closed()      # a TLS ClientHello (TDS 8.0): SQL Server before 2022 just closes
         if typ != tds.PT_PRELOGIN:
             raise Closed()
         opts = tds.decode_prelogin(payload)
@@ -362,7 +435,8 @@ class ConnHandler:
             self.mode = "none"
         typ, _st, payload = t.read_message()
         if typ == tds.PT_PRELOGIN and senc != tds.ENC_NOT_SUP:
-            t.tls_handshake(srv.tls_ctx, payload, before_reply=self.handshake_round_trip)
+            ctx = srv.tls_ctx if self.via_listener else srv.node_tls.get(self.node.idx, srv.tls_ctx)
+            t.tls_handshake(ctx, payload, before_reply=self.handshake_round_trip)
             srv.stat("tls_handshakes")
             typ, _st, payload = t.read_message()
         elif typ == tds.PT_LOGIN7:
@@ -408,6 +482,19 @@ class ConnHandler:
             t.send_message(tds.PT_REPLY, body)
             raise Closed()
 
+        sspi_answer = b""
+        if lg["integrated"]:
+            # Integrated login: a Kerberos (or SPNEGO) token in LOGIN7, accepted with the service keytab
+            # (python3-gssapi); the client principal is the login.  One round: the acceptor's token (the
+            # AP-REP of mutual authentication) goes back in an SSPI token before LOGINACK.
+            try:
+                principal, sspi_answer = srv.kerberos_accept(lg["sspi"])
+            except Exception as e:
+                log(f"{node.name}: Kerberos login refused: {e}")
+                srv.stat("kerberos_refused")
+                fail([SqlError(18452, state=1)])
+            lg["username"] = principal
+            srv.stat("kerberos_logins")
         with srv.state.lock:
             l = node.d["logins"].get(lg["username"])
             if l is None:
@@ -415,7 +502,8 @@ class ConnHandler:
                     if n.lower() == lg["username"].lower():
                         l = v
                         lg["username"] = n
-        if l is None or l["password"] != lg["password"] or l.get("disabled"):
+        if l is None or l.get("disabled") or (not lg["integrated"] and l["password"] != lg["password"]) \
+                or (lg["integrated"] and not l.get("windows")) or (not lg["integrated"] and l.get("windows")):
             fail([SqlError(18456, lg["username"], state=1)])
         with srv.conns_lock:
             spid = srv.next_spid
@@ -449,6 +537,8 @@ class ConnHandler:
         body += tds.tok_envchange_bytes(7, tds.COLLATION, b"")
         body += tds.tok_envchange_str(2, "us_english", "")
         body += tds.tok_info(5703, 1, 0, "Changed language setting to us_english.", server_name, "", 1, ver)
+        if sspi_answer:
+            body = tds.tok_sspi(sspi_answer) + body
         body += tds.tok_loginack(ver)
         if 0x0A in lg["features"]:
             body += tds.tok_featureextack_utf8()
@@ -624,6 +714,22 @@ def parse_args(argv):
     p.add_argument("--database-name", action="append", default=[], metavar="NAME",
                    help="an AG database with exactly this name (repeatable)")
     p.add_argument("--control-port", type=int)
+    p.add_argument("--server-names", metavar="N1,N2,...",
+                   help="replica_server_name of each node (e.g. localhost\\INST1): NetBIOS names, "
+                        "SERVER\\INSTANCE for named instances")
+    p.add_argument("--shape", action="append", default=[],
+                   choices=["no-routing-urls", "null-role-disconnected", "null-primary-on-secondary"],
+                   help="present a real-world catalog shape (repeatable)")
+    p.add_argument("--browser-port", type=int, help="answer SQL Server Browser (SSRP) on this UDP port (0: any free one, in the ready line)")
+    p.add_argument("--node-tls", action="append", default=[], metavar="IDX:CERT:KEY",
+                   help="another certificate for one node")
+    p.add_argument("--kerberos-keytab", metavar="FILE",
+                   help="accept integrated (Kerberos) logins with this service keytab (read at each login)")
+    p.add_argument("--kerberos-login", action="append", default=[], metavar="PRINCIPAL",
+                   help="a Windows login (sysadmin) for this Kerberos principal, e.g. dmkagent@DMK.TEST")
+    p.add_argument("--strict", action="store_true",
+                   help="Force Strict Encryption (TDS 8.0): TLS before any TDS byte; PRELOGIN in the clear is "
+                        "refused")
     p.add_argument("--downgrade", action="store_true",
                    help="attacker downgrade: answer ENCRYPT_OFF to every client (see README)")
     a = p.parse_args(argv)

@@ -299,6 +299,13 @@ class State:
         }
         for i in range(args.nodes):
             self.nodes.append(Node(i, new_node(i, args.port, sa_password)))
+        names = [x for x in (getattr(args, "server_names", None) or "").split(",") if x]
+        if names:
+            if len(names) != args.nodes:
+                raise SystemExit("sqlsim: --server-names needs one name per node")
+            for i, nm in enumerate(names):
+                self.ag["replicas"][i]["name"] = nm
+                self.nodes[i].d["name"] = nm
         if args.scenario == "configmgr":
             self.make_configmgr("CM_P01", dmk_password)
         extra = [f"DB{i:04d}" for i in range(1, (getattr(args, "extra_databases", 0) or 0) + 1)]

@@ -70,6 +70,10 @@ def tok_info(number, state, cls, msg, server, proc="", line=1, ver=V74):
     return tok_msg(0xAB, number, state, cls, msg, server, proc, line, ver)
 
 
+def tok_sspi(blob):
+    return bytes([0xED]) + struct.pack("<H", len(blob)) + blob
+
+
 def tok_loginack(ver, progname="Microsoft SQL Server", progver=(15, 0, 4375 >> 8, 4375 & 0xFF)):
     pn = b_varchar(progname)
     body = b"\x01" + struct.pack(">I", ver) + pn + bytes(progver)
@@ -347,6 +351,16 @@ def decode_login7(data):
     r["database"] = s(68)
     r["language"] = s(64)
     r["readonly_intent"] = bool(r["type_flags"] & 0x20)
+    # fIntSecurity (OptionFlags2 0x80): the SSPI blob (ibSSPI/cbSSPI at 78, cbSSPILong at 90)
+    r["integrated"] = bool(r["opt2"] & 0x80)
+    r["sspi"] = b""
+    if r["integrated"]:
+        ib, cb = struct.unpack("<HH", data[78:82])
+        if cb == 0xFFFF and len(data) >= 94:
+            cb = struct.unpack("<I", data[90:94])[0]
+        if ib + cb > len(data):
+            raise ValueError("SSPI blob past the end of LOGIN7")
+        r["sspi"] = bytes(data[ib:ib + cb])
     r["features"] = []
     if r["opt3"] & 0x10:
         try:

@@ -13,9 +13,14 @@ class Closed(Exception):
     pass
 
 
-def make_tls_context(cert, key):
-    # TDS 7.x runs TLS <= 1.2; FreeTDS/GnuTLS breaks with 1.3 (tds-notes.md section 3)
-    return tls_context(cert, key, tls12_only=True)
+def make_tls_context(cert, key, strict=False):
+    # TDS 7.x runs TLS <= 1.2; FreeTDS/GnuTLS breaks with 1.3 (tds-notes.md section 3).
+    # TDS 8.0 (strict): TLS 1.2 or 1.3 before any TDS byte, ALPN "tds/8.0".
+    if not strict:
+        return tls_context(cert, key, tls12_only=True)
+    ctx = tls_context(cert, key)
+    ctx.set_alpn_protocols(["tds/8.0"])
+    return ctx
 
 
 class Transport:
@@ -156,6 +161,41 @@ class Transport:
             self.inb.write(self.raw)
             self.raw = b""
         self.tls = obj
+
+    # -------------------------------------------------------- TDS 8.0: TLS first
+    def tls_handshake_raw(self, ctx):
+        """TLS straight on the socket before any TDS byte.  Whatever is not a TLS ClientHello (a
+        TDS 7.x PRELOGIN) fails the handshake: the alert OpenSSL makes is sent, then Closed."""
+        self.inb, self.outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(self.inb, self.outb, server_side=True)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                out = self.outb.read()
+                if out:
+                    self._sock_send(out)
+                self.inb.write(self._sock_recv())
+            except (ssl.SSLError, OSError) as e:
+                out = self.outb.read()
+                if out:
+                    try:
+                        self._sock_send(out)
+                    except Closed:
+                        pass
+                raise Closed(str(e))
+        out = self.outb.read()
+        if out:
+            self._sock_send(out)
+        self.tls = obj
+        return obj.selected_alpn_protocol(), obj.version()
+
+    def _sock_send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            raise Closed()
 
     def drop_tls(self):
         """Login-only encryption: discard the TLS object, continue in plaintext."""

@@ -169,6 +169,11 @@ def _validate_custom_metadata(cm):
     for kk, vv in cm.items():
         if vv is not None and not isinstance(vv, str):
             raise bad("custom_metadata must be a map of strings")
+        # KV plugin path_metadata.go: keys 1..128 bytes, values 1..512 bytes (vault-azure-api.md A)
+        if kk == "":
+            errs.append("custom_metadata validation failed: keys cannot be empty")
+        if vv == "":
+            errs.append(f"custom_metadata validation failed: value for key \"{kk}\" cannot be empty")
         if len(kk) > 128:
             errs.append(f"length of key \"{kk}\" is {len(kk)} but exceeds the maximum key length of 128 bytes")
         if vv is not None and len(vv.encode()) > 512:

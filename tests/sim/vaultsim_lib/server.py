@@ -131,6 +131,16 @@ class VaultHandler(httpsd.Handler):
                 status = resp.status
                 self._send(resp, method == "HEAD")
                 return
+            active = getattr(faults, "standby_active", None)
+            if active and parsed.path.startswith("/v1/") and not parsed.path.startswith(
+                    ("/v1/sys/health", "/v1/sys/leader", "/v1/sys/seal-status")):
+                # A standby with request forwarding off: 307 to the active node's address, the same
+                # path and query, no body (vault/http/handler.go respondStandby)
+                loc = active + parsed.path + (("?" + parsed.query) if parsed.query else "")
+                resp = Resp(307, None, headers={"Location": loc})
+                status = 307
+                self._send(resp, method == "HEAD")
+                return
             if not parsed.path.startswith("/v1/"):
                 resp = Resp(404, {"errors": []})
                 status = 404
@@ -216,6 +226,10 @@ def control_routes(vault, f):
     def latency(d, p):
         f.latency_ms = int(d.get("ms", 0))
 
+    def standby(d, p):
+        # {"active": "https://host:port"}: act as a standby that redirects there; null: active again
+        f.standby_active = (d.get("active") or "").rstrip("/") or None
+
     def drop(d, p):
         with f.lock:
             f.drop = int(d.get("count", 1))
@@ -244,7 +258,7 @@ def control_routes(vault, f):
             ("POST", "/seal"): ok(seal), ("POST", "/unseal"): ok(seal), ("POST", "/fail"): ok(fail),
             ("POST", "/latency"): ok(latency), ("POST", "/drop"): ok(drop),
             ("POST", "/expire-tokens"): ok(expire_tokens), ("POST", "/reset"): ok(reset),
-            ("POST", "/clear"): ok(reset)}
+            ("POST", "/clear"): ok(reset), ("POST", "/standby"): ok(standby)}
 
 
 def _log(msg):
