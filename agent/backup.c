@@ -237,6 +237,7 @@ backup_password(struct agent *a, const struct secret_ref *ref, const struct audi
 	util_rfc3339(time(NULL), tm, sizeof(tm));
 	prov_meta_set(&m, MARK_KIND, "backup-password");
 	prov_meta_set(&m, MARK_TIME, tm);
+	markers_why(&m);
 	memset(ver, 0, sizeof(*ver));
 	r = store_put(st, ref, *pw, "0", &m, ver, err);
 	memset(&k, 0, sizeof(k));
@@ -389,6 +390,7 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 	prov_meta_set(&m, MARK_NODE, it->node);
 	prov_meta_set(&m, MARK_TIME, time_s);
 	prov_meta_set(&m, MARK_PWVER, it->pwver);
+	markers_why(&m);
 	memset(&nv, 0, sizeof(nv));
 	r = store_put(st, &it->ref, value, expect, &m, &nv, err);
 	if (r != 0 && nv.id[0] != '\0' && store_can(st, PROV_CAP_META)) {

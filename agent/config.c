@@ -21,6 +21,7 @@
 #include "core/secret.h"
 #include "config.h"
 #include "providers/provider.h"
+#include "auditship.h"
 
 struct raw_kv {
 	char *key, *value;
@@ -177,6 +178,9 @@ static const struct conf_keydef agent_keys[] = {
 	{ "password_length", CK_INT, 0, NULL, 8, 128 },
 	{ "password_avoid", CK_STRING, 0, NULL, 0, 0 },
 	{ "lease_ttl", CK_DURATION, 0, NULL, 0, 0 },
+	{ "require_ticket", CK_BOOL, 0, NULL, 0, 0 },
+	{ "audit_syslog", CK_STRING, 0, NULL, 0, 0 },
+	{ "audit_syslog_ca", CK_PATH, 0, NULL, 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -440,6 +444,15 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			util_strlcpy(cfg->password_avoid, kv->value, sizeof(cfg->password_avoid));
 		else if (strcmp(kv->key, "lease_ttl") == 0)
 			cfg->lease_ttl = num;
+		else if (strcmp(kv->key, "require_ticket") == 0)
+			cfg->require_ticket = strcmp(kv->value, "yes") == 0 ||
+			    strcmp(kv->value, "true") == 0;
+		else if (strcmp(kv->key, "audit_syslog") == 0) {
+			if (audit_ship_check_spec(kv->value, hint, sizeof(hint)) != 0)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'audit_syslog' in [agent]: %s", hint);
+			util_strlcpy(cfg->audit_syslog, kv->value, sizeof(cfg->audit_syslog));
+		} else if (strcmp(kv->key, "audit_syslog_ca") == 0)
+			util_strlcpy(cfg->audit_syslog_ca, kv->value, sizeof(cfg->audit_syslog_ca));
 	}
 	return 0;
 }

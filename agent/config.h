@@ -70,6 +70,9 @@ struct config {
 	int password_length;
 	char password_avoid[128];
 	long long lease_ttl;           /* seconds */
+	int require_ticket;            /* changing commands refuse without --ticket */
+	char audit_syslog[512];        /* unix:PATH | udp:HOST:PORT | tcp+tls:HOST:PORT, or "" */
+	char audit_syslog_ca[PATH_MAX]; /* tcp+tls: CA file ("": the system's) */
 	struct conf_store *stores;
 	size_t nstores;
 	struct conf_ag *ags;

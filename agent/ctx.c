@@ -14,6 +14,7 @@
 #include "core/secret.h"
 #include "agent.h"
 #include "lock.h"
+#include "auditship.h"
 #include "providers/provider.h"
 
 void
@@ -53,6 +54,8 @@ agent_free(struct agent *a)
 	if (a->audit_open)
 		audit_close(&a->audit);
 	a->audit_open = 0;
+	audit_ship_close(a->ship);
+	a->ship = NULL;
 	anchor_close(a);
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;
@@ -226,6 +229,40 @@ agent_audit_anchor_get(struct agent *a, const struct secret *key, struct audit_c
 	return r;
 }
 
+/* What each store and SQL Server see this run as: configuration names, never a secret. */
+static void
+describe(void *ctx, const char *store, const char *ag, char *sid, size_t slen, char *login,
+    size_t llen)
+{
+	struct agent *a = ctx;
+	const struct conf_store *cs;
+	const char *auth, *v;
+	size_t i;
+	int n;
+
+	if (store != NULL && (cs = config_store(a->cfg, store)) != NULL) {
+		auth = conf_store_str(cs, "auth");
+		n = snprintf(sid, slen, "%s: %s auth=%s", cs->name, cs->type, auth ? auth :
+		    "default");
+		if ((v = conf_store_str(cs, "auth_mount")) != NULL && n > 0 && (size_t)n < slen)
+			n += snprintf(sid + n, slen - (size_t)n, " mount=%s", v);
+		if ((v = conf_store_str(cs, "role")) != NULL && n > 0 && (size_t)n < slen)
+			n += snprintf(sid + n, slen - (size_t)n, " role=%s", v);
+		if (((v = conf_store_str(cs, "client_id")) != NULL ||
+		    (v = conf_store_str(cs, "managed_identity_client_id")) != NULL ||
+		    (strcmp(cs->type, "azure-key-vault") == 0 &&
+		    (v = getenv("AZURE_CLIENT_ID")) != NULL)) && n > 0 && (size_t)n < slen)
+			snprintf(sid + n, slen - (size_t)n, " client_id=%s", v);
+	}
+	for (i = 0; ag != NULL && i < a->cfg->nags; i++)
+		if (strcmp(a->cfg->ags[i].name, ag) == 0) {
+			snprintf(login, llen, "%s", a->cfg->ags[i].login[0] &&
+			    strcmp(a->cfg->ags[i].login, "integrated") != 0 ? a->cfg->ags[i].login :
+			    "integrated (Kerberos)");
+			break;
+		}
+}
+
 int
 agent_begin(struct agent *a, const char *command, struct dmk_err *err)
 {
@@ -274,8 +311,26 @@ agent_begin(struct agent *a, const char *command, struct dmk_err *err)
 		audit_close(&a->audit);
 		return r;
 	}
+	if (a->cfg->audit_syslog[0] != '\0' && a->ship == NULL) {
+		char sck[4200];
+		snprintf(sck, sizeof(sck), "%s/audit-syslog.json", a->cfg->state_dir);
+		if ((r = audit_ship_open(a->cfg->audit_syslog, a->cfg->audit_syslog_ca,
+		    a->cfg->audit_log, sck, &a->ship, err)) != 0) {
+			audit_close(&a->audit);
+			return r;
+		}
+	}
 	a->audit_open = 1;
 	a->audit.reset_reason = a->audit_reset_reason;
+	a->audit.reason = a->reason;
+	a->audit.ticket = a->ticket;
+	a->audit.trigger = a->trigger;
+	a->audit.describe = describe;
+	a->audit.describe_ctx = a;
+	if (a->ship != NULL) {
+		a->audit.after = audit_ship_after;
+		a->audit.after_ctx = a->ship;
+	}
 	return audit_record(&a->audit, "run-start", NULL, NULL, command, NULL, err);
 }
 
@@ -291,6 +346,8 @@ agent_end(struct agent *a, const char *command, int result)
 		audit_close(&a->audit);
 		a->audit_open = 0;
 	}
+	audit_ship_close(a->ship);
+	a->ship = NULL;
 	anchor_close(a);
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;
