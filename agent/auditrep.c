@@ -158,7 +158,7 @@ set_step(json_t *o, const char *k, const char *v)
 	if (v == NULL)
 		return;
 	if (cur != NULL && (strcmp(v, "unchanged") == 0 || strcmp(v, "present") == 0 ||
-	    strcmp(v, "absent") == 0))
+	    strcmp(v, "already gone") == 0))
 		return;
 	json_object_set_new(o, k, json_string(v));
 }
