@@ -1,6 +1,7 @@
 /* auditship.c: audit records as RFC 5424 syslog, from a delivery checkpoint (auditship.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,8 +254,10 @@ connect_inet(struct audit_ship *s, int socktype, struct dmk_err *err)
 static int
 connect_tls(struct audit_ship *s, struct dmk_err *err)
 {
+	unsigned char addr[16];
 	unsigned long e;
-	int r;
+	int r, is_ip = inet_pton(AF_INET, s->host, addr) == 1 ||
+	    inet_pton(AF_INET6, s->host, addr) == 1;
 
 	if (s->ctx == NULL) {
 		if ((s->ctx = SSL_CTX_new(TLS_client_method())) == NULL)
@@ -271,8 +274,10 @@ connect_tls(struct audit_ship *s, struct dmk_err *err)
 	}
 	if ((r = connect_inet(s, SOCK_STREAM, err)) != 0)
 		return r;
+	/* SNI only for a name (RFC 6066: not for an address literal). */
 	if ((s->ssl = SSL_new(s->ctx)) == NULL || SSL_set_fd(s->ssl, s->fd) != 1 ||
-	    SSL_set_tlsext_host_name(s->ssl, s->host) != 1 || SSL_set1_host(s->ssl, s->host) != 1) {
+	    (!is_ip && SSL_set_tlsext_host_name(s->ssl, s->host) != 1) ||
+	    SSL_set1_host(s->ssl, s->host) != 1) {
 		disconnect(s);
 		return dmk_errf(err, DMK_ERR_TLS, "audit_syslog %s: TLS setup failed", s->spec);
 	}

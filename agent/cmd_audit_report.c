@@ -736,7 +736,7 @@ cmd_audit_verify_report(struct agent *a, int argc, char **argv, struct dmk_err *
 	FILE *f = NULL;
 	int ch, r, n;
 
-	(void)a;
+	optind = 0;     /* a full reset: options may follow REPORT */
 	while ((ch = getopt_long(argc, argv, "p:s:", opts, NULL)) != -1) {
 		if (ch == 'p')
 			pubpath = optarg;
@@ -849,6 +849,7 @@ cmd_audit_report(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	FILE *mem = NULL;
 
 	memset(&flt, 0, sizeof(flt));
+	optind = 0;     /* a full reset: options may follow the FILEs */
 	while ((ch = getopt_long(argc, argv, "s:u:a:d:o:k:S:O:G:", opts, NULL)) != -1) {
 		switch (ch) {
 		case 's': since = optarg; break;
