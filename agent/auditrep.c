@@ -200,6 +200,7 @@ build_rollover(json_t *segsof, json_t *runs)
 	json_object_set_new(bk, "outcome", json_null());
 	json_object_set_new(bk, "escrowed", json_array());
 	json_object_set_new(bk, "restore_test", json_string("not run"));
+	json_object_set_new(bk, "restore_test_time", json_null());
 	json_object_set_new(prim, "added", json_null());
 	json_object_set_new(prim, "old_dropped", json_null());
 	json_object_set_new(ro, "replicas", json_array());
@@ -318,7 +319,9 @@ build_rollover(json_t *segsof, json_t *runs)
 		else
 			outc = "incomplete";
 		json_object_set_new(ro, "outcome", json_string(outc));
-		json_object_set_new(ro, "step", jnull(stopped_last ? stop_step : NULL));
+		json_object_set_new(ro, "step", jnull(stopped_last ? stop_step :
+		    strcmp(outc, "interrupted") == 0 && jstr(first, "rotation")[0] == '\0' ?
+		    "before a new version was written: nothing changed but a backup" : NULL));
 		json_object_set_new(ro, "stop_error", jnull(stopped_last ? stop_err : NULL));
 	}
 	json_object_set_new(ro, "who", who);
@@ -328,6 +331,33 @@ build_rollover(json_t *segsof, json_t *runs)
 	json_object_set_new(ro, "errors", errs);
 	json_decref(reps);
 	return ro;
+}
+
+/*
+ * A restore test of the rollover's own escrow version, by a later
+ * `backup --restore-test`: the same reference and version.
+ */
+static void
+link_restore_tests(json_t *ro, json_t *records)
+{
+	json_t *bk = json_object_get(ro, "backup"), *rec;
+	const char *ref = jstr(bk, "reference"), *ver = jstr(bk, "version"), *rt;
+	size_t i;
+
+	if (ref == NULL || ver == NULL)
+		return;
+	json_array_foreach(records, i, rec) {
+		const char *a = jstr(rec, "action"), *r2 = jstr2(rec, "keys", "reference"),
+		    *v2 = jstr2(rec, "keys", "version");
+		if (a == NULL || strcmp(a, "restore-test") != 0 || r2 == NULL || v2 == NULL ||
+		    strcmp(r2, ref) != 0 || strcmp(v2, ver) != 0)
+			continue;
+		rt = jstr(bk, "restore_test");
+		if (rt == NULL || strcmp(rt, "failed") != 0) {
+			set_if(bk, "restore_test", jstr(rec, "outcome"));
+			set_if(bk, "restore_test_time", jstr(rec, "time"));
+		}
+	}
 }
 
 static int
@@ -407,6 +437,7 @@ arep_rollovers(json_t *records, const struct arep_filter *f)
 		json_t *ro = build_rollover(seg, runs);
 		if (ro == NULL)
 			goto fail;
+		link_restore_tests(ro, records);
 		if (in_window(ro, f))
 			json_array_append_new(out, ro);
 		else

@@ -3,7 +3,7 @@
  * reason and ticket checks (markers.c), and the RFC 5424 form of a record
  * (auditship.c).  Records are written as one compact line each:
  *   "RUN ACTION [ag/db] [replica=R] [v=V] [rot=ID] [out=O] [t=HH:MM]"
- * run-start takes cmd=, reason=, ticket=; run-interrupted about=.
+ * run-start takes cmd=, reason=, ticket=; run-interrupted about=; ref= a reference.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,6 +51,8 @@ rec(const char *spec)
 			json_object_set_new(tgt, "replica", json_string(eq));
 		else if (strcmp(tok, "v") == 0)
 			json_object_set_new(keys, "version", json_string(eq));
+		else if (strcmp(tok, "ref") == 0)
+			json_object_set_new(keys, "reference", json_string(eq));
 		else if (strcmp(tok, "rot") == 0)
 			json_object_set_new(keys, "rotation", json_string(eq));
 		else if (strcmp(tok, "out") == 0 || strcmp(tok, "cmd") == 0)
@@ -114,7 +116,7 @@ static const char *const interrupted[] = {
 	"R1 rotate-lease AG1/DB v=1 out=taken t=01T10:00:01",
 	"R1 rotate-prove AG1/DB v=1 out=opens t=01T10:00:02",
 	"R1 backup-dmk AG1/DB replica=N1 v=4 out=escrowed t=01T10:00:03",
-	"R1 rotate-backup AG1/DB v=4 rot=X1 out=escrowed t=01T10:00:03",
+	"R1 rotate-backup AG1/DB ref=E v=4 rot=X1 out=escrowed t=01T10:00:03",
 	"R1 rotate-pending AG1/DB v=2 rot=X1 out=written t=01T10:00:04",
 	"R1 rotate-add AG1/DB v=2 rot=X1 out=added t=01T10:00:05",
 	"R1 rotate-register AG1/DB replica=N1 v=2 rot=X1 out=added t=01T10:00:06",
@@ -139,6 +141,11 @@ static const char *const interrupted[] = {
 	"R3 rotate-lease AG1/DB2 v=7 out=taken t=05T09:00:01",
 	"R3 rotate-stopped AG1/DB2 out=prove err=wrong_password t=05T09:00:02",
 	"R3 run-end out=failed t=05T09:00:03",
+	/* backup --restore-test of that rollover's escrow, and of another version */
+	"R4 run-start cmd=backup t=06T09:00:00",
+	"R4 restore-test AG1/DB replica=N1 ref=E v=3 out=failed t=06T09:00:01",
+	"R4 restore-test AG1/DB replica=N1 ref=E v=4 out=passed t=06T09:00:02",
+	"R4 run-end out=ok t=06T09:00:03",
 	NULL
 };
 
@@ -171,6 +178,7 @@ test_interrupted_once(void **state)
 	assert_string_equal(s(replica(ro, "N2"), "verified"), "ok");
 	assert_string_equal(s(replica(ro, "N2"), "old_revoked"), "dropped");
 	assert_string_equal(s(json_object_get(ro, "backup"), "version"), "4");
+	assert_string_equal(s(json_object_get(ro, "backup"), "restore_test"), "passed");
 	assert_int_equal(json_array_size(json_object_get(json_object_get(ro, "backup"),
 	    "escrowed")), 1);
 	ro = json_array_get(ros, 1);
