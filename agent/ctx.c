@@ -252,7 +252,16 @@ describe(void *ctx, const char *store, const char *ag, char *sid, size_t slen, c
 		    (v = conf_store_str(cs, "managed_identity_client_id")) != NULL ||
 		    (strcmp(cs->type, "azure-key-vault") == 0 &&
 		    (v = getenv("AZURE_CLIENT_ID")) != NULL)) && n > 0 && (size_t)n < slen)
-			snprintf(sid + n, slen - (size_t)n, " client_id=%s", v);
+			n += snprintf(sid + n, slen - (size_t)n, " client_id=%s", v);
+		/* What the store itself said at login, once it is open. */
+		for (i = 0; i < a->cfg->nstores && a->stores != NULL; i++)
+			if (&a->cfg->stores[i] == cs && a->store_state[i] == 1 &&
+			    a->stores[i].ops->identity != NULL && n > 0 && (size_t)n < slen) {
+				char who[256] = "";
+				a->stores[i].ops->identity(&a->stores[i], who, sizeof(who));
+				if (who[0])
+					snprintf(sid + n, slen - (size_t)n, " %s", who);
+			}
 	}
 	for (i = 0; ag != NULL && i < a->cfg->nags; i++)
 		if (strcmp(a->cfg->ags[i].name, ag) == 0) {

@@ -87,6 +87,7 @@ struct hcv {
 	int kv_version;           /* 0: not detected yet */
 	char kv_mount[256];       /* the mount path Vault reported, no slash */
 	char kv_prefix[512];      /* part of the path inside the mount before the ref */
+	char who[256];            /* the login's role name or token display name (audit) */
 };
 
 /* ---- small helpers ---- */
@@ -539,6 +540,10 @@ take_client_token(struct hcv *h, const struct http_response *resp, const char *w
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	}
 	token_set(h, s, 1);
+	/* AppRole, Kubernetes, JWT: Vault names the role in the login's metadata. */
+	if ((t = json_string_value(json_object_get(json_object_get(auth, "metadata"),
+	    "role_name"))) != NULL && *t)
+		snprintf(h->who, sizeof(h->who), "role_name=%.200s", t);
 	h->token_ttl_s = json_num(json_object_get(auth, "lease_duration"));
 	h->token_period_s = h->token_ttl_s;
 	h->token_renewable = json_is_true(json_object_get(auth, "renewable"));
@@ -571,6 +576,14 @@ token_lookup(struct store *st, struct dmk_err *err)
 		goto out;
 	}
 	d = json_object_get(root, "data");
+	if (h->who[0] == '\0') {
+		const char *rn = json_string_value(json_object_get(json_object_get(d, "meta"),
+		    "role_name")), *dn = json_string_value(json_object_get(d, "display_name"));
+		if (rn != NULL && *rn)
+			snprintf(h->who, sizeof(h->who), "role_name=%.200s", rn);
+		else if (dn != NULL && *dn)
+			snprintf(h->who, sizeof(h->who), "display_name=%.200s", dn);
+	}
 	ttl = json_secs(json_object_get(d, "ttl"));
 	cttl = json_secs(json_object_get(d, "creation_ttl"));
 	period = json_secs(json_object_get(d, "period"));
@@ -1927,6 +1940,14 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 	return 0;
 }
 
+static void
+hcvault_identity(struct store *st, char *out, size_t len)
+{
+	const struct hcv *h = st->priv;
+
+	snprintf(out, len, "%s", h != NULL ? h->who : "");
+}
+
 const struct prov_ops prov_hcvault = {
 	.type = "hashicorp-vault",
 	.caps = PROV_CAP_CAS | PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_DELETE |
@@ -1945,4 +1966,5 @@ const struct prov_ops prov_hcvault = {
 	.list_versions = hcvault_list_versions,
 	.delete_version = hcvault_delete_version,
 	.check = hcvault_check,
+	.identity = hcvault_identity,
 };

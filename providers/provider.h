@@ -127,6 +127,10 @@ struct prov_ops {
 	/* store check: can we read/write each reference?  One line per ref. */
 	int (*check)(struct store *st, const struct secret_ref *const *refs,
 	    size_t nrefs, struct buf *report, struct dmk_err *err);
+	/* Optional: who the store saw this run authenticate as (an AppRole's
+	 * role name, a token's display name), for audit records; never a
+	 * secret.  "" when not known.  No network. */
+	void (*identity)(struct store *st, char *out, size_t len);
 };
 
 extern const struct prov_ops *const providers[];

@@ -278,6 +278,49 @@ class RequireTicket(unittest.TestCase):
             self.assertEqual(markers(lab, 2).get("dmkagent-ticket"), "CHG2")
 
 
+class StoreIdentity(unittest.TestCase):
+    """The AppRole's role name, as Vault named it at login, is in the records."""
+    def test_approle_role_name(self):
+        import urllib.request
+        with Lab(nodes=2) as lab:
+            ctx = ssl.create_default_context(cafile=lab.ca)
+
+            def api(method, path, body=None):
+                req = urllib.request.Request(lab.vault.ready["address"] + "/v1/" + path,
+                                             data=None if body is None else json.dumps(body).encode(),
+                                             method=method, headers={"X-Vault-Token": lab.root_token})
+                with urllib.request.urlopen(req, timeout=20, context=ctx) as r:
+                    txt = r.read().decode()
+                    return json.loads(txt) if txt else None
+            lab.put_dmk_password()
+            api("PUT", "sys/policies/acl/dmk", {"policy": 'path "secret/*" { capabilities = '
+                                                '["create", "read", "update", "list"] }'})
+            api("POST", "sys/auth/approle", {"type": "approle"})
+            api("POST", "auth/approle/role/dmkrotator", {"token_policies": ["dmk"], "token_ttl": "20m"})
+            role_id = api("GET", "auth/approle/role/dmkrotator/role-id")["data"]["role_id"]
+            secret_id = api("POST", "auth/approle/role/dmkrotator/secret-id", {})["data"]["secret_id"]
+            sid = os.path.join(lab.dir, "secret-id")
+            with open(os.open(sid, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(secret_id)
+            lab.write_config()
+            with open(lab.config) as f:
+                text = f.read()
+            text = re.sub(r"auth = token\ntoken = [^\n]*\n",
+                          f"auth = approle\nrole_id = {role_id}\nsecret_id = file:{sid}\n", text)
+            with open(lab.config, "w") as f:
+                f.write(text)
+            rc, out, err = lab.agent("register", "--ticket", "CHG9")
+            self.assertEqual(rc, 0, out + err)
+            regs = [r for r in records(lab) if r["action"] == "register"]
+            self.assertTrue(regs)
+            for r in regs:
+                self.assertIn("auth=approle", r["credential"]["store"])
+                self.assertIn("role_name=dmkrotator", r["credential"]["store"])
+                self.assertEqual(r["credential"]["sql"], "sa")
+            self.assertNotIn(secret_id, lab.audit_text())
+            self.assertNotIn(role_id, lab.audit_text())
+
+
 RFC5424 = re.compile(r'^<(\d+)>1 (\S+) (\S+) dmkagent (\d+) (\S+) '
                      r'\[dmkagent@32473 seq="(\d+)" hash="([0-9a-f]{64})" record="((?:[^"\\\]]|\\["\\\]])*)"\] '
                      r'(\S+) (.*)$', re.S)
