@@ -616,34 +616,47 @@ write_file(const char *path, const char *data, size_t len, mode_t mode, struct d
 	return 0;
 }
 
+/* The Ed25519 private key behind keyref (PEM), before anything is written. */
 static int
-sign_report(struct agent *a, const char *keyref, const char *data, size_t len,
-    const char *sigpath, struct dmk_err *err)
+load_signing_key(struct agent *a, const char *keyref, EVP_PKEY **out, struct dmk_err *err)
 {
 	struct secret_ref ref;
 	struct secret *pem = NULL;
 	EVP_PKEY *k = NULL;
-	EVP_MD_CTX *mc = NULL;
 	BIO *bio = NULL;
-	unsigned char sig[64], md[SHA256_DIGEST_LENGTH];
-	size_t siglen = sizeof(sig);
-	char sig64[100], hex[65], kid[65], text[512];
-	int r, n;
+	int r;
 
+	*out = NULL;
 	if ((r = ref_parse(keyref, &ref, err)) != 0)
 		return dmk_err_prefix(err, "--sign");
 	if ((r = agent_resolve(a, &ref, 0, &pem, NULL, err)) != 0)
 		return dmk_err_prefix(err, "--sign %s", keyref);
 	if ((bio = BIO_new_mem_buf(secret_reveal(pem), (int)secret_len(pem))) == NULL ||
-	    (k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL) {
+	    (k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL)
 		r = dmk_errf(err, DMK_ERR_CONFIG, "--sign %s: not a PEM private key", keyref);
-		goto out;
-	}
-	if (EVP_PKEY_get_base_id(k) != EVP_PKEY_ED25519) {
+	else if (EVP_PKEY_get_base_id(k) != EVP_PKEY_ED25519)
 		r = dmk_errf(err, DMK_ERR_CONFIG, "--sign %s: not an Ed25519 key (make one with "
 		    "'openssl genpkey -algorithm ed25519')", keyref);
-		goto out;
+	BIO_free(bio);
+	secret_free(pem);
+	if (r != 0) {
+		EVP_PKEY_free(k);
+		return r;
 	}
+	*out = k;
+	return 0;
+}
+
+static int
+sign_report(EVP_PKEY *k, const char *data, size_t len, const char *sigpath,
+    struct dmk_err *err)
+{
+	EVP_MD_CTX *mc = NULL;
+	unsigned char sig[64], md[SHA256_DIGEST_LENGTH];
+	size_t siglen = sizeof(sig);
+	char sig64[100], hex[65], kid[65], text[512];
+	int r, n;
+
 	if ((mc = EVP_MD_CTX_new()) == NULL || EVP_DigestSignInit(mc, NULL, NULL, NULL, k) != 1 ||
 	    EVP_DigestSign(mc, sig, &siglen, (const unsigned char *)data, len) != 1 ||
 	    siglen != 64 || pubkey_id(k, kid) != 0 || b64(sig, siglen, sig64, sizeof(sig64)) != 0) {
@@ -657,9 +670,6 @@ sign_report(struct agent *a, const char *keyref, const char *data, size_t len,
 	r = write_file(sigpath, text, (size_t)n, 0644, err);
 out:
 	EVP_MD_CTX_free(mc);
-	EVP_PKEY_free(k);
-	BIO_free(bio);
-	secret_free(pem);
 	return r;
 }
 
@@ -847,6 +857,7 @@ cmd_audit_report(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	int ch, r, have_config = 0, lockfd = -1, found_ck, verified = 0;
 	struct dmk_err verr;
 	FILE *mem = NULL;
+	EVP_PKEY *signkey = NULL;
 
 	memset(&flt, 0, sizeof(flt));
 	optind = 0;     /* a full reset: options may follow the FILEs */
@@ -902,6 +913,8 @@ cmd_audit_report(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	} else if (have_config && a->cfg->has_audit_key &&
 	    (r = agent_resolve(a, &a->cfg->audit_key, 0, &key, NULL, err)) != 0)
 		return dmk_err_prefix(err, "audit_key");
+	if (signref != NULL && (r = load_signing_key(a, signref, &signkey, err)) != 0)
+		goto out;
 	if (optind == argc) {
 		npaths = discover(a->cfg->audit_log, found, AUDIT_VERIFY_FILES_MAX);
 		for (i = 0; i < npaths; i++)
@@ -1053,7 +1066,7 @@ cmd_audit_report(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			snprintf(sigdef, sizeof(sigdef), "%s.sig", outpath);
 			sigpath = sigdef;
 		}
-		if ((r = sign_report(a, signref, text, tlen, sigpath, err)) != 0)
+		if ((r = sign_report(signkey, text, tlen, sigpath, err)) != 0)
 			goto out;
 	}
 	r = verified ? 0 : dmk_errf(err, DMK_ERR_VERIFY, "audit report: the log fails "
@@ -1072,6 +1085,7 @@ out:
 	json_decref(model);
 	json_decref(records);
 	json_decref(all);
+	EVP_PKEY_free(signkey);
 	secret_free(key);
 	return r;
 }

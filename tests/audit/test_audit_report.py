@@ -216,6 +216,16 @@ class Report(unittest.TestCase):
         # --sign without a place for the signature
         rc, out, err = self.report("--sign", f"file:{key}")
         self.assertEqual(rc, 2, out + err)
+        # not an Ed25519 key: refused before any report is written
+        rsa = os.path.join(d, "rsa.key")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "rsa", "-pkeyopt", "rsa_keygen_bits:1024",
+                        "-out", rsa], check=True, capture_output=True)
+        os.chmod(rsa, 0o600)
+        nope = os.path.join(d, "unsigned.txt")
+        rc, out, err = self.report("--sign", f"file:{rsa}", "--out", nope)
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn("not an Ed25519 key", err)
+        self.assertFalse(os.path.exists(nope))
 
     def test_tampered_copy_refused(self):
         d = self.lab.dir
