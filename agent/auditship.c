@@ -213,8 +213,21 @@ set_timeouts(int fd)
 static void
 disconnect(struct audit_ship *s)
 {
+	char drain[512];
+	int i;
+
 	if (s->ssl != NULL) {
-		SSL_shutdown(s->ssl);
+		/*
+		 * close_notify, then read until the listener closes too: a socket
+		 * closed with unread data (TLS 1.3 session tickets) is reset, and
+		 * a reset can discard the last records before the listener reads
+		 * them.  Bounded by the socket's receive timeout.
+		 */
+		if (SSL_shutdown(s->ssl) == 0) {
+			shutdown(s->fd, SHUT_WR);
+			for (i = 0; i < 1000 && SSL_read(s->ssl, drain, sizeof(drain)) > 0; i++)
+				;
+		}
 		SSL_free(s->ssl);
 		s->ssl = NULL;
 	}
@@ -353,14 +366,24 @@ ship_send(struct audit_ship *s, const struct buf *msg, struct dmk_err *err)
 	return 0;
 }
 
-/* The delivery checkpoint: {"seq":N,"hash":"H"}; *seq 0 when none. */
+/*
+ * The delivery checkpoint: {"seq":N,"hash":"H","offset":BYTES,"ino":INO}:
+ * the last record delivered, and where the next one starts in the log (a
+ * hint: trusted only when the record there chains to H).  *seq 0: none.
+ */
+struct dcp {
+	long long seq, offset, ino;
+	char hash[65];
+};
+
 static int
-ckpt_read(const struct audit_ship *s, long long *seq, struct dmk_err *err)
+ckpt_read(const struct audit_ship *s, struct dcp *d, struct dmk_err *err)
 {
 	json_t *j, *v;
 	json_error_t je;
+	long long *seq = &d->seq;
 
-	*seq = 0;
+	memset(d, 0, sizeof(*d));
 	if (access(s->ckpt, F_OK) != 0)
 		return 0;
 	if ((j = json_load_file(s->ckpt, JSON_REJECT_DUPLICATES, &je)) == NULL ||
@@ -370,18 +393,24 @@ ckpt_read(const struct audit_ship *s, long long *seq, struct dmk_err *err)
 		    "{\"seq\":N,...}); remove it to send the whole log again", s->ckpt);
 	}
 	*seq = json_integer_value(v);
+	if (json_is_string(v = json_object_get(j, "hash")) && strlen(json_string_value(v)) == 64)
+		util_strlcpy(d->hash, json_string_value(v), sizeof(d->hash));
+	if (json_is_integer(v = json_object_get(j, "offset")) && json_integer_value(v) > 0)
+		d->offset = json_integer_value(v);
+	if (json_is_integer(v = json_object_get(j, "ino")))
+		d->ino = json_integer_value(v);
 	json_decref(j);
 	return 0;
 }
 
 static int
-ckpt_write(const struct audit_ship *s, long long seq, const char *hash, struct dmk_err *err)
+ckpt_write(const struct audit_ship *s, const struct dcp *d, struct dmk_err *err)
 {
-	char tmp[4200], text[256];
+	char tmp[4200], text[512];
 	int fd, n;
 
-	n = snprintf(text, sizeof(text), "{\"seq\":%lld,\"hash\":\"%s\",\"to\":\"syslog\"}\n",
-	    seq, hash);
+	n = snprintf(text, sizeof(text), "{\"seq\":%lld,\"hash\":\"%s\",\"offset\":%lld,"
+	    "\"ino\":%lld,\"to\":\"%s\"}\n", d->seq, d->hash, d->offset, d->ino, s->spec);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", s->ckpt);
 	unlink(tmp);
 	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) == -1)
@@ -399,26 +428,60 @@ ckpt_write(const struct audit_ship *s, long long seq, const char *hash, struct d
 	return 0;
 }
 
+/* The record at the hinted offset chains to the last one delivered? */
+static int
+resume_at(FILE *f, const struct dcp *d)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	json_t *j;
+	int ok = 0;
+
+	if (d->offset <= 0 || d->hash[0] == '\0' || fseeko(f, (off_t)d->offset, SEEK_SET) != 0)
+		return 0;
+	if ((n = getline(&line, &cap, f)) == -1)
+		ok = 1;    /* nothing after it yet */
+	else if (n > 0 && line[n - 1] == '\n' &&
+	    (j = json_loadb(line, (size_t)n - 1, 0, NULL)) != NULL) {
+		const char *prev = json_string_value(json_object_get(j, "prev"));
+		ok = prev != NULL && strcmp(prev, d->hash) == 0 &&
+		    json_integer_value(json_object_get(j, "seq")) == d->seq + 1;
+		json_decref(j);
+	}
+	free(line);
+	return ok && fseeko(f, (off_t)d->offset, SEEK_SET) == 0;
+}
+
 int
 audit_ship_flush(struct audit_ship *s, long long *sent, struct dmk_err *err)
 {
 	unsigned char md[SHA256_DIGEST_LENGTH];
-	char hash[65] = "";
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
-	long long done, seq, last = -1, lineno = 0;
+	long long seq, lineno = 0;
+	struct dcp d, now;
 	struct buf msg;
+	struct stat st;
 	FILE *f = NULL;
-	int r;
+	int r, moved = 0, warned = 0;
 
 	*sent = 0;
 	buf_init(&msg, 4 * SHIP_LINE_MAX);
-	if ((r = ckpt_read(s, &done, err)) != 0)
+	if ((r = ckpt_read(s, &d, err)) != 0)
 		goto out;
 	if ((f = fopen(s->log, "r")) == NULL) {
 		r = errno == ENOENT ? 0 : dmk_errf(err, DMK_ERR_IO, "%s: %s", s->log, strerror(errno));
 		goto out;
+	}
+	now = d;
+	if (fstat(fileno(f), &st) == 0)
+		now.ino = (long long)st.st_ino;
+	/* Where the last flush stopped, when the log there is the same; else from the top. */
+	if (!(now.ino == d.ino && resume_at(f, &d))) {
+		rewind(f);
+		now.offset = 0;
 	}
 	while ((n = getline(&line, &cap, f)) != -1) {
 		json_t *j;
@@ -427,34 +490,38 @@ audit_ship_flush(struct audit_ship *s, long long *sent, struct dmk_err *err)
 			break;          /* a record being written: the next flush */
 		line[--n] = '\0';
 		if (n > SHIP_LINE_MAX || (j = json_loadb(line, (size_t)n, 0, NULL)) == NULL) {
-			r = dmk_errf(err, DMK_ERR_VERIFY, "%s:%lld: not an audit record: not shipped "
-			    "(run 'dmkagent audit verify')", s->log, lineno);
+			r = dmk_errf(err, DMK_ERR_VERIFY, "%s: a line after seq %lld is not an audit "
+			    "record: not shipped (run 'dmkagent audit verify')", s->log, now.seq);
 			goto save;
 		}
 		seq = json_integer_value(json_object_get(j, "seq"));
 		json_decref(j);
-		if (seq <= done)
+		if (seq <= d.seq) {
+			now.offset = (long long)ftello(f);
 			continue;
-		if (done > 0 && last == -1 && seq > done + 1)
+		}
+		if (d.seq > 0 && !warned && seq > now.seq + 1) {
 			log_warn("audit_syslog: records %lld to %lld are in a rotated log file, not "
-			    "in %s: not shipped", done + 1, seq - 1, s->log);
+			    "in %s: not shipped", now.seq + 1, seq - 1, s->log);
+			warned = 1;
+		}
 		if ((r = audit_ship_format(line, (size_t)n, &msg, err)) != 0)
 			goto save;
 		if ((r = ship_send(s, &msg, err)) != 0)
 			goto save;
 		SHA256((const unsigned char *)line, (size_t)n, md);
-		util_hex(md, sizeof(md), hash);
-		last = seq;
+		util_hex(md, sizeof(md), now.hash);
+		now.seq = seq;
+		now.offset = (long long)ftello(f);
+		moved = 1;
 		(*sent)++;
 	}
 save:
-	if (last != -1) {
+	if (moved) {
 		struct dmk_err e2;
-		if (ckpt_write(s, last, hash, &e2) != 0) {
-			if (r == 0) {
-				r = e2.code ? e2.code : DMK_ERR_IO;
-				*err = e2;
-			}
+		if (ckpt_write(s, &now, &e2) != 0 && r == 0) {
+			r = e2.code ? e2.code : DMK_ERR_IO;
+			*err = e2;
 		}
 	}
 out:

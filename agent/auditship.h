@@ -16,8 +16,12 @@
  * log is sent, and the checkpoint moves past each delivered one.  A failure
  * is logged (once per run) and the rest waits: the next batch does not try
  * again in the same run (a rotation never waits on a SIEM), run-end does,
- * and so does every later run, or `dmkagent audit ship`.  udp cannot know
- * whether a datagram arrived; unix and tcp+tls do.
+ * and so does every later run, or `dmkagent audit ship`.  At least once:
+ * a run killed between a send and the checkpoint sends it again.  unix
+ * knows a datagram was taken, tcp+tls that it was written to the
+ * connection (closed cleanly: close_notify, then the listener's close),
+ * udp nothing.  The checkpoint keeps the next record's byte offset too, a
+ * hint trusted only while the record there chains to the last delivered.
  */
 #ifndef DMK_AUDITSHIP_H
 #define DMK_AUDITSHIP_H
