@@ -334,29 +334,51 @@ build_rollover(json_t *segsof, json_t *runs)
 }
 
 /*
- * A restore test of the rollover's own escrow version, by a later
- * `backup --restore-test`: the same reference and version.
+ * Restore tests by escrow "reference\x1fversion": the outcome that counts
+ * ("failed" once is failed) and its time.  One pass over the records.
  */
-static void
-link_restore_tests(json_t *ro, json_t *records)
+static json_t *
+index_restore_tests(json_t *records)
 {
-	json_t *bk = json_object_get(ro, "backup"), *rec;
-	const char *ref = jstr(bk, "reference"), *ver = jstr(bk, "version"), *rt;
+	json_t *idx = json_object(), *rec, *e;
+	char key[1200];
 	size_t i;
+
+	json_array_foreach(records, i, rec) {
+		const char *a = jstr(rec, "action"), *r2 = jstr2(rec, "keys", "reference"),
+		    *v2 = jstr2(rec, "keys", "version"), *out = jstr(rec, "outcome");
+		if (a == NULL || strcmp(a, "restore-test") != 0 || r2 == NULL || v2 == NULL ||
+		    out == NULL)
+			continue;
+		snprintf(key, sizeof(key), "%s\x1f%s", r2, v2);
+		if ((e = json_object_get(idx, key)) != NULL && jstr(e, "outcome") != NULL &&
+		    strcmp(jstr(e, "outcome"), "failed") == 0)
+			continue;
+		e = json_object();
+		json_object_set_new(e, "outcome", json_string(out));
+		json_object_set_new(e, "time", jnull(jstr(rec, "time")));
+		json_object_set_new(idx, key, e);
+	}
+	return idx;
+}
+
+/* A later `backup --restore-test` of the rollover's own escrow version counts. */
+static void
+link_restore_tests(json_t *ro, json_t *idx)
+{
+	json_t *bk = json_object_get(ro, "backup"), *e;
+	const char *ref = jstr(bk, "reference"), *ver = jstr(bk, "version"), *rt;
+	char key[1200];
 
 	if (ref == NULL || ver == NULL)
 		return;
-	json_array_foreach(records, i, rec) {
-		const char *a = jstr(rec, "action"), *r2 = jstr2(rec, "keys", "reference"),
-		    *v2 = jstr2(rec, "keys", "version");
-		if (a == NULL || strcmp(a, "restore-test") != 0 || r2 == NULL || v2 == NULL ||
-		    strcmp(r2, ref) != 0 || strcmp(v2, ver) != 0)
-			continue;
-		rt = jstr(bk, "restore_test");
-		if (rt == NULL || strcmp(rt, "failed") != 0) {
-			set_if(bk, "restore_test", jstr(rec, "outcome"));
-			set_if(bk, "restore_test_time", jstr(rec, "time"));
-		}
+	snprintf(key, sizeof(key), "%s\x1f%s", ref, ver);
+	if ((e = json_object_get(idx, key)) == NULL)
+		return;
+	rt = jstr(bk, "restore_test");
+	if (rt == NULL || strcmp(rt, "failed") != 0) {
+		set_if(bk, "restore_test", jstr(e, "outcome"));
+		set_if(bk, "restore_test_time", jstr(e, "time"));
 	}
 }
 
@@ -387,11 +409,12 @@ json_t *
 arep_rollovers(json_t *records, const struct arep_filter *f)
 {
 	json_t *runs = json_object(), *segs = json_array(), *cur = json_object(),
-	    *groups = json_object(), *order = json_array(), *out = json_array(), *rec, *seg;
+	    *groups = json_object(), *order = json_array(), *out = json_array(), *rec, *seg,
+	    *rtidx = index_restore_tests(records);
 	size_t i;
 
 	if (runs == NULL || segs == NULL || cur == NULL || groups == NULL || order == NULL ||
-	    out == NULL)
+	    out == NULL || rtidx == NULL)
 		goto fail;
 	json_array_foreach(records, i, rec) {
 		const char *action = jstr(rec, "action"), *step, *rot;
@@ -437,7 +460,7 @@ arep_rollovers(json_t *records, const struct arep_filter *f)
 		json_t *ro = build_rollover(seg, runs);
 		if (ro == NULL)
 			goto fail;
-		link_restore_tests(ro, records);
+		link_restore_tests(ro, rtidx);
 		if (in_window(ro, f))
 			json_array_append_new(out, ro);
 		else
@@ -448,6 +471,7 @@ arep_rollovers(json_t *records, const struct arep_filter *f)
 	json_decref(cur);
 	json_decref(groups);
 	json_decref(order);
+	json_decref(rtidx);
 	return out;
 fail:
 	json_decref(runs);
@@ -455,6 +479,7 @@ fail:
 	json_decref(cur);
 	json_decref(groups);
 	json_decref(order);
+	json_decref(rtidx);
 	json_decref(out);
 	return NULL;
 }
