@@ -107,7 +107,18 @@ is_audit_log(const struct agent *a, const char *path)
 	return strcmp(p1, p2) == 0;
 }
 
-/* Every record of the (verified) files, in order. */
+/* What the report reads: runs, rotations, and backup evidence. */
+static int
+wanted(json_t *rec)
+{
+	const char *a = json_string_value(json_object_get(rec, "action"));
+
+	return a != NULL && (strncmp(a, "run-", 4) == 0 || strncmp(a, "rotate-", 7) == 0 ||
+	    strncmp(a, "recover-", 8) == 0 || strncmp(a, "backup-", 7) == 0 ||
+	    strcmp(a, "restore-test") == 0);
+}
+
+/* The records the report reads, of the (verified) files, in order. */
 static int
 load_records(const char *const *paths, size_t n, json_t *out, struct dmk_err *err)
 {
@@ -130,6 +141,13 @@ load_records(const char *const *paths, size_t n, json_t *out, struct dmk_err *er
 				return dmk_errf(err, DMK_ERR_VERIFY, "%s:%lld: changed while being read",
 				    paths[i], lineno);
 			}
+			if (!wanted(j)) {
+				json_decref(j);
+				continue;
+			}
+			/* Not read by the report: less to hold for a long log. */
+			json_object_del(j, "prev");
+			json_object_del(j, "mac");
 			json_array_append_new(out, j);
 		}
 		fclose(f);

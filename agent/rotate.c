@@ -1278,7 +1278,10 @@ rot_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 
 	(void)arg;
 	switch (ch) {
-	case 'i': o->if_due = 1; return 0;
+	case 'i':
+		o->if_due = 1;
+		c->a->trigger = "schedule (--if-due)";   /* the audit records' why.trigger */
+		return 0;
 	case 'r': o->regenerate = 1; return 0;
 	case 'B': o->no_backup = 1; return 0;
 	}

@@ -286,6 +286,11 @@ class RequireTicket(unittest.TestCase):
             rc, out, err = lab.agent("rotate", "--ticket", "CHG2")
             self.assertEqual(rc, 0, out + err)
             self.assertEqual(markers(lab, 2).get("dmkagent-ticket"), "CHG2")
+            # a scheduled run says so
+            rc, out, err = lab.agent("rotate", "--if-due", "--ticket", "CHG3")
+            self.assertEqual(rc, 0, out + err)
+            start = [r for r in records(lab) if r["action"] == "run-start"][-1]
+            self.assertEqual(start["why"], {"ticket": "CHG3", "trigger": "schedule (--if-due)"})
 
 
 class StoreIdentity(unittest.TestCase):
