@@ -336,6 +336,40 @@ class StoreIdentity(unittest.TestCase):
             self.assertNotIn(role_id, lab.audit_text())
 
 
+class AzureMarkers(unittest.TestCase):
+    """Azure Key Vault: the reason (at its longest: a tag value holds 256
+    characters) and the ticket as tags of the new version, and the Entra
+    client id in the records; the rollover in the report."""
+    def test_reason_ticket_tags(self):
+        from azlab import AzureLab, CLIENT, secret_name
+        reason = ("quarterly rollover " * 20)[:256]
+        with AzureLab(nodes=2) as lab:
+            lab.put_dmk_password()
+            rc, out, err = lab.agent("register")
+            self.assertEqual(rc, 0, out + err)
+            rc, out, err = lab.agent("rotate", "--reason", reason, "--ticket", "CHG42")
+            self.assertEqual(rc, 0, out + err)
+            newest = lab.store_versions()[-1][0]
+            tags = lab.kv_get(f"/secrets/{secret_name('CM_P01')}/{newest}").get("tags") or {}
+            self.assertEqual(tags.get("dmkagent-reason"), reason)
+            self.assertEqual(tags.get("dmkagent-ticket"), "CHG42")
+            recs = [r for r in records(lab) if r["action"] == "rotate-pending"]
+            self.assertEqual(len(recs), 1)
+            self.assertIn(f"client_id={CLIENT}", recs[0]["credential"]["store"])
+            self.assertEqual(recs[0]["why"], {"reason": reason, "ticket": "CHG42"})
+            rc, out, err = lab.agent("audit", "report", "--output", "json")
+            self.assertEqual(rc, 0, out + err)
+            ros = json.loads(out)["rollovers"]
+            self.assertEqual(len(ros), 1)
+            self.assertEqual((ros[0]["reason"], ros[0]["ticket"], ros[0]["outcome"]),
+                             (reason, "CHG42", "completed"))
+            self.assertEqual(sorted(r["name"] for r in ros[0]["replicas"]), ["SQLNODE1", "SQLNODE2"])
+            rc, out, err = lab.agent("store", "show", "akv:sql-ag1-cm-p01-dmk")
+            self.assertEqual(rc, 0, out + err)
+            self.assertIn("CHG42", out)
+            self.assertIn(reason[:40], out)
+
+
 RFC5424 = re.compile(r'^<(\d+)>1 (\S+) (\S+) dmkagent (\d+) (\S+) '
                      r'\[dmkagent@32473 seq="(\d+)" hash="([0-9a-f]{64})" record="((?:[^"\\\]]|\\["\\\]])*)"\] '
                      r'(\S+) (.*)$', re.S)
