@@ -123,7 +123,7 @@ parse(struct agcmd_ctx *c, int argc, char **argv, struct dmk_err *err)
 	    cmd->shortopts ? cmd->shortopts : "");
 	if (cmd->flags & AGCMD_DRY_RUN)
 		lo[n++] = (struct option){ "dry-run", no_argument, NULL, 'n' };
-	if (cmd->flags & AGCMD_CHANGES) {
+	if (cmd->flags & (AGCMD_CHANGES | AGCMD_MAY_CHANGE)) {
 		lo[n++] = (struct option){ "reason", required_argument, NULL, OPT_REASON };
 		lo[n++] = (struct option){ "ticket", required_argument, NULL, OPT_TICKET };
 	}

@@ -269,7 +269,8 @@ class RequireTicket(unittest.TestCase):
             lab.put_dmk_password()
             before_log = lab.audit_text()
             before = rotlib.store_versions(lab)
-            for cmd in (["register"], ["rotate"], ["backup"], ["rotate", "--reason", "r"]):
+            for cmd in (["register"], ["rotate"], ["backup"], ["rotate", "--reason", "r"],
+                        ["verify", "--failover-test"], ["recover"]):
                 rc, out, err = lab.agent(*cmd)
                 self.assertEqual(rc, 2, f"{cmd}: {out}{err}")
                 self.assertIn("--ticket", err)
@@ -277,6 +278,11 @@ class RequireTicket(unittest.TestCase):
             self.assertEqual(rotlib.store_versions(lab), before)
             rc, out, err = lab.agent("rotate", "--dry-run")
             self.assertNotEqual(rc, 2, out + err)
+            # read-only commands need none, and take none
+            rc, out, err = lab.agent("verify")
+            self.assertNotEqual(rc, 2, out + err)
+            rc, out, err = lab.agent("status", "--ticket", "CHG1")
+            self.assertEqual(rc, 2, out + err)
             rc, out, err = lab.agent("register", "--ticket", "bad ticket")
             self.assertEqual(rc, 2, out + err)
             rc, out, err = lab.agent("register", "--ticket", "CHG1")
