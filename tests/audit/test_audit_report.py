@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "rotate"))
 import rotlib  # noqa: E402
 from rotlib import Lab  # noqa: E402
 
-REASON = "quarterly rollover, CAB approved: 'yes'"
+REASON = "quarterly rollover, CAB approved: 'yes' <script>alert(1)</script> & \"more\""
 TICKET = "CHG0012345"
 REPLICAS = ["SQLNODE1", "SQLNODE2", "SQLNODE3"]
 
