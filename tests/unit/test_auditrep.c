@@ -20,6 +20,7 @@
 #include "agent/auditrep.h"
 #include "agent/auditship.h"
 #include "agent/markers.h"
+#include "agent/config.h"
 
 static json_t *
 rec(const char *spec)
@@ -320,6 +321,47 @@ test_syslog_format(void **state)
 	assert_int_not_equal(audit_ship_check_spec("unix:dev/log", why, sizeof(why)), 0);
 }
 
+#define CONF_HEAD \
+	"[agent]\nstate_dir = /tmp/x\naudit_log = /tmp/x/audit.jsonl\n%s" \
+	"[store hcv]\ntype = hashicorp-vault\naddress = https://v:8200\nauth = token\n" \
+	"token = env:VAULT_TOKEN\n"
+
+static int
+conf(const char *agent_lines, struct config **c, struct dmk_err *e)
+{
+	char text[1024];
+
+	snprintf(text, sizeof(text), CONF_HEAD, agent_lines);
+	*c = NULL;
+	return config_parse_string(text, "t.conf", c, e);
+}
+
+/* [agent] require_ticket, audit_syslog, audit_syslog_ca. */
+static void
+test_config_keys(void **state)
+{
+	struct config *c;
+	struct dmk_err e;
+
+	(void)state;
+	assert_int_equal(conf("require_ticket = yes\naudit_syslog = tcp+tls:siem.example:6514\n"
+	    "audit_syslog_ca = /etc/ssl/siem.pem\n", &c, &e), 0);
+	assert_true(c->require_ticket);
+	assert_string_equal(c->audit_syslog, "tcp+tls:siem.example:6514");
+	assert_string_equal(c->audit_syslog_ca, "/etc/ssl/siem.pem");
+	config_free(c);
+	assert_int_equal(conf("", &c, &e), 0);
+	assert_false(c->require_ticket);
+	assert_string_equal(c->audit_syslog, "");
+	config_free(c);
+	assert_int_equal(conf("require_ticket = maybe\n", &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "t.conf:4"));
+	assert_int_equal(conf("audit_syslog = syslog.example:514\n", &c, &e), DMK_ERR_CONFIG);
+	assert_non_null(strstr(e.msg, "t.conf:4"));
+	assert_non_null(strstr(e.msg, "udp:HOST:PORT"));
+	assert_int_equal(conf("audit_syslog = udp:h:99999\n", &c, &e), DMK_ERR_CONFIG);
+}
+
 int
 main(void)
 {
@@ -329,6 +371,7 @@ main(void)
 		cmocka_unit_test(test_policy_overdue_first),
 		cmocka_unit_test(test_reason_ticket),
 		cmocka_unit_test(test_syslog_format),
+		cmocka_unit_test(test_config_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
