@@ -33,7 +33,7 @@ static const struct command commands[] = {
 	  "log cut at the end fails.  A run-start with no run-end before the next\n"
 	  "run-start fails, unless the next run recorded it as interrupted.  Names the\n"
 	  "first bad line.  Exit 0 when intact, 1 otherwise.\n" },
-	{ "audit reset-checkpoint", cmd_audit_reset, 1, "audit reset-checkpoint --reason TEXT",
+	{ "audit reset-checkpoint", cmd_audit_reset, 1, "audit reset-checkpoint --reason TEXT [--ticket ID]",
 	  "accept a deliberately rewritten audit log as it is",
 	  "The agent refuses to append to a log that does not hold its checkpoint's\n"
 	  "head.  When the log was cut or replaced on purpose, this appends a\n"
@@ -74,7 +74,8 @@ static const struct command commands[] = {
 	  "authenticate to each store and check access to every reference",
 	  "Opens each configured store (or only STORE), authenticates, and checks that\n"
 	  "every reference the configuration makes to it can be read and written.\n" },
-	{ "store put", cmd_store_put, 1, "store put [--overwrite] [--no-policy-check] REF",
+	{ "store put", cmd_store_put, 1, "store put [--overwrite] [--no-policy-check] "
+	  "[--reason TEXT] [--ticket ID] REF",
 	  "store a password read from a no-echo prompt or standard input",
 	  "Reads the value from a no-echo prompt when standard input is a terminal,\n"
 	  "otherwise from standard input (one trailing newline is removed); never from\n"

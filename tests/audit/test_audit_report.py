@@ -266,7 +266,14 @@ class RequireTicket(unittest.TestCase):
     def test_refused_without_ticket(self):
         with Lab(nodes=2) as lab:
             lab.write_config(agent_extra="require_ticket = yes\n")
-            lab.put_dmk_password()
+            with self.assertRaises(RuntimeError):
+                lab.put_dmk_password()      # store put: no ticket
+            self.assertEqual(rotlib.store_versions(lab), [])
+            rc, out, err = lab.agent("store", "put", "--ticket", "CHG0", "--reason", "seed",
+                                     "hcv:sql/ag1/cm_p01/dmk#password", stdin=lab.dmk_password + "\n")
+            self.assertEqual(rc, 0, out + err)
+            self.assertEqual(markers(lab, 1).get("dmkagent-ticket"), "CHG0")
+            self.assertEqual(markers(lab, 1).get("dmkagent-reason"), "seed")
             before_log = lab.audit_text()
             before = rotlib.store_versions(lab)
             for cmd in (["register"], ["rotate"], ["backup"], ["rotate", "--reason", "r"],
