@@ -538,6 +538,26 @@ class Syslog(unittest.TestCase):
             self.assertIn(" 0 record(s) sent", out)
             lst.stop()
 
+    def test_udp(self):
+        with Lab(nodes=2) as lab:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(0.5)
+            msgs = []
+            try:
+                lab.write_config(agent_extra=f"audit_syslog = udp:127.0.0.1:{sock.getsockname()[1]}\n")
+                lab.put_dmk_password()
+                rc, out, err = lab.agent("register")
+                self.assertEqual(rc, 0, out + err)
+                while True:
+                    try:
+                        msgs.append(sock.recv(1 << 17).decode())
+                    except socket.timeout:
+                        break
+                self.check_all_shipped(lab, msgs)
+            finally:
+                sock.close()
+
     def test_tcp_tls(self):
         with Lab(nodes=2) as lab:
             lst = TlsListener(lab.pki["server_pem"], lab.pki["server_key"])
