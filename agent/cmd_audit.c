@@ -23,7 +23,7 @@
 #define VERIFY_USAGE "usage: dmkagent audit verify [--key REF] [FILE...]"
 
 /* Is path the configured audit log? */
-static int
+int
 is_audit_log(const struct agent *a, const char *path)
 {
 	char p1[PATH_MAX], p2[PATH_MAX];

@@ -81,7 +81,7 @@ static size_t
 discover(const char *log, char paths[][PATH_MAX], size_t max)
 {
 	struct stat st;
-	size_t n = 0, k, i;
+	size_t n = 0, k;
 
 	for (k = max - 1; k >= 1; k--) {
 		char p[PATH_MAX];
@@ -91,20 +91,7 @@ discover(const char *log, char paths[][PATH_MAX], size_t max)
 			util_strlcpy(paths[n++], p, PATH_MAX);
 	}
 	util_strlcpy(paths[n++], log, PATH_MAX);
-	(void)i;
 	return n;
-}
-
-static int
-is_audit_log(const struct agent *a, const char *path)
-{
-	char p1[PATH_MAX], p2[PATH_MAX];
-
-	if (a->cfg == NULL)
-		return 0;
-	if (realpath(path, p1) == NULL || realpath(a->cfg->audit_log, p2) == NULL)
-		return strcmp(path, a->cfg->audit_log) == 0;
-	return strcmp(p1, p2) == 0;
 }
 
 /* What the report reads: runs, rotations, and backup evidence. */
