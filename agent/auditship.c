@@ -37,6 +37,7 @@ struct audit_ship {
 	SSL_CTX *ctx;
 	SSL *ssl;
 	int failed;                /* this run could not deliver: wait for close */
+	char failure[512];         /* why, for the run's audit-syslog record */
 };
 
 static int
@@ -544,9 +545,16 @@ audit_ship_after(void *ship)
 	dmk_err_clear(&err);
 	if (audit_ship_flush(s, &sent, &err) != 0) {
 		s->failed = 1;
+		snprintf(s->failure, sizeof(s->failure), "%s", err.msg);
 		log_warn("%s; the records wait in %s and are sent again at the end of the run "
 		    "and by the next one", err.msg, s->ckpt);
 	}
+}
+
+const char *
+audit_ship_failure(const struct audit_ship *s)
+{
+	return s != NULL && s->failed ? s->failure : NULL;
 }
 
 void

@@ -46,6 +46,8 @@ int audit_ship_open(const char *spec, const char *ca_file, const char *log_path,
 int audit_ship_flush(struct audit_ship *s, long long *sent, struct dmk_err *err);
 /* audit_after_fn: flush unless this run already failed to deliver. */
 void audit_ship_after(void *ship);
+/* This run's delivery failure (for an audit-syslog record), or NULL. */
+const char *audit_ship_failure(const struct audit_ship *s);
 /* A last try (run-end), then free. */
 void audit_ship_close(struct audit_ship *s);
 

@@ -349,6 +349,11 @@ agent_end(struct agent *a, const char *command, int result)
 	struct dmk_err err;
 
 	if (a->audit_open) {
+		const char *sf = audit_ship_failure(a->ship);
+		/* A SIEM that missed records is itself on the record (and sent later). */
+		if (sf != NULL && audit_record(&a->audit, "audit-syslog", NULL, NULL, "failed", sf,
+		    &err) != 0)
+			log_error("%s", err.msg);
 		if (audit_record(&a->audit, "run-end", NULL, NULL,
 		    result == 0 ? "ok" : dmk_strerror(result), result ? command : NULL, &err) != 0)
 			log_error("%s", err.msg);

@@ -525,6 +525,11 @@ class Syslog(unittest.TestCase):
             self.assertLess(time.time() - t0, 60)
             self.assertIn("audit_syslog", err)
             self.assertEqual(len(lst.msgs), n_before)
+            # the missed delivery is itself on the record
+            fails = [r for r in records(lab) if r["action"] == "audit-syslog"]
+            self.assertEqual(len(fails), 1)
+            self.assertEqual(fails[0]["outcome"], "failed")
+            self.assertIn(sockpath, fails[0]["error"])
             rc, out, err = lab.agent("audit", "ship")
             self.assertEqual(rc, 5, out + err)
             lst.start()
