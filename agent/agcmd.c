@@ -8,6 +8,10 @@
 #include "core/secret.h"
 #include "agcmd.h"
 #include "cli.h"
+#include "markers.h"
+
+/* getopt values of the common options without a short letter. */
+enum { OPT_REASON = 0x100, OPT_TICKET };
 
 static int
 rank(int code)
@@ -140,6 +144,10 @@ parse(struct agcmd_ctx *c, int argc, char **argv, struct dmk_err *err)
 	    cmd->shortopts ? cmd->shortopts : "");
 	if (cmd->flags & AGCMD_DRY_RUN)
 		lo[n++] = (struct option){ "dry-run", no_argument, NULL, 'n' };
+	if (cmd->flags & (AGCMD_CHANGES | AGCMD_MAY_CHANGE)) {
+		lo[n++] = (struct option){ "reason", required_argument, NULL, OPT_REASON };
+		lo[n++] = (struct option){ "ticket", required_argument, NULL, OPT_TICKET };
+	}
 	for (i = 0; cmd->options && cmd->options[i].name && n < 31; i++)
 		lo[n++] = cmd->options[i];
 	lo[n] = (struct option){ NULL, 0, NULL, 0 };
@@ -148,6 +156,16 @@ parse(struct agcmd_ctx *c, int argc, char **argv, struct dmk_err *err)
 		switch (ch) {
 		case 'a': c->ag_filter = optarg; break;
 		case 'd': c->db_filter = optarg; break;
+		case OPT_REASON:
+			if ((r = markers_check_reason(optarg, err)) != 0)
+				return r;
+			c->a->reason = optarg;
+			break;
+		case OPT_TICKET:
+			if ((r = markers_check_ticket(optarg, err)) != 0)
+				return r;
+			c->a->ticket = optarg;
+			break;
 		case 'n':
 			if (cmd->flags & AGCMD_DRY_RUN) {
 				c->dry_run = 1;
@@ -235,6 +253,11 @@ agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char 
 		return r;
 	if (c.dry_run)
 		c.changes = 0;
+	/* Refused before the lock, the audit log or any store is touched. */
+	if (c.changes && a->cfg->require_ticket && a->ticket == NULL)
+		return dmk_errf(err, DMK_ERR_USAGE, "%s: require_ticket = yes in [agent]: a "
+		    "changing command needs --ticket ID (nothing was changed)", cmd->name);
+	markers_set_why(a->reason, a->ticket);
 	if ((r = ag_select(a, c.ag_filter, c.db_filter, &ags, &nags, err)) != 0)
 		return r;
 	if (c.audit_name == NULL)

@@ -8,7 +8,10 @@
  * choice of AGs, the run lock and the run-start/run-end audit records of a
  * command that changes something, opening each AG, reporting (text on
  * stdout, or one JSON document with the same top-level keys for every
- * command), and the exit code by one precedence (agcmd_worse()).
+ * command), and the exit code by one precedence (agcmd_worse()).  A command
+ * that changes something also takes --reason TEXT and --ticket ID (into
+ * every audit record and the markers of the versions it writes), and with
+ * require_ticket = yes refuses, exit 2, before anything, without a ticket.
  *
  * Errors: a step reports each failure once through agcmd_fail(), which
  * prints it and keeps the worst; the runner's own return then carries a
@@ -47,6 +50,8 @@ enum agcmd_flags {
 	AGCMD_PROBE = 1u << 1,        /* ag_open() proves each password on the primary */
 	AGCMD_DRY_RUN = 1u << 2,      /* accepts --dry-run */
 	AGCMD_HEADER = 1u << 3,       /* text: "AG: N replica(s), primary P" per AG */
+	AGCMD_MAY_CHANGE = 1u << 4,   /* an option makes it change things (check sets
+	                                 c->changes): takes --reason and --ticket too */
 };
 
 struct agcmd {

@@ -22,6 +22,7 @@
 struct secret;
 struct store;
 struct prov_version;
+struct audit_ship;
 
 enum output_mode { OUTPUT_TEXT = 0, OUTPUT_JSON };
 
@@ -33,6 +34,9 @@ struct agent {
 	struct audit audit;
 	int audit_open;
 	const char *audit_reset_reason; /* audit reset-checkpoint: the operator's reason */
+	const char *reason, *ticket;  /* --reason, --ticket: into records and markers */
+	const char *trigger;          /* what started the run (schedule, event id), or NULL */
+	struct audit_ship *ship;      /* audit_syslog: records shipped off the host; or NULL */
 	struct store *anchor_store;  /* its own instance: written under the audit lock */
 	char run_id[33];
 	enum output_mode output;

@@ -321,6 +321,8 @@ build_line(struct audit *a, long long seq, const char *prev, const struct audit_
 			json_object_set_new(o, "reference", json_string(k->reference));
 		if (k->version)
 			json_object_set_new(o, "version", json_string(k->version));
+		if (k->rotation && k->rotation[0])
+			json_object_set_new(o, "rotation", json_string(k->rotation));
 	}
 	json_object_set_new(rec, "keys", o);
 	json_object_set_new(rec, "outcome", json_string(e->outcome ? e->outcome : "ok"));
@@ -329,6 +331,29 @@ build_line(struct audit *a, long long seq, const char *prev, const struct audit_
 		json_object_set_new(rec, "note", json_string(e->note));
 	if (e->about_run)
 		json_object_set_new(rec, "about_run", json_string(e->about_run));
+	if (a->reason || a->ticket || a->trigger) {
+		o = json_object();
+		if (a->reason)
+			json_object_set_new(o, "reason", json_string(a->reason));
+		if (a->ticket)
+			json_object_set_new(o, "ticket", json_string(a->ticket));
+		if (a->trigger)
+			json_object_set_new(o, "trigger", json_string(a->trigger));
+		json_object_set_new(rec, "why", o);
+	}
+	if (a->describe != NULL && ((k && k->store) || (t && t->ag))) {
+		char sid[256] = "", login[256] = "";
+		a->describe(a->describe_ctx, k ? k->store : NULL, t ? t->ag : NULL, sid,
+		    sizeof(sid), login, sizeof(login));
+		if (sid[0] || login[0]) {
+			o = json_object();
+			if (sid[0])
+				json_object_set_new(o, "store", json_string(sid));
+			if (login[0])
+				json_object_set_new(o, "sql", json_string(login));
+			json_object_set_new(rec, "credential", o);
+		}
+	}
 	json_object_set_new(rec, "prev", json_string(prev));
 	if ((s = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII)) == NULL) {
 		json_decref(rec);
@@ -536,6 +561,8 @@ out:
 	}
 	buf_free(&line);
 	buf_free(&all);
+	if (r == 0 && a->after != NULL)
+		a->after(a->after_ctx);
 	return r;
 }
 

@@ -4,7 +4,11 @@
  * One record per run start and end and per state-changing action:
  *   seq, time, run_id, actor{user,uid,host,pid}, action,
  *   target{ag,replica,database}, keys{dmk_key_guid,cert_thumbprint,store,
- *   reference,version}, outcome, error, prev, [mac]
+ *   reference,version,rotation}, outcome, error, [note], [about_run],
+ *   [why{reason,ticket,trigger}], [credential{store,sql}], prev, [mac]
+ * why is the run's --reason, --ticket and trigger, in every record of the
+ * run that has one; credential names what the store and SQL Server saw
+ * (an AppRole mount, an Entra client id, a SQL login: never a secret).
  * prev is the SHA-256 (hex) of the previous line's bytes (64 zeros for the
  * first record); mac, when an audit key is configured, is HMAC-SHA-256 over
  * the line's bytes up to the mac member, and is always the last member.
@@ -55,6 +59,7 @@ struct audit_keys {
 	const char *reference;
 	const char *version;
 	const char *family_guid;
+	const char *rotation;      /* the rotation id (dmkagent-rotation), or NULL */
 };
 
 /* The head of the log as the agent last wrote it. */
@@ -67,6 +72,15 @@ struct audit_ckpt {
 	int keyed;                 /* carries a MAC */
 	int mac_checked;           /* and it was checked with a key */
 };
+
+/*
+ * Who a store and an AG's SQL Server see this run as: into store_id and
+ * login ("" when unknown).  Names only: never a secret.
+ */
+typedef void (*audit_describe_fn)(void *ctx, const char *store, const char *ag,
+    char *store_id, size_t slen, char *login, size_t llen);
+/* After each batch is durable (and the log unlocked): shipping. */
+typedef void (*audit_after_fn)(void *ctx);
 
 /* Where the anchor goes: the agent puts text into the secret store. */
 typedef int (*audit_anchor_fn)(void *ctx, const char *text, struct dmk_err *err);
@@ -88,6 +102,13 @@ struct audit {
 	audit_anchor_fn anchor;    /* NULL: none */
 	void *anchor_ctx;
 	char anchor_err[512];      /* the last anchor failure, audited next batch */
+	const char *reason;        /* why: --reason, --ticket, the trigger; NULL none */
+	const char *ticket;
+	const char *trigger;
+	audit_describe_fn describe; /* NULL: no credential member */
+	void *describe_ctx;
+	audit_after_fn after;      /* NULL: none */
+	void *after_ctx;
 };
 
 /* The highest seq an append continues from (a forged one is refused). */

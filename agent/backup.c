@@ -208,6 +208,7 @@ backup_password(struct agent *a, const struct secret_ref *ref, const struct audi
 	util_rfc3339(time(NULL), tm, sizeof(tm));
 	prov_meta_set(&m, MARK_KIND, "backup-password");
 	prov_meta_set(&m, MARK_TIME, tm);
+	markers_why(&m);
 	memset(ver, 0, sizeof(*ver));
 	if ((r = agent_guard(a, err)) != 0) {
 		secret_free(*pw);
@@ -365,6 +366,7 @@ escrow_write(struct agent *a, struct bk_item *it, const struct secret *value,
 	prov_meta_set(&m, MARK_NODE, it->node);
 	prov_meta_set(&m, MARK_TIME, time_s);
 	prov_meta_set(&m, MARK_PWVER, it->pwver);
+	markers_why(&m);
 	memset(&nv, 0, sizeof(nv));
 	if ((r = agent_guard(a, err)) != 0)
 		return r;

@@ -33,12 +33,38 @@ static const struct command commands[] = {
 	  "log cut at the end fails.  A run-start with no run-end before the next\n"
 	  "run-start fails, unless the next run recorded it as interrupted.  Names the\n"
 	  "first bad line.  Exit 0 when intact, 1 otherwise.\n" },
-	{ "audit reset-checkpoint", cmd_audit_reset, 1, "audit reset-checkpoint --reason TEXT",
+	{ "audit reset-checkpoint", cmd_audit_reset, 1, "audit reset-checkpoint --reason TEXT [--ticket ID]",
 	  "accept a deliberately rewritten audit log as it is",
 	  "The agent refuses to append to a log that does not hold its checkpoint's\n"
 	  "head.  When the log was cut or replaced on purpose, this appends a\n"
 	  "checkpoint-reset record (with TEXT and the old checkpoint's seq), chained to\n"
 	  "the log as it is now, and moves the checkpoint (and audit_anchor) to it.\n" },
+	{ "audit report", cmd_audit_report, 0, "audit report [FILE...] [--since DATE] "
+	  "[--until DATE] [--ag AG] [--database DB] [--output text|json|csv|html] [--key REF] "
+	  "[--sign KEYREF] [--out FILE] [--signature FILE]",
+	  "an auditor's report of every key rollover, from the audit log",
+	  "Verifies the log first (as audit verify: chain, MACs, checkpoint, anchor), then\n"
+	  "lists every rollover per AG and database: rotation id, start and end, who,\n"
+	  "why (reason, ticket, trigger), old and new store versions, per replica\n"
+	  "whether the new password was registered and verified and the old one\n"
+	  "revoked, the backup escrowed before it and its restore test, the outcome,\n"
+	  "and every run that worked on it (an interrupted rollover appears once, with\n"
+	  "the run that finished it).  Then each database's password age against\n"
+	  "rotate_every, overdue first.  FILEs default to the audit_log and the rotated\n"
+	  "files before it (LOG.N ... LOG.1).  DATE: YYYY-MM-DD or RFC 3339.  html is one\n"
+	  "self-contained file; csv has one row per rollover per replica.  --sign KEYREF\n"
+	  "signs the report with an Ed25519 PEM key (a reference) into FILE.sig.\n"
+	  "A log that fails verification: the first line says so, exit 1.\n" },
+	{ "audit verify-report", cmd_audit_verify_report, 0, "audit verify-report REPORT "
+	  "--pubkey FILE [--signature FILE]",
+	  "check a signed audit report offline",
+	  "Checks REPORT against its detached signature (REPORT.sig unless --signature)\n"
+	  "with the Ed25519 public key in FILE (PEM).  Exit 0 when good, 1 otherwise.\n" },
+	{ "audit ship", cmd_audit_ship, 1, "audit ship",
+	  "send the audit records audit_syslog has not received yet",
+	  "Sends every record after the delivery checkpoint (state_dir/audit-syslog.json)\n"
+	  "to audit_syslog as RFC 5424.  Every changing run does this by itself; this is\n"
+	  "for a listener that was down.  Exit 0 when nothing waits, 5 when unreachable.\n" },
 	{ "genpass", cmd_genpass, 0, "genpass --dry-run [--length N] [--avoid CHARS]",
 	  "show the policy generated passwords meet (never a password)",
 	  "Prints the alphabet, length and strength of the passwords dmkagent\n"
@@ -48,7 +74,8 @@ static const struct command commands[] = {
 	  "authenticate to each store and check access to every reference",
 	  "Opens each configured store (or only STORE), authenticates, and checks that\n"
 	  "every reference the configuration makes to it can be read and written.\n" },
-	{ "store put", cmd_store_put, 1, "store put [--overwrite] [--no-policy-check] REF",
+	{ "store put", cmd_store_put, 1, "store put [--overwrite] [--no-policy-check] "
+	  "[--reason TEXT] [--ticket ID] REF",
 	  "store a password read from a no-echo prompt or standard input",
 	  "Reads the value from a no-echo prompt when standard input is a terminal,\n"
 	  "otherwise from standard input (one trailing newline is removed); never from\n"

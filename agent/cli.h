@@ -23,6 +23,11 @@ const struct command *cli_find(const char *name);
 int cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_audit_verify(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_audit_reset(struct agent *a, int argc, char **argv, struct dmk_err *err);
+int cmd_audit_report(struct agent *a, int argc, char **argv, struct dmk_err *err);
+int cmd_audit_verify_report(struct agent *a, int argc, char **argv, struct dmk_err *err);
+int cmd_audit_ship(struct agent *a, int argc, char **argv, struct dmk_err *err);
+/* Is path the configured audit_log (cmd_audit.c)? */
+int is_audit_log(const struct agent *a, const char *path);
 int cmd_genpass(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_store_put(struct agent *a, int argc, char **argv, struct dmk_err *err);

@@ -18,11 +18,12 @@
 #include "core/dmk.h"
 #include "core/secret.h"
 #include "cli.h"
+#include "markers.h"
 
 #define VERIFY_USAGE "usage: dmkagent audit verify [--key REF] [FILE...]"
 
 /* Is path the configured audit log? */
-static int
+int
 is_audit_log(const struct agent *a, const char *path)
 {
 	char p1[PATH_MAX], p2[PATH_MAX];
@@ -210,6 +211,7 @@ cmd_audit_reset(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
 	static const struct option opts[] = {
 		{ "reason", required_argument, NULL, 'r' },
+		{ "ticket", required_argument, NULL, 'T' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *reason = NULL;
@@ -218,15 +220,23 @@ cmd_audit_reset(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	while ((ch = getopt_long(argc, argv, "r:", opts, NULL)) != -1) {
 		if (ch == 'r')
 			reason = optarg;
+		else if (ch == 'T' && (r = markers_check_ticket(optarg, err)) == 0)
+			a->ticket = optarg;
+		else if (ch == 'T')
+			return r;
 		else
 			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent audit reset-checkpoint "
-			    "--reason TEXT");
+			    "--reason TEXT [--ticket ID]");
 	}
 	if (optind != argc || reason == NULL || reason[0] == '\0' || strlen(reason) > 200 ||
 	    !util_utf8_valid(reason, strlen(reason)))
 		return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent audit reset-checkpoint "
-		    "--reason TEXT (1 to 200 characters, recorded in the audit log)");
+		    "--reason TEXT (1 to 200 characters, recorded in the audit log) [--ticket ID]");
+	if (a->cfg->require_ticket && a->ticket == NULL)
+		return dmk_errf(err, DMK_ERR_USAGE, "audit reset-checkpoint: require_ticket = yes "
+		    "in [agent]: give --ticket ID (nothing was changed)");
 	a->audit_reset_reason = reason;
+	a->reason = reason;
 	if ((r = agent_begin(a, "audit reset-checkpoint", err)) != 0)
 		return r;
 	fprintf(a->out, "%s: accepted as it is; the checkpoint now names its head "

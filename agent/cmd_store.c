@@ -112,6 +112,8 @@ cmd_store_put(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	static const struct option opts[] = {
 		{ "overwrite", no_argument, NULL, 'o' },
 		{ "no-policy-check", no_argument, NULL, 'n' },
+		{ "reason", required_argument, NULL, 'R' },
+		{ "ticket", required_argument, NULL, 'T' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct secret_ref ref;
@@ -129,13 +131,24 @@ cmd_store_put(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			overwrite = 1;
 		else if (ch == 'n')
 			policy = 0;
+		else if (ch == 'R' && (r = markers_check_reason(optarg, err)) == 0)
+			a->reason = optarg;
+		else if (ch == 'T' && (r = markers_check_ticket(optarg, err)) == 0)
+			a->ticket = optarg;
+		else if (ch == 'R' || ch == 'T')
+			return r;
 		else
 			return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent store put [--overwrite] "
-			    "[--no-policy-check] REF");
+			    "[--no-policy-check] [--reason TEXT] [--ticket ID] REF");
 	}
 	if (optind != argc - 1)
 		return dmk_errf(err, DMK_ERR_USAGE, "usage: dmkagent store put [--overwrite] "
-		    "[--no-policy-check] REF (the value comes from standard input, never argv)");
+		    "[--no-policy-check] [--reason TEXT] [--ticket ID] REF (the value comes from "
+		    "standard input, never argv)");
+	if (a->cfg->require_ticket && a->ticket == NULL)
+		return dmk_errf(err, DMK_ERR_USAGE, "store put: require_ticket = yes in [agent]: "
+		    "give --ticket ID (nothing was changed)");
+	markers_set_why(a->reason, a->ticket);
 	if ((r = parse_store_ref(a, argv[optind], &ref, err)) != 0)
 		return r;
 	if ((r = cli_read_secret("Password: ", 1, &val, err)) != 0)
@@ -162,6 +175,7 @@ cmd_store_put(struct agent *a, int argc, char **argv, struct dmk_err *err)
 	prov_meta_set(&meta, MARK_STATE, "current");
 	prov_meta_set(&meta, MARK_BY, by);
 	prov_meta_set(&meta, MARK_TIME, tbuf);
+	markers_why(&meta);
 	memset(&newver, 0, sizeof(newver));
 	if ((r = store_put(st, &ref, val, expect, &meta, &newver, err)) != 0) {
 		if (r == DMK_ERR_CONFLICT && !overwrite)

@@ -24,6 +24,7 @@
 #include "core/secret.h"
 #include "config.h"
 #include "providers/provider.h"
+#include "auditship.h"
 
 struct raw_kv {
 	char *key, *value;
@@ -189,6 +190,9 @@ static const struct conf_keydef agent_keys[] = {
 	{ "hook_command", CK_PATH, 0, NULL, 0, 0 },
 	{ "hook_timeout", CK_DURATION, 0, NULL, 0, 0 },
 	{ "metrics_file", CK_PATH, 0, NULL, 0, 0 },
+	{ "require_ticket", CK_BOOL, 0, NULL, 0, 0 },
+	{ "audit_syslog", CK_STRING, 0, NULL, 0, 0 },
+	{ "audit_syslog_ca", CK_PATH, 0, NULL, 0, 0 },
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -502,6 +506,15 @@ interp_agent(const char *path, struct raw_section *sec, struct config *cfg,
 			cfg->hook_timeout = num;
 		} else if (strcmp(kv->key, "metrics_file") == 0)
 			util_strlcpy(cfg->metrics_file, kv->value, sizeof(cfg->metrics_file));
+		else if (strcmp(kv->key, "require_ticket") == 0)
+			cfg->require_ticket = strcmp(kv->value, "yes") == 0 ||
+			    strcmp(kv->value, "true") == 0;
+		else if (strcmp(kv->key, "audit_syslog") == 0) {
+			if (audit_ship_check_spec(kv->value, hint, sizeof(hint)) != 0)
+				FAIL(DMK_ERR_CONFIG, kv->line, "'audit_syslog' in [agent]: %s", hint);
+			util_strlcpy(cfg->audit_syslog, kv->value, sizeof(cfg->audit_syslog));
+		} else if (strcmp(kv->key, "audit_syslog_ca") == 0)
+			util_strlcpy(cfg->audit_syslog_ca, kv->value, sizeof(cfg->audit_syslog_ca));
 	}
 	return 0;
 }

@@ -102,6 +102,9 @@ struct config {
 	char hook_command[PATH_MAX];   /* "" none: run after each change (deployhook.h) */
 	long long hook_timeout;        /* seconds */
 	char metrics_file[PATH_MAX];   /* "" none: Prometheus text after each run (metrics.h) */
+	int require_ticket;            /* changing commands refuse without --ticket */
+	char audit_syslog[512];        /* unix:PATH | udp:HOST:PORT | tcp+tls:HOST:PORT, or "" */
+	char audit_syslog_ca[PATH_MAX]; /* tcp+tls: CA file ("": the system's) */
 	struct conf_store *stores;
 	size_t nstores;
 	struct conf_ag *ags;

@@ -14,6 +14,7 @@
 #include "core/secret.h"
 #include "agent.h"
 #include "lock.h"
+#include "auditship.h"
 #include "providers/provider.h"
 
 void
@@ -53,6 +54,8 @@ agent_free(struct agent *a)
 	if (a->audit_open)
 		audit_close(&a->audit);
 	a->audit_open = 0;
+	audit_ship_close(a->ship);
+	a->ship = NULL;
 	anchor_close(a);
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;
@@ -239,6 +242,41 @@ agent_audit_anchor_get(struct agent *a, const struct secret *key, struct audit_c
 	return r;
 }
 
+/* What each store and SQL Server see this run as: configuration names, never a secret. */
+static void
+describe(void *ctx, const char *store, const char *ag, char *sid, size_t slen, char *login,
+    size_t llen)
+{
+	struct agent *a = ctx;
+	const struct conf_store *cs;
+	const char *auth;
+	size_t i;
+	int n;
+
+	if (store != NULL && (cs = config_store(a->cfg, store)) != NULL) {
+		auth = conf_store_str(cs, "auth");
+		n = snprintf(sid, slen, "%s: %s auth=%s", cs->name, cs->type, auth ? auth :
+		    "default");
+		/* What the store itself says it logged in as (the store's own
+		 * business: a Vault role, an Entra client id), once it is open. */
+		for (i = 0; i < a->cfg->nstores && a->stores != NULL; i++)
+			if (&a->cfg->stores[i] == cs && a->store_state[i] == 1 && n > 0 &&
+			    (size_t)n < slen) {
+				char who[256];
+				store_identity(&a->stores[i], who, sizeof(who));
+				if (who[0])
+					snprintf(sid + n, slen - (size_t)n, " %s", who);
+			}
+	}
+	for (i = 0; ag != NULL && i < a->cfg->nags; i++)
+		if (strcmp(a->cfg->ags[i].name, ag) == 0) {
+			snprintf(login, llen, "%s", a->cfg->ags[i].login[0] &&
+			    strcmp(a->cfg->ags[i].login, "integrated") != 0 ? a->cfg->ags[i].login :
+			    "integrated (Kerberos)");
+			break;
+		}
+}
+
 int
 agent_begin(struct agent *a, const char *command, struct dmk_err *err)
 {
@@ -287,8 +325,26 @@ agent_begin(struct agent *a, const char *command, struct dmk_err *err)
 		audit_close(&a->audit);
 		return r;
 	}
+	if (a->cfg->audit_syslog[0] != '\0' && a->ship == NULL) {
+		char sck[4200];
+		snprintf(sck, sizeof(sck), "%s/audit-syslog.json", a->cfg->state_dir);
+		if ((r = audit_ship_open(a->cfg->audit_syslog, a->cfg->audit_syslog_ca,
+		    a->cfg->audit_log, sck, &a->ship, err)) != 0) {
+			audit_close(&a->audit);
+			return r;
+		}
+	}
 	a->audit_open = 1;
 	a->audit.reset_reason = a->audit_reset_reason;
+	a->audit.reason = a->reason;
+	a->audit.ticket = a->ticket;
+	a->audit.trigger = a->trigger;
+	a->audit.describe = describe;
+	a->audit.describe_ctx = a;
+	if (a->ship != NULL) {
+		a->audit.after = audit_ship_after;
+		a->audit.after_ctx = a->ship;
+	}
 	return audit_record(&a->audit, "run-start", NULL, NULL, command, NULL, err);
 }
 
@@ -298,12 +354,19 @@ agent_end(struct agent *a, const char *command, int result)
 	struct dmk_err err;
 
 	if (a->audit_open) {
+		const char *sf = audit_ship_failure(a->ship);
+		/* A SIEM that missed records is itself on the record (and sent later). */
+		if (sf != NULL && audit_record(&a->audit, "audit-syslog", NULL, NULL, "failed", sf,
+		    &err) != 0)
+			log_error("%s", err.msg);
 		if (audit_record(&a->audit, "run-end", NULL, NULL,
 		    result == 0 ? "ok" : dmk_strerror(result), result ? command : NULL, &err) != 0)
 			log_error("%s", err.msg);
 		audit_close(&a->audit);
 		a->audit_open = 0;
 	}
+	audit_ship_close(a->ship);
+	a->ship = NULL;
 	anchor_close(a);
 	lock_release(a->lock_fd);
 	a->lock_fd = -1;

@@ -1,4 +1,5 @@
 /* markers.c: the meaning of the agent's store markers; pure rules, no I/O. */
+#include <ctype.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
@@ -149,4 +150,51 @@ markers_stamp(struct prov_meta *m, const char *state)
 		prov_meta_set(m, MARK_STATE, state);
 	prov_meta_set(m, MARK_BY, by);
 	prov_meta_set(m, MARK_TIME, t);
+}
+
+static const char *why_reason, *why_ticket;
+
+void
+markers_set_why(const char *reason, const char *ticket)
+{
+	why_reason = reason;
+	why_ticket = ticket;
+}
+
+void
+markers_why(struct prov_meta *m)
+{
+	if (why_reason != NULL && why_reason[0] != '\0')
+		prov_meta_set(m, MARK_REASON, why_reason);
+	if (why_ticket != NULL && why_ticket[0] != '\0')
+		prov_meta_set(m, MARK_TICKET, why_ticket);
+}
+
+int
+markers_check_reason(const char *s, struct dmk_err *err)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0 || n > MARK_REASON_MAX || !util_utf8_valid(s, n))
+		return dmk_errf(err, DMK_ERR_USAGE, "--reason: 1 to %d bytes of UTF-8 text",
+		    MARK_REASON_MAX);
+	for (i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return dmk_errf(err, DMK_ERR_USAGE, "--reason: no control characters "
+			    "(it goes into store markers and audit records)");
+	return 0;
+}
+
+int
+markers_check_ticket(const char *s, struct dmk_err *err)
+{
+	size_t i, n = strlen(s);
+
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && strchr("._:/#-", s[i]) == NULL)
+			break;
+	if (n == 0 || n > MARK_TICKET_MAX || i != n)
+		return dmk_errf(err, DMK_ERR_USAGE, "--ticket: 1 to %d characters of letters, "
+		    "digits and . _ : / # - (such as CHG0012345)", MARK_TICKET_MAX);
+	return 0;
 }

@@ -25,6 +25,9 @@
 #define MARK_ROTATION  "dmkagent-rotation"  /* the rotation id that wrote or tagged it */
 #define MARK_BY        "dmkagent-by"        /* user@host */
 #define MARK_TIME      "dmkagent-time"      /* RFC 3339 */
+/* Why, on the versions a changing command writes (--reason, --ticket). */
+#define MARK_REASON    "dmkagent-reason"    /* 1 to MARK_REASON_MAX bytes of UTF-8 */
+#define MARK_TICKET    "dmkagent-ticket"    /* 1 to MARK_TICKET_MAX of [A-Za-z0-9._:/#-] */
 /* A pending password version. */
 #define MARK_MODE      "dmkagent-mode"      /* rotate|regenerate|recover */
 #define MARK_REPLACES  "dmkagent-replaces"  /* the version it replaces */
@@ -37,6 +40,10 @@
 #define MARK_NODE      "dmkagent-node"
 #define MARK_PWVER     "dmkagent-password-version"
 #define MARK_RESTORED  "dmkagent-restore-tested" /* RFC 3339: a restore test passed */
+
+/* Azure Key Vault takes 256 characters per tag value (Vault 512 bytes). */
+#define MARK_REASON_MAX 256
+#define MARK_TICKET_MAX 64
 
 enum mk_mode { MK_MODE_ROTATE = 0, MK_MODE_REGENERATE, MK_MODE_RECOVER };
 
@@ -79,5 +86,16 @@ long markers_in_force(const struct prov_version *v, size_t n);
 /* Stamp m with state (may be NULL: none), MARK_BY (this user@host) and MARK_TIME (now). */
 void markers_stamp(struct prov_meta *m, const char *state);
 const char *markers_mode_name(enum mk_mode mode);
+/*
+ * The run's reason and ticket (NULL: none), kept for markers_why(); the
+ * strings must outlive the run (argv).  markers_why() adds MARK_REASON and
+ * MARK_TICKET to m for each that is set: on the versions a run writes, not
+ * on the later state changes of versions another run wrote.
+ */
+void markers_set_why(const char *reason, const char *ticket);
+void markers_why(struct prov_meta *m);
+/* 0 when acceptable as a marker value; else DMK_ERR_USAGE with a message. */
+int markers_check_reason(const char *s, struct dmk_err *err);
+int markers_check_ticket(const char *s, struct dmk_err *err);
 
 #endif

@@ -73,7 +73,7 @@ prune_work(struct rep_run *rr, struct sql_session *s)
 		for (j = 0; p->usable && j < p->nstale; j++) {
 			struct audit_target t = { run->ag->name, rr->rep->name, p->db->name };
 			struct audit_keys k = { p->primary_keys.dmk_key_guid, NULL, p->store,
-			    p->db->dmk_password.text, p->stale_ver[j], p->primary_keys.family_guid };
+			    p->db->dmk_password.text, p->stale_ver[j], p->primary_keys.family_guid, NULL };
 			struct dmk_err e;
 			int r = run->dry_run ? 0 : sql_dmk_password(s, p->db->name, p->stale[j], "drop", &e);
 

@@ -142,7 +142,7 @@ rot_audit(struct rot *r, const char *action, const char *replica, const char *ve
 {
 	struct audit_target t = { r->run->ag->name, replica, r->p->db->name };
 	struct audit_keys k = { r->p->primary_keys.dmk_key_guid, NULL, r->p->store,
-	    r->ref->text, version, r->p->primary_keys.family_guid };
+	    r->ref->text, version, r->p->primary_keys.family_guid, r->rid };
 	char act[64];
 
 	snprintf(act, sizeof(act), "%s-%s", r->cmd, action);
@@ -280,6 +280,7 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 	markers_stamp(&m, "pending");
 	prov_meta_set(&m, MARK_ROTATION, r->rid);
 	prov_meta_set(&m, MARK_MODE, markers_mode_name((enum mk_mode)r->mode));
+	markers_why(&m);
 	if (r->have_old)
 		prov_meta_set(&m, MARK_REPLACES, r->oldv.id);
 	if (r->bkver[0])
@@ -400,7 +401,7 @@ rot_bk_audit(struct rot *r, const char *outcome, const char *error)
 {
 	struct audit_target t = { r->run->ag->name, NULL, r->p->db->name };
 	struct audit_keys k = { r->p->primary_keys.dmk_key_guid, NULL, r->p->store,
-	    r->ref->text, r->bkver[0] ? r->bkver : NULL, r->p->primary_keys.family_guid };
+	    r->ref->text, r->bkver[0] ? r->bkver : NULL, r->p->primary_keys.family_guid, r->rid };
 	struct secret_ref ref;
 	struct dmk_err e;
 	char act[64];
@@ -1314,7 +1315,10 @@ rot_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 
 	(void)arg;
 	switch (ch) {
-	case 'i': o->if_due = 1; return 0;
+	case 'i':
+		o->if_due = 1;
+		c->a->trigger = "schedule (--if-due)";   /* the audit records' why.trigger */
+		return 0;
 	case 'r': o->regenerate = 1; return 0;
 	case 'B': o->no_backup = 1; return 0;
 	}

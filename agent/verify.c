@@ -387,7 +387,7 @@ static const struct option ver_options[] = {
 
 static const struct agcmd verify_cmd = {
 	.name = "verify",
-	.flags = AGCMD_PROBE | AGCMD_HEADER,
+	.flags = AGCMD_PROBE | AGCMD_HEADER | AGCMD_MAY_CHANGE,
 	.options = ver_options,
 	.shortopts = "f",
 	.option = ver_option,

@@ -1087,6 +1087,17 @@ azkv_close(struct store *st)
 	http_client_close(&st->http);
 }
 
+/* Who Entra ID issued the tokens to: the application or managed identity. */
+static void
+azkv_identity(struct store *st, char *out, size_t len)
+{
+	const struct azkv *kv = st->priv;
+	const char *id = kv == NULL ? "" : kv->cred.client_id[0] ? kv->cred.client_id :
+	    kv->cred.mi_client_id;
+
+	snprintf(out, len, "%s%s", id[0] ? "client_id=" : "", id);
+}
+
 const struct prov_ops prov_azkv = {
 	.type = "azure-key-vault",
 	/* No CAS: put() emulates expect_version, see azkv_put(). */
@@ -1104,4 +1115,5 @@ const struct prov_ops prov_azkv = {
 	.set_meta = azkv_set_meta,
 	.list_versions = azkv_list,
 	.check = azkv_check,
+	.identity = azkv_identity,
 };

@@ -1571,6 +1571,14 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 	return 0;
 }
 
+static void
+hcvault_identity(struct store *st, char *out, size_t len)
+{
+	const struct hcv *h = st->priv;
+
+	snprintf(out, len, "%s", h != NULL ? h->who : "");
+}
+
 const struct prov_ops prov_hcvault = {
 	.type = "hashicorp-vault",
 	.caps = PROV_CAP_CAS | PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_DELETE |
@@ -1589,4 +1597,5 @@ const struct prov_ops prov_hcvault = {
 	.list_versions = hcvault_list_versions,
 	.delete_version = hcvault_delete_version,
 	.check = hcvault_check,
+	.identity = hcvault_identity,
 };

@@ -53,6 +53,10 @@ take_client_token(struct hcv *h, const struct http_response *resp, const char *w
 		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 	}
 	token_set(h, s, 1);
+	/* AppRole, Kubernetes, JWT: Vault names the role in the login's metadata. */
+	if ((t = json_string_value(json_object_get(json_object_get(auth, "metadata"),
+	    "role_name"))) != NULL && *t)
+		snprintf(h->who, sizeof(h->who), "role_name=%.200s", t);
 	h->token_ttl_s = hcv_json_num(json_object_get(auth, "lease_duration"));
 	h->token_period_s = h->token_ttl_s;
 	h->token_renewable = json_is_true(json_object_get(auth, "renewable"));
@@ -85,6 +89,14 @@ hcv_token_lookup(struct store *st, struct dmk_err *err)
 		goto out;
 	}
 	d = json_object_get(root, "data");
+	if (h->who[0] == '\0') {
+		const char *rn = json_string_value(json_object_get(json_object_get(d, "meta"),
+		    "role_name")), *dn = json_string_value(json_object_get(d, "display_name"));
+		if (rn != NULL && *rn)
+			snprintf(h->who, sizeof(h->who), "role_name=%.200s", rn);
+		else if (dn != NULL && *dn)
+			snprintf(h->who, sizeof(h->who), "display_name=%.200s", dn);
+	}
 	ttl = hcv_json_secs(json_object_get(d, "ttl"));
 	cttl = hcv_json_secs(json_object_get(d, "creation_ttl"));
 	period = hcv_json_secs(json_object_get(d, "period"));

@@ -41,6 +41,7 @@ struct hcv {
 	char kv_mount[256];       /* the mount path Vault reported, no slash */
 	char kv_prefix[512];      /* part of the path inside the mount before the ref */
 	int told_standby;         /* the standby redirect was reported */
+	char who[256];            /* the login's role name or token display name (audit) */
 };
 
 /* What a failure is about (hcv_vault_fail): reading data or logging in. */

@@ -127,6 +127,10 @@ struct prov_ops {
 	/* store check: can we read/write each reference?  One line per ref. */
 	int (*check)(struct store *st, const struct secret_ref *const *refs,
 	    size_t nrefs, struct buf *report, struct dmk_err *err);
+	/* Optional: who the store saw this run authenticate as (an AppRole's
+	 * role name, a token's display name), for audit records; never a
+	 * secret.  "" when not known.  No network. */
+	void (*identity)(struct store *st, char *out, size_t len);
 };
 
 extern const struct prov_ops *const providers[];
@@ -168,6 +172,9 @@ int store_delete_version(struct store *st, const struct secret_ref *ref,
     const char *version, struct dmk_err *err);
 int store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs,
     struct buf *report, struct dmk_err *err);
+/* Who the store saw this run as (the login's role, the client id), never a
+ * secret; "" when the store does not say or is not open. */
+void store_identity(const struct store *st, char *out, size_t len);
 /* Whether the store has every capability in caps. */
 int store_can(const struct store *st, unsigned caps);
 /* The same, as an error naming the store and why the caller needs it. */

@@ -74,6 +74,15 @@ store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs
 	return st->ops->check(st, refs, nrefs, report, err);
 }
 
+void
+store_identity(const struct store *st, char *out, size_t len)
+{
+	if (len > 0)
+		out[0] = '\0';
+	if (st->opened && st->ops->identity != NULL)
+		st->ops->identity((struct store *)st, out, len);
+}
+
 int
 store_can(const struct store *st, unsigned caps)
 {

@@ -41,7 +41,7 @@ write_log(const struct secret *key, int n)
 	struct audit a;
 	struct dmk_err e;
 	struct audit_target t = { "AG1", "SQLNODE1", "CM_P01" };
-	struct audit_keys k = { "6f1a", NULL, "hcv", "hcv:sql/ag1/cm_p01/dmk#password", "3", "fam" };
+	struct audit_keys k = { "6f1a", NULL, "hcv", "hcv:sql/ag1/cm_p01/dmk#password", "3", "fam", NULL };
 	int i;
 
 	unlink(path);
