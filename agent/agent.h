@@ -1,7 +1,7 @@
 /*
  * agent.h: one run of dmkagent: its configuration, the stores it has
  * opened, its audit trail, its lock, and how it reports.  The commands
- * (cmd_*.c, register.c, ...) take a struct agent and nothing global.
+ * (cmd_*.c) take a struct agent and nothing global.
  *
  * Ownership: struct agent owns its configuration, its opened stores, the
  * audit handle, the lock and the registration state; agent_free() closes and

@@ -69,7 +69,7 @@ struct conf_db {
 	int line;
 };
 
-/* [hook]: dmkagent hook serve (hook.c). */
+/* [hook]: dmkagent hook serve (cmd_hook.c). */
 struct conf_hook {
 	int present;
 	char listen_host[256];

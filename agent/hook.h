@@ -1,4 +1,4 @@
-/* hook.h: dmkagent hook serve (hook.c); what its fuzz target reaches. */
+/* hook.h: dmkagent hook serve (cmd_hook.c); what its fuzz target reaches. */
 #ifndef DMK_HOOK_H
 #define DMK_HOOK_H
 

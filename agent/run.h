@@ -1,4 +1,4 @@
-/* run.h: what run (cmd_run.c) shares with watch (watch.c). */
+/* run.h: what run (cmd_run.c) shares with watch (cmd_watch.c). */
 #ifndef DMK_RUN_H
 #define DMK_RUN_H
 

@@ -1,7 +1,7 @@
 /*
  * steps.h: the commands' steps for one opened availability group, called
- * by their own command (register.c, rotate.c, backup.c, verify.c) and by
- * the ones that chain them in-process (cmd_run.c, watch.c).
+ * by their own command (cmd_register.c, cmd_rotate.c, cmd_backup.c, cmd_verify.c) and by
+ * the ones that chain them in-process (cmd_run.c, cmd_watch.c).
  *
  * Each takes the runner's context (agcmd.h), reports its failures once
  * through agcmd_fail(), fires the deploy hook for each change

@@ -1,5 +1,5 @@
 /*
- * Fuzz target: dmkagent hook serve's request handling (agent/hook.c), fed
+ * Fuzz target: dmkagent hook serve's request handling (agent/cmd_hook.c), fed
  * from memory in pieces as a TLS session would: request line, headers, the
  * code parameter, Content-Length, the body and every event in it must never
  * crash, leak or hang, whatever arrives.

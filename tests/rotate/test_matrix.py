@@ -209,7 +209,7 @@ def regenerate_group(lab):
         cell("regenerate", f"kill backup:{b}", kill_in_backup)
 
 
-# ---- backup (agent/backup.c's step boundaries, backup:after-*) ----
+# ---- backup (agent/backup.c's and restore_test.c's step boundaries, backup:after-*) ----
 
 # Per database (backup --restore-test), then the SMKs (--smk).
 BACKUP_BOUNDARIES = ["after-password", "after-dmk-file", "after-escrow-cert",
