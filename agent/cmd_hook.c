@@ -108,7 +108,7 @@ job_run(struct hook *h, const struct job *j)
 	struct agent *a = h->a;
 	const struct conf_db *db = &a->cfg->dbs[j->db];
 	const struct conf_ag *ag = config_ag(a->cfg, db->ag);
-	char *argv[6];
+	char *argv[6], trigger[HOOK_ID_MAX + 40];
 	struct dmk_err err;
 	int r;
 
@@ -127,7 +127,14 @@ job_run(struct hook *h, const struct job *j)
 	if (j->kind == JOB_EXPIRED)
 		log_error("hook: event %s: the DMK password of %s/%s has EXPIRED in the store; "
 		    "rotating now", j->id, argv[2], argv[4]);
+	/* why the run happens, for the audit records (why.trigger): the event's id
+	 * (checked when the request was read: HOOK_ID_MAX of a safe alphabet) */
+	snprintf(trigger, sizeof(trigger), "hook event %s (%s)", j->id,
+	    j->kind == JOB_APPLY ? "new version" : j->kind == JOB_EXPIRED ? "expired" :
+	    "near expiry");
+	a->trigger = trigger;
 	r = j->kind == JOB_APPLY ? cmd_run(a, 5, argv, &err) : cmd_rotate(a, 5, argv, &err);
+	a->trigger = NULL;
 	if (r < 0)
 		log_error("hook: event %s (%s/%s): %s", j->id, argv[2], argv[4],
 		    err.msg[0] ? err.msg : dmk_strerror(r));

@@ -530,6 +530,8 @@ cmd_run(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		o.m[i].unfinished = -1;
 	}
 	dmk_signals_install();
+	if (a->trigger == NULL)
+		a->trigger = "schedule (run)";   /* watch and hook serve name their own */
 	r = agcmd_main(a, &run_cmd, &o, argc, argv, err);
 	/* Not for a usage error or a dry run (nothing ran), nor a locked one
 	 * (the run holding the lock writes them). */

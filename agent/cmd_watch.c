@@ -183,6 +183,10 @@ cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		    time(NULL) - last_pass >= (time_t)every) {
 			if (!first && memcmp(seen, now, nd * sizeof(*seen)) != 0)
 				log_info("watch: a store version changed: running");
+			/* why this pass runs, for the audit records (why.trigger) */
+			a->trigger = first ? "watch: start" : memcmp(seen, now, nd * sizeof(*seen)) != 0 ?
+			    "watch: a store version changed" : work ? "watch: unfinished work" :
+			    "watch: schedule (--run-every)";
 			r = pass(a, agf, dbf);
 			last_pass = time(NULL);
 			first = 0;
