@@ -331,8 +331,18 @@ unknown_command(const char *word, const char *next)
 	else if (group)
 		fprintf(stderr, "dmkagent: '%s' needs a command (one of: %s); see dmkagent "
 		    "--help\n", word, subs);
-	else
-		fprintf(stderr, "dmkagent: unknown command '%s'; see dmkagent --help\n", word);
+	else {
+		const char *best = NULL;
+		int d, bestd = 3;                /* suggest only a near miss */
+
+		for (c = commands; c->name != NULL; c++)
+			if ((d = util_edit_distance(word, c->name)) < bestd) {
+				bestd = d;
+				best = c->name;
+			}
+		fprintf(stderr, "dmkagent: unknown command '%s'%s%s%s; see dmkagent --help\n",
+		    word, best ? " (did you mean '" : "", best ? best : "", best ? "'?)" : "");
+	}
 }
 
 int

@@ -72,6 +72,9 @@ class Cli(unittest.TestCase):
         rc, _, err = run("config")
         self.assertEqual(rc, 2)
         self.assertIn("'config' needs a command", err)
+        rc, _, err = run("rotat")
+        self.assertEqual(rc, 2)
+        self.assertIn("unknown command 'rotat' (did you mean 'rotate'?)", err)
 
     def test_unknown_option_named(self):
         path = self.conf(self.base() + "[ag AG1]\nlistener = 127.0.0.1:1\nlogin = x\n"
