@@ -12,6 +12,23 @@
 #include "relay.h"
 #include "session_int.h"
 
+/* A new call: its errors start afresh; the text sent, and db-lib's command
+ * buffer (which may hold a password literal) emptied at once. */
+static int
+send_batch(struct sql_session *s, const char *text, struct dmk_err *err)
+{
+	s->first.number = 0;
+	s->nerrnos = 0;
+	s->dberr = 0;
+	s->dberr_text[0] = '\0';
+	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
+		dbfreebuf(s->dbproc);
+		return sess_error(s, err);
+	}
+	dbfreebuf(s->dbproc);
+	return 0;
+}
+
 int
 sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_result ***sets,
     size_t *nsets, struct dmk_err *err)
@@ -32,15 +49,8 @@ sql_exec_sets(struct sql_session *s, const struct sql_stmt *st, struct sql_resul
 		return sess_enc_fused(s, text, sets, nsets, err);
 	if ((rc = sess_enc_gate(s, err)) != 0)
 		return rc;
-	s->first.number = 0;
-	s->nerrnos = 0;
-	s->dberr = 0;
-	s->dberr_text[0] = '\0';
-	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
-		dbfreebuf(s->dbproc);
-		return sess_error(s, err);
-	}
-	dbfreebuf(s->dbproc);
+	if ((rc = send_batch(s, text, err)) != 0)
+		return rc;
 	if ((rc = sess_collect_all(s, sets, nsets)) != 0) {
 		for (i = 0; i < *nsets; i++)
 			sql_result_free((*sets)[i]);
@@ -77,15 +87,8 @@ sess_run_batch(struct sql_session *s, const char *text, struct sql_result **res,
 		*res = NULL;
 	if ((rc = sess_usable(s, err)) != 0)
 		return rc;
-	s->first.number = 0;
-	s->nerrnos = 0;
-	s->dberr = 0;
-	s->dberr_text[0] = '\0';
-	if (dbcmd(s->dbproc, text) == FAIL || dbsqlsend(s->dbproc) == FAIL) {
-		dbfreebuf(s->dbproc);
-		return sess_error(s, err);
-	}
-	dbfreebuf(s->dbproc);   /* the command buffer may hold a password literal */
+	if ((rc = send_batch(s, text, err)) != 0)
+		return rc;
 	if (sess_collect(s, res, NULL) != 0)
 		return sess_error(s, err);
 	return 0;

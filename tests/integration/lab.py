@@ -210,6 +210,16 @@ class Lab:
                                          "sys.credentials c ON c.credential_id = m.credential_id",
                                          node=node)]
 
+    def audit_triggers(self):
+        """The why.trigger of every audit record (what started each run)."""
+        out = set()
+        for line in self.audit_text().splitlines():
+            try:
+                out.add((json.loads(line).get("why") or {}).get("trigger"))
+            except ValueError:
+                pass
+        return out
+
     def audit_text(self):
         try:
             with open(self.audit_log) as f:

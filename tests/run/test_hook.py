@@ -54,18 +54,6 @@ def kv_event(etype, name=SECRET, vault="vault", eid=None, cloud=False):
             "data": data, "dataVersion": "1", "metadataVersion": "1"}
 
 
-
-def audit_triggers(lab):
-    """The why.trigger of every audit record (what started each run)."""
-    import json as _json
-    out = set()
-    for line in lab.audit_text().splitlines():
-        try:
-            out.add(((_json.loads(line).get("why") or {}).get("trigger")))
-        except ValueError:
-            pass
-    return out
-
 class Hook(unittest.TestCase):
     def setUp(self):
         self.lab = lab = AzureLab(nodes=3).__enter__()
@@ -226,7 +214,7 @@ class Hook(unittest.TestCase):
             self.assertEqual(len(lab.credentials(n)), 1)
         wait_for("the run to end", lambda: "done" in self.log())
         # the audit records name the event that started the run
-        self.assertIn(f"hook event {eid} (new version)", audit_triggers(lab))
+        self.assertIn(f"hook event {eid} (new version)", lab.audit_triggers())
         runs = self.runs()
         # replayed: acknowledged, not acted on again
         st, _, out, _ = self.request("POST", [ev])

@@ -97,18 +97,6 @@ def write_hook(lab, body, mode=0o700):
     return path
 
 
-
-def audit_triggers(lab):
-    """The why.trigger of every audit record (what started each run)."""
-    import json as _json
-    out = set()
-    for line in lab.audit_text().splitlines():
-        try:
-            out.add(((_json.loads(line).get("why") or {}).get("trigger")))
-        except ValueError:
-            pass
-    return out
-
 class Run(unittest.TestCase):
     def setUp(self):
         self.lab = Lab(nodes=3).__enter__()
@@ -147,7 +135,7 @@ class Run(unittest.TestCase):
         self.assertIn("run: 3 change(s); every replica passes", out)
         self.assertNoSecrets(out + err + lab.audit_text())
         # the audit records say why the run happened
-        self.assertIn("schedule (run)", audit_triggers(lab))
+        self.assertIn("schedule (run)", lab.audit_triggers())
         self.assertEqual(converged(lab), [])
         self.assertSecondRunChangesNothing()
 
