@@ -324,6 +324,7 @@ lease_decide(const struct lease_holder *h, const char *my_run,
 {
 	char who[400];
 	const char *wait = NULL;
+	int same_machine, same_boot;
 
 	describe(h, who, sizeof(who));
 	if (!h->held) {
@@ -339,8 +340,14 @@ lease_decide(const struct lease_holder *h, const char *my_run,
 		return LEASE_TAKE;
 	}
 	/* Before its expiry only a proof of death: each step below that
-	 * cannot be proven means wait. */
-	if (!h->id.have_machine || !me->have_machine || strcmp(h->id.machine, me->machine) != 0)
+	 * cannot be proven means wait.  One machine is one machine id, or one
+	 * running kernel: the same boot id (128 random bits a boot) is the same
+	 * kernel, whatever /etc/machine-id says or lacks (a chroot, a minimal
+	 * container); the PID namespace check below then makes the pid exact. */
+	same_machine = h->id.have_machine && me->have_machine &&
+	    strcmp(h->id.machine, me->machine) == 0;
+	same_boot = h->id.have_boot && me->have_boot && strcmp(h->id.boot, me->boot) == 0;
+	if (!same_machine && !same_boot)
 		wait = "another machine, or one that cannot be told apart";
 	else if (strcmp(h->id.host, me->host) != 0)
 		wait = "another host name";

@@ -156,11 +156,26 @@ test_other_machine_waits(void **st)
 	char why[600];
 
 	me_init();
-	assert_int_equal(decide(",machine_id,", "\"machine_id\":\"ffffffffffffffffffffffff"
-	    "ffffffff\"", LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_WAIT);
+	/* another machine id and another boot: another machine */
+	assert_int_equal(decide(",machine_id,boot_id,", "\"machine_id\":\"ffffffffffffffffffff"
+	    "ffffffffffff\",\"boot_id\":\"99999999-2222-3333-4444-555555555555\"",
+	    LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_WAIT);
 	assert_non_null(strstr(why, "another machine"));
+	/* no machine id here (a chroot, a minimal container) and another boot:
+	 * nothing proves it is this machine */
 	me.have_machine = 0;
-	assert_int_equal(decide(NULL, NULL, LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_WAIT);
+	assert_int_equal(decide(",boot_id,", "\"boot_id\":\"99999999-2222-3333-4444-"
+	    "555555555555\"", LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_WAIT);
+	assert_non_null(strstr(why, "another machine"));
+	/* no machine id, but the same running kernel and PID namespace: the pid
+	 * is exact, and a dead one is a proof */
+	assert_int_equal(decide(NULL, NULL, LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_TAKE);
+	/* ... and a live one is not */
+	assert_int_equal(decide(NULL, NULL, LEASE_PROC_ALIVE, 1234, why, sizeof(why)),
+	    LEASE_WAIT);
+	/* the same kernel, another PID namespace: wait */
+	assert_int_equal(decide(",pidns,", "\"pidns\":4026532000", LEASE_PROC_GONE, 0, why,
+	    sizeof(why)), LEASE_WAIT);
 	me_init();
 	assert_int_equal(decide(",host,", "\"host\":\"otherhost\"", LEASE_PROC_GONE, 0, why,
 	    sizeof(why)), LEASE_WAIT);
@@ -212,9 +227,11 @@ test_released_expired_ours_take(void **st)
 	    LEASE_PROC_ALIVE, 1234, why, sizeof(why)), LEASE_TAKE);
 	assert_int_equal(decide(",run,", "\"run\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"",
 	    LEASE_PROC_ALIVE, 1234, why, sizeof(why)), LEASE_TAKE);
-	/* and a live holder of another machine waits, however dead its pid */
-	assert_int_equal(decide(",machine_id,", "\"machine_id\":\"ffffffffffffffffffffffff"
-	    "ffffffff\"", LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_WAIT);
+	/* and a live holder of another machine (another machine id, another
+	 * boot) waits, however dead its pid looks here */
+	assert_int_equal(decide(",machine_id,boot_id,", "\"machine_id\":\"ffffffffffffffffffff"
+	    "ffffffffffff\",\"boot_id\":\"99999999-2222-3333-4444-555555555555\"",
+	    LEASE_PROC_GONE, 0, why, sizeof(why)), LEASE_WAIT);
 }
 
 static void
