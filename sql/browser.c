@@ -19,6 +19,8 @@
 #include "core/dmk.h"
 #include "sql.h"
 
+#define BROWSER_ADDRS 8           /* addresses of one name asked at once */
+
 #define SSRP_CLNT_UCAST_INST 0x04
 #define SSRP_SVR_RESP 0x05
 #define SSRP_INST_MAX 1024          /* RESP_DATA limit for CLNT_UCAST_INST */
@@ -149,11 +151,12 @@ sql_browser_port(const char *host, int udp_port, const char *instance, long time
 {
 	struct addrinfo hints, *res = NULL, *ai;
 	unsigned char req[2 + 32], ans[SSRP_INST_MAX + 3 + 1];
+	struct pollfd pfd[BROWSER_ADDRS];
 	char sport[16];
-	size_t rl;
+	size_t rl, nfd = 0, i;
 	long long deadline, now;
 	const char *why = NULL;
-	int fd = -1, rc, gai, sent = 0;
+	int rc, gai, sent = 0, saved = 0;
 	ssize_t got;
 
 	if (!sql_instance_name_ok(instance))
@@ -171,23 +174,32 @@ sql_browser_port(const char *host, int udp_port, const char *instance, long time
 	if ((gai = getaddrinfo(host, sport, &hints, &res)) != 0)
 		return dmk_errf(err, DMK_ERR_UNREACHABLE, "SQL Server Browser at %s: %s", host,
 		    gai_strerror(gai));
-	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0)) < 0)
+	/* Every address the name has (IPv6 and IPv4): asked at once, the first
+	 * valid answer wins. */
+	for (ai = res; ai != NULL && nfd < BROWSER_ADDRS; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			saved = errno;
 			continue;
+		}
 		/* connected: the kernel drops datagrams from anyone else */
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-			break;
-		close(fd);
-		fd = -1;
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+			saved = errno;
+			close(fd);
+			continue;
+		}
+		pfd[nfd].fd = fd;
+		pfd[nfd].events = POLLIN;
+		pfd[nfd].revents = 0;
+		nfd++;
 	}
-	if (fd < 0) {
+	if (nfd == 0) {
 		rc = dmk_errf(err, DMK_ERR_UNREACHABLE, "SQL Server Browser at %s:%d: %s", host,
-		    udp_port, strerror(errno));
+		    udp_port, strerror(saved));
 		goto out;
 	}
 	deadline = util_now_ms() + timeout_ms;
 	for (;;) {
-		struct pollfd pfd = { fd, POLLIN, 0 };
 		long wait;
 
 		now = util_now_ms();
@@ -195,11 +207,8 @@ sql_browser_port(const char *host, int udp_port, const char *instance, long time
 			break;
 		/* one resend halfway: a datagram may be lost */
 		if (sent == 0 || (sent == 1 && now >= deadline - timeout_ms / 2)) {
-			if (send(fd, req, rl, 0) < 0 && errno != ECONNREFUSED) {
-				rc = dmk_errf(err, DMK_ERR_UNREACHABLE, "SQL Server Browser at %s:%d: "
-				    "%s", host, udp_port, strerror(errno));
-				goto out;
-			}
+			for (i = 0; i < nfd; i++)
+				(void)send(pfd[i].fd, req, rl, 0);   /* refused: another address may answer */
 			sent++;
 		}
 		/* before the resend, wake at the halfway mark */
@@ -208,24 +217,28 @@ sql_browser_port(const char *host, int udp_port, const char *instance, long time
 			wait -= timeout_ms / 2;
 		if (wait < 1)
 			wait = 1;
-		if (poll(&pfd, 1, (int)(wait > 1000000 ? 1000000 : wait)) <= 0)
+		if (poll(pfd, nfd, (int)(wait > 1000000 ? 1000000 : wait)) <= 0)
 			continue;
-		got = recv(fd, ans, sizeof(ans), 0);
-		if (got < 0)
-			continue;   /* ICMP unreachable (ECONNREFUSED): keep trying until the timeout */
-		if ((rc = sql_ssrp_parse(ans, (size_t)got, instance, port, &why)) != 0) {
-			rc = dmk_errf(err, DMK_ERR_PROTOCOL, "SQL Server Browser at %s:%d, instance "
-			    "%s: %s", host, udp_port, instance, why);
+		for (i = 0; i < nfd; i++) {
+			if (!(pfd[i].revents & (POLLIN | POLLERR)))
+				continue;
+			got = recv(pfd[i].fd, ans, sizeof(ans), 0);
+			if (got < 0)
+				continue;   /* ICMP unreachable (ECONNREFUSED): keep trying until the timeout */
+			if ((rc = sql_ssrp_parse(ans, (size_t)got, instance, port, &why)) != 0) {
+				rc = dmk_errf(err, DMK_ERR_PROTOCOL, "SQL Server Browser at %s:%d, "
+				    "instance %s: %s", host, udp_port, instance, why);
+				goto out;
+			}
+			rc = 0;
 			goto out;
 		}
-		rc = 0;
-		goto out;
 	}
 	rc = dmk_errf(err, DMK_ERR_UNREACHABLE, "SQL Server Browser at %s:%d did not answer "
 	    "for instance %s within %ld ms", host, udp_port, instance, timeout_ms);
 out:
-	if (fd >= 0)
-		close(fd);
+	for (i = 0; i < nfd; i++)
+		close(pfd[i].fd);
 	freeaddrinfo(res);
 	return rc;
 }

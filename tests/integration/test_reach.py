@@ -213,6 +213,18 @@ class FQDN(unittest.TestCase):
         finally:
             lab2.__exit__(None, None, None)
 
+    def test_browser_asked_on_every_address(self):
+        """A name with an IPv6 and an IPv4 address, IPv6 first (as a minimal Debian's
+        resolver lists localhost): SQL Server Browser answers on one of them only, and
+        every address is asked."""
+        with open(self.hosts, "w") as f:
+            f.write("::1 sqlnode1.sim.test sqlnode1\n::1 sqlnode2.sim.test sqlnode2\n"
+                    "127.0.0.1 sqlnode1.sim.test sqlnode1\n127.0.0.1 sqlnode2.sim.test sqlnode2\n"
+                    "127.0.0.1 localhost\n")
+        rc, out, err = self.lab.agent("status", env=self.env)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("SQL Server Browser)", out)
+
     def test_unresolvable_name_says_what_to_set(self):
         lab = self.lab
         with open(self.hosts, "w") as f:
