@@ -213,9 +213,12 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_arena_wiped_dontdump),
+		/* before the arena is filled on purpose: after that a small block may
+		 * only come from the heap (what test_exhausted_falls_back proves), and
+		 * whether a free one is left depends on test_threads' interleaving */
+		cmocka_unit_test(test_json_and_http_body),
 		cmocka_unit_test(test_exhausted_falls_back),
 		cmocka_unit_test(test_threads),
-		cmocka_unit_test(test_json_and_http_body),
 	};
 
 	lockmem_set_arena_size(ARENA);
