@@ -130,8 +130,13 @@ class Hook(unittest.TestCase):
         return r.status, dict(r.getheaders()), out, dt
 
     def write_version(self, password):
-        """A new Key Vault version written outside dmkagent (no tags)."""
+        """A new Key Vault version written outside dmkagent (no tags).  Key Vault's
+        `created` has one-second resolution and its listing order is undocumented, so
+        an untagged version written in the same second as one of the agent's cannot be
+        ordered against it (dmkagent.conf(5)); an operator's write comes later than
+        that, and so does this one."""
         lab = self.lab
+        time.sleep(1.1)
         ctx = ssl.create_default_context(cafile=lab.ca)
         url = lab.azure.ready["vault_url"].rstrip("/") + f"/secrets/{SECRET}?api-version={API}"
         req = urllib.request.Request(url, data=json.dumps({"value": password}).encode(), method="PUT",
