@@ -197,6 +197,9 @@ class WatchAzure(Watch):
                  lambda: all(len(lab.credentials(n)) == 1 for n in range(3)))
         old = lab.dmk_password
         new = _labmod.strong_password()
+        # Key Vault's created has one-second resolution: an untagged version written
+        # in the same second as the agent's last write cannot be ordered (dmkagent(1))
+        time.sleep(1.1)
         self.sdk_write(new)
         wait_for("the new version to be applied",
                  lambda: [s for _, s, _ in lab.store_versions()] == ["retired", "current"])
