@@ -21,13 +21,10 @@ from tests.sim.common.harness import run_unittests  # noqa: E402
 LEASE = "secret/data/dmkagent/leases/AG1/CM-P01"
 
 
+from tests.sim.common.harness import wait_for as _wait_for  # noqa: E402
+
 def wait_for(what, cond, timeout=90):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return True
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return _wait_for(what, cond, timeout)
 
 
 class Interrupt(unittest.TestCase):

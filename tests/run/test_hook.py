@@ -30,14 +30,10 @@ from tests.sim.common.harness import free_port_block  # noqa: E402
 SECRET = secret_name("CM_P01")
 
 
-def wait_for(what, fn, timeout=120):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.sim.common.harness import wait_for as _wait_for  # noqa: E402
+
+def wait_for(what, cond, timeout=120):
+    return _wait_for(what, cond, timeout)
 
 
 def kv_event(etype, name=SECRET, vault="vault", eid=None, cloud=False):

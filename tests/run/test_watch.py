@@ -27,14 +27,10 @@ except ImportError:
     hvac = None
 
 
-def wait_for(what, fn, timeout=90):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.sim.common.harness import wait_for as _wait_for  # noqa: E402
+
+def wait_for(what, cond, timeout=90):
+    return _wait_for(what, cond, timeout)
 
 
 class Watch(unittest.TestCase):

@@ -32,6 +32,17 @@ def run_unittests():
     sys.exit(0)
 
 
+def wait_for(what, cond, timeout=90, every=0.1):
+    """Poll cond until it is true (its value is returned), or fail naming what."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def failpoints_expected():
     """This build is a test build (meson -Dfailpoints=true): a binary without
     failpoints there is a broken build, to be failed, never skipped."""
