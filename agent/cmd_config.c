@@ -17,16 +17,25 @@ ref_json(const struct secret_ref *r)
 	return json_string(r->text);   /* a reference, never a secret */
 }
 
+/* Every file: reference and the hook command: each problem on its own line
+ * (stderr), the last one left in err; returns the first code. */
 static int
-check_file_refs(struct agent *a, struct dmk_err *err)
+check_files(struct agent *a, struct dmk_err *err)
 {
 	const struct config *c = a->cfg;
-	size_t i, j;
-	int r;
+	struct dmk_err e;
+	size_t i, j, n = 0;
+	int first = 0;
 
 #define CHK(ref, line) do {                                                      \
-	if ((ref)->kind == REF_FILE && (r = check_secret_file((ref)->path, err)) != 0) \
-		return dmk_err_prefix(err, "%s:%d", c->path, (line));                \
+	if ((ref)->kind == REF_FILE && check_secret_file((ref)->path, &e) != 0) {  \
+		dmk_err_prefix(&e, "%s:%d", c->path, (line));                       \
+		if (n++ > 0)                                                         \
+			fprintf(stderr, "dmkagent: %s\n", err->msg);                 \
+		if (first == 0)                                                      \
+			first = e.code;                                              \
+		*err = e;                                                            \
+	}                                                                            \
 } while (0)
 	if (c->has_audit_key)
 		CHK(&c->audit_key, 0);
@@ -48,7 +57,15 @@ check_file_refs(struct agent *a, struct dmk_err *err)
 			CHK(&c->dbs[i].dmk_backup_password, c->dbs[i].line);
 	}
 #undef CHK
-	return 0;
+	if (c->hook_command[0] != '\0' && deployhook_check(c->hook_command, &e) != 0) {
+		dmk_err_prefix(&e, "%s: [agent]", c->path);
+		if (n++ > 0)
+			fprintf(stderr, "dmkagent: %s\n", err->msg);
+		if (first == 0)
+			first = e.code;
+		*err = e;
+	}
+	return first;
 }
 
 int
@@ -60,10 +77,8 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 
 	if (argc > 1)
 		return dmk_errf(err, DMK_ERR_USAGE, "config check takes no arguments");
-	if ((r = check_file_refs(a, err)) != 0)
+	if ((r = check_files(a, err)) != 0)
 		return r;
-	if (c->hook_command[0] != '\0' && (r = deployhook_check(c->hook_command, err)) != 0)
-		return dmk_err_prefix(err, "%s: [agent]", c->path);
 	if (a->output == OUTPUT_JSON) {
 		json_t *root = json_object(), *arr, *o, *kv;
 		char *s;

@@ -3,9 +3,11 @@
  *
  * Two passes: inih collects every key with its line into raw sections, then
  * interpret() checks and converts them, so that a [store] may be defined
- * after the [database] that refers to it.  The first error stops the load
- * and names FILE:LINE.  A value of a key that carries a secret is never
- * repeated in a message.
+ * after the [database] that refers to it.  Every error names FILE:LINE.
+ * The first error refuses the load; to report every error (config check),
+ * the load is repeated without the key or section each error named, until
+ * none is left (config_parse_string_all).  A value of a key that carries a
+ * secret is never repeated in a message.
  */
 #include <ctype.h>
 #include <arpa/inet.h>
@@ -36,6 +38,8 @@ struct raw_section {
 	int line;
 	struct raw_kv *kv;
 	size_t nkv;
+	int skip;              /* an error named this section: left out */
+	int pruned;            /* an error named one of its keys: left out */
 };
 
 struct parse_ctx {
@@ -161,21 +165,73 @@ nomem:
 }
 
 static void
+free_kv(struct raw_kv *kv)
+{
+	free(kv->key);
+	/* a literal secret may be in here: wipe it */
+	secure_wipe(kv->value, strlen(kv->value));
+	free(kv->value);
+}
+
+static void
 free_raw(struct parse_ctx *pc)
 {
 	size_t i, j;
 
 	for (i = 0; i < pc->nsecs; i++) {
-		for (j = 0; j < pc->secs[i].nkv; j++) {
-			free(pc->secs[i].kv[j].key);
-			/* a literal secret may be in here: wipe it */
-			secure_wipe(pc->secs[i].kv[j].value, strlen(pc->secs[i].kv[j].value));
-			free(pc->secs[i].kv[j].value);
-		}
+		for (j = 0; j < pc->secs[i].nkv; j++)
+			free_kv(&pc->secs[i].kv[j]);
 		free(pc->secs[i].kv);
 		free(pc->secs[i].name);
 	}
 	free(pc->secs);
+}
+
+/*
+ * After an error at line: leave out the key on that line, or the section
+ * whose header it is, so that the next pass finds the next error.  Returns
+ * 1 when something was left out, 0 when the line names nothing (then no
+ * further pass can get past it), -1 when the error is most likely a
+ * consequence of an earlier one (a section whose key was left out now
+ * lacks it): the section is left out and the error is not reported.
+ */
+static int
+leave_out(struct parse_ctx *pc, int line)
+{
+	size_t i, j;
+
+	for (i = 0; i < pc->nsecs && line > 0; i++) {
+		struct raw_section *sec = &pc->secs[i];
+		if (sec->skip)
+			continue;
+		for (j = 0; j < sec->nkv; j++)
+			if (sec->kv[j].line == line) {
+				free_kv(&sec->kv[j]);
+				memmove(&sec->kv[j], &sec->kv[j + 1], (sec->nkv - j - 1) * sizeof(sec->kv[0]));
+				sec->nkv--;
+				sec->pruned = 1;
+				return 1;
+			}
+		if (sec->line == line) {
+			sec->skip = 1;
+			return sec->pruned ? -1 : 1;
+		}
+	}
+	return 0;
+}
+
+/* Was [prefix NAME] left out after an error (so that what refers to it is
+ * not reported again)? */
+static int
+left_out(const struct parse_ctx *pc, const char *prefix, const char *name)
+{
+	size_t i, n = strlen(prefix);
+
+	for (i = 0; pc != NULL && i < pc->nsecs; i++)
+		if (pc->secs[i].skip && strncmp(pc->secs[i].name, prefix, n) == 0 &&
+		    strcmp(pc->secs[i].name + n, name) == 0)
+			return 1;
+	return 0;
 }
 
 /* Key tables for the fixed sections. */
@@ -896,9 +952,10 @@ interp_db(const char *path, struct raw_section *sec, const char *label,
 	return 0;
 }
 
-/* After all sections: cross-references. */
+/* After all sections: cross-references (pc: what an earlier error left out). */
 static int
-check_refs(const char *path, struct config *cfg, struct dmk_err *err)
+check_refs(const struct parse_ctx *pc, const char *path, struct config *cfg,
+    struct dmk_err *err)
 {
 	char known[512];
 	size_t i, j;
@@ -913,7 +970,8 @@ check_refs(const char *path, struct config *cfg, struct dmk_err *err)
 		util_strlcpy(known, "none", sizeof(known));
 
 #define CHECK_REF(ref, line, key, where, allow_env) do {                               \
-	if ((ref)->kind == REF_STORE && config_store(cfg, (ref)->store) == NULL)           \
+	if ((ref)->kind == REF_STORE && config_store(cfg, (ref)->store) == NULL &&         \
+	    !left_out(pc, "store ", (ref)->store))                                         \
 		FAIL(DMK_ERR_CONFIG, (line), "'%s' in [%s] refers to a store that no "        \
 		    "[store NAME] section defines (defined: %s)", (key), (where), known);      \
 	if ((ref)->kind == REF_ENV && !(allow_env))                                        \
@@ -963,7 +1021,7 @@ check_refs(const char *path, struct config *cfg, struct dmk_err *err)
 		struct conf_db *db = &cfg->dbs[i];
 		char where[1200];
 		snprintf(where, sizeof(where), "database %s/%s", db->ag, db->label);
-		if (config_ag(cfg, db->ag) == NULL)
+		if (config_ag(cfg, db->ag) == NULL && !left_out(pc, "ag ", db->ag))
 			FAIL(DMK_ERR_CONFIG, db->line, "[%s] names availability group '%s', but "
 			    "there is no [ag %s] section", where, db->ag, db->ag);
 		CHECK_REF(&db->dmk_password, db->line, "dmk_password", where, 0);
@@ -992,6 +1050,8 @@ interpret(struct parse_ctx *pc, struct config *cfg, struct dmk_err *err)
 		const char *n = sec->name;
 		size_t a, b;
 
+		if (sec->skip)
+			continue;
 		for (a = 0; a < sec->nkv; a++)
 			for (b = 0; b < a; b++)
 				if (strcmp(sec->kv[a].key, sec->kv[b].key) == 0)
@@ -1020,30 +1080,65 @@ interpret(struct parse_ctx *pc, struct config *cfg, struct dmk_err *err)
 	}
 	if (r != 0)
 		return r;
-	return check_refs(path, cfg, err);
+	return check_refs(pc, path, cfg, err);
 }
 
-int
-config_parse_string(const char *text, const char *path, struct config **out,
-    struct dmk_err *err)
+static struct config *
+config_new(const char *path)
 {
-	struct parse_ctx pc;
 	struct config *cfg;
-	int r;
 
-	*out = NULL;
-	memset(&pc, 0, sizeof(pc));
-	pc.path = path;
-	pc.err = err;
-	pc.text = pc.pos = text;
 	if ((cfg = calloc(1, sizeof(*cfg))) == NULL)
-		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+		return NULL;
 	util_strlcpy(cfg->path, path, sizeof(cfg->path));
 	util_strlcpy(cfg->state_dir, "/var/lib/dmkagent", sizeof(cfg->state_dir));
 	util_strlcpy(cfg->audit_log, "/var/log/dmkagent/audit.jsonl", sizeof(cfg->audit_log));
 	cfg->password_length = 32;
 	cfg->lease_ttl = 900;
 	cfg->hook_timeout = 30;
+	return cfg;
+}
+
+/* Keep one more error (the first also stays in err). */
+static void
+keep_error(struct config_errors *errs, const struct dmk_err *e)
+{
+	if (errs != NULL && errs->n < CONFIG_ERRORS_MAX)
+		memcpy(errs->msg[errs->n++], e->msg, sizeof(errs->msg[0]));
+}
+
+/* The LINE of a "PATH:LINE: ..." message, or 0. */
+static int
+line_of(const char *path, const char *msg)
+{
+	size_t n = strlen(path);
+	long v;
+	char *end;
+
+	if (strncmp(msg, path, n) != 0 || msg[n] != ':')
+		return 0;
+	v = strtol(msg + n + 1, &end, 10);
+	return (*end == ':' && v > 0 && v < INT_MAX) ? (int)v : 0;
+}
+
+int
+config_parse_string_all(const char *text, const char *path, struct config **out,
+    struct config_errors *errs, struct dmk_err *err)
+{
+	struct parse_ctx pc;
+	struct config *cfg = NULL;
+	struct dmk_err e;
+	int r, first = 0, more;
+
+	*out = NULL;
+	if (errs != NULL)
+		errs->n = 0;
+	memset(&pc, 0, sizeof(pc));
+	pc.path = path;
+	pc.err = err;
+	pc.text = pc.pos = text;
+	if ((cfg = config_new(path)) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
 
 	for (const char *p = text; *p; p++)
 		if ((unsigned char)*p < 0x20 && *p != '\n' && *p != '\r' && *p != '\t') {
@@ -1051,20 +1146,51 @@ config_parse_string(const char *text, const char *path, struct config **out,
 			for (const char *q = text; q < p; q++)
 				line += *q == '\n';
 			r = dmk_errf(err, DMK_ERR_CONFIG, "%s:%d: control character in file", path, line);
+			keep_error(errs, err);
 			goto fail;
 		}
 	r = ini_parse_stream(reader, &pc, handler, &pc);
 	if (pc.failed) {
 		r = err ? err->code : DMK_ERR_CONFIG;
+		keep_error(errs, err);
 		goto fail;
 	}
 	if (r != 0) {
-		r = dmk_errf(err, DMK_ERR_CONFIG, "%s:%d: cannot parse this line (expected "
+		/* inih names the first line it could not parse and goes on: the
+		 * keys it did parse are still checked below, for config check. */
+		first = dmk_errf(err, DMK_ERR_CONFIG, "%s:%d: cannot parse this line (expected "
 		    "[section], KEY = VALUE, or a ; comment)", path, r > 0 ? r : 0);
+		keep_error(errs, err);
+		if (errs == NULL) {
+			r = first;
+			goto fail;
+		}
+	}
+	for (;;) {
+		dmk_err_clear(&e);
+		if ((r = interpret(&pc, cfg, &e)) == 0)
+			break;
+		if (first == 0) {
+			first = r;
+			if (err != NULL)
+				*err = e;
+		}
+		more = r != DMK_ERR_NOMEM && errs != NULL && errs->n < CONFIG_ERRORS_MAX ?
+		    leave_out(&pc, line_of(path, e.msg)) : 0;
+		if (more >= 0)
+			keep_error(errs, &e);
+		if (more == 0)
+			break;
+		config_free(cfg);
+		if ((cfg = config_new(path)) == NULL) {
+			r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+	}
+	if (first != 0) {
+		r = first;
 		goto fail;
 	}
-	if ((r = interpret(&pc, cfg, err)) != 0)
-		goto fail;
 	free_raw(&pc);
 	*out = cfg;
 	return 0;
@@ -1072,6 +1198,13 @@ fail:
 	free_raw(&pc);
 	config_free(cfg);
 	return r;
+}
+
+int
+config_parse_string(const char *text, const char *path, struct config **out,
+    struct dmk_err *err)
+{
+	return config_parse_string_all(text, path, out, NULL, err);
 }
 
 /*
@@ -1139,6 +1272,13 @@ check_config_dir(const char *path, struct dmk_err *err)
 int
 config_load(const char *path, struct config **out, struct dmk_err *err)
 {
+	return config_load_all(path, out, NULL, err);
+}
+
+int
+config_load_all(const char *path, struct config **out, struct config_errors *errs,
+    struct dmk_err *err)
+{
 	struct stat st;
 	FILE *f;
 	char *text = NULL;
@@ -1146,6 +1286,8 @@ config_load(const char *path, struct config **out, struct dmk_err *err)
 	int r;
 
 	*out = NULL;
+	if (errs != NULL)
+		errs->n = 0;
 	if ((f = fopen(path, "r")) == NULL)
 		return dmk_errf(err, DMK_ERR_CONFIG, "%s: cannot open: %s", path, strerror(errno));
 	if (fstat(fileno(f), &st) == -1 || !S_ISREG(st.st_mode)) {
@@ -1185,7 +1327,7 @@ config_load(const char *path, struct config **out, struct dmk_err *err)
 	if (strlen(text) != len)
 		r = dmk_errf(err, DMK_ERR_CONFIG, "%s: contains a NUL byte", path);
 	else
-		r = config_parse_string(text, path, out, err);
+		r = config_parse_string_all(text, path, out, errs, err);
 	secure_wipe(text, cap);
 	free(text);
 	return r;

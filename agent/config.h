@@ -121,6 +121,25 @@ int config_load(const char *path, struct config **out, struct dmk_err *err);
 /* Parse from memory (path is only used in messages); no file-mode check. */
 int config_parse_string(const char *text, const char *path,
     struct config **out, struct dmk_err *err);
+
+/*
+ * The same, reporting every error, not only the first: each is kept in errs
+ * ("FILE:LINE: message", in the order found, up to CONFIG_ERRORS_MAX), and
+ * the first is also in err.  The configuration is refused as a whole when
+ * there is any.  An error that only follows from an earlier one (a key left
+ * out makes its section lack it) is not repeated; a line inih cannot parse
+ * is named once (the first such line).  errs->n 0 with an error: the file
+ * could not be read at all (err says why).
+ */
+#define CONFIG_ERRORS_MAX 50
+struct config_errors {
+	size_t n;
+	char msg[CONFIG_ERRORS_MAX][DMK_ERR_MSG_MAX];
+};
+int config_load_all(const char *path, struct config **out, struct config_errors *errs,
+    struct dmk_err *err);
+int config_parse_string_all(const char *text, const char *path, struct config **out,
+    struct config_errors *errs, struct dmk_err *err);
 void config_free(struct config *cfg);
 
 const struct conf_store *config_store(const struct config *cfg, const char *name);

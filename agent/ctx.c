@@ -68,10 +68,24 @@ agent_free(struct agent *a)
 int
 agent_load_config(struct agent *a, const char *path, struct dmk_err *err)
 {
+	struct config_errors *errs;
+	size_t k;
 	int r;
 
 	util_strlcpy(a->config_path, path, sizeof(a->config_path));
-	if ((r = config_load(path, &a->cfg, err)) != 0)
+	/* Every error of the file, each on its own line (config check's job,
+	 * and no command runs on a configuration with any). */
+	if ((errs = malloc(sizeof(*errs))) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	r = config_load_all(path, &a->cfg, errs, err);
+	if (r != 0 && errs->n > 1) {
+		for (k = 0; k < errs->n; k++)
+			fprintf(stderr, "dmkagent: %s\n", errs->msg[k]);
+		dmk_errf(err, r, "%s: %zu errors in the configuration (each above); nothing "
+		    "was done", path, errs->n);
+	}
+	free(errs);
+	if (r != 0)
 		return r;
 	/* env: references leave the environment now, before any thread starts. */
 	for (size_t i = 0; i < a->cfg->nstores; i++)

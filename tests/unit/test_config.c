@@ -342,6 +342,52 @@ test_reach_keys(void **st)
 	expect_err(GOOD_HEAD "replica A = h:1\nreplica A = h:2\n", "'replica A' is set twice");
 }
 
+
+/* config check reports every error, each with FILE:LINE and the key, and the
+ * configuration is still refused as a whole (issue 15). */
+static void
+test_every_error(void **st)
+{
+	static const char text[] =
+	    "[agent]\nstate_dir = /tmp/x\naudit_log = /tmp/x/audit.jsonl\n"
+	    "bogus_key = 1\n"                                   /* line 4 */
+	    "[store hcv]\ntype = hashicorp-vault\naddress = https://v:8200\nauth = token\n"
+	    "token = env:VAULT_TOKEN\n"
+	    "[ag AG1]\nlistener = ag1.example.com:1433\nlogin = dmkagent\n"
+	    "login_password = hcv:sql/logins/dmkagent#password\n"
+	    "connect_timeout = soon\n"                          /* line 14 */
+	    "[database AG1/CM_P01]\n"
+	    "dmk_password = Secret123!\n"                       /* line 16 */
+	    "rotate_every = 90d\n";
+	struct config_errors *errs = calloc(1, sizeof(*errs));
+	struct config *c = NULL;
+	struct dmk_err e;
+
+	(void)st;
+	assert_non_null(errs);
+	assert_int_equal(config_parse_string_all(text, "t.conf", &c, errs, &e), DMK_ERR_CONFIG);
+	assert_null(c);
+	assert_int_equal(errs->n, 3);
+	assert_non_null(strstr(errs->msg[0], "t.conf:4: "));
+	assert_non_null(strstr(errs->msg[0], "bogus_key"));
+	assert_non_null(strstr(errs->msg[1], "t.conf:14: "));
+	assert_non_null(strstr(errs->msg[1], "connect_timeout"));
+	assert_non_null(strstr(errs->msg[2], "t.conf:16: "));
+	assert_non_null(strstr(errs->msg[2], "dmk_password"));
+	assert_null(strstr(errs->msg[2], "Secret123"));
+	/* the first error is the one config_parse_string gives */
+	assert_non_null(strstr(e.msg, "t.conf:4: "));
+	/* a store section left out is not reported again by what refers to it */
+	assert_int_equal(config_parse_string_all("[store hcv]\ntype = nosuch\n"
+	    "[ag AG1]\nlistener = a:1433\nlogin = x\nlogin_password = hcv:p#f\n"
+	    "[database AG1/D]\ndmk_password = hcv:d#p\nrotate_every = never\n", "t.conf", &c,
+	    errs, &e), DMK_ERR_CONFIG);
+	assert_int_equal(errs->n, 2);
+	assert_non_null(strstr(errs->msg[0], "t.conf:2: "));
+	assert_non_null(strstr(errs->msg[1], "t.conf:9: "));
+	free(errs);
+}
+
 int
 main(void)
 {
@@ -351,6 +397,7 @@ main(void)
 		cmocka_unit_test(test_database_name_key),
 		cmocka_unit_test(test_literal_secret),
 		cmocka_unit_test(test_errors_name_line),
+		cmocka_unit_test(test_every_error),
 		cmocka_unit_test(test_file_mode),
 		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_secret_key_names),
