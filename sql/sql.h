@@ -292,6 +292,19 @@ int sql_ag_failover(struct sql_session *s, const char *ag, struct dmk_err *err);
  * out, "" when the replica does not say. */
 int sql_local_role(struct sql_session *s, char *out, size_t outlen, struct dmk_err *err);
 
+/* ---- permissions (perms.c) ---- */
+/* One permission the login may hold: on the server itself (securable
+ * NULL), or on securable of class cls ("DATABASE"). */
+struct sql_perm {
+	const char *securable;
+	const char *cls;
+	const char *permission;    /* "VIEW SERVER STATE", "CONTROL" */
+	int have;                  /* out: 1 held, 0 not, -1 unknown (NULL: no
+	                              such securable, or not visible to the login) */
+};
+/* HAS_PERMS_BY_NAME for each, in one round trip per 64: reads only. */
+int sql_has_perms(struct sql_session *s, struct sql_perm *p, size_t n, struct dmk_err *err);
+
 /* ---- availability group discovery ---- */
 struct sql_replica {
 	char name[520];            /* replica_server_name */

@@ -484,9 +484,12 @@ class ExprMixin:
         raise SqlError(195, ".".join(parts))
 
     def has_perms_by_name(self, securable, cls, perm):
+        # The server itself is securable NULL with class NULL (the docs' example A:
+        # HAS_PERMS_BY_NAME(null, null, 'VIEW SERVER STATE')), or class SERVER.
+        server = securable is None and cls is None
         cls = (cls or "").upper()
         perm = (perm or "").upper()
-        if cls == "SERVER":
+        if cls == "SERVER" or server:
             return 1 if self.server_perm(perm) else 0
         if cls == "DATABASE":
             db = self.find_db(securable) if securable else self.cur_db()
