@@ -1571,6 +1571,76 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 	return 0;
 }
 
+/*
+ * How many versions Vault keeps of ref: the key's max_versions, else the
+ * mount's (MOUNT/config), else Vault's default of 10.  Reads only.
+ */
+static int
+hcvault_version_limit(struct store *st, const struct secret_ref *ref, long long *max,
+    char *how, size_t howlen, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path;
+	json_t *root = NULL, *md, *d;
+	char what[600];
+	int r;
+
+	*max = 0;
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		return r;
+	if (h->kv_version != 2)
+		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: KV version 1 keeps no versions",
+		    ref->text);
+	if ((r = read_metadata(st, ref, &root, &md, err)) != 0)
+		return r;
+	*max = hcv_json_num(json_object_get(md, "max_versions"));
+	json_decref(root);
+	root = NULL;
+	if (*max > 0) {
+		snprintf(how, howlen, "max_versions %lld on the key", *max);
+		return 0;
+	}
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	snprintf(what, sizeof(what), "reading %s/config", h->kv_mount);
+	if ((r = http_urlencode(&path, h->kv_mount, strlen(h->kv_mount), 1)) != 0 ||
+	    (r = buf_puts(&path, "/config")) != 0) {
+		r = dmk_errf(err, r, "path too long");
+		goto out;
+	}
+	if ((r = hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status == 403) {
+		*max = 10;
+		snprintf(how, howlen, "Vault's default, assumed: the key sets no max_versions "
+		    "and this token may not read %s/config", h->kv_mount);
+		goto out;
+	}
+	if (resp.status != 200) {
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
+		goto out;
+	}
+	if ((root = hcv_parse_body(&resp, what, err)) == NULL) {
+		r = err->code;
+		goto out;
+	}
+	d = json_object_get(root, "data");
+	*max = hcv_json_num(json_object_get(d, "max_versions"));
+	if (*max > 0)
+		snprintf(how, howlen, "max_versions %lld of the mount %s", *max, h->kv_mount);
+	else {
+		*max = 10;
+		snprintf(how, howlen, "Vault's default (neither the key nor the mount %s sets "
+		    "max_versions)", h->kv_mount);
+	}
+out:
+	json_decref(root);
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
 static void
 hcvault_identity(struct store *st, char *out, size_t len)
 {
@@ -1582,7 +1652,7 @@ hcvault_identity(struct store *st, char *out, size_t len)
 const struct prov_ops prov_hcvault = {
 	.type = "hashicorp-vault",
 	.caps = PROV_CAP_CAS | PROV_CAP_VERSIONS | PROV_CAP_META | PROV_CAP_DELETE |
-	    PROV_CAP_CHECK,
+	    PROV_CAP_CHECK | PROV_CAP_CHECK_WRITE,
 	.lease = PROV_LEASE_CAS,
 	.name_max = 511,              /* our reference's path; Vault sets no lower limit */
 	.flat_names = 0,
@@ -1597,5 +1667,6 @@ const struct prov_ops prov_hcvault = {
 	.list_versions = hcvault_list_versions,
 	.delete_version = hcvault_delete_version,
 	.check = hcvault_check,
+	.version_limit = hcvault_version_limit,
 	.identity = hcvault_identity,
 };

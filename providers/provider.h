@@ -60,6 +60,8 @@ enum prov_caps {
 	PROV_CAP_META = 1u << 2,      /* per-version markers: set_meta() */
 	PROV_CAP_DELETE = 1u << 3,    /* delete_version() */
 	PROV_CAP_CHECK = 1u << 4,     /* check() */
+	PROV_CAP_CHECK_WRITE = 1u << 5, /* check() also proves write access, without
+	                                   writing (Vault: sys/capabilities-self) */
 };
 
 /*
@@ -127,6 +129,11 @@ struct prov_ops {
 	/* store check: can we read/write each reference?  One line per ref. */
 	int (*check)(struct store *st, const struct secret_ref *const *refs,
 	    size_t nrefs, struct buf *report, struct dmk_err *err);
+	/* Optional, read-only (doctor): how many versions of ref the store
+	 * keeps before it deletes the oldest for good (*max), and where that
+	 * number comes from (how).  NULL: the store keeps every version. */
+	int (*version_limit)(struct store *st, const struct secret_ref *ref,
+	    long long *max, char *how, size_t howlen, struct dmk_err *err);
 	/* Optional: who the store saw this run authenticate as (an AppRole's
 	 * role name, a token's display name), for audit records; never a
 	 * secret.  "" when not known.  No network. */
@@ -172,6 +179,10 @@ int store_delete_version(struct store *st, const struct secret_ref *ref,
     const char *version, struct dmk_err *err);
 int store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs,
     struct buf *report, struct dmk_err *err);
+/* The versions of ref the store keeps (ops->version_limit): *max 0 when it
+ * keeps every one. */
+int store_version_limit(struct store *st, const struct secret_ref *ref, long long *max,
+    char *how, size_t howlen, struct dmk_err *err);
 /* Who the store saw this run as (the login's role, the client id), never a
  * secret; "" when the store does not say or is not open. */
 void store_identity(const struct store *st, char *out, size_t len);

@@ -74,6 +74,19 @@ store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs
 	return st->ops->check(st, refs, nrefs, report, err);
 }
 
+int
+store_version_limit(struct store *st, const struct secret_ref *ref, long long *max,
+    char *how, size_t howlen, struct dmk_err *err)
+{
+	*max = 0;
+	if (st->ops->version_limit == NULL) {
+		snprintf(how, howlen, "store %s (%s) keeps every version",
+		    st->conf ? st->conf->name : "?", st->ops->type);
+		return 0;
+	}
+	return st->ops->version_limit(st, ref, max, how, howlen, err);
+}
+
 void
 store_identity(const struct store *st, char *out, size_t len)
 {
@@ -98,6 +111,7 @@ static const struct {
 	{ PROV_CAP_META, "markers on versions" },
 	{ PROV_CAP_DELETE, "deleting versions" },
 	{ PROV_CAP_CHECK, "checking references" },
+	{ PROV_CAP_CHECK_WRITE, "checking write access without writing" },
 };
 
 int
@@ -141,6 +155,9 @@ prov_check_ops(const struct prov_ops *o, struct dmk_err *err)
 		if (((o->caps & has[i].cap) != 0) != has[i].set)
 			return dmk_errf(err, DMK_ERR_INTERNAL, "store type %s: capability 0x%x and "
 			    "its operation disagree", o->type, has[i].cap);
+	if ((o->caps & PROV_CAP_CHECK_WRITE) && !(o->caps & PROV_CAP_CHECK))
+		return dmk_errf(err, DMK_ERR_INTERNAL, "store type %s: capability 0x%x needs "
+		    "0x%x", o->type, PROV_CAP_CHECK_WRITE, PROV_CAP_CHECK);
 	if (o->name_max == 0 || (o->lease != PROV_LEASE_CAS && o->lease != PROV_LEASE_READBACK) ||
 	    ((o->caps & PROV_CAP_CAS) != 0) != (o->lease == PROV_LEASE_CAS))
 		return dmk_errf(err, DMK_ERR_INTERNAL, "store type %s: naming rules or lease "
