@@ -103,6 +103,19 @@ static const struct command commands[] = {
 	  "--failover-test (DISRUPTIVE) fails over to each replica in turn, checks there\n"
 	  "as primary, and returns to the original primary.\n"
 	  "Exit 0 only when every replica passes, 3 otherwise.\n" },
+	{ "doctor", cmd_doctor, 1, "doctor [--ag AG] [--database DB]",
+	  "a read-only pre-flight check: every problem, each with its fix",
+	  "Checks, without writing anything anywhere: every file the configuration names\n"
+	  "(file: references, CA files, client certificates, token files, state_dir)\n"
+	  "exists with safe owner and mode; every store answers and takes its\n"
+	  "credentials; every reference exists and is readable, and writable where\n"
+	  "rotation writes (Vault: sys/capabilities-self; Key Vault: not checked, only\n"
+	  "a write could prove it); the versions Vault keeps before it deletes the one\n"
+	  "in force; every AG and replica answers over verified TLS; each password\n"
+	  "opens its DMK on the primary; the SQL login holds the permissions the\n"
+	  "commands need (HAS_PERMS_BY_NAME on every replica).  One line per check:\n"
+	  "ok, PROBLEM with its fix, or not checked with why; --output json: a checks\n"
+	  "array.  Exit 0 no problem, 5 only unreachable stores or servers, 1 otherwise.\n" },
 	{ "status", cmd_status, 1, "status [--ag AG] [--database DB]",
 	  "show AGs, replicas, DMK encryptions, credentials and store versions",
 	  "Prints each availability group's replicas with role and health, and per\n"

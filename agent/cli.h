@@ -41,6 +41,7 @@ int cmd_backup(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_run(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_hook_serve(struct agent *a, int argc, char **argv, struct dmk_err *err);
 int cmd_watch(struct agent *a, int argc, char **argv, struct dmk_err *err);
+int cmd_doctor(struct agent *a, int argc, char **argv, struct dmk_err *err);
 
 /* Read a secret from a no-echo prompt on a terminal, or from standard input. */
 int cli_read_secret(const char *prompt, int confirm, struct secret **out,

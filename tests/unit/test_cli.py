@@ -59,6 +59,7 @@ class Cli(unittest.TestCase):
         listed = re.findall(r"^  ([a-z]+(?: [a-z]+)?)\s{2,}\S", out.split("Commands:", 1)[1], re.M)
         self.assertIn("rotate", listed)
         self.assertIn("store put", listed)
+        self.assertIn("doctor", listed)
         for cmd in listed:
             rc, out, err = run(*cmd.split(), "--help")
             self.assertEqual(rc, 0, cmd)
