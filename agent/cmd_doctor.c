@@ -763,6 +763,11 @@ check_ag(struct doctor *d, const struct conf_ag *ag)
 
 	ag_listener_endpoint(ag, &lep);
 	snprintf(target, sizeof(target), "%s (listener %s:%d)", ag->name, lep.host, lep.port);
+	if (ag->has_login_password && ref_reported(d, &ag->login_password)) {
+		add(d, "ag", CK_NOT_CHECKED, 0, NULL, target, "its login_password %s could not be "
+		    "read (see its line)", ag->login_password.text);
+		return;
+	}
 	dmk_err_clear(&e);
 	if ((r = ag_open(d->a, ag, d->db_filter, 1, &run, &e)) != 0) {
 		if (r == DMK_ERR_TLS)

@@ -213,6 +213,30 @@ class Doctor(unittest.TestCase):
         self.assertTrue(any(c["name"] == "replica" and c["ok"] for c in doc["checks"]))
 
 
+class DoctorAzure(unittest.TestCase):
+    def test_key_vault(self):
+        """Key Vault: the read proves get; set cannot be proven without
+        writing, so it is "not checked" (never a pass, never a problem), and
+        Key Vault keeps every version."""
+        from azlab import AzureLab
+        with AzureLab(nodes=2) as lab:
+            lab.put_dmk_password()
+            rc, out, err = lab.agent("register")
+            self.assertEqual(rc, 0, out + err)
+            rc, doc, err = doctor(lab)
+            self.assertEqual(rc, 0, json.dumps(doc, indent=1) + err)
+            dmk = lab.dmk_ref("CM_P01")
+            mine = {c["name"]: c for c in doc["checks"] if c["target"].startswith(dmk + " ")}
+            self.assertEqual(mine["reference"]["status"], "ok", mine)
+            self.assertEqual((mine["write"]["status"], mine["write"]["ok"]), ("not checked", None),
+                             mine)
+            self.assertIn("without writing", mine["write"]["detail"])
+            self.assertEqual(mine["headroom"]["status"], "ok", mine)
+            self.assertIn("keeps every version", mine["headroom"]["detail"])
+            rc, out, err = lab.agent("doctor")
+            self.assertIn(f"not checked: write {dmk} ", out)
+
+
 class ConfigCheck(unittest.TestCase):
     def test_every_error(self):
         d = _labmod.tempfile.mkdtemp(prefix="dmkcfg-")
