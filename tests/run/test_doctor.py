@@ -49,14 +49,43 @@ def doctor(lab, *args):
     return rc, doc, err
 
 
-def vault_post(lab, path, body):
+def vault_post(lab, path, body, method="POST"):
     ctx = ssl.create_default_context(cafile=lab.ca)
     req = urllib.request.Request(lab.vault.ready["address"] + "/v1/" + path,
-                                 data=json.dumps(body).encode(), method="POST",
+                                 data=json.dumps(body).encode(), method=method,
                                  headers={"X-Vault-Token": lab.root_token,
                                           "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=20, context=ctx) as r:
-        r.read()
+        t = r.read().decode()
+        return json.loads(t) if t else {}
+
+
+SERVER_PERMS = ("VIEW SERVER STATE", "VIEW ANY DEFINITION", "ALTER ANY CREDENTIAL",
+                "ADMINISTER BULK OPERATIONS", "ALTER ANY AVAILABILITY GROUP")
+
+
+def make_login(lab, perms=SERVER_PERMS, lacking=()):
+    """The login dmkagent on every replica (as examples/sql/dmkagent-login.sql
+    makes it), without the (node, permission) pairs in lacking; its password
+    in a file, which the configuration then names."""
+    pw = _labmod.strong_password()
+    esc = pw.replace("'", "''")
+    for node in range(lab.nodes):
+        lab.query(f"CREATE LOGIN [dmkagent] WITH PASSWORD = N'{esc}', "
+                  "SID = 0x1D2F3A4B5C6D7E8F9A0B1C2D3E4F5A6B, CHECK_POLICY = ON, "
+                  "CHECK_EXPIRATION = OFF", node=node)
+        for perm in perms:
+            if (node, perm) not in lacking:
+                lab.query(f"GRANT {perm} TO [dmkagent]", node=node)
+    with lab.connect(node=0, database="CM_P01") as c:
+        cur = c.cursor()
+        cur.execute("CREATE USER [dmkagent] FOR LOGIN [dmkagent]")
+        cur.execute("GRANT CONTROL ON DATABASE::[CM_P01] TO [dmkagent]")
+    pwfile = _labmod.write_secret(os.path.join(lab.dir, "dmkagent-login"), pw)
+    edit(lab, lambda t: t.replace("login = sa\n", "login = dmkagent\n")
+         .replace(f"login_password = file:{os.path.join(lab.dir, 'sa-password')}",
+                  f"login_password = file:{pwfile}"))
+    return pw
 
 
 def edit(lab, fn):
@@ -110,22 +139,7 @@ class Doctor(unittest.TestCase):
     def test_many_problems_at_once(self):
         lab = self.lab
         # A login with every permission but ALTER ANY CREDENTIAL on SQLNODE2.
-        pw = _labmod.strong_password()
-        esc = pw.replace("'", "''")
-        for node in range(lab.nodes):
-            lab.query(f"CREATE LOGIN [dmkagent] WITH PASSWORD = N'{esc}', "
-                      "SID = 0x1D2F3A4B5C6D7E8F9A0B1C2D3E4F5A6B, CHECK_POLICY = ON, "
-                      "CHECK_EXPIRATION = OFF", node=node)
-            for perm in ("VIEW SERVER STATE", "VIEW ANY DEFINITION", "ALTER ANY CREDENTIAL",
-                         "ADMINISTER BULK OPERATIONS", "ALTER ANY AVAILABILITY GROUP"):
-                if perm == "ALTER ANY CREDENTIAL" and node == 1:
-                    continue
-                lab.query(f"GRANT {perm} TO [dmkagent]", node=node)
-        with lab.connect(node=0, database="CM_P01") as c:
-            cur = c.cursor()
-            cur.execute("CREATE USER [dmkagent] FOR LOGIN [dmkagent]")
-            cur.execute("GRANT CONTROL ON DATABASE::[CM_P01] TO [dmkagent]")
-        pwfile = _labmod.write_secret(os.path.join(lab.dir, "dmkagent-login"), pw)
+        pw = make_login(lab, lacking={(1, "ALTER ANY CREDENTIAL")})
         # audit_key in a file others can read; a second store with a wrong token
         # (holding the audit anchor); the DMK password's path with a typo.
         key = os.path.join(lab.dir, "audit.key")
@@ -135,10 +149,7 @@ class Doctor(unittest.TestCase):
         wrong = _labmod.write_secret(os.path.join(lab.dir, "wrong-token"), "hvs.not-a-token")
         store2 = lab.store_section().replace("[store hcv]", "[store hcv2]").replace(
             os.path.join(lab.dir, "vault-root-token"), wrong)
-        edit(lab, lambda t: t.replace("login = sa\n", "login = dmkagent\n")
-             .replace(f"login_password = file:{os.path.join(lab.dir, 'sa-password')}",
-                      f"login_password = file:{pwfile}")
-             .replace("[agent]\n", f"[agent]\naudit_key = file:{key}\n"
+        edit(lab, lambda t: t.replace("[agent]\n", f"[agent]\naudit_key = file:{key}\n"
                       "audit_anchor = hcv2:dmkagent/audit-anchor#head\n")
              .replace("[ag AG1]", store2 + "[ag AG1]")
              .replace("hcv:sql/ag1/cm_p01/dmk#password", "hcv:sql/ag1/cm_p0l/dmk#password"))
@@ -187,6 +198,29 @@ class Doctor(unittest.TestCase):
         for secret in (pw, lab.dmk_password, lab.root_token, lab.sa_password):
             self.assertNotIn(secret, out + err + json.dumps(doc))
         self.assertEqual(snapshot(lab), before, "doctor changed the store or SQL Server")
+
+    def test_least_privilege(self):
+        """The example Vault policy and SQL login (README, Least privilege)
+        are enough: no problem, and no false alarm about what they leave out
+        (the mount's config, server-wide rights)."""
+        lab = self.lab
+        with open(os.path.join(_labmod.SRC, "examples", "vault", "dmkagent-policy.hcl")) as f:
+            vault_post(lab, "sys/policies/acl/dmkagent", {"policy": f.read()}, method="PUT")
+        tok = vault_post(lab, "auth/token/create", {"policies": ["dmkagent"], "ttl": "1h"})
+        _labmod.write_secret(os.path.join(lab.dir, "vault-root-token"), tok["auth"]["client_token"])
+        make_login(lab, perms=SERVER_PERMS + ("CREATE ANY DATABASE",))
+        edit(lab, lambda t: t.replace("dmk_password = hcv:sql/ag1/cm_p01/dmk#password\n",
+                                      "dmk_password = hcv:sql/ag1/cm_p01/dmk#password\n"
+                                      "restore_test_every = 30d\n"))
+        rc, doc, err = doctor(lab)
+        self.assertEqual(rc, 0, json.dumps(doc, indent=1) + err)
+        self.assertEqual(self.problems(doc), [])
+        perms = [c for c in doc["checks"] if c["name"] == "permission"]
+        self.assertEqual(len(perms), 3, perms)
+        self.assertTrue(all("CREATE ANY DATABASE" in c["detail"] for c in perms), perms)
+        self.assertTrue(any("CONTROL on database CM_P01" in c["detail"] for c in perms), perms)
+        head = [c for c in doc["checks"] if c["name"] == "headroom"]
+        self.assertIn("Vault's default", head[0]["detail"])
 
     def test_headroom(self):
         lab = self.lab
