@@ -39,7 +39,7 @@ struct raw_section {
 	struct raw_kv *kv;
 	size_t nkv;
 	int skip;              /* an error named this section: left out */
-	int pruned;            /* an error named one of its keys: left out */
+	char pruned[512];      /* keys an error named, left out: "'a' 'b' " */
 };
 
 struct parse_ctx {
@@ -191,14 +191,15 @@ free_raw(struct parse_ctx *pc)
  * After an error at line: leave out the key on that line, or the section
  * whose header it is, so that the next pass finds the next error.  Returns
  * 1 when something was left out, 0 when the line names nothing (then no
- * further pass can get past it), -1 when the error is most likely a
- * consequence of an earlier one (a section whose key was left out now
- * lacks it): the section is left out and the error is not reported.
+ * further pass can get past it), -1 when the error is a consequence of an
+ * earlier one (a section whose key was left out now lacks it: its message
+ * names that key): the section is left out and the error is not reported.
  */
 static int
-leave_out(struct parse_ctx *pc, int line)
+leave_out(struct parse_ctx *pc, int line, const char *msg)
 {
-	size_t i, j;
+	size_t i, j, n;
+	char q[140];
 
 	for (i = 0; i < pc->nsecs && line > 0; i++) {
 		struct raw_section *sec = &pc->secs[i];
@@ -206,15 +207,25 @@ leave_out(struct parse_ctx *pc, int line)
 			continue;
 		for (j = 0; j < sec->nkv; j++)
 			if (sec->kv[j].line == line) {
+				n = strlen(sec->pruned);
+				snprintf(q, sizeof(q), "'%.128s' ", sec->kv[j].key);
+				if (n + strlen(q) < sizeof(sec->pruned))
+					memcpy(sec->pruned + n, q, strlen(q) + 1);
 				free_kv(&sec->kv[j]);
 				memmove(&sec->kv[j], &sec->kv[j + 1], (sec->nkv - j - 1) * sizeof(sec->kv[0]));
 				sec->nkv--;
-				sec->pruned = 1;
 				return 1;
 			}
 		if (sec->line == line) {
+			char *p = sec->pruned, *e;
 			sec->skip = 1;
-			return sec->pruned ? -1 : 1;
+			while ((e = strchr(p, ' ')) != NULL) {   /* each "'key' " */
+				snprintf(q, sizeof(q), "%.*s", (int)(e - p), p);
+				if (strstr(msg, q) != NULL)
+					return -1;
+				p = e + 1;
+			}
+			return 1;
 		}
 	}
 	return 0;
@@ -1176,7 +1187,7 @@ config_parse_string_all(const char *text, const char *path, struct config **out,
 				*err = e;
 		}
 		more = r != DMK_ERR_NOMEM && errs != NULL && errs->n < CONFIG_ERRORS_MAX ?
-		    leave_out(&pc, line_of(path, e.msg)) : 0;
+		    leave_out(&pc, line_of(path, e.msg), e.msg) : 0;
 		if (more >= 0)
 			keep_error(errs, &e);
 		if (more == 0)

@@ -385,6 +385,14 @@ test_every_error(void **st)
 	assert_int_equal(errs->n, 2);
 	assert_non_null(strstr(errs->msg[0], "t.conf:2: "));
 	assert_non_null(strstr(errs->msg[1], "t.conf:9: "));
+	/* a section error that does not follow from its bad key is still reported */
+	assert_int_equal(config_parse_string_all(GOOD_HEAD "[database AG2/D]\n"
+	    "dmk_password = hcv:d#p\nrotate_every = never\n", "t.conf", &c, errs, &e),
+	    DMK_ERR_CONFIG);
+	assert_int_equal(errs->n, 2);
+	assert_non_null(strstr(errs->msg[0], "t.conf:15: 'rotate_every'"));
+	assert_non_null(strstr(errs->msg[1], "t.conf:13: "));
+	assert_non_null(strstr(errs->msg[1], "no [ag AG2]"));
 	free(errs);
 }
 
