@@ -1081,10 +1081,12 @@ interpret(struct parse_ctx *pc, struct config *cfg, struct dmk_err *err)
 			r = interp_db(path, sec, n + 9, cfg, err);
 		else if (strcmp(n, "hook") == 0)
 			r = interp_hook(path, sec, cfg, err);
+		else if (n[0] == '\0' && sec->nkv == 0)
+			continue;          /* its keys were reported and left out */
 		else if (n[0] == '\0')
-			FAIL(DMK_ERR_CONFIG, sec->kv ? sec->kv[0].line : 1, "key '%s' outside any "
-			    "section; start with [agent], [store NAME], [ag NAME] or "
-			    "[database AG/DB]", sec->kv ? sec->kv[0].key : "");
+			FAIL(DMK_ERR_CONFIG, sec->kv[0].line, "key '%s' outside any section; start "
+			    "with [agent], [store NAME], [ag NAME] or [database AG/DB]",
+			    sec->kv[0].key);
 		else
 			FAIL(DMK_ERR_CONFIG, sec->line, "unknown section [%s]; expected [agent], "
 			    "[store NAME], [ag NAME], [database AG/DB] or [hook]", n);

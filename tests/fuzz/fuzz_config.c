@@ -11,6 +11,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	static struct config_errors errs;
 	struct config *c = NULL;
 	struct dmk_err e;
 	char *t;
@@ -21,6 +22,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	t[size] = '\0';
 	if (config_parse_string(t, "fuzz.conf", &c, &e) == 0)
 		config_free(c);
+	/* and every error (config check): each key or section left out in turn */
+	if (config_parse_string_all(t, "fuzz.conf", &c, &errs, &e) == 0)
+		config_free(c);
+	else if ((errs.n == 0 && e.code != DMK_ERR_NOMEM) || errs.n > CONFIG_ERRORS_MAX)
+		abort();
 	free(t);
 	return 0;
 }
