@@ -626,13 +626,19 @@ doctor_work(struct rep_run *rr, struct sql_session *s)
 	struct ag_run *run = rr->run;
 	struct doctor *d = run->ctx;
 	const struct conf_ag *ag = run->ag;
-	struct sql_perm p[NSERVER_PERMS + 64];
+	struct sql_perm *p;
 	const char *login = run->login.user ? run->login.user : "the login (integrated)";
 	char target[700], fix[600], held[600];
 	struct dmk_err e;
 	size_t n = 0, i, j, off = 0;
 	int restore = needs_restore_test(d->a->cfg, ag), missing = 0;
 
+	snprintf(target, sizeof(target), "%s/%s", ag->name, rr->rep->name);
+	if ((p = calloc(NSERVER_PERMS + run->nplans, sizeof(*p))) == NULL) {
+		add(d, "permission", CK_PROBLEM, DMK_ERR_NOMEM, "see the message", target,
+		    "out of memory");
+		return 0;
+	}
 	for (i = 0; i < NSERVER_PERMS; i++) {
 		if ((server_perms[i].need == 1 && !restore) ||
 		    (server_perms[i].need == 2 && !ag->has_smk_backup_password))
@@ -640,12 +646,12 @@ doctor_work(struct rep_run *rr, struct sql_session *s)
 		p[n++] = (struct sql_perm){ NULL, NULL, server_perms[i].perm, -1 };
 	}
 	/* CONTROL on each database: asked on the primary, where it is readable */
-	for (j = 0; rr->is_primary && j < run->nplans && n < sizeof(p) / sizeof(p[0]); j++)
+	for (j = 0; rr->is_primary && j < run->nplans; j++)
 		if (run->plans[j].in_ag)
 			p[n++] = (struct sql_perm){ run->plans[j].db->name, "DATABASE", "CONTROL", -1 };
-	snprintf(target, sizeof(target), "%s/%s", ag->name, rr->rep->name);
 	if (sql_has_perms(s, p, n, &e) != 0) {
 		add(d, "permission", CK_PROBLEM, e.code, "see the message", target, "%s", e.msg);
+		free(p);
 		return 0;
 	}
 	held[0] = '\0';
@@ -684,6 +690,7 @@ doctor_work(struct rep_run *rr, struct sql_session *s)
 	else if (held[0])
 		add(d, "permission", CK_OK, 0, NULL, target, "login %s holds %s (the rest: see "
 		    "the problems)", login, held);
+	free(p);
 	return 0;
 }
 
