@@ -133,10 +133,15 @@ class Errors(unittest.TestCase):
             # DMVs need VIEW SERVER STATE
             self.assertEqual(sqlerr(c, "SELECT role_desc FROM sys.dm_hadr_availability_replica_states")[:2],
                              (300, 14))
+            # the server itself is securable NULL, class NULL (the docs' example A),
+            # whatever the current database grants
+            self.assertEqual(q(c, "SELECT HAS_PERMS_BY_NAME(NULL, NULL, 'VIEW SERVER STATE')"), [(0,)])
         with connect(sim.port(0)) as c:
             q(c, "GRANT VIEW SERVER STATE TO lowpriv")
         with connect(sim.port(0), user="lowpriv", password="L0w#Privileged!") as c:
             self.assertEqual(len(q(c, "SELECT role_desc FROM sys.dm_hadr_availability_replica_states")), 2)
+            self.assertEqual(q(c, "SELECT HAS_PERMS_BY_NAME(NULL, NULL, 'VIEW SERVER STATE'), "
+                                  "HAS_PERMS_BY_NAME(NULL, NULL, 'ALTER ANY CREDENTIAL')"), [(1, 0)])
 
     def test_3906_write_on_secondary(self):
         with connect(sim.port(1), database="CM_P01") as c:
