@@ -27,6 +27,7 @@
 #include "core/secret.h"
 #include "cli.h"
 #include "agcmd.h"
+#include "backup.h"
 #include "deployhook.h"
 #include "markers.h"
 #include "replicas.h"
@@ -490,6 +491,39 @@ check_headroom(struct doctor *d, struct store *st, struct dref *r, const char *t
 	free(v);
 }
 
+/* The DMK backup's escrow beside a DMK password (backup.h): rotate writes it
+ * first.  Its absence is normal; only write access is asked. */
+static void
+check_escrow_write(struct doctor *d, struct store *st, const struct dref *r)
+{
+	struct secret_ref bref;
+	const struct secret_ref *one[1] = { &bref };
+	struct dmk_err e;
+	struct buf report;
+	char target[900], fix[600], *line, *p;
+
+	dmk_err_clear(&e);
+	if (escrow_ref(r->ref, "dmk", NULL, &bref, &e) != 0)
+		return;
+	snprintf(target, sizeof(target), "%s (the DMK backup escrow of %s)", bref.text,
+	    r->ref->text);
+	buf_init(&report, 0);
+	if (store_check(st, one, 1, &report, &e) == 0)
+		add(d, "write", CK_OK, 0, NULL, target, "the credential may read and write it");
+	else {
+		line = report.len ? (char *)report.data : e.msg;
+		while (*line == ' ')
+			line++;
+		if ((p = strchr(line, '\n')) != NULL)
+			*p = '\0';
+		snprintf(fix, sizeof(fix), "grant the credential of [store %s] create, read and "
+		    "update on %s and its metadata (examples/vault/dmkagent-policy.hcl)",
+		    bref.store, bref.path);
+		add(d, "write", CK_PROBLEM, e.code, fix, target, "%s", line);
+	}
+	buf_free(&report);
+}
+
 static void
 check_one_ref(struct doctor *d, struct dref *r)
 {
@@ -576,6 +610,8 @@ check_one_ref(struct doctor *d, struct dref *r)
 			add(d, "write", CK_PROBLEM, rc, fix, target, "%s", line);
 		}
 		buf_free(&report);
+		if (r->role == ROLE_ROTATE && rc == 0)
+			check_escrow_write(d, st, r);
 	}
 	if (r->role == ROLE_ROTATE && rc == 0)
 		check_headroom(d, st, r, target);

@@ -222,6 +222,25 @@ class Doctor(unittest.TestCase):
         head = [c for c in doc["checks"] if c["name"] == "headroom"]
         self.assertIn("Vault's default", head[0]["detail"])
 
+    def test_write_denied(self):
+        """A token that may read and write the DMK password but not its
+        backup escrow: named, with what to grant; checked without writing."""
+        lab = self.lab
+        pol = ('path "secret/data/sql/ag1/cm_p01/dmk" { capabilities = ["create", "read", "update"] }\n'
+               'path "secret/metadata/sql/ag1/cm_p01/dmk" { capabilities = ["read", "update"] }\n')
+        vault_post(lab, "sys/policies/acl/narrow", {"policy": pol}, method="PUT")
+        tok = vault_post(lab, "auth/token/create", {"policies": ["narrow"], "ttl": "1h"})
+        _labmod.write_secret(os.path.join(lab.dir, "vault-root-token"), tok["auth"]["client_token"])
+        before = snapshot(lab)
+        rc, doc, err = doctor(lab)
+        self.assertEqual(rc, 1, json.dumps(doc, indent=1) + err)
+        probs = self.problems(doc)
+        self.assertEqual(len(probs), 1, probs)
+        self.assertEqual(probs[0]["name"], "write")
+        self.assertIn(f"{rotlib.PATH}-backup-dmk", probs[0]["target"])
+        self.assertIn("grant", probs[0]["fix"])
+        self.assertEqual(snapshot(lab), before, "doctor changed the store or SQL Server")
+
     def test_headroom(self):
         lab = self.lab
         # Vault keeps two versions of the key: the next rotation's pending
