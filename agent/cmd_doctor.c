@@ -478,9 +478,10 @@ check_headroom(struct doctor *d, struct store *st, struct dref *r, const char *t
 	}
 	left = max - 1 - (newest - inforce);
 	if (left < HEADROOM_MIN) {
-		snprintf(fix, sizeof(fix), "let Vault keep more versions of this key (vault kv "
-		    "metadata put -max-versions=0 or a larger number on its path), or the mount's "
-		    "max_versions; a rotation and its retry write %d", HEADROOM_MIN - 1);
+		snprintf(fix, sizeof(fix), "let Vault keep more versions of %s: vault kv "
+		    "metadata put -max-versions=N on its path, N of 20 or more (0 means the "
+		    "mount's max_versions, by default 10); a rotation and its retry write %d",
+		    r->ref->path, HEADROOM_MIN - 1);
 		add(d, "headroom", CK_PROBLEM, DMK_ERR_POLICY, fix, target, "%s: version %lld is "
 		    "in force and the newest is %lld, so %lld more write(s) delete it for good",
 		    how, inforce, newest, left < 0 ? 0 : left);
