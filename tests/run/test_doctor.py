@@ -27,10 +27,13 @@ from tests.sim.common.harness import run_unittests, SKIP  # noqa: E402
 
 def snapshot(lab):
     """Every byte the simulators keep: the Vault state and SQL Server's
-    (each node's master database, the replicated databases, the AG)."""
+    (each node's master database, the replicated databases, the AG); and
+    dmkagent's own state_dir and audit log."""
     out = {}
     for path in [os.path.join(lab.dir, "vault", "vaultsim-state.json")] + \
-            sorted(glob.glob(os.path.join(lab.dir, "sql", "**", "*.json"), recursive=True)):
+            sorted(glob.glob(os.path.join(lab.dir, "sql", "**", "*.json"), recursive=True)) + \
+            sorted(glob.glob(os.path.join(lab.state_dir, "*"))) + \
+            ([lab.audit_log] if os.path.exists(lab.audit_log) else []):
         with open(path, "rb") as f:
             out[os.path.relpath(path, lab.dir)] = hashlib.sha256(f.read()).hexdigest()
     st = lab.control("/status")
