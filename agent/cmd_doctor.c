@@ -664,7 +664,8 @@ doctor_work(struct rep_run *rr, struct sql_session *s)
 	struct doctor *d = run->ctx;
 	const struct conf_ag *ag = run->ag;
 	struct sql_perm *p;
-	const char *login = run->login.user ? run->login.user : "DOMAIN\\account (the Windows login dmkagent runs as)";
+	const char *login = run->login.user ? run->login.user :
+	    "DOMAIN\\account (the Windows login dmkagent runs as)";
 	char target[700], fix[600], held[600];
 	struct dmk_err e;
 	size_t n = 0, i, j, off = 0;
