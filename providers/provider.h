@@ -81,6 +81,11 @@ struct store {
 	int (*resolve)(void *ctx, const struct secret_ref *ref,
 	    struct secret **out, struct dmk_err *err);
 	void *resolve_ctx;
+	/* Set by the agent (markers.h): must version i of v (all n versions of
+	 * a key, oldest first) stay?  A store that drops its oldest versions
+	 * (Vault's max_versions) refuses a write that would drop such a one.
+	 * NULL: none must. */
+	int (*keep)(const struct prov_version *v, size_t n, size_t i);
 };
 
 struct prov_ops {
@@ -131,6 +136,12 @@ struct prov_ops {
 	 * role name, a token's display name), for audit records; never a
 	 * secret.  "" when not known.  No network. */
 	void (*identity)(struct store *st, char *out, size_t len);
+	/* Optional: how many versions of this key the store keeps (*limit; 0:
+	 * all, as Azure Key Vault), and how many it holds now (*count: every
+	 * version, deleted ones too, as the store counts them); the next write
+	 * drops the oldest beyond *limit.  NULL: all kept. */
+	int (*version_limit)(struct store *st, const struct secret_ref *ref,
+	    long long *limit, size_t *count, struct dmk_err *err);
 };
 
 extern const struct prov_ops *const providers[];
@@ -175,6 +186,22 @@ int store_check(struct store *st, const struct secret_ref *const *refs, size_t n
 /* Who the store saw this run as (the login's role, the client id), never a
  * secret; "" when the store does not say or is not open. */
 void store_identity(const struct store *st, char *out, size_t len);
+/* How many versions of ref the store keeps (0: all) and holds now; 0/0
+ * for a store without the operation. */
+int store_version_limit(struct store *st, const struct secret_ref *ref, long long *limit,
+    size_t *count, struct dmk_err *err);
+/*
+ * Version headroom: how many more writes to a key that keeps limit of its
+ * n versions v (oldest first) are possible before the first version st->keep
+ * wants kept is dropped; -1 when none ever is (limit 0, or nothing kept).
+ * *first (may be NULL) gets that version's index, or -1.
+ */
+long long store_headroom(const struct store *st, const struct prov_version *v, size_t n,
+    long long limit, long *first);
+/* Before one write: 0, or DMK_ERR_TOOBIG naming ref, the version it would
+ * drop and the limit (nothing written). */
+int store_check_room(const struct store *st, const struct secret_ref *ref,
+    const struct prov_version *v, size_t n, long long limit, struct dmk_err *err);
 /* Whether the store has every capability in caps. */
 int store_can(const struct store *st, unsigned caps);
 /* The same, as an error naming the store and why the caller needs it. */

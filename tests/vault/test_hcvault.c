@@ -441,6 +441,7 @@ t_put_create(void **state)
 
 	memset(&m, 0, sizeof(m));
 	prov_meta_set(&m, "dmkagent-state", "pending");
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "token", "file:/t/token");
 	assert_int_equal(fx_open(f, e, 5), 0);
 	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "0", &m, &out, &f->err), 0);
@@ -465,6 +466,7 @@ t_put_keeps_fields_and_cas_conflict(void **state)
 	struct secret_ref ref = mkref("hcv:sql/x");
 	struct secret *val = secret_from_str("NEWVALUE-CANARY");
 
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "token", "file:/t/token");
 	assert_int_equal(fx_open(f, e, 4), 0);
 	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "3", NULL, NULL, &f->err),
@@ -496,6 +498,7 @@ t_put_dropped_then_cas(void **state)
 	struct secret *val = secret_from_str("NEWVALUE-CANARY");
 	struct prov_version out;
 
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "token", "file:/t/token");
 	assert_int_equal(fx_open(f, e, 10), 0);
 	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "3", NULL, &out, &f->err), 0);
@@ -971,6 +974,7 @@ t_canary(void **state)
 	struct secret_ref ref = mkref("hcv:sql/x");
 	struct secret *s = NULL, *val = secret_from_str(PASSWORD);
 
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "auth", "approle");
 	conf_add(f, "role_id", "role-1234");
 	conf_add(f, "secret_id", "file:/t/secret-id");
