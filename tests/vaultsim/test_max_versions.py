@@ -4,8 +4,8 @@
 deletes the oldest versions for good (no data, gone from the metadata,
 oldest_version moves), soft-deleted and destroyed versions count too; the
 metadata endpoint reports max_versions and a metadata write changes only
-the fields it names.  Standard library only (tests/vaultsim/test_hvac.py
-drives the same through python3-hvac where it is installed)."""
+the fields it names.  Raw HTTP (standard library), and once through
+python3-hvac's KV v2 client where it is installed."""
 import base64
 import json
 import os
@@ -42,6 +42,7 @@ class MaxVersions(unittest.TestCase):
                       log_path=os.path.join(cls.tmp, "vaultsim.log")).__enter__()
         cls.addr = cls.sim.ready["address"]
         cls.ctx = ssl.create_default_context(cafile=pki["ca_pem"])
+        cls._ca = pki["ca_pem"]
 
     @classmethod
     def tearDownClass(cls):
@@ -124,6 +125,24 @@ class MaxVersions(unittest.TestCase):
         md = self.meta("mv/del")
         self.assertEqual(sorted(int(k) for k in md["versions"]), [2, 3, 4])
         self.assertTrue(md["versions"]["2"]["destroyed"])
+
+    def test_through_hvac(self):
+        """The same through python3-hvac's KV v2 client, as an operator's tooling."""
+        try:
+            import hvac
+        except ImportError:
+            self.skipTest("python3-hvac not installed")
+        c = hvac.Client(url=self.addr, token=ROOT, verify=self._ca)
+        for i in range(3):
+            c.secrets.kv.v2.create_or_update_secret("mv/hvac", secret={"v": str(i)})
+        c.secrets.kv.v2.update_metadata("mv/hvac", max_versions=2)
+        md = c.secrets.kv.v2.read_secret_metadata("mv/hvac")["data"]
+        self.assertEqual(md["max_versions"], 2)
+        c.secrets.kv.v2.create_or_update_secret("mv/hvac", secret={"v": "3"})
+        md = c.secrets.kv.v2.read_secret_metadata("mv/hvac")["data"]
+        self.assertEqual(sorted(int(k) for k in md["versions"]), [3, 4])
+        with self.assertRaises(hvac.exceptions.InvalidPath):
+            c.secrets.kv.v2.read_secret_version("mv/hvac", version=1)
 
 
 if __name__ == "__main__":
