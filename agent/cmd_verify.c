@@ -265,9 +265,10 @@ registered(struct ag_run *run, struct rep_run *rr, const struct rep_db *d, char 
 static int
 stale(const struct db_state_view *v, const char *regver)
 {
+	/* mid-rotation the new version is registered before it is in force */
 	return v != NULL && v->known && v->in_force[0] && regver[0] &&
-	    strcmp(regver, v->in_force) != 0 && !(v->unfinished && strcmp(regver,
-	    v->new_version) == 0 && strcmp(v->step, "drop") == 0);
+	    strcmp(regver, v->in_force) != 0 &&
+	    !(v->unfinished && strcmp(regver, v->new_version) == 0);
 }
 
 /*
@@ -542,7 +543,7 @@ ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, jso
 	/* the store's side, once per database (not per replica) */
 	for (j = 0; j < run->nplans; j++)
 		if (o->status ? run->plans[j].in_ag : run->plans[j].usable)
-			db_state_read(c->a, run->plans[j].db, &views[j]);
+			db_state_read(c->a, run->plans[j].db, o->status, &views[j]);
 	r = ag_each_replica(run, o->status ? status_work : verify_work);
 	for (j = 0; j < run->nplans; j++)
 		if (!run->plans[j].usable && !o->status)

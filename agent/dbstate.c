@@ -57,7 +57,8 @@ escrow_state(struct agent *a, const struct secret_ref *ref, struct db_state_view
 }
 
 void
-db_state_read(struct agent *a, const struct conf_db *db, struct db_state_view *s)
+db_state_read(struct agent *a, const struct conf_db *db, int backups,
+    struct db_state_view *s)
 {
 	const struct secret_ref *ref = &db->dmk_password;
 	struct prov_version *v = NULL;
@@ -118,7 +119,8 @@ db_state_read(struct agent *a, const struct conf_db *db, struct db_state_view *s
 			util_strlcpy(s->oldest_kept, v[first].id, sizeof(s->oldest_kept));
 	}
 	free(v);
-	escrow_state(a, ref, s);
+	if (backups)
+		escrow_state(a, ref, s);
 }
 
 const char *

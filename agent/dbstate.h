@@ -37,8 +37,10 @@ struct db_state_view {
 	time_t restore_test;          /* 0: none */
 };
 
-/* Fill v for db; never fails (v->known = 0 and v->error say why not). */
-void db_state_read(struct agent *a, const struct conf_db *db, struct db_state_view *v);
+/* Fill v for db (backups: the escrow's too, one more store read); never
+ * fails (v->known = 0 and v->error say why not). */
+void db_state_read(struct agent *a, const struct conf_db *db, int backups,
+    struct db_state_view *v);
 /* The step of an unfinished rotation, for people. */
 const char *db_state_step_text(const char *step);
 
