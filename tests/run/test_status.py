@@ -142,6 +142,24 @@ class Status(unittest.TestCase):
             self.assertEqual(rc, 0, out + err)
             self.assertEqual(db_entry(json.loads(out))["warnings"], [])
 
+    def test_stale_credential(self):
+        """A version written after register: every replica's credential holds
+        one that is no longer in force."""
+        with Lab(nodes=3) as lab:
+            lab.put_dmk_password()
+            self.assertEqual(lab.agent("register")[0], 0, lab.last)
+            lab.put_dmk_password(value="Written-Later-pw-0123456789", overwrite=True)
+            rc, doc, err = status_json(lab)
+            self.assertEqual(rc, 0, err)
+            d = db_entry(doc)
+            self.assertEqual(d["store_version"], "2", d)
+            for rep, x in replica_dbs(doc).items():
+                self.assertEqual((x["registered_version"], x["stale"]), ("1", True), (rep, x))
+            self.assertEqual(len([w for w in d["warnings"] if "version 2 is in force" in w]), 3,
+                             d["warnings"])
+            rc, out, err = lab.agent("status")
+            self.assertEqual(out.count("registered 1 (STALE)"), 3, out)
+
     def test_rotation_backup_restore_test_and_headroom(self):
         with Lab(nodes=3) as lab:
             lab.put_dmk_password()
