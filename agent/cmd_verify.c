@@ -399,8 +399,10 @@ print_dbs(struct agent *a, struct ag_run *run, json_t *jag, int status,
 			else if (v->known)
 				fprintf(out, "    versions: %zu held; the store keeps them all\n",
 				    v->nversions);
-			fprintf(out, "    last backup %s; last passed restore test %s\n",
-			    ttext(v->backup, t1, sizeof(t1)), ttext(v->restore_test, t2, sizeof(t2)));
+			if (v->known)
+				fprintf(out, "    last backup %s; last passed restore test %s\n",
+				    ttext(v->backup, t1, sizeof(t1)), ttext(v->restore_test, t2,
+				    sizeof(t2)));
 		}
 		db_warnings(run, j, v, jw, out);
 		json_object_set_new(x, "warnings", jw);
@@ -541,9 +543,19 @@ ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, jso
 	if ((views = calloc(run->nplans + 1, sizeof(*views))) == NULL)
 		return DMK_ERR_NOMEM;
 	/* the store's side, once per database (not per replica) */
-	for (j = 0; j < run->nplans; j++)
-		if (o->status ? run->plans[j].in_ag : run->plans[j].usable)
-			db_state_read(c->a, run->plans[j].db, o->status, &views[j]);
+	for (j = 0; j < run->nplans; j++) {
+		const struct db_plan *p = &run->plans[j];
+
+		if (!(o->status ? p->in_ag : p->usable))
+			continue;
+		if (p->code == DMK_ERR_UNREACHABLE || p->code == DMK_ERR_TIMEOUT) {
+			/* ag_open could not reach the store: not once more per database */
+			util_strlcpy(views[j].error, p->error, sizeof(views[j].error));
+			views[j].headroom = -1;
+			continue;
+		}
+		db_state_read(c->a, p->db, o->status, &views[j]);
+	}
 	r = ag_each_replica(run, o->status ? status_work : verify_work);
 	for (j = 0; j < run->nplans; j++)
 		if (!run->plans[j].usable && !o->status)
