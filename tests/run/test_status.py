@@ -19,6 +19,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "rotate"))
 import rotlib  # noqa: E402
 from rotlib import Lab, store_versions, opens, vault_get  # noqa: E402
+from azlab import AzureLab  # noqa: E402
 from tests.sim.common.harness import run_unittests  # noqa: E402
 
 DMK_ESCROW = f"{rotlib.PATH}-backup-dmk"
@@ -236,6 +237,26 @@ class Status(unittest.TestCase):
             self.assertEqual(rc, 0, out + err)
             md = vault_get(lab, f"{rotlib.KV}/metadata/{rotlib.PATH}")["data"]
             self.assertEqual(md["max_versions"], 10, md)
+
+
+    @rotlib.needs_failpoints
+    def test_azure_keeps_every_version(self):
+        """Azure Key Vault keeps every version: no limit, no headroom; the
+        unfinished rotation shows the same way."""
+        with AzureLab(nodes=3) as lab:
+            lab.put_dmk_password()
+            self.assertEqual(lab.agent("register")[0], 0, lab.last)
+            rc, out, err = lab.agent("rotate", "--no-backup",
+                                     env={"DMKAGENT_FAILPOINT": "rotate:after-register"})
+            self.assertNotEqual(rc, 0, out + err)
+            rc, doc, err = status_json(lab)
+            self.assertEqual(rc, 0, err)
+            d = db_entry(doc)
+            self.assertEqual(d["unfinished_rotation"]["step"], "apply", d)
+            self.assertEqual((d["versions"]["count"], d["versions"]["limit"],
+                              d["versions"]["headroom"]), (2, None, None), d)
+            rc, out, err = lab.agent("status")
+            self.assertIn("versions: 2 held; the store keeps them all", out)
 
 
 if __name__ == "__main__":
