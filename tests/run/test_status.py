@@ -120,6 +120,9 @@ class Status(unittest.TestCase):
             self.assertIn("EXTRA CREDENTIALS", out)
             # verify: the same exit code as before, but it warns
             rc_text, vout, verr = lab.agent("verify")
+            # every replica can still open the DMK (the old password is in force
+            # and registered): verify passes, as before, and warns
+            self.assertEqual(rc_text, 0, vout + verr)
             self.assertIn("warning: CM_P01: an unfinished rotation (rotate; step apply", vout,
                           vout + verr)
             self.assertIn("credentials for this DMK", vout, vout + verr)
