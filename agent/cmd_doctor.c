@@ -442,10 +442,10 @@ check_headroom(struct doctor *d, struct store *st, struct dref *r, const char *t
 	struct dmk_err e;
 	char how[300], fix[600];
 	long long max, newest, inforce, left;
-	size_t n = 0, i;
+	size_t n = 0, i, cnt;
 
 	dmk_err_clear(&e);
-	if (store_version_limit(st, r->ref, &max, how, sizeof(how), &e) != 0) {
+	if (store_version_limit(st, r->ref, &max, &cnt, how, sizeof(how), &e) != 0) {
 		if (e.code == DMK_ERR_UNSUPPORTED)
 			add(d, "headroom", CK_NOT_CHECKED, 0, NULL, target, "%s", e.msg);
 		else
@@ -478,10 +478,11 @@ check_headroom(struct doctor *d, struct store *st, struct dref *r, const char *t
 	}
 	left = max - 1 - (newest - inforce);
 	if (left < HEADROOM_MIN) {
-		snprintf(fix, sizeof(fix), "let Vault keep more versions of %s: vault kv "
-		    "metadata put -max-versions=N on its path, N of 20 or more (0 means the "
-		    "mount's max_versions, by default 10); a rotation and its retry write %d",
-		    r->ref->path, HEADROOM_MIN - 1);
+		snprintf(fix, sizeof(fix), "let Vault keep more versions of %s: max_versions = N "
+		    "in its [store] section (dmkagent sets it on the key before each write), or, "
+		    "with max_versions = 0 there, vault kv metadata put -max-versions=N on its "
+		    "path; N of 20 or more; a rotation and its retry write %d", r->ref->path,
+		    HEADROOM_MIN - 1);
 		add(d, "headroom", CK_PROBLEM, DMK_ERR_POLICY, fix, target, "%s: version %lld is "
 		    "in force and the newest is %lld, so %lld more write(s) delete it for good",
 		    how, inforce, newest, left < 0 ? 0 : left);

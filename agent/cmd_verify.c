@@ -25,6 +25,7 @@
 #include "core/secret.h"
 #include "cli.h"
 #include "agcmd.h"
+#include "dbstate.h"
 #include "steps.h"
 
 /*
@@ -227,8 +228,192 @@ failover_test(struct agent *a, struct ag_run *run)
 	return bad ? DMK_ERR_INCOMPLETE : 0;
 }
 
+/* ---- the whole state: per database, from the store, and per replica ---- */
+
+static json_t *
+jtime(time_t t)
+{
+	char b[32];
+
+	if (t == 0)
+		return json_null();
+	util_rfc3339(t, b, sizeof(b));
+	return json_string(b);
+}
+
+static const char *
+ttext(time_t t, char *b, size_t n)
+{
+	if (t == 0)
+		return "none";
+	util_rfc3339(t, b, n);
+	return b;
+}
+
+/* What the agent registered on this replica for this database ("" none). */
 static void
-print_run(struct agent *a, struct ag_run *run, json_t *jag, int status)
+registered(struct ag_run *run, struct rep_run *rr, const struct rep_db *d, char *ver,
+    size_t vlen, char *cred, size_t clen)
+{
+	ver[0] = cred[0] = '\0';
+	if (d->have_keys && d->keys.family_guid[0])
+		regstate_get(run->a, run->ag->name, rr->rep->name, d->keys.family_guid, ver, vlen,
+		    cred, clen);
+}
+
+/* The registered credential holds a version that is not the one in force. */
+static int
+stale(const struct db_state_view *v, const char *regver)
+{
+	/* mid-rotation the new version is registered before it is in force */
+	return v != NULL && v->known && v->in_force[0] && regver[0] &&
+	    strcmp(regver, v->in_force) != 0 &&
+	    !(v->unfinished && strcmp(regver, v->new_version) == 0);
+}
+
+/*
+ * The warnings of one database: an unfinished rotation, extra or stale
+ * credentials on a replica, little version headroom.  Into jw (strings), and
+ * as text lines when out is not NULL.
+ */
+static void
+db_warnings(struct ag_run *run, size_t j, const struct db_state_view *v, json_t *jw, FILE *out)
+{
+	const char *db = run->plans[j].db->name;
+	char msg[DMK_ERR_MSG_MAX + 512], t[32];
+	size_t i;
+	int k;
+
+	if (v != NULL && v->unfinished) {
+		snprintf(msg, sizeof(msg), "an unfinished rotation (%s; step %s: %s), since %s: "
+		    "store version %s replacing %s; dmkagent rotate finishes it", v->mode, v->step,
+		    db_state_step_text(v->step), ttext(v->since, t, sizeof(t)),
+		    v->new_version[0] ? v->new_version : "-", v->old_version[0] ? v->old_version : "-");
+		json_array_append_new(jw, json_string(msg));
+		if (out)
+			fprintf(out, "    warning: %s: %s\n", db, msg);
+	}
+	for (i = 0; i < run->nreps; i++) {
+		struct rep_run *rr = &run->reps[i];
+		const struct rep_db *d = &rr->dbs[j];
+		char ver[80], cred[160], names[8 * 162];
+
+		if (!rr->reached || !d->have_keys)
+			continue;
+		registered(run, rr, d, ver, sizeof(ver), cred, sizeof(cred));
+		if (d->keys.ncredentials > 1) {
+			size_t off = 0;
+
+			names[0] = '\0';
+			for (k = 0; k < d->keys.ncredentials && k < 8 && off < sizeof(names); k++)
+				off += (size_t)snprintf(names + off, sizeof(names) - off, "%s%s",
+				    k > 0 ? ", " : "", d->keys.credential_names[k]);
+			snprintf(msg, sizeof(msg), "%s holds %d credentials for this DMK (%s), where one "
+			    "is enough; %s", rr->rep->name, d->keys.ncredentials, names,
+			    v != NULL && v->unfinished ? "finishing the rotation drops the old one" :
+			    "dmkagent register --prune drops those whose password no longer opens it");
+			json_array_append_new(jw, json_string(msg));
+			if (out)
+				fprintf(out, "    warning: %s: %s\n", db, msg);
+		}
+		if (stale(v, ver)) {
+			snprintf(msg, sizeof(msg), "%s: the credential dmkagent registered (%s) holds "
+			    "store version %s, but version %s is in force; dmkagent register",
+			    rr->rep->name, cred[0] ? cred : "?", ver, v->in_force);
+			json_array_append_new(jw, json_string(msg));
+			if (out)
+				fprintf(out, "    warning: %s: %s\n", db, msg);
+		}
+	}
+	if (v != NULL && v->known && v->headroom >= 0 && v->headroom < 3) {
+		snprintf(msg, sizeof(msg), "the store keeps %lld versions of %s and holds %zu: "
+		    "%lld more write(s) before version %s, still needed, would be dropped (writes "
+		    "that would drop it are refused); raise max_versions", v->limit,
+		    run->plans[j].db->dmk_password.text, v->nversions, v->headroom, v->oldest_kept);
+		json_array_append_new(jw, json_string(msg));
+		if (out)
+			fprintf(out, "    warning: %s: %s\n", db, msg);
+	}
+}
+
+/* The AG's "databases": per database, the store's side and the warnings. */
+static void
+print_dbs(struct agent *a, struct ag_run *run, json_t *jag, int status,
+    const struct db_state_view *views)
+{
+	json_t *jdbs = json_array();
+	FILE *out = a->output == OUTPUT_TEXT ? a->out : NULL;
+	char t1[32], t2[32];
+	size_t j;
+
+	for (j = 0; j < run->nplans; j++) {
+		const struct db_state_view *v = &views[j];
+		json_t *x, *jw = json_array(), *u = json_null(), *jv;
+
+		if (status ? !run->plans[j].in_ag : !run->plans[j].usable) {
+			json_decref(jw);
+			continue;
+		}
+		x = json_object();
+		json_object_set_new(x, "database", json_string(run->plans[j].db->name));
+		json_object_set_new(x, "store_read", json_boolean(v->known));
+		if (!v->known)
+			json_object_set_new(x, "store_error", json_string(v->error));
+		json_object_set_new(x, "store_version", agcmd_jstr(v->in_force));
+		json_object_set_new(x, "last_rotation", jtime(v->changed));
+		json_object_set_new(x, "next_due", jtime(v->next_due));
+		if (v->unfinished)
+			u = json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:o}", "step", v->step,
+			    "description", db_state_step_text(v->step), "mode", v->mode,
+			    "rotation", agcmd_jstr(v->rotation), "new_version",
+			    agcmd_jstr(v->new_version), "old_version", agcmd_jstr(v->old_version),
+			    "since", jtime(v->since));
+		json_object_set_new(x, "unfinished_rotation", u);
+		jv = json_pack("{s:I, s:o, s:o, s:o}", "count", (json_int_t)v->nversions,
+		    "limit", v->limit > 0 ? json_integer(v->limit) : json_null(),
+		    "headroom", v->headroom >= 0 ? json_integer(v->headroom) : json_null(),
+		    "oldest_kept", agcmd_jstr(v->oldest_kept));
+		json_object_set_new(x, "versions", jv);
+		json_object_set_new(x, "last_backup", jtime(v->backup));
+		json_object_set_new(x, "last_backup_version", agcmd_jstr(v->backup_version));
+		json_object_set_new(x, "last_restore_test", jtime(v->restore_test));
+		if (out && status) {
+			fprintf(out, "  %s: store version %s in force", run->plans[j].db->name,
+			    v->in_force[0] ? v->in_force : "-");
+			if (!v->known)
+				fprintf(out, " (store not read: %s)\n", v->error);
+			else
+				fprintf(out, ", written %s; next rotation due %s\n",
+				    ttext(v->changed, t1, sizeof(t1)), v->next_due ? ttext(v->next_due, t2,
+				    sizeof(t2)) : "never (no rotate_every)");
+			if (v->unfinished)
+				fprintf(out, "    UNFINISHED %s: step %s (%s), since %s; version %s "
+				    "replacing %s\n", v->mode, v->step, db_state_step_text(v->step),
+				    ttext(v->since, t1, sizeof(t1)), v->new_version[0] ? v->new_version : "-",
+				    v->old_version[0] ? v->old_version : "-");
+			if (v->known && v->limit > 0)
+				fprintf(out, "    versions: %zu held, %lld kept; %s%lld%s\n", v->nversions,
+				    v->limit, v->headroom >= 0 ? "headroom " : "no version still needed "
+				    "is at risk", v->headroom >= 0 ? v->headroom : 0LL, v->headroom >= 0 ?
+				    " write(s)" : "");
+			else if (v->known)
+				fprintf(out, "    versions: %zu held; the store keeps them all\n",
+				    v->nversions);
+			if (v->known)
+				fprintf(out, "    last backup %s; last passed restore test %s\n",
+				    ttext(v->backup, t1, sizeof(t1)), ttext(v->restore_test, t2,
+				    sizeof(t2)));
+		}
+		db_warnings(run, j, v, jw, out);
+		json_object_set_new(x, "warnings", jw);
+		json_array_append_new(jdbs, x);
+	}
+	json_object_set_new(jag, "databases", jdbs);
+}
+
+static void
+print_run(struct agent *a, struct ag_run *run, json_t *jag, int status,
+    const struct db_state_view *views)
 {
 	size_t i, j;
 	json_t *jreps = json_array();
@@ -261,8 +446,21 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status)
 		for (j = 0; rr->reached && j < run->nplans; j++) {
 			struct rep_db *d = &rr->dbs[j];
 			json_t *x = json_object();
+			char rver[80], rcred[160];
+			int k;
+
+			registered(run, rr, d, rver, sizeof(rver), rcred, sizeof(rcred));
 			json_object_set_new(x, "database", json_string(run->plans[j].db->name));
 			if (d->have_keys) {
+				json_t *names = json_array();
+				for (k = 0; k < d->keys.ncredentials && k < 8; k++)
+					json_array_append_new(names, json_string(d->keys.credential_names[k]));
+				json_object_set_new(x, "credential_names", names);
+				json_object_set_new(x, "extra_credentials", json_integer(
+				    d->keys.ncredentials > 1 ? d->keys.ncredentials - 1 : 0));
+				json_object_set_new(x, "registered_version", agcmd_jstr(rver));
+				json_object_set_new(x, "registered_credential", agcmd_jstr(rcred));
+				json_object_set_new(x, "stale", json_boolean(stale(&views[j], rver)));
 				json_object_set_new(x, "family_guid", json_string(d->keys.family_guid));
 				json_object_set_new(x, "dmk_key_guid", json_string(d->keys.dmk_key_guid));
 				json_object_set_new(x, "encrypted_by_smk", json_boolean(d->keys.dmk_by_smk));
@@ -282,12 +480,15 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status)
 				continue;
 			if (status)
 				fprintf(a->out, "    %-24s DMK %s: %s, %d password encryption(s); %d "
-				    "credential(s) here; store version %s\n", run->plans[j].db->name,
+				    "credential(s) here; store version %s; registered %s%s\n",
+				    run->plans[j].db->name,
 				    d->have_keys && d->keys.dmk_key_guid[0] ? d->keys.dmk_key_guid : "(none)",
 				    d->have_keys && d->keys.dmk_by_smk ? "by SMK" : "not by SMK",
 				    d->have_keys ? d->keys.npassword_encryptions : 0,
 				    d->have_keys ? d->keys.ncredentials : 0,
-				    run->plans[j].ver.id[0] ? run->plans[j].ver.id : "-");
+				    run->plans[j].ver.id[0] ? run->plans[j].ver.id : "-",
+				    rver[0] ? rver : "-", stale(&views[j], rver) ? " (STALE)" :
+				    d->have_keys && d->keys.ncredentials > 1 ? " (EXTRA CREDENTIALS)" : "");
 			else if (d->outcome != OUT_SKIPPED)
 				fprintf(a->out, "    %-24s %s: %s\n", run->plans[j].db->name,
 				    d->outcome == OUT_OK ? "pass" : "GAP", d->detail);
@@ -296,6 +497,7 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status)
 		json_array_append_new(jreps, o);
 	}
 	json_object_set_new(jag, "replicas", jreps);
+	print_dbs(a, run, jag, status, views);
 }
 
 static int
@@ -334,9 +536,26 @@ ver_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 static int
 ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, json_t *jag)
 {
+	struct db_state_view *views;
 	size_t j;
 	int r;
 
+	if ((views = calloc(run->nplans + 1, sizeof(*views))) == NULL)
+		return DMK_ERR_NOMEM;
+	/* the store's side, once per database (not per replica) */
+	for (j = 0; j < run->nplans; j++) {
+		const struct db_plan *p = &run->plans[j];
+
+		if (!(o->status ? p->in_ag : p->usable))
+			continue;
+		if (p->code == DMK_ERR_UNREACHABLE || p->code == DMK_ERR_TIMEOUT) {
+			/* ag_open could not reach the store: not once more per database */
+			util_strlcpy(views[j].error, p->error, sizeof(views[j].error));
+			views[j].headroom = -1;
+			continue;
+		}
+		db_state_read(c->a, p->db, o->status, &views[j]);
+	}
 	r = ag_each_replica(run, o->status ? status_work : verify_work);
 	for (j = 0; j < run->nplans; j++)
 		if (!run->plans[j].usable && !o->status)
@@ -347,7 +566,8 @@ ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, jso
 		struct audit_target t = { run->ag->name, NULL, NULL };
 		agent_audit(c->a, "failover-test", &t, NULL, r == 0 ? "ok" : "gap", NULL);
 	}
-	print_run(c->a, run, jag, o->status);
+	print_run(c->a, run, jag, o->status, views);
+	free(views);
 	return r;
 }
 

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "core/dmk.h"
+#include "markers.h"
 #include "core/secret.h"
 #include "agent.h"
 #include "lock.h"
@@ -136,6 +137,7 @@ agent_store(struct agent *a, const char *name, struct store **out, struct dmk_er
 		a->store_state[i] = r == 0 ? 1 : 0;
 		if (r != 0)
 			return r;
+		st->keep = markers_keep;      /* no write drops a version still needed */
 	}
 	*out = &a->stores[i];
 	return 0;

@@ -135,6 +135,15 @@ markers_in_force(const struct prov_version *v, size_t n)
 	return -1;
 }
 
+int
+markers_keep(const struct prov_version *v, size_t n, size_t i)
+{
+	if (i >= n || !markers_live(&v[i]))
+		return 0;
+	return (long)i == markers_in_force(v, n) || is_state(&v[i], "pending") ||
+	    is_state(&v[i], "current") || is_state(&v[i], "retiring");
+}
+
 void
 markers_stamp(struct prov_meta *m, const char *state)
 {

@@ -83,6 +83,12 @@ const char *markers_state(const struct prov_version *v);
 void markers_plan(const struct prov_version *v, size_t n, struct mk_plan *out);
 /* The version in force: the newest live one that is current or unmarked; -1 none. */
 long markers_in_force(const struct prov_version *v, size_t n);
+/*
+ * Must version i stay in the store (struct store's keep)?  The version in
+ * force, and every live pending, current or retiring one: dropping one of
+ * them could lose the password that opens a DMK.
+ */
+int markers_keep(const struct prov_version *v, size_t n, size_t i);
 /* Stamp m with state (may be NULL: none), MARK_BY (this user@host) and MARK_TIME (now). */
 void markers_stamp(struct prov_meta *m, const char *state);
 const char *markers_mode_name(enum mk_mode mode);

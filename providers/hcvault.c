@@ -59,6 +59,7 @@ static const struct conf_keydef hcvault_keys[] = {
 	{ "role", CK_STRING, 0, NULL, 0, 0 },          /* kubernetes, jwt, cert */
 	{ "jwt", CK_REF, 0, NULL, 0, 0 },              /* jwt / kubernetes token */
 	{ "timeout", CK_DURATION, 0, NULL, 0, 0 },
+	{ "max_versions", CK_INT, 0, NULL, 0, 4294967295LL },  /* default HCV_MAX_VERSIONS */
 	{ NULL, 0, 0, NULL, 0, 0 },
 };
 
@@ -1269,6 +1270,228 @@ out:
 }
 
 static int
+cmp_version(const void *a, const void *b)
+{
+	const struct prov_version *x = a, *y = b;
+
+	return x->num < y->num ? -1 : x->num > y->num;
+}
+
+/* Every version in a metadata answer (data), oldest first; *out freed with free(). */
+static int
+versions_of(json_t *md, struct prov_version **out, size_t *n, struct dmk_err *err)
+{
+	json_t *versions, *cm, *v;
+	struct prov_version *list;
+	const char *k, *t;
+	size_t i = 0, cnt;
+	time_t tt;
+
+	*out = NULL;
+	*n = 0;
+	versions = json_object_get(md, "versions");
+	cm = json_object_get(md, "custom_metadata");
+	cnt = json_object_size(versions);
+	if ((list = calloc(cnt ? cnt : 1, sizeof(*list))) == NULL)
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	json_object_foreach(versions, k, v) {
+		long long num;
+		if (parse_version(k, &num) != 0 || num <= 0 || !json_is_object(v))
+			continue;
+		list[i].num = num;
+		snprintf(list[i].id, sizeof(list[i].id), "%lld", num);
+		if ((t = json_string_value(json_object_get(v, "created_time"))) != NULL &&
+		    util_parse_rfc3339(t, &tt) == 0)
+			list[i].created = tt;
+		t = json_string_value(json_object_get(v, "deletion_time"));
+		list[i].deleted = t != NULL && *t != '\0';
+		list[i].destroyed = json_is_true(json_object_get(v, "destroyed"));
+		markers_of(cm, num, &list[i].meta);
+		i++;
+	}
+	qsort(list, i, sizeof(*list), cmp_version);
+	*out = list;
+	*n = i;
+	return 0;
+}
+
+/* ---- version headroom: Vault drops a key's oldest versions for good ---- */
+
+/* The max_versions the agent sets on each key it writes; 0: leave the key's
+ * (or the mount's) own.  Vault keeps 10 when neither key nor mount says. */
+#define HCV_MAX_VERSIONS 100
+#define HCV_VAULT_DEFAULT_VERSIONS 10
+
+static long long
+conf_max_versions(const struct conf_store *c)
+{
+	const char *v = hcv_kv_str(c, "max_versions");
+
+	return v != NULL ? strtoll(v, NULL, 10) : HCV_MAX_VERSIONS;
+}
+
+/* The mount's max_versions (GET MOUNT/config), 10 when it says 0 or the
+ * token may not read it (Vault's default then is all we can assume). */
+static long long
+mount_max_versions(struct store *st)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path;
+	struct dmk_err e;
+	json_t *root = NULL;
+	long long v = 0;
+
+	if (h->mount_maxv > 0)
+		return h->mount_maxv;
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	if (http_urlencode(&path, h->kv_mount, strlen(h->kv_mount), 1) == 0 &&
+	    buf_puts(&path, "/config") == 0 &&
+	    hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, &e) == 0 &&
+	    resp.status == 200 && (root = hcv_parse_body(&resp, "the mount's config", &e)) != NULL)
+		v = hcv_json_num(json_object_get(json_object_get(root, "data"), "max_versions"));
+	json_decref(root);
+	buf_free(&path);
+	http_response_free(&resp);
+	h->mount_maxv = v > 0 ? v : HCV_VAULT_DEFAULT_VERSIONS;
+	return h->mount_maxv;
+}
+
+/* How many versions the key keeps after this agent's next write: ours when
+ * configured (put sets it first), else the key's, else the mount's. */
+static long long
+key_limit(struct store *st, json_t *md)
+{
+	long long c = conf_max_versions(st->conf), k;
+
+	if (c > 0)
+		return c;
+	k = md != NULL ? hcv_json_num(json_object_get(md, "max_versions")) : 0;
+	return k > 0 ? k : mount_max_versions(st);
+}
+
+/* POST MOUNT/metadata/PATH {"max_versions": n}: Vault keeps the other fields. */
+static int
+set_max_versions(struct store *st, const struct secret_ref *ref, long long n,
+    struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	struct http_response resp;
+	struct buf path, body;
+	char plain[800], what[1000], num[64];
+	int r;
+
+	http_response_init(&resp);
+	buf_init(&path, HCV_URL_MAX);
+	buf_init(&body, 256);
+	kv_plain(h, "metadata", ref->path, plain, sizeof(plain));
+	snprintf(what, sizeof(what), "setting max_versions = %lld on %s (%s)", n, ref->text, plain);
+	snprintf(num, sizeof(num), "{\"max_versions\":%lld}", n);
+	if ((r = buf_puts(&body, num)) != 0 || (r = kv_path(h, "metadata", ref->path, &path)) != 0) {
+		r = dmk_errf(err, r, "%s: path too long", what);
+		goto out;
+	}
+	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
+		goto out;
+	if (resp.status != 200 && resp.status != 204)
+		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
+out:
+	buf_free(&body);
+	buf_free(&path);
+	http_response_free(&resp);
+	return r;
+}
+
+/*
+ * Before a write to an existing key: refuse when it would drop a version
+ * still needed (st->keep), then make the key keep max_versions.  *isnew: no
+ * key yet (the caller sets max_versions after creating it).
+ */
+static int
+room_for_write(struct store *st, const struct secret_ref *ref, int *isnew,
+    struct dmk_err *err)
+{
+	struct prov_version *v = NULL;
+	json_t *root = NULL, *md = NULL;
+	long long limit, want = conf_max_versions(st->conf);
+	size_t n = 0;
+	int r;
+
+	*isnew = 0;
+	if (want <= 0 && st->keep == NULL)
+		return 0;             /* nothing to set, nothing to keep */
+	if ((r = read_metadata(st, ref, &root, &md, err)) == DMK_ERR_NOTFOUND) {
+		*isnew = 1;
+		return 0;
+	}
+	if (r == DMK_ERR_DENIED) {
+		log_warn("%s: cannot check the key's version headroom before writing: %s", ref->text,
+		    err->msg);
+		return 0;
+	}
+	if (r != 0)
+		return r;
+	limit = key_limit(st, md);
+	if ((r = versions_of(md, &v, &n, err)) != 0 ||
+	    (r = store_check_room(st, ref, v, n, limit, err)) != 0)
+		goto out;
+	if (want > 0 && hcv_json_num(json_object_get(md, "max_versions")) != want &&
+	    set_max_versions(st, ref, want, err) != 0)
+		log_warn("%s; writing anyway (this write drops no version still needed)", err->msg);
+out:
+	free(v);
+	json_decref(root);
+	return r;
+}
+
+/*
+ * How many versions Vault keeps of ref after our next write (key_limit: our
+ * max_versions when configured, put sets it first; else the key's, else the
+ * mount's, else Vault's default of 10), how many it holds, and why.  Reads
+ * only.
+ */
+static int
+hcvault_version_limit(struct store *st, const struct secret_ref *ref, long long *limit,
+    size_t *count, char *how, size_t howlen, struct dmk_err *err)
+{
+	struct hcv *h = st->priv;
+	json_t *root = NULL, *md = NULL;
+	long long c = conf_max_versions(st->conf), k = 0;
+	int r;
+
+	*limit = 0;
+	*count = 0;
+	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
+		return r;
+	if (h->kv_version != 2) {
+		*limit = 1;           /* KV v1 keeps the value, no versions */
+		snprintf(how, howlen, "mount %s is KV version 1: one value, no versions",
+		    h->kv_mount);
+		return 0;
+	}
+	r = read_metadata(st, ref, &root, &md, err);
+	if (r != 0 && r != DMK_ERR_NOTFOUND)
+		return r;
+	if (r == 0) {
+		k = hcv_json_num(json_object_get(md, "max_versions"));
+		*count = json_object_size(json_object_get(md, "versions"));
+	}
+	*limit = key_limit(st, r == 0 ? md : NULL);
+	if (c > 0)
+		snprintf(how, howlen, "max_versions %lld of [store %s] (dmkagent sets it on the key "
+		    "before each write)", c, st->conf->name);
+	else if (k > 0)
+		snprintf(how, howlen, "max_versions %lld on the key", k);
+	else
+		snprintf(how, howlen, "%lld: the mount %s's max_versions, or Vault's default of 10 "
+		    "when the mount sets none or this token may not read %s/config", *limit,
+		    h->kv_mount, h->kv_mount);
+	json_decref(root);
+	return 0;
+}
+
+static int
 hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret *value,
     const char *expect_version, const struct prov_meta *meta, struct prov_version *out,
     struct dmk_err *err)
@@ -1281,7 +1504,7 @@ hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret 
 	json_t *croot = NULL, *cdata = NULL, *root = NULL, *d;
 	char plain[800], what[1000];
 	long long cas = -1;
-	int r;
+	int r, isnew = 1;
 
 	if (out == NULL)
 		out = &tmpver;
@@ -1302,6 +1525,9 @@ hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret 
 		    "version number", ref->text, expect_version);
 		goto out;
 	}
+	/* Never drop a version still needed; the key keeps max_versions. */
+	if (cas != 0 && (r = room_for_write(st, ref, &isnew, err)) != 0)
+		goto out;
 	/* Keep the key's other fields: a new version replaces the whole data map. */
 	if (cas != 0 && (r = current_data(st, ref, &croot, &cdata, err)) != 0)
 		goto out;
@@ -1352,6 +1578,11 @@ hcvault_put(struct store *st, const struct secret_ref *ref, const struct secret 
 	}
 	version_from(d, out);
 	memset(&out->meta, 0, sizeof(out->meta));
+	if (isnew && conf_max_versions(st->conf) > 0) {
+		struct dmk_err e2;
+		if (set_max_versions(st, ref, conf_max_versions(st->conf), &e2) != 0)
+			log_warn("version %s was written, but %s", out->id, e2.msg);
+	}
 markers:
 	if (meta != NULL && meta->n > 0) {
 		if ((r = set_markers(st, ref, out->num, meta, err)) != 0) {
@@ -1371,23 +1602,11 @@ out:
 }
 
 static int
-cmp_version(const void *a, const void *b)
-{
-	const struct prov_version *x = a, *y = b;
-
-	return x->num < y->num ? -1 : x->num > y->num;
-}
-
-static int
 hcvault_list_versions(struct store *st, const struct secret_ref *ref,
     struct prov_version **out, size_t *n, struct dmk_err *err)
 {
 	struct hcv *h = st->priv;
-	json_t *root = NULL, *md, *versions, *cm, *v;
-	struct prov_version *list = NULL;
-	const char *k, *t;
-	size_t i = 0, cnt;
-	time_t tt;
+	json_t *root = NULL, *md;
 	int r;
 
 	*out = NULL;
@@ -1399,34 +1618,7 @@ hcvault_list_versions(struct store *st, const struct secret_ref *ref,
 		    "keeps no versions", ref->text, h->kv_mount);
 	if ((r = read_metadata(st, ref, &root, &md, err)) != 0)
 		return r;
-	versions = json_object_get(md, "versions");
-	cm = json_object_get(md, "custom_metadata");
-	cnt = json_object_size(versions);
-	if ((list = calloc(cnt ? cnt : 1, sizeof(*list))) == NULL) {
-		r = dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	json_object_foreach(versions, k, v) {
-		long long num;
-		if (parse_version(k, &num) != 0 || num <= 0 || !json_is_object(v))
-			continue;
-		list[i].num = num;
-		snprintf(list[i].id, sizeof(list[i].id), "%lld", num);
-		if ((t = json_string_value(json_object_get(v, "created_time"))) != NULL &&
-		    util_parse_rfc3339(t, &tt) == 0)
-			list[i].created = tt;
-		t = json_string_value(json_object_get(v, "deletion_time"));
-		list[i].deleted = t != NULL && *t != '\0';
-		list[i].destroyed = json_is_true(json_object_get(v, "destroyed"));
-		markers_of(cm, num, &list[i].meta);
-		i++;
-	}
-	qsort(list, i, sizeof(*list), cmp_version);
-	*out = list;
-	*n = i;
-	list = NULL;
-out:
-	free(list);
+	r = versions_of(md, out, n, err);
 	json_decref(root);
 	return r;
 }
@@ -1571,76 +1763,6 @@ hcvault_check(struct store *st, const struct secret_ref *const *refs, size_t nre
 	return 0;
 }
 
-/*
- * How many versions Vault keeps of ref: the key's max_versions, else the
- * mount's (MOUNT/config), else Vault's default of 10.  Reads only.
- */
-static int
-hcvault_version_limit(struct store *st, const struct secret_ref *ref, long long *max,
-    char *how, size_t howlen, struct dmk_err *err)
-{
-	struct hcv *h = st->priv;
-	struct http_response resp;
-	struct buf path;
-	json_t *root = NULL, *md, *d;
-	char what[600];
-	int r;
-
-	*max = 0;
-	if ((r = check_ref(ref, err)) != 0 || (r = kv_detect(st, ref, err)) != 0)
-		return r;
-	if (h->kv_version != 2)
-		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: KV version 1 keeps no versions",
-		    ref->text);
-	if ((r = read_metadata(st, ref, &root, &md, err)) != 0)
-		return r;
-	*max = hcv_json_num(json_object_get(md, "max_versions"));
-	json_decref(root);
-	root = NULL;
-	if (*max > 0) {
-		snprintf(how, howlen, "max_versions %lld on the key", *max);
-		return 0;
-	}
-	http_response_init(&resp);
-	buf_init(&path, HCV_URL_MAX);
-	snprintf(what, sizeof(what), "reading %s/config", h->kv_mount);
-	if ((r = http_urlencode(&path, h->kv_mount, strlen(h->kv_mount), 1)) != 0 ||
-	    (r = buf_puts(&path, "/config")) != 0) {
-		r = dmk_errf(err, r, "path too long");
-		goto out;
-	}
-	if ((r = hcv_request(st, "GET", path.data, NULL, REQ_TOKEN, NULL, &resp, err)) != 0)
-		goto out;
-	if (resp.status == 403) {
-		*max = 10;
-		snprintf(how, howlen, "Vault's default, assumed: the key sets no max_versions "
-		    "and this token may not read %s/config", h->kv_mount);
-		goto out;
-	}
-	if (resp.status != 200) {
-		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
-		goto out;
-	}
-	if ((root = hcv_parse_body(&resp, what, err)) == NULL) {
-		r = err->code;
-		goto out;
-	}
-	d = json_object_get(root, "data");
-	*max = hcv_json_num(json_object_get(d, "max_versions"));
-	if (*max > 0)
-		snprintf(how, howlen, "max_versions %lld of the mount %s", *max, h->kv_mount);
-	else {
-		*max = 10;
-		snprintf(how, howlen, "Vault's default (neither the key nor the mount %s sets "
-		    "max_versions)", h->kv_mount);
-	}
-out:
-	json_decref(root);
-	buf_free(&path);
-	http_response_free(&resp);
-	return r;
-}
-
 static void
 hcvault_identity(struct store *st, char *out, size_t len)
 {
@@ -1667,6 +1789,6 @@ const struct prov_ops prov_hcvault = {
 	.list_versions = hcvault_list_versions,
 	.delete_version = hcvault_delete_version,
 	.check = hcvault_check,
-	.version_limit = hcvault_version_limit,
 	.identity = hcvault_identity,
+	.version_limit = hcvault_version_limit,
 };

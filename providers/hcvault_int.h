@@ -42,6 +42,7 @@ struct hcv {
 	char kv_prefix[512];      /* part of the path inside the mount before the ref */
 	int told_standby;         /* the standby redirect was reported */
 	char who[256];            /* the login's role name or token display name (audit) */
+	long long mount_maxv;     /* the mount's max_versions (its /config); 0: not read */
 };
 
 /* What a failure is about (hcv_vault_fail): reading data or logging in. */

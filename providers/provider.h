@@ -83,6 +83,11 @@ struct store {
 	int (*resolve)(void *ctx, const struct secret_ref *ref,
 	    struct secret **out, struct dmk_err *err);
 	void *resolve_ctx;
+	/* Set by the agent (markers.h): must version i of v (all n versions of
+	 * a key, oldest first) stay?  A store that drops its oldest versions
+	 * (Vault's max_versions) refuses a write that would drop such a one.
+	 * NULL: none must. */
+	int (*keep)(const struct prov_version *v, size_t n, size_t i);
 };
 
 struct prov_ops {
@@ -129,15 +134,17 @@ struct prov_ops {
 	/* store check: can we read/write each reference?  One line per ref. */
 	int (*check)(struct store *st, const struct secret_ref *const *refs,
 	    size_t nrefs, struct buf *report, struct dmk_err *err);
-	/* Optional, read-only (doctor): how many versions of ref the store
-	 * keeps before it deletes the oldest for good (*max), and where that
-	 * number comes from (how).  NULL: the store keeps every version. */
-	int (*version_limit)(struct store *st, const struct secret_ref *ref,
-	    long long *max, char *how, size_t howlen, struct dmk_err *err);
 	/* Optional: who the store saw this run authenticate as (an AppRole's
 	 * role name, a token's display name), for audit records; never a
 	 * secret.  "" when not known.  No network. */
 	void (*identity)(struct store *st, char *out, size_t len);
+	/* Optional, read-only: how many versions of this key the store keeps
+	 * after this agent's next write (*limit; 0: all, as Azure Key Vault),
+	 * how many it holds now (*count: every version, deleted ones too, as
+	 * the store counts them), and where *limit comes from (how); the next
+	 * write drops the oldest beyond *limit.  NULL: all kept. */
+	int (*version_limit)(struct store *st, const struct secret_ref *ref,
+	    long long *limit, size_t *count, char *how, size_t howlen, struct dmk_err *err);
 };
 
 extern const struct prov_ops *const providers[];
@@ -179,13 +186,26 @@ int store_delete_version(struct store *st, const struct secret_ref *ref,
     const char *version, struct dmk_err *err);
 int store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs,
     struct buf *report, struct dmk_err *err);
-/* The versions of ref the store keeps (ops->version_limit): *max 0 when it
- * keeps every one. */
-int store_version_limit(struct store *st, const struct secret_ref *ref, long long *max,
-    char *how, size_t howlen, struct dmk_err *err);
 /* Who the store saw this run as (the login's role, the client id), never a
  * secret; "" when the store does not say or is not open. */
 void store_identity(const struct store *st, char *out, size_t len);
+/* How many versions of ref the store keeps after our next write (0: all),
+ * how many it holds now, and why (how, may be NULL); 0/0 for a store
+ * without the operation. */
+int store_version_limit(struct store *st, const struct secret_ref *ref, long long *limit,
+    size_t *count, char *how, size_t howlen, struct dmk_err *err);
+/*
+ * Version headroom: how many more writes to a key that keeps limit of its
+ * n versions v (oldest first) are possible before the first version st->keep
+ * wants kept is dropped; -1 when none ever is (limit 0, or nothing kept).
+ * *first (may be NULL) gets that version's index, or -1.
+ */
+long long store_headroom(const struct store *st, const struct prov_version *v, size_t n,
+    long long limit, long *first);
+/* Before one write: 0, or DMK_ERR_TOOBIG naming ref, the version it would
+ * drop and the limit (nothing written). */
+int store_check_room(const struct store *st, const struct secret_ref *ref,
+    const struct prov_version *v, size_t n, long long limit, struct dmk_err *err);
 /* Whether the store has every capability in caps. */
 int store_can(const struct store *st, unsigned caps);
 /* The same, as an error naming the store and why the caller needs it. */

@@ -74,19 +74,6 @@ store_check(struct store *st, const struct secret_ref *const *refs, size_t nrefs
 	return st->ops->check(st, refs, nrefs, report, err);
 }
 
-int
-store_version_limit(struct store *st, const struct secret_ref *ref, long long *max,
-    char *how, size_t howlen, struct dmk_err *err)
-{
-	*max = 0;
-	if (st->ops->version_limit == NULL) {
-		snprintf(how, howlen, "store %s (%s) keeps every version",
-		    st->conf ? st->conf->name : "?", st->ops->type);
-		return 0;
-	}
-	return st->ops->version_limit(st, ref, max, how, howlen, err);
-}
-
 void
 store_identity(const struct store *st, char *out, size_t len)
 {
@@ -94,6 +81,64 @@ store_identity(const struct store *st, char *out, size_t len)
 		out[0] = '\0';
 	if (st->opened && st->ops->identity != NULL)
 		st->ops->identity((struct store *)st, out, len);
+}
+
+int
+store_version_limit(struct store *st, const struct secret_ref *ref, long long *limit,
+    size_t *count, char *how, size_t howlen, struct dmk_err *err)
+{
+	char dummy[8];
+
+	*limit = 0;
+	*count = 0;
+	if (how == NULL) {
+		how = dummy;
+		howlen = sizeof(dummy);
+	}
+	if (howlen > 0)
+		how[0] = '\0';
+	if (st->ops->version_limit == NULL) {
+		snprintf(how, howlen, "store %s (%s) keeps every version",
+		    st->conf ? st->conf->name : "?", st->ops->type);
+		return 0;
+	}
+	return st->ops->version_limit(st, ref, limit, count, how, howlen, err);
+}
+
+long long
+store_headroom(const struct store *st, const struct prov_version *v, size_t n,
+    long long limit, long *first)
+{
+	size_t i;
+
+	if (first != NULL)
+		*first = -1;
+	if (limit <= 0 || st->keep == NULL)
+		return -1;
+	for (i = 0; i < n; i++)
+		if (st->keep(v, n, i)) {
+			if (first != NULL)
+				*first = (long)i;
+			/* after w more writes the oldest n + w - limit are gone */
+			return limit - (long long)n + (long long)i > 0 ?
+			    limit - (long long)n + (long long)i : 0;
+		}
+	return -1;
+}
+
+int
+store_check_room(const struct store *st, const struct secret_ref *ref,
+    const struct prov_version *v, size_t n, long long limit, struct dmk_err *err)
+{
+	long first;
+
+	if (store_headroom(st, v, n, limit, &first) != 0 || first < 0)
+		return 0;
+	return dmk_errf(err, DMK_ERR_TOOBIG, "%s: refusing to write: the store keeps %lld "
+	    "versions of this key and holds %zu, so a new one would delete version %s for good, "
+	    "which is still needed (in force, pending or retiring); raise max_versions in "
+	    "[store %s] (or the key's max_versions) and retry", ref->text, limit, n,
+	    v[first].id, st->conf->name);
 }
 
 int

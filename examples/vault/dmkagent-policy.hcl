@@ -5,7 +5,8 @@
 # one block per prefix.  What each command needs:
 #   register, verify, status   read the DMK password and list its versions
 #   rotate, recover, run       also write new versions, set their markers
-#                              (custom_metadata), and the rotation lease
+#                              (custom_metadata) and max_versions on the
+#                              metadata, and the rotation lease
 #   backup (and rotate first)  write the escrowed backups and, on first use,
 #                              the generated backup passwords
 #   watch, hook serve          as run

@@ -223,7 +223,9 @@ class Doctor(unittest.TestCase):
         self.assertTrue(all("CREATE ANY DATABASE" in c["detail"] for c in perms), perms)
         self.assertTrue(any("CONTROL on database CM_P01" in c["detail"] for c in perms), perms)
         head = [c for c in doc["checks"] if c["name"] == "headroom"]
-        self.assertIn("Vault's default", head[0]["detail"])
+        # dmkagent sets max_versions (100 by default) on the key before each
+        # write: the mount's config, which the policy does not open, is not needed.
+        self.assertIn("max_versions 100 of [store hcv]", head[0]["detail"])
 
     def test_write_denied(self):
         """A token that may read and write the DMK password but not its
@@ -249,6 +251,12 @@ class Doctor(unittest.TestCase):
         # Vault keeps two versions of the key: the next rotation's pending
         # version would push the one in force out for good.
         vault_post(lab, f"{rotlib.KV}/metadata/{rotlib.PATH}", {"max_versions": 2})
+        # By default dmkagent sets its own max_versions (100) on the key
+        # before each write: the key's 2 would not push anything out.
+        rc, doc, err = doctor(lab)
+        self.assertEqual(rc, 0, json.dumps(doc, indent=1) + err)
+        # max_versions = 0 leaves the key's own setting in force.
+        edit(lab, lambda t: t.replace("[store hcv]\n", "[store hcv]\nmax_versions = 0\n", 1))
         rc, doc, err = doctor(lab)
         self.assertEqual(rc, 1, json.dumps(doc, indent=1) + err)
         probs = self.problems(doc)

@@ -181,6 +181,51 @@ test_in_force(void **state)
 	assert_int_equal(markers_in_force(v, 0), -1);
 }
 
+/* What must stay (markers_keep), and the headroom it leaves (store_headroom). */
+static void
+test_keep_and_headroom(void **state)
+{
+	static const char *const a[] = { "1 retired", "2 retired", "3 current", "4 pending r=3",
+	    NULL };
+	static const char *const b[] = { "1", "2 retired", "3 retired", NULL };
+	static const char *const c[] = { "1 retiring", "2 current", NULL };
+	static const char *const d[] = { "1 current !deleted", "2", NULL };
+	struct prov_version v[8];
+	struct store st;
+	long first;
+	size_t n;
+
+	(void)state;
+	memset(&st, 0, sizeof(st));
+	st.keep = markers_keep;
+	n = parse(a, v);
+	assert_false(markers_keep(v, n, 0));
+	assert_false(markers_keep(v, n, 1));
+	assert_true(markers_keep(v, n, 2));
+	assert_true(markers_keep(v, n, 3));
+	assert_false(markers_keep(v, n, 4));
+	/* 4 held, 10 kept: 8 more writes, the 9th would drop version 3 */
+	assert_int_equal(store_headroom(&st, v, n, 10, &first), 8);
+	assert_int_equal(first, 2);
+	assert_int_equal(store_headroom(&st, v, n, 4, &first), 2);
+	assert_int_equal(store_headroom(&st, v, n, 0, &first), -1);   /* all kept */
+	assert_int_equal(first, -1);
+	/* an unmarked version in force at the limit: the next write is refused */
+	n = parse(b, v);
+	assert_true(markers_keep(v, n, 0));
+	assert_int_equal(store_headroom(&st, v, n, 3, &first), 0);
+	assert_int_equal(first, 0);
+	n = parse(c, v);
+	assert_true(markers_keep(v, n, 0));     /* retiring: its password is still being dropped */
+	assert_int_equal(store_headroom(&st, v, n, 2, NULL), 0);
+	n = parse(d, v);
+	assert_false(markers_keep(v, n, 0));    /* deleted: nothing to keep */
+	assert_int_equal(store_headroom(&st, v, n, 2, &first), 1);
+	assert_int_equal(first, 1);
+	st.keep = NULL;
+	assert_int_equal(store_headroom(&st, v, n, 2, &first), -1);
+}
+
 static void
 test_stamp(void **state)
 {
@@ -202,6 +247,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plan_table),
 		cmocka_unit_test(test_in_force),
+		cmocka_unit_test(test_keep_and_headroom),
 		cmocka_unit_test(test_stamp),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,6 +19,7 @@
 #include "core/secret.h"
 #include "agent/config.h"
 #include "providers/provider.h"
+#include "agent/markers.h"
 
 extern const struct prov_ops prov_hcvault;
 
@@ -441,6 +442,7 @@ t_put_create(void **state)
 
 	memset(&m, 0, sizeof(m));
 	prov_meta_set(&m, "dmkagent-state", "pending");
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "token", "file:/t/token");
 	assert_int_equal(fx_open(f, e, 5), 0);
 	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "0", &m, &out, &f->err), 0);
@@ -457,6 +459,50 @@ t_put_create(void **state)
 	fx_free(f);
 }
 
+/* max_versions: set before the write on an existing key; a write that would
+ * drop the version in force is refused before anything is written. */
+#define META_3 { 200, "{\"data\":{\"current_version\":3,\"max_versions\":0,\"custom_metadata\":" \
+	"{\"v2.dmkagent-state\":\"retired\",\"v3.dmkagent-state\":\"retired\"},\"versions\":{" \
+	"\"1\":{\"created_time\":\"2024-05-01T10:00:00Z\",\"deletion_time\":\"\",\"destroyed\":false}," \
+	"\"2\":{\"created_time\":\"2024-05-02T10:00:00Z\",\"deletion_time\":\"\",\"destroyed\":false}," \
+	"\"3\":{\"created_time\":\"2024-05-03T10:00:00Z\",\"deletion_time\":\"\",\"destroyed\":false}}}}", NULL }
+
+static void
+t_put_max_versions(void **state)
+{
+	static const struct http_replay_entry e[] = { LOOKUP_ROOT, MOUNTS_V2,
+		META_3, OK204, DATA_V3,
+		{ 200, "{\"data\":{\"created_time\":\"2024-05-04T10:00:00Z\",\"deletion_time\":\"\","
+		  "\"destroyed\":false,\"version\":4}}", NULL },
+		META_3 };
+	struct fx *f = fx_new();
+	struct secret_ref ref = mkref("hcv:sql/x");
+	struct secret *val = secret_from_str("NEWVALUE-CANARY");
+	struct prov_version out;
+
+	conf_add(f, "token", "file:/t/token");
+	conf_add(f, "max_versions", "20");
+	assert_int_equal(fx_open(f, e, 7), 0);
+	f->st.keep = markers_keep;
+	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "3", NULL, &out, &f->err), 0);
+	assert_string_equal(out.id, "4");
+	assert_string_equal(f->rp.seen_method[3], "POST");
+	assert_string_equal(f->rp.seen_url[3], "https://vault.test:8200/v1/secret/metadata/sql/x");
+	assert_string_equal(f->rp.seen_body[3], "{\"max_versions\":20}");
+	assert_string_equal(f->rp.seen_url[5], "https://vault.test:8200/v1/secret/data/sql/x");
+	/* Vault's own 10 would do, but 3 kept of 3 held drops version 1, in force */
+	f->conf.nkv--;
+	conf_add(f, "max_versions", "3");
+	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "3", NULL, &out, &f->err),
+	    DMK_ERR_TOOBIG);
+	assert_int_equal(f->rp.nseen, 7);          /* the metadata read, nothing written */
+	assert_non_null(strstr(f->err.msg, "hcv:sql/x"));
+	assert_non_null(strstr(f->err.msg, "version 1"));
+	assert_non_null(strstr(f->err.msg, "max_versions"));
+	secret_free(val);
+	fx_free(f);
+}
+
 static void
 t_put_keeps_fields_and_cas_conflict(void **state)
 {
@@ -465,6 +511,7 @@ t_put_keeps_fields_and_cas_conflict(void **state)
 	struct secret_ref ref = mkref("hcv:sql/x");
 	struct secret *val = secret_from_str("NEWVALUE-CANARY");
 
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "token", "file:/t/token");
 	assert_int_equal(fx_open(f, e, 4), 0);
 	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "3", NULL, NULL, &f->err),
@@ -496,6 +543,7 @@ t_put_dropped_then_cas(void **state)
 	struct secret *val = secret_from_str("NEWVALUE-CANARY");
 	struct prov_version out;
 
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "token", "file:/t/token");
 	assert_int_equal(fx_open(f, e, 10), 0);
 	assert_int_equal(prov_hcvault.put(&f->st, &ref, val, "3", NULL, &out, &f->err), 0);
@@ -971,6 +1019,7 @@ t_canary(void **state)
 	struct secret_ref ref = mkref("hcv:sql/x");
 	struct secret *s = NULL, *val = secret_from_str(PASSWORD);
 
+	conf_add(f, "max_versions", "0");   /* the requests as before max_versions */
 	conf_add(f, "auth", "approle");
 	conf_add(f, "role_id", "role-1234");
 	conf_add(f, "secret_id", "file:/t/secret-id");
@@ -1006,6 +1055,7 @@ main(void)
 		cmocka_unit_test(t_5xx_exhausted),
 		cmocka_unit_test(t_412_retried_400_not),
 		cmocka_unit_test(t_put_create),
+		cmocka_unit_test(t_put_max_versions),
 		cmocka_unit_test(t_put_keeps_fields_and_cas_conflict),
 		cmocka_unit_test(t_put_dropped_then_cas),
 		cmocka_unit_test(t_markers_roundtrip),

@@ -21,7 +21,7 @@ REDACT = {"x-vault-token", "authorization", "cookie"}
 class Faults:
     def __init__(self):
         self.lock = threading.Lock()
-        self.fail = None          # dict(status, count, retry_after, path_prefix, message)
+        self.fail = None          # dict(status, count, retry_after, path_prefix, message, skip)
         self.latency_ms = 0
         self.drop = 0
         self.counts = collections.Counter()
@@ -41,6 +41,9 @@ class Faults:
                 p2 = p1[4:] if p1.startswith("/v1/") else p1
                 if not (p1.startswith(pp) or p2.startswith(pp.lstrip("/")) or p2.startswith(pp)):
                     return None
+            if f.get("skip", 0) > 0:      # the first skip matching requests still pass
+                f["skip"] -= 1
+                return None
             if f["count"] > 0:
                 f["count"] -= 1
                 if f["count"] == 0:
@@ -221,7 +224,7 @@ def control_routes(vault, f):
             else:
                 f.fail = {"status": st, "count": int(d.get("count", 1)),
                           "retry_after": d.get("retry_after"), "path_prefix": d.get("path_prefix"),
-                          "message": d.get("message")}
+                          "message": d.get("message"), "skip": int(d.get("skip", 0) or 0)}
 
     def latency(d, p):
         f.latency_ms = int(d.get("ms", 0))
