@@ -201,18 +201,20 @@ def dmk_password_encryptions(lab, db=DB):
     return sum(1 for k, t in rows if k == DMK_KEY_ID and t.strip() in ("ESKP", "ESP2"))
 
 
-def revoked(lab, nodes=(0, 1, 2), unknown=None):
+def revoked(lab, nodes=(0, 1, 2), unknown=None, versions=None, current=None):
     """The rotation revoked what it replaced: no store version but the
     current one opens the DMK on the primary; the DMK has exactly one
     password besides the `unknown` ones nobody knows (sqlsim's own when the
     lab started without a password: recover cannot drop those); every
     replica in nodes has exactly one credential of the DMK's family, and it
-    holds the current password."""
+    holds the current password.  versions and current: the store's
+    [(version, state, password)] and (version, password) when it is not
+    this Vault (Key Vault: azlab's store_versions() and store_current())."""
     if unknown is None:
         unknown = 1 if getattr(lab, "dmk_password", "") is None else 0
     bad = []
-    vs = store_versions(lab)
-    num, pw = store_current(lab)
+    vs = store_versions(lab) if versions is None else versions
+    num, pw = store_current(lab) if current is None else current
     if pw is None:
         return ["no current version in the store"]
     for n, s, p in vs:
