@@ -9,6 +9,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Env, TENANT, CLIENT_ID  # noqa: E402
+from tests.sim.common.harness import wait_for  # noqa: E402
 
 NOT_FOUND = ("A secret with (name/id) {} was not found in this key vault. If you recently deleted "
              "this secret you may be able to recover it using the correct recovery command. For help "
@@ -227,9 +228,9 @@ class KeyVaultTest(unittest.TestCase):
             st, _, b = self.kv("PUT", "/secrets/slow-del", {"value": "v"})
             self.assertEqual(st, 409)
             self.assertEqual(b["error"]["innererror"]["code"], "ObjectIsBeingDeleted")
-            time.sleep(1.7)
-            st, _, _ = self.kv("GET", "/deletedsecrets/slow-del")
-            self.assertEqual(st, 200)
+            # the deletion ends after the delay (1.5 s): then it is a deleted secret
+            wait_for("the delayed deletion to finish",
+                     lambda: self.kv("GET", "/deletedsecrets/slow-del")[0] == 200, timeout=15)
         finally:
             self.env.control("POST", "/delete-delay", {"ms": 0})
 

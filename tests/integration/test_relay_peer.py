@@ -57,6 +57,7 @@ class Racer(threading.Thread):
         self.connections = 0     # connections the relay accepted from us
         self.received = b""      # every byte any of them sent us
         self.tried = set()
+        self.threads = []        # one per connection attempt
 
     def one(self, port):
         s = socket.socket()
@@ -85,7 +86,9 @@ class Racer(threading.Thread):
                     self.tried.add(port)
                     # hammer it: a few connections, in parallel
                     for _ in range(3):
-                        threading.Thread(target=self.one, args=(port,), daemon=True).start()
+                        t = threading.Thread(target=self.one, args=(port,), daemon=True)
+                        t.start()
+                        self.threads.append(t)
             time.sleep(0.002)
 
 
@@ -102,7 +105,10 @@ class RelayPeer(unittest.TestCase):
         finally:
             racer.stop.set()
             racer.join(5)
-        time.sleep(0.5)   # the racer's last connections see their close
+        for t in racer.threads:   # the racer's last connections see their close
+            t.join(10)
+            if t.is_alive():
+                raise AssertionError("a racer connection never saw its close")
         return p.returncode, out, err, racer
 
     def test_racer_gets_nothing(self):

@@ -27,6 +27,18 @@ def wait_for(what, cond, timeout=90):
     return _wait_for(what, cond, timeout)
 
 
+def signal_taken(pid, sig):
+    """sig is no longer pending for pid: the kernel delivered it (the agent's
+    handler has run, or is running with sig blocked, so that another one is
+    a second signal, not merged into the first)."""
+    bit = 1 << (sig - 1)
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & bit:
+                return False
+    return True
+
+
 class Interrupt(unittest.TestCase):
     def start(self, lab, *args):
         env = dict(os.environ)
@@ -80,7 +92,8 @@ class Interrupt(unittest.TestCase):
             wait_for("the pending version",
                      lambda: any(s == "pending" for _, s, _ in store_versions(lab)))
             p.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
+            wait_for("the first SIGTERM to be delivered",
+                     lambda: signal_taken(p.pid, signal.SIGTERM), timeout=10)
             t0 = time.time()
             p.send_signal(signal.SIGTERM)
             out, err = p.communicate(timeout=60)

@@ -8,6 +8,17 @@ invariant right at the fault, then a clean rerun exits 0 and everything has
 converged (no manual step); for backup also: the store's newest escrows are
 complete and match SQL Server, and the restore test passes.
 
+"Converged" (rotlib.converged) is the final state of SQL Server and the
+store, not an exit code: the store marks exactly one version current, nothing
+pending; its password opens the DMK and no other store version does; the DMK
+has exactly one password (besides one nobody knows, in the recover lab); every
+replica holds exactly one credential of the DMK's family, holding the current
+password; every node, made primary, opens the DMK by itself and decrypts the
+known ciphertexts to the plaintext noted at the start; verify and the audit
+chain pass.  Regenerate cells each run in a lab of their own; recover cells
+each start from a password that is unknown for real (reset_unknown); a
+mid-run failover cell checks that the failover happened.
+
 DMKAGENT_MATRIX=backup,regenerate (say) runs only those groups, for work on
 one of them; the default test runs them all."""
 import base64
@@ -23,11 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rotlib  # noqa: E402
 from rotlib import Lab, invariant, converged  # noqa: E402
 
-BOUNDARIES = ["after-lease", "after-prove", "after-pending", "after-add", "after-register",
+BOUNDARIES = ["after-lease", "after-prove", "after-backup", "after-pending", "after-add",
+              "after-register",
               "after-verify", "after-mark-current", "after-verify-mark", "after-drop-primary",
               "after-drop-replicas", "after-retire", "after-release"]
-RECOVER_BOUNDARIES = ["after-lease", "after-pending", "after-add", "after-register",
-                      "after-verify", "after-mark-current", "after-release"]
+RECOVER_BOUNDARIES = ["after-lease", "after-backup", "after-pending", "after-add",
+                      "after-register", "after-verify", "after-mark-current", "after-release"]
 KILLED = -9
 
 results = []   # (group, cell, ok, detail, seconds)
@@ -128,15 +140,31 @@ SQL_DROPS = [
 ]
 
 
+def failed_over(lab, k, want):
+    """The failover sqlsim was told to make at statement k happened: the
+    fault fired and the AG's primary is now want (sys.dm_hadr's view)."""
+    if lab.control("/faults").get("failover_at_statement") is not None:
+        return [f"the run sent fewer than {k} statements: no failover happened"]
+    role = lab.query("SELECT r.role_desc FROM sys.dm_hadr_availability_replica_states AS r "
+                     "WHERE r.is_local = 1", node=[x["name"] for x in
+                                                   lab.sql_ready["nodes"]].index(want))
+    primary = lab.control("/status")["primary"]
+    if primary != want or not role or role[0][0] != "PRIMARY":
+        return [f"after the failover at statement {k} the primary is {primary} "
+                f"({want} says {role}), want {want}"]
+    return []
+
+
 def sql_group(lab):
     for pat, when in SQL_DROPS:
         def drop(pat=pat, when=when):
             bad = []
             lab.control("/faults", {"drop_at_pattern": pat, "drop_when": when})
             rc, out, err = lab.agent("rotate")
-            st = lab.control("/faults")
             if rc == 0:
                 bad.append(f"rotate exited 0 though its connection was dropped ({pat}, {when})")
+            if lab.control("/faults").get("drop_at_pattern"):
+                bad.append(f"rotate never sent {pat}: no connection was dropped")
             lab.control("/faults/clear", {})
             bad += invariant(lab, [0, 1, 2])
             return bad + finish(lab)
@@ -144,8 +172,11 @@ def sql_group(lab):
     for k in (3, 8, 14, 20, 28, 40):
         def mid_failover(k=k):
             bad = []
+            names = [x["name"] for x in lab.sql_ready["nodes"]]
+            before = lab.control("/status")["primary"]
             lab.control("/faults", {"failover_at_statement": k})
             lab.agent("rotate")        # may fail or finish: either way nothing is lost
+            bad += failed_over(lab, k, names[(names.index(before) + 1) % len(names)])
             lab.control("/faults/clear", {})
             bad += invariant(lab, [0, 1, 2])
             return bad + finish(lab)
@@ -169,44 +200,113 @@ REGEN_BOUNDARIES = ["after-backup", "after-pending", "after-register", "after-re
 skipped = []
 
 
-def regenerate_group(lab):
-    """rotate --regenerate: only once backups work (backup_database)."""
-    rc, out, err = lab.agent("rotate", "--regenerate")
-    if rc != 0:
-        if "needs a fresh escrowed backup" not in out + err:
-            results.append(("regenerate", "probe", False, f"exit {rc}: {out} {err}", 0))
-        else:
-            skipped.append("rotate --regenerate: refused until backup_database works "
-                           "(checked: it refused and changed nothing)")
-            bad = converged(lab)
-            results.append(("regenerate", "refuses without a backup", not bad, "; ".join(bad), 0))
-        return
+def fresh_lab():
+    """A lab of its own, registered, its plaintext known: a cell that fails
+    cannot leave its state to the next one."""
+    lab = Lab(nodes=3).__enter__()
+    try:
+        lab.put_dmk_password()
+        rc, out, err = lab.agent("register")
+        if rc != 0:
+            raise RuntimeError(f"register exit {rc}: {out} {err}")
+        rotlib.remember_plaintext(lab)
+    except BaseException:
+        lab.__exit__(None, None, None)
+        raise
+    return lab
+
+
+def dmk_key_guid(lab):
+    return lab.control("/status")["databases"][rotlib.DB]["dmk_key_guid"]
+
+
+def regenerated(lab, key_before, version_before):
+    """The regeneration happened and only once: a new DMK (key_guid), the
+    store one version further, that version current."""
+    bad = []
+    if dmk_key_guid(lab) == key_before:
+        bad.append("the DMK was not regenerated (same key_guid)")
+    num, _ = rotlib.store_current(lab)
+    if num != version_before + 1:
+        bad.append(f"store version {num} current, want {version_before + 1} "
+                   f"(one regeneration): {[(n, s) for n, s, _ in rotlib.store_versions(lab)]}")
+    return bad
+
+
+def regen_cell(name, fn):
+    """One regenerate cell in a fresh lab, given the DMK's key_guid and the
+    store's version before."""
+    def run():
+        lab = fresh_lab()
+        try:
+            return fn(lab, dmk_key_guid(lab), rotlib.store_current(lab)[0])
+        finally:
+            lab.__exit__(None, None, None)
+    cell("regenerate", name, run)
+
+
+def regenerate_group():
+    """rotate --regenerate, SIGKILLed at each of its boundaries, then a
+    failover and a plain rerun that finishes it; each cell in a lab of its
+    own, and each asserts that exactly one regeneration happened.  Killed
+    after its backup (nothing recorded yet) the rerun is rotate
+    --regenerate again; killed after retire (all done) a plain rerun
+    rotates anew."""
+    def plain(lab, key, ver):
+        rc, out, err = lab.agent("rotate", "--regenerate")
+        bad = [] if rc == 0 else [f"rotate --regenerate exit {rc}: {out} {err}"]
+        bad += regenerated(lab, key, ver)
+        return bad + converged(lab)
+    regen_cell("no fault", plain)
+
     for b in REGEN_BOUNDARIES:
-        def kill(b=b):
+        def kill(lab, key, ver, b=b):
             rc, out, err = lab.agent("rotate", "--regenerate",
                                      env={"DMKAGENT_FAILPOINT": f"rotate:{b}"})
             bad = [] if rc == KILLED else [f"expected SIGKILL at {b}, exit {rc}: {out} {err}"]
             bad += invariant(lab, [0, 1, 2])
             lab.control("/failover", {})
-            return bad + finish(lab)
-        cell("regenerate", b, kill)
+            if b == "after-backup":
+                rc, out, err = lab.agent("rotate", "--regenerate")
+                if rc != 0:
+                    bad.append(f"rotate --regenerate rerun exit {rc}: {out} {err}")
+            elif b == "after-retire":
+                # all done but the lease's release: the rerun rotates anew
+                bad += regenerated(lab, key, ver)
+                key, ver = dmk_key_guid(lab), ver + 1
+                rc, out, err = lab.agent("rotate")
+                if rc != 0 or "rotated" not in out:
+                    bad.append(f"rerun exit {rc}, want a new rotation: {out} {err}")
+                if dmk_key_guid(lab) != key or rotlib.store_current(lab)[0] != ver + 1:
+                    bad.append("the rerun's rotation regenerated, or did not write one version")
+                return bad + converged(lab)
+            else:
+                rc, out, err = lab.agent("rotate")
+                if rc != 0:
+                    bad.append(f"rerun exit {rc}: {out} {err}")
+                elif "finished" not in out:
+                    bad.append(f"the rerun did not finish the regeneration: {out}")
+            bad += regenerated(lab, key, ver)
+            return bad + converged(lab)
+        regen_cell(b, kill)
     # Killed inside the backup that rotate --regenerate takes first
     # (backup_database(): backup.c's boundaries): nothing is regenerated
     # yet; the rerun backs up again and regenerates.
     for b in ("after-escrow-cert", "after-readback-dmk", "after-database"):
-        def kill_in_backup(b=b):
+        def kill_in_backup(lab, key, ver, b=b):
             rc, out, err = lab.agent("rotate", "--regenerate",
                                      env={"DMKAGENT_FAILPOINT": f"backup:{b}"})
             bad = [] if rc == KILLED else [f"expected SIGKILL at backup:{b}, exit {rc}: {out} {err}"]
             bad += invariant(lab, [0, 1, 2])
-            before = rotlib.store_current(lab)[0]
+            if dmk_key_guid(lab) != key or rotlib.store_current(lab)[0] != ver:
+                bad.append("killed in its backup, rotate --regenerate had changed the DMK "
+                           "or the store already")
             rc, out, err = lab.agent("rotate", "--regenerate")
             if rc != 0:
                 bad.append(f"rotate --regenerate rerun exit {rc}: {out} {err}")
-            elif rotlib.store_current(lab)[0] == before:
-                bad.append(f"rotate --regenerate rerun left store version {before} current: {out}")
+            bad += regenerated(lab, key, ver)
             return bad + converged(lab)
-        cell("regenerate", f"kill backup:{b}", kill_in_backup)
+        regen_cell(f"kill backup:{b}", kill_in_backup)
 
 
 # ---- backup (agent/backup.c's and restore_test.c's step boundaries, backup:after-*) ----
@@ -510,36 +610,116 @@ def unknown_lab():
 
 
 def recover_group():
-    """recover on a DMK whose password nobody knows (ConfigMgr's way)."""
+    """recover on a DMK whose password nobody knows (ConfigMgr's way).  Each
+    cell starts from that state for real (reset_unknown), killed at each of
+    recover's boundaries, and at its failover to the node whose SMK opens
+    the DMK; the rerun recovers and converges."""
     with unknown_lab() as lab:
+        rotlib.remember_plaintext(lab)
         for b in RECOVER_BOUNDARIES:
             def kill(b=b):
                 i = RECOVER_BOUNDARIES.index(b)
-                bad = kill_at(lab, "recover", b)
+                bad = reset_unknown(lab)
+                bad += kill_at(lab, "recover", b)
                 rows = lab.check_query()
-                if not rows or any(r[0] is None for r in rows):
+                if [r[0] for r in rows] != lab.known_plaintext:
                     bad.append(f"the primary no longer decrypts: {rows}")
+                vs = rotlib.store_versions(lab)
+                if i < RECOVER_BOUNDARIES.index("after-pending") and vs:
+                    bad.append(f"killed before writing its password, recover left store "
+                               f"versions {[(n, s) for n, s, _ in vs]}")
                 if i >= RECOVER_BOUNDARIES.index("after-add"):
-                    vs = rotlib.store_versions(lab)
                     if not any(rotlib.opens(lab, p) for _, s2, p in vs if s2 in ("", "current", "pending")):
                         bad.append("the password added to the DMK is not in the store")
                 if i >= RECOVER_BOUNDARIES.index("after-register"):
                     bad += rotlib.decrypts_everywhere(lab, [0, 1, 2])
-                bad += finish(lab, "recover")
-                reset_unknown(lab)
-                return bad
+                return bad + finish(lab, "recover")
             cell("recover", f"kill {b}", kill)
+
+        def kill_after_failover():
+            bad = reset_unknown(lab)
+            names = [x["name"] for x in lab.sql_ready["nodes"]]
+            lab.failover(1)             # node 1's SMK does not open the DMK
+            if [r[0] for r in lab.check_query() if r[0]]:
+                bad.append("node 1 opens the DMK by itself: no failover to test")
+            bad += kill_at(lab, "recover", "after-failover")
+            primary = lab.control("/status")["primary"]
+            if primary == names[1]:
+                bad.append("recover was killed after its failover, but node 1 is still primary")
+            if rotlib.store_versions(lab):
+                bad.append("recover wrote to the store before it found a node that opens")
+            return bad + finish(lab, "recover")
+        cell("recover", "kill after-failover", kill_after_failover)
 
 
 def reset_unknown(lab):
-    """Make the DMK's password unknown again: rotate it to a fresh one, then
-    delete the store's reference (metadata and every version)."""
+    """Make the DMK's password unknown for real, as the recover lab began:
+    every password the store holds is dropped from the DMK (on the primary,
+    whose service master key opens it) and its credential from every
+    replica, the store's reference is deleted (metadata and every version),
+    and dmkagent's record of what it registered goes.  Returns problems if
+    the state is not that: the store empty, no credential of the DMK's
+    family anywhere, only the unknown password on the DMK, the primary
+    decrypting by its SMK alone."""
     import ssl
     import urllib.request
+    bad = []
+    names = [x["name"] for x in lab.sql_ready["nodes"]]
+    st = lab.control("/status")
+    smk = [e["smk_node"] for e in st["databases"][rotlib.DB]["dmk_encryptions"] if e["kind"] == "smk"]
+    if not smk:
+        return ["no node's service master key opens the DMK: cannot reset"]
+    if st["primary"] != smk[0]:
+        lab.failover(names.index(smk[0]))
+    pws = {p for _, _, p in rotlib.store_versions(lab)}
+    for pw in pws:
+        lit = pw.replace("'", "''")
+        for n in range(lab.nodes):
+            try:
+                lab.query(f"EXEC sp_control_dbmasterkey_password @db_name = N'{rotlib.DB}', "
+                          f"@password = N'{lit}', @action = N'drop'", node=n)
+            except Exception as e:
+                if "15595" not in str(e) and "not provisioned" not in str(e):
+                    raise
+        if rotlib.opens(lab, pw):
+            lab.query(f"USE {rotlib.DB}; ALTER MASTER KEY DROP ENCRYPTION BY PASSWORD = N'{lit}'")
     ctx = ssl.create_default_context(cafile=lab.ca)
-    req = urllib.request.Request(lab.vault.ready["address"] + f"/v1/secret/metadata/{rotlib.PATH}",
-                                 method="DELETE", headers={"X-Vault-Token": lab.root_token})
-    urllib.request.urlopen(req, timeout=20, context=ctx).read()
+    folder, leaf = rotlib.PATH.rsplit("/", 1)
+
+    def vault(method, path):
+        req = urllib.request.Request(lab.vault.ready["address"] + f"/v1/{rotlib.KV}/metadata/{path}",
+                                     method=method, headers={"X-Vault-Token": lab.root_token})
+        with urllib.request.urlopen(req, timeout=20, context=ctx) as r:
+            txt = r.read()
+        return json.loads(txt) if txt else {}
+    # The password's reference and, next to it, its escrowed backups and
+    # their passwords: a backup left from the last cell would be taken for
+    # this cell's (the store's newest version is "none" again).
+    try:
+        keys = vault("LIST", folder + "/")["data"]["keys"]
+    except urllib.error.HTTPError as e:
+        if e.code != 404:        # 404: nothing stored there yet
+            raise
+        keys = []
+    for k in keys:
+        if k == leaf or k.startswith(leaf + "-"):
+            vault("DELETE", f"{folder}/{k}")
+    try:
+        os.unlink(os.path.join(lab.state_dir, "registered.json"))
+    except FileNotFoundError:
+        pass
+    if rotlib.store_versions(lab):
+        bad.append("reset: the store still holds versions")
+    fam = rotlib.family_guid(lab)
+    for n in range(lab.nodes):
+        if rotlib.family_credentials(lab, n, fam):
+            bad.append(f"reset: {names[n]} still holds a credential of the DMK's family")
+    if rotlib.dmk_password_encryptions(lab) != 1:
+        bad.append(f"reset: the DMK has {rotlib.dmk_password_encryptions(lab)} passwords, "
+                   f"want 1 (the unknown one)")
+    if [r[0] for r in lab.check_query()] != lab.known_plaintext:
+        bad.append("reset: the primary does not decrypt by its service master key")
+    return bad
 
 
 def want(group):
@@ -565,18 +745,22 @@ def main():
         if rc != 0:
             print("register failed", out, err)
             return 1
+        rotlib.remember_plaintext(lab)
         try:
             if want("rotate"):
                 rotate_group(lab)
             if want("sql"):
                 sql_group(lab)
-            if want("regenerate"):
-                regenerate_group(lab)
             if want("backup"):
                 backup_config(lab)
                 backup_group(lab)
         finally:
             clean_faults(lab)
+    if want("regenerate"):
+        try:
+            regenerate_group()
+        except Exception as e:
+            results.append(("regenerate", "setup", False, repr(e), 0))
     if want("recover"):
         try:
             recover_group()

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rotlib  # noqa: E402
 from rotlib import Lab, converged, store_versions, store_current, opens  # noqa: E402
 import lab as _labmod  # noqa: E402
+from tests.sim.common.harness import wait_for  # noqa: E402
 
 
 def set_db_option(lab, line):
@@ -211,7 +212,11 @@ class Rotate(unittest.TestCase):
         e = dict(os.environ)
         p1 = subprocess.Popen([_labmod.DMK, "-c", lab.config, "rotate"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=e)
-        time.sleep(0.3)
+        # the second starts once the first holds the lease (and, before it,
+        # the state directory's lock)
+        wait_for("the first agent to take the lease",
+                 lambda: p1.poll() is not None or
+                 (lease_record(lab)[1] or {}).get("state") == "held", timeout=60)
         p2 = subprocess.Popen([_labmod.DMK, "-c", config2, "rotate"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=e)
         o1, e1 = p1.communicate(timeout=120)

@@ -36,7 +36,8 @@ def set_db_option(lab, line):
 
 
 def converged(lab):
-    """rotlib.converged, with the store read from Key Vault."""
+    """rotlib.converged, with the store read from Key Vault: revocation
+    checked too (rotlib.revoked)."""
     bad = []
     vs = lab.store_versions()
     states = [(v[:8], s) for v, s, _ in vs]
@@ -47,6 +48,9 @@ def converged(lab):
     vid, pw = lab.store_current()
     if pw is None or not opens(lab, pw):
         bad.append(f"the store's current version {vid} does not open the DMK ({states})")
+    else:
+        # the old passwords and credentials were dropped (rotlib.revoked)
+        bad += rotlib.revoked(lab, NODES, versions=vs, current=(vid, pw))
     bad += decrypts_everywhere(lab, list(NODES))
     rc, out, err = lab.agent("verify")
     if rc != 0:

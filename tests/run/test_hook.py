@@ -185,7 +185,12 @@ class Hook(unittest.TestCase):
         self.assertEqual(st, 200, out)
         st, _, out, _ = self.request("POST", [kv_event("Microsoft.Storage.BlobCreated")])
         self.assertEqual(st, 200, out)
-        time.sleep(2)
+        # the hook decides before it answers, and says so: nothing queued
+        wait_for("the hook to acknowledge both without acting", lambda: all(
+            m in self.log() for m in ("not a configured DMK password; acknowledged",
+                                      "a type dmkagent does not act on; acknowledged")),
+            timeout=10)
+        self.assertNotIn(": queued", self.log())
         self.assertEqual(self.runs(), before, "acted on an event for a secret not configured")
         log = self.log()
         for s in (self.key, code, "someone-elses-secret", "BlobCreated", "eventgrid.azure.net",
@@ -218,11 +223,13 @@ class Hook(unittest.TestCase):
         self.assertIn(f"hook event {eid} (new version)", lab.audit_triggers())
         runs = self.runs()
         # replayed: acknowledged, not acted on again
+        queued = self.log().count(": queued")
         st, _, out, _ = self.request("POST", [ev])
         self.assertEqual(st, 200, out)
-        time.sleep(2)
+        wait_for("the hook to take the replay as already received",
+                 lambda: "already received" in self.log(), timeout=10)
+        self.assertEqual(self.log().count(": queued"), queued, "a replayed event was queued")
         self.assertEqual(self.runs(), runs, "a replayed event ran again")
-        self.assertIn("already received", self.log())
         # SecretNearExpiry (CloudEvents schema): rotates now
         st, _, out, _ = self.request("POST", kv_event("Microsoft.KeyVault.SecretNearExpiry",
                                                       vault=self.vault, cloud=True),
@@ -239,10 +246,12 @@ class Hook(unittest.TestCase):
         lab = self.lab
         lab.control("/faults", {"latency_ms": 150})
         try:
+            runs = self.runs()
             first = kv_event("Microsoft.KeyVault.SecretNearExpiry", vault=self.vault)
             self.assertEqual(self.request("POST", [first])[0], 200)
             wait_for("the worker to start", lambda: "queued" in self.log(), timeout=10)
-            time.sleep(1.0)    # the worker took it: the queue (1) is empty again
+            # the worker took it (its run began): the queue (1) is empty again
+            wait_for("the worker's run to begin", lambda: self.runs() > runs, timeout=30)
             second = kv_event("Microsoft.KeyVault.SecretExpired", vault=self.vault)
             self.assertEqual(self.request("POST", [second])[0], 200)
             third = kv_event("Microsoft.KeyVault.SecretNearExpiry", vault=self.vault)

@@ -20,6 +20,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "rotate"))
 import rotlib  # noqa: E402
 from rotlib import Lab, converged, store_versions, opens  # noqa: E402
 import lab as _labmod  # noqa: E402
+from tests.sim.common.harness import wait_for  # noqa: E402
+
+
+def catches(pid, sig):
+    """pid has a handler for sig (/proc/PID/status SigCgt)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
 
 DMK_ESCROW = f"{rotlib.PATH}-backup-dmk"
 
@@ -270,7 +280,8 @@ class Run(unittest.TestCase):
         audit_before = lab.audit_text()
         p = subprocess.Popen([_labmod.DMK, "-c", lab.config, "run", "--random-delay", "86400"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1)
+        # in its wait: the handler is installed just before it (cmd_run.c run_check)
+        wait_for("the agent to catch SIGTERM", lambda: catches(p.pid, signal.SIGTERM), timeout=20)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=20)

@@ -328,7 +328,6 @@ class Cli(unittest.TestCase):
         of the environment, and their bytes out of /proc/PID/environ (the
         initial stack copy that unsetenv leaves alone), while the agent runs."""
         import socket
-        import time
         lsn = socket.socket()
         lsn.bind(("127.0.0.1", 0))
         lsn.listen(4)
@@ -350,10 +349,11 @@ class Cli(unittest.TestCase):
                                 stderr=subprocess.PIPE)
         try:
             # The agent is inside a store call once it connects (and hangs in
-            # the TLS handshake: this listener never answers).
+            # the TLS handshake: this listener never answers); it took the
+            # secrets out of its environment before (main.c, ctx.c), so the
+            # connection is the event to wait for.
             lsn.settimeout(30)
             conn, _ = lsn.accept()
-            time.sleep(0.2)
             with open(f"/proc/{proc.pid}/environ", "rb") as f:
                 env = f.read()
             conn.close()

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tests.sim.common.harness import PY, Sim, free_port_block
+from tests.sim.common.harness import PY, Sim, free_port_block, wait_for
 from tests.sim.common.pki import make_pki
 
 SIM = os.path.join(SRCDIR, "tests", "sim", "vaultsim")
@@ -335,7 +335,10 @@ class VaultSimTest(unittest.TestCase):
     def test_token_short_ttl_expires_and_control_expire(self):
         c = self.client()
         t = c.auth.token.create(policies=["default"], ttl="1s")["auth"]["client_token"]
-        time.sleep(1.3)
+        # refused once its second is up
+        wait_for("the 1s token to expire",
+                 lambda: self.raw("GET", "/v1/auth/token/lookup-self", token=t)[0] != 200,
+                 timeout=15, every=0.05)
         st, body, _ = self.raw("GET", "/v1/auth/token/lookup-self", token=t)
         self.assertEqual(st, 403)
         self.assertIn("invalid token", body["errors"][0])
