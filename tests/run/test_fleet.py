@@ -200,4 +200,9 @@ class Fleet(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    try:
+        import pytds  # noqa: F401
+    except ImportError:
+        print("python3-tds missing: skipping")
+        sys.exit(77)
     run_unittests()
