@@ -393,9 +393,11 @@ static void
 job_run(struct job *j)
 {
 	struct dmk_err e;
+	int r;
 
-	if (agent_job_init(&j->a, j->c.a, j->out, &e) != 0) {
-		agcmd_fail(&j->c, e.code, &e);
+	if ((r = agent_job_init(&j->a, j->c.a, j->out, &e)) != 0) {
+		agcmd_fail(&j->c, r, &e);
+		json_object_set_new(j->jag, "error", json_string(e.msg));
 		return;
 	}
 	j->c.a = &j->a;
