@@ -198,6 +198,40 @@ class Fleet(unittest.TestCase):
         # nothing was started: no audit record
         self.assertEqual(self.fl.audit("usage"), [])
 
+    def test_5_sigint_stops_every_job(self):
+        """SIGINT: no further AG is begun; the jobs under way stop at their next step boundary; a rerun
+        finishes.  The first rotation to reach after-add stops the whole process there (SIGSTOP)."""
+        import signal
+        import time
+        p = self.fl.popen("--output", "json", "rotate", "--jobs", "2", state="sig",
+                          env={"DMKAGENT_FAILPOINT_STOP": "rotate:after-add"})
+        def state():
+            try:
+                with open(f"/proc/{p.pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return "gone"
+        t0 = time.monotonic()
+        while state() != "T" and p.poll() is None and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        self.assertEqual(state(), "T", "never reached rotate:after-add")
+        p.send_signal(signal.SIGINT)
+        while p.poll() is None and time.monotonic() - t0 < 240:
+            os.kill(p.pid, signal.SIGCONT)       # the other job may stop at after-add too
+            time.sleep(0.1)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 128 + signal.SIGINT, err)
+        doc = json.loads(out)
+        begun = [a["name"] for a in doc["ags"]]
+        self.assertLess(len(begun), NAGS, "AGs begun after the signal")
+        self.assertEqual(begun, self.names[:len(begun)], "config order")
+        self.assertIn("interrupted", json.dumps(doc).lower())
+        rotated = {r["target"]["ag"] for r in self.fl.audit("sig") if r.get("action") == "rotate-pending"}
+        self.assertTrue(rotated and rotated <= set(begun), f"{rotated} vs {begun}")
+        rc, out, err = self.fl.agent("--output", "json", "rotate", "--jobs", "3", state="sig")
+        self.assertEqual(rc, 0, err)
+        self.one_credential_each()
+
 
 if __name__ == "__main__":
     try:
