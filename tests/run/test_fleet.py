@@ -6,7 +6,8 @@ AG handled by exactly one shard and the shards together cover all six; two
 processes given the same shard at the same time never both act on one AG
 (the AG's store lease: one acts, the other reports locked, or finds nothing
 left to do); `--jobs 3` leaves the same state as `--jobs 1`, with the report
-in config order; --shard and --jobs refuse bad values (exit 2)."""
+in config order; --shard and --jobs refuse bad values (exit 2); SIGINT stops
+every job; the AG lease holds in Azure Key Vault too (no check-and-set)."""
 import hashlib
 import json
 import os
@@ -231,6 +232,42 @@ class Fleet(unittest.TestCase):
         rc, out, err = self.fl.agent("--output", "json", "rotate", "--jobs", "3", state="sig")
         self.assertEqual(rc, 0, err)
         self.one_credential_each()
+
+
+class FleetAzure(unittest.TestCase):
+    """The AG lease in a store without check-and-set (Azure Key Vault: flat names, claims decided among
+    the versions): two processes over the same four AGs at once never both act on one."""
+
+    def test_same_shard_twice_azure(self):
+        sys.path.insert(0, os.path.join(HERE, "..", "rotate"))
+        from azlab import AzureLab
+
+        class AzureFleet(FleetLab):
+            _start_vault = AzureLab._start_vault
+            store_section = AzureLab.store_section
+
+            def ref(self, k, db):
+                return f"akv:sql-{self.ag_name(k).lower()}-{db.lower().replace('_', '-')}-dmk"
+
+        with AzureFleet(ags=4, nodes=2) as fl:
+            fl.put_passwords()
+            for s in fl.sqls:
+                fl.control("/faults", {"latency_ms": 40}, sim=s)
+            ps = [fl.popen("--output", "json", "run", "--shard", "0/1", state=f"az{t}") for t in range(2)]
+            res = [(p.communicate(timeout=600), p.returncode) for p in ps]
+            added = []
+            for t in range(2):
+                a = {}
+                for r in fl.audit(f"az{t}"):
+                    if r.get("action") == "register" and r.get("outcome") == "added":
+                        a[r["target"]["ag"]] = a.get(r["target"]["ag"], 0) + 1
+                added.append(a)
+            for k in range(4):
+                n = fl.ag_name(k)
+                self.assertFalse(n in added[0] and n in added[1], f"{n} handled twice: {added}")
+                self.assertEqual(added[0].get(n, 0) + added[1].get(n, 0), 2, f"{n}: {added}")
+            for (out, err), rc in res:
+                self.assertIn(rc, (0, 4), err)
 
 
 if __name__ == "__main__":
