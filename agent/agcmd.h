@@ -13,6 +13,15 @@
  * every audit record and the markers of the versions it writes), and with
  * require_ticket = yes refuses, exit 2, before anything, without a ticket.
  *
+ * Fleets: --jobs N works on up to N AGs at once (AGCMD_PARALLEL commands),
+ * each in its own thread with its own struct agent (agent_job_init: its own
+ * store handles, sessions and lease); its text is kept and printed whole,
+ * in config order, when it and every AG before it are done.  --shard I/N
+ * (or auto/N: I from $JOB_COMPLETION_INDEX) keeps the AGs whose
+ * agcmd_shard_of(name, N) is I, and a changing command then claims each AG
+ * with its store lease first (lease_take_ag): an AG another process holds
+ * is left to it (locked, exit 4).
+ *
  * Errors: a step reports each failure once through agcmd_fail(), which
  * prints it and keeps the worst; the runner's own return then carries a
  * one-line summary that does not repeat what was printed.
@@ -43,6 +52,10 @@ struct agcmd_ctx {
 	int err_printed;              /* that message was printed already */
 	size_t nfailed;               /* failures reported through agcmd_fail() */
 	int interrupted;              /* SIGINT/SIGTERM seen and reported */
+	long jobs;                    /* --jobs: AGs at once (AGCMD_PARALLEL commands) */
+	unsigned long shard_i, shard_n; /* --shard I/N; shard_n 0: every AG */
+	FILE *errout;                 /* where agcmd_fail prints: NULL stderr; an AG
+	                                 job's buffer, shown when its AG is */
 };
 
 enum agcmd_flags {
@@ -52,6 +65,9 @@ enum agcmd_flags {
 	AGCMD_HEADER = 1u << 3,       /* text: "AG: N replica(s), primary P" per AG */
 	AGCMD_MAY_CHANGE = 1u << 4,   /* an option makes it change things (check sets
 	                                 c->changes): takes --reason and --ticket too */
+	AGCMD_PARALLEL = 1u << 5,     /* --jobs N may run N AGs at once: the steps keep
+	                                 per-AG state in run and jag, and data is read
+	                                 only, or copied per AG (data_size) and merged */
 };
 
 struct agcmd {
@@ -78,7 +94,15 @@ struct agcmd {
 	/* After every AG: the command's members of the JSON report (root), or its
 	 * closing text line; may set the summary with agcmd_conclude(). */
 	void (*finish)(struct agcmd_ctx *c, json_t *root);
+	/* With --jobs: when data_size is set, each AG job gets its own copy of
+	 * data (taken after check) and merge adds the job's totals to data, in
+	 * config order, after the job.  0: every job shares data, read only. */
+	size_t data_size;
+	void (*merge)(void *data, const void *job_data);
 };
+
+/* The --shard of an AG: the first 8 bytes of SHA-256(name), big-endian, mod n. */
+unsigned long agcmd_shard_of(const char *name, unsigned long n);
 
 /* Parse, run over each AG, report; returns the outcome that wins. */
 int agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, char **argv,

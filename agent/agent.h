@@ -52,11 +52,24 @@ struct agent {
 	 * lease was lost).  NULL outside a lease. */
 	int (*guard)(void *ctx, struct dmk_err *err);
 	void *guard_ctx;
+	/* An AG job of --jobs (agent_job_init): its own stores, output and
+	 * guard; the audit trail and registration state are parent's. */
+	struct agent *parent;
 };
 
 void agent_init(struct agent *a);
 void agent_free(struct agent *a);
 int agent_load_config(struct agent *a, const char *path, struct dmk_err *err);
+
+/*
+ * One AG job of --jobs N, run in its own thread: a copy of parent that
+ * opens its own store handles (a store handle is used by one thread) and
+ * writes its text to out; audit records and registered.json go to parent
+ * (agent_audit, regstate_*), under their locks.  agent_job_free closes
+ * the job's stores only; parent must outlive the job.
+ */
+int agent_job_init(struct agent *job, struct agent *parent, FILE *out, struct dmk_err *err);
+void agent_job_free(struct agent *job);
 
 /* The store named in a reference, opened (authenticated) on first use. */
 int agent_store(struct agent *a, const char *name, struct store **out,

@@ -145,7 +145,8 @@ static const struct command commands[] = {
 	{ "backup", cmd_backup, 1, "backup [--ag AG] [--database DB] [--smk] [--restore-test]",
 	  "escrow certificate, DMK and SMK backups in the store",
 	  "See dmkagent(1), BACKUPS.\n" },
-	{ "run", cmd_run, 1, "run [--ag AG] [--database DB] [--dry-run] [--random-delay SECONDS]",
+	{ "run", cmd_run, 1, "run [--ag AG] [--database DB] [--dry-run] [--random-delay SECONDS] "
+	  "[--jobs N] [--shard I/N|auto/N]",
 	  "one pass over everything, in a safe order (the command to schedule)",
 	  "One pass over every configured availability group and database:\n"
 	  "  1 finish an unfinished rotation, or apply a version written into the store\n"
@@ -160,6 +161,10 @@ static const struct command commands[] = {
 	  "  --random-delay SECONDS  first wait a random time up to SECONDS (spreads a\n"
 	  "                          fleet's timers; SIGTERM ends the wait, exit 3)\n"
 	  "  --dry-run               print what would be done; change nothing\n"
+	  "  --jobs N                up to N AGs at once (default 4; 1: one after another)\n"
+	  "  --shard I/N             only the AGs of shard I of N (SHA-256 of the AG name);\n"
+	  "                          auto/N: I from $JOB_COMPLETION_INDEX (Kubernetes);\n"
+	  "                          each AG is first claimed by a lease in the store\n"
 	  "Exit codes as for every command (0, 1, 3, 4, 5); see dmkagent(1), SCHEDULING.\n" },
 	{ "watch", cmd_watch, 1, "watch [--interval SECONDS] [--run-every SECONDS]",
 	  "a service: apply store versions written by others, and keep run's schedule",

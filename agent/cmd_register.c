@@ -427,14 +427,23 @@ static const struct option reg_options[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+/* --jobs: an AG job's count into the run's. */
+static void
+reg_merge(void *data, const void *job)
+{
+	((struct reg_opts *)data)->changed += ((const struct reg_opts *)job)->changed;
+}
+
 static const struct agcmd reg_cmd = {
 	.name = "register",
-	.flags = AGCMD_CHANGES | AGCMD_PROBE | AGCMD_DRY_RUN | AGCMD_HEADER,
+	.flags = AGCMD_CHANGES | AGCMD_PROBE | AGCMD_DRY_RUN | AGCMD_HEADER | AGCMD_PARALLEL,
 	.options = reg_options,
 	.shortopts = "p",
 	.option = reg_option,
 	.run_ag = reg_ag,
 	.finish = reg_finish,
+	.data_size = sizeof(struct reg_opts),
+	.merge = reg_merge,
 };
 
 int

@@ -260,7 +260,7 @@ static const struct option rot_options[] = {
 
 static const struct agcmd rotate_cmd = {
 	.name = "rotate",
-	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN,
+	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN | AGCMD_PARALLEL,
 	.options = rot_options,
 	.shortopts = "irB",
 	.option = rot_option,
@@ -474,7 +474,7 @@ static const struct option rec_options[] = {
 
 static const struct agcmd recover_cmd = {
 	.name = "recover",
-	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN,
+	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN | AGCMD_PARALLEL,
 	.options = rec_options,
 	.shortopts = "B",
 	.option = rot_option,

@@ -499,15 +499,25 @@ static const struct option run_options[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+/* --jobs: an AG job's count into the run's (the metrics rows are each
+ * database's own, shared: one AG job writes only its databases' rows). */
+static void
+run_merge(void *data, const void *job)
+{
+	((struct run_opts *)data)->changes += ((const struct run_opts *)job)->changes;
+}
+
 static const struct agcmd run_cmd = {
 	.name = "run",
-	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN,
+	.flags = AGCMD_CHANGES | AGCMD_DRY_RUN | AGCMD_PARALLEL,
 	.options = run_options,
 	.shortopts = "",
 	.option = run_option,
 	.check = run_check,
 	.run_ag_raw = run_ag,
 	.finish = run_finish,
+	.data_size = sizeof(struct run_opts),
+	.merge = run_merge,
 };
 
 int

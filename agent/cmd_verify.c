@@ -607,7 +607,7 @@ static const struct option ver_options[] = {
 
 static const struct agcmd verify_cmd = {
 	.name = "verify",
-	.flags = AGCMD_PROBE | AGCMD_HEADER | AGCMD_MAY_CHANGE,
+	.flags = AGCMD_PROBE | AGCMD_HEADER | AGCMD_MAY_CHANGE | AGCMD_PARALLEL,
 	.options = ver_options,
 	.shortopts = "f",
 	.option = ver_option,
@@ -617,7 +617,7 @@ static const struct agcmd verify_cmd = {
 
 static const struct agcmd status_cmd = {
 	.name = "status",
-	.flags = AGCMD_HEADER,
+	.flags = AGCMD_HEADER | AGCMD_PARALLEL,
 	.run_ag = ver_ag,
 	.finish = ver_finish,
 };

@@ -67,6 +67,50 @@ agent_free(struct agent *a)
 }
 
 int
+agent_job_init(struct agent *job, struct agent *parent, FILE *out, struct dmk_err *err)
+{
+	size_t n = parent->cfg->nstores + 1;
+
+	*job = *parent;
+	memset(&job->audit, 0, sizeof(job->audit));
+	job->audit.fd = -1;
+	job->audit_open = 0;
+	job->ship = NULL;
+	job->anchor_store = NULL;
+	job->lock_fd = -1;
+	job->regstate = NULL;
+	job->regstate_dirty = 0;
+	job->guard = NULL;
+	job->guard_ctx = NULL;
+	job->out = out;
+	job->parent = parent->parent != NULL ? parent->parent : parent;
+	job->stores = calloc(n, sizeof(*job->stores));
+	job->store_state = calloc(n, sizeof(*job->store_state));
+	if (job->stores == NULL || job->store_state == NULL) {
+		free(job->stores);
+		free(job->store_state);
+		job->stores = NULL;
+		job->store_state = NULL;
+		return dmk_errf(err, DMK_ERR_NOMEM, "out of memory");
+	}
+	return 0;
+}
+
+void
+agent_job_free(struct agent *job)
+{
+	size_t i;
+
+	for (i = 0; job->stores != NULL && i < job->cfg->nstores; i++)
+		if (job->store_state[i] == 1)
+			store_close(&job->stores[i]);
+	free(job->stores);
+	free(job->store_state);
+	job->stores = NULL;
+	job->store_state = NULL;
+}
+
+int
 agent_load_config(struct agent *a, const char *path, struct dmk_err *err)
 {
 	struct config_errors *errs;
@@ -398,6 +442,8 @@ agent_audit(struct agent *a, const char *action, const struct audit_target *t,
 	struct dmk_err err;
 	int r;
 
+	if (a->parent != NULL)
+		a = a->parent;
 	if (!a->audit_open)
 		return 0;
 	pthread_mutex_lock(&audit_mtx);
@@ -414,6 +460,8 @@ agent_audit_many(struct agent *a, const struct audit_entry *e, size_t n)
 	struct dmk_err err;
 	int r;
 
+	if (a->parent != NULL)
+		a = a->parent;
 	if (!a->audit_open || n == 0)
 		return 0;
 	pthread_mutex_lock(&audit_mtx);

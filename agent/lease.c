@@ -41,13 +41,18 @@ lease_ref(const struct store *st, const struct secret_ref *near, const char *ag,
 	out->kind = REF_STORE;
 	util_strlcpy(out->store, near->store, sizeof(out->store));
 	path_part(a2, sizeof(a2), ag);
-	path_part(d2, sizeof(d2), db);
-	if (!st->ops->flat_names)
+	path_part(d2, sizeof(d2), db != NULL ? db : "");
+	if (db == NULL && !st->ops->flat_names)   /* the AG's own (lease_take_ag) */
+		snprintf(out->path, sizeof(out->path), "dmkagent/ag-leases/%s", a2);
+	else if (db == NULL)
+		snprintf(out->path, sizeof(out->path), "dmkagent-aglease-%s", a2);
+	else if (!st->ops->flat_names)
 		snprintf(out->path, sizeof(out->path), "dmkagent/leases/%s/%s", a2, d2);
 	else
 		snprintf(out->path, sizeof(out->path), "dmkagent-lease-%s-%s", a2, d2);
 	if (strlen(out->path) > st->ops->name_max || strlen(out->path) >= sizeof(out->path) - 1)
-		return dmk_errf(err, DMK_ERR_CONFIG, "lease name for %s/%s is too long", ag, db);
+		return dmk_errf(err, DMK_ERR_CONFIG, "lease name for %s/%s is too long", ag,
+		    db != NULL ? db : "(AG)");
 	if (near->field[0])
 		util_strlcpy(out->field, "lease", sizeof(out->field));
 	snprintf(out->text, sizeof(out->text), "%s:%s%s%s", out->store, out->path,
@@ -694,6 +699,37 @@ lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const
 			return dmk_errf(err, DMK_ERR_LOCKED, "%s/%s: another rotation is under way: "
 			    "lease %s %s%s", ag, db, l->ref.text, why, a->wait_seconds ? "" :
 			    "; use --wait SECONDS to wait");
+		util_sleep_ms(1000);
+	}
+}
+
+int
+lease_take_ag(struct agent *a, const struct secret_ref *near, const char *ag,
+    const char *command, struct lease *l, struct dmk_err *err)
+{
+	long long deadline = util_now_ms() + a->wait_seconds * 1000;
+	char why[600] = "";
+	int r;
+
+	memset(l, 0, sizeof(*l));
+	if (near->kind != REF_STORE)
+		return 0;
+	util_strlcpy(l->command, command, sizeof(l->command));
+	if ((r = agent_store(a, near->store, &l->st, err)) != 0 ||
+	    (r = lease_ref(l->st, near, ag, NULL, &l->ref, err)) != 0)
+		return r;
+	if (l->st->ops->lease == PROV_LEASE_READBACK &&
+	    (r = store_require(l->st, PROV_CAP_VERSIONS, "a lease without check-and-set", err)) != 0)
+		return r;
+	for (;;) {
+		why[0] = '\0';
+		r = try_take(a, l, why, sizeof(why), err);
+		if (r != DMK_ERR_LOCKED)
+			return r;
+		if (util_now_ms() >= deadline)
+			return dmk_errf(err, DMK_ERR_LOCKED, "%s: another run is working on this "
+			    "availability group (another shard?): lease %s %s; left to it", ag,
+			    l->ref.text, why);
 		util_sleep_ms(1000);
 	}
 }

@@ -118,6 +118,14 @@ void lease_proc_of(long long pid, struct lease_proc *p);
 int lease_take(struct agent *a, const struct secret_ref *near, const char *ag,
     const char *db, const char *command, struct lease *l, struct dmk_err *err);
 /*
+ * The same for a whole AG (run --shard): record dmkagent/ag-leases/AG
+ * (flat stores: dmkagent-aglease-AG) in the store of near.  Two processes
+ * given the same shard, or shards counted with different N, never work on
+ * one AG at once: the loser gets DMK_ERR_LOCKED.  Released as any lease.
+ */
+int lease_take_ag(struct agent *a, const struct secret_ref *near, const char *ag,
+    const char *command, struct lease *l, struct dmk_err *err);
+/*
  * Before a change: read the record and confirm it still names this run
  * and is unexpired; renew it once a third of lease_ttl has passed since it
  * was written (no-op when not held).  1 renewed, 0 still ours, or an

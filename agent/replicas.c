@@ -742,6 +742,8 @@ regstate_stage(struct agent *a, const char *ag, const char *replica, const char 
 	char t[32];
 	json_t *root, *o, *rec;
 
+	if (a->parent != NULL)
+		a = a->parent;          /* an AG job of --jobs: one file for the run */
 	pthread_mutex_lock(&state_mtx);
 	root = regstate_root(a);
 	/* The file is our own cache, but read from disk: what is not an object
@@ -777,6 +779,8 @@ regstate_flush(struct agent *a, struct dmk_err *err)
 {
 	int r;
 
+	if (a->parent != NULL)
+		a = a->parent;
 	pthread_mutex_lock(&state_mtx);
 	r = regstate_write_locked(a, err);
 	pthread_mutex_unlock(&state_mtx);
@@ -807,6 +811,8 @@ regstate_get(struct agent *a, const char *ag, const char *replica, const char *f
 	int r = DMK_ERR_NOTFOUND;
 
 	version[0] = credential[0] = '\0';
+	if (a->parent != NULL)
+		a = a->parent;
 	pthread_mutex_lock(&state_mtx);
 	o = json_object_get(json_object_get(json_object_get(regstate_root(a), ag), replica), family);
 	if (json_is_object(o)) {

@@ -4,6 +4,7 @@
 #   scripts/bench.sh -D 20 -R 3      # any bench/register option is passed through
 #   scripts/bench.sh register [...]  # the same, named
 #   scripts/bench.sh rotate [...]    # bench/rotate: one database on R=5 at L=20 ms against its bound, then D=100
+#   scripts/bench.sh fleet [...]     # bench/fleet: 50 AGs x 20 databases (R=2), --jobs 4 and --jobs 1
 #   scripts/bench.sh all             # both, with their defaults; fails when either does
 # BUILDDIR (default build) picks the build directory; DMKAGENT, when set, the binary.
 # Exit status: 0 when every target is met, 1 when one is missed (the table says which), 2 on set-up errors.
@@ -14,7 +15,7 @@ ninja -C "$B" >/dev/null || { echo "bench.sh: build failed (ninja -C $B)" >&2; e
 DMKAGENT=${DMKAGENT:-$PWD/$B/dmkagent}
 export DMKAGENT
 case "${1:-}" in
-register|rotate)
+register|rotate|fleet)
 	b=$1; shift
 	SRCDIR=$PWD PYTHONPATH=$PWD exec /usr/bin/python3 "bench/$b" "$@" ;;
 all)
