@@ -86,6 +86,37 @@ agcmd_conclude(struct agcmd_ctx *c, int code, const char *fmt, ...)
 }
 
 int
+agcmd_plans(struct agcmd_ctx *c, const struct ag_run *run)
+{
+	size_t i;
+	int worst = 0, o;
+
+	for (i = 0; i < run->nplans; i++) {
+		const struct db_plan *p = &run->plans[i];
+
+		if ((o = plan_outcome(p)) == 0)
+			continue;
+		if (!dmk_err_is_temporary(p->code))
+			c->lasting = 1;
+		agcmd_keep(c, o, "%s: %s", run->ag->name, p->error[0] ? p->error :
+		    dmk_strerror(o));
+		worst = agcmd_worse(worst, o);
+	}
+	for (i = 0; run->reps != NULL && i < run->nreps; i++)
+		if (!run->reps[i].reached && run->reps[i].code != 0 &&
+		    !dmk_err_is_temporary(run->reps[i].code) &&
+		    run->reps[i].code != DMK_ERR_INCOMPLETE)
+			c->lasting = 1;
+	return worst;
+}
+
+const char *
+agcmd_rerun(const struct agcmd_ctx *c, const char *text)
+{
+	return c->lasting ? "" : text;
+}
+
+int
 agcmd_stopping(struct agcmd_ctx *c, const char *before)
 {
 	struct dmk_err e;

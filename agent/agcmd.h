@@ -43,6 +43,8 @@ struct agcmd_ctx {
 	int err_printed;              /* that message was printed already */
 	size_t nfailed;               /* failures reported through agcmd_fail() */
 	int interrupted;              /* SIGINT/SIGTERM seen and reported */
+	int lasting;                  /* a cause a rerun alone will not fix was seen
+	                                 (agcmd_plans): no "a rerun finishes the rest" */
 };
 
 enum agcmd_flags {
@@ -96,6 +98,19 @@ int agcmd_worse(int a, int b);
 
 /* Print one failure (once, here), add it to the count, keep the worst. */
 void agcmd_fail(struct agcmd_ctx *c, int code, const struct dmk_err *e);
+/*
+ * After a step's report printed the plans' errors: keep each unusable
+ * plan's outcome (plan_outcome(): exit 1 for a store that refused the
+ * credentials, a missing secret or database; 5 for a store unreachable; 3
+ * for a password that does not open the DMK) with its message, and note a
+ * lasting cause (also a replica refused for good, such as a failed login).
+ * Returns the worst of them.
+ */
+int agcmd_plans(struct agcmd_ctx *c, const struct ag_run *run);
+/* The "; a rerun finishes the rest" of a summary: "" once a lasting cause
+ * was seen, so that only temporary trouble promises a rerun will help. */
+const char *agcmd_rerun(const struct agcmd_ctx *c, const char *text);
+
 /* Keep an outcome whose detail was shown another way (a report line). */
 void agcmd_keep(struct agcmd_ctx *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
