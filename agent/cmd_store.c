@@ -66,12 +66,13 @@ collect_refs(const struct config *c, const char *store, const struct secret_ref 
  * audit anchor, which it writes) must name a secret that is there, or a typo
  * passes the check.  Versions are listed where the store keeps them (no
  * value is read); else the value is read and wiped at once.  The missing
- * ones are taken out of refs (the store's own check is about access) and
- * reported in missing; returns how many.
+ * ones are moved from refs to miss (the store's own check is about access,
+ * and says "ok" of a path it may write) and reported in missing; returns
+ * how many.
  */
 static size_t
 refs_missing(struct agent *a, struct store *st, const struct secret_ref **refs, size_t *n,
-    struct buf *missing, struct dmk_err *err)
+    const struct secret_ref **miss, struct buf *missing, struct dmk_err *err)
 {
 	struct prov_version *v, ver;
 	struct secret *val;
@@ -97,6 +98,7 @@ refs_missing(struct agent *a, struct store *st, const struct secret_ref **refs, 
 		}
 		buf_printf(missing, "             %-40s FAIL  no such secret at %s\n", refs[i]->text,
 		    refs[i]->text);
+		miss[nmiss] = refs[i];
 		if (nmiss++ == 0)
 			dmk_errf(err, DMK_ERR_NOTFOUND, "no such secret at %s", refs[i]->text);
 	}
@@ -107,9 +109,9 @@ refs_missing(struct agent *a, struct store *st, const struct secret_ref **refs, 
 int
 cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	const struct secret_ref *refs[256];
+	const struct secret_ref *refs[256], *miss[256];
 	struct store *st;
-	struct buf report, missing;
+	struct buf report, missing, mreport;
 	size_t i, n, nmiss;
 	int r, worst = 0;
 
@@ -133,8 +135,14 @@ cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		n = collect_refs(a->cfg, name, refs, 256);
 		buf_init(&report, 0);
 		buf_init(&missing, 0);
-		nmiss = refs_missing(a, st, refs, &n, &missing, &em);
+		nmiss = refs_missing(a, st, refs, &n, miss, &missing, &em);
 		r = store_can(st, PROV_CAP_CHECK) ? store_check(st, refs, n, &report, &e) : 0;
+		/* a missing one's access too: shown only when it is refused */
+		buf_init(&mreport, 0);
+		if (r == 0 && nmiss > 0 && store_can(st, PROV_CAP_CHECK) &&
+		    (r = store_check(st, miss, nmiss, &mreport, &e)) != 0)
+			buf_append(&report, mreport.data, mreport.len);
+		buf_free(&mreport);
 		fprintf(a->out, "%-12s %-16s %s  authenticated; %zu reference(s)\n", name,
 		    a->cfg->stores[i].type, r == 0 && nmiss == 0 ? "ok  " : "FAIL", n + nmiss);
 		if (report.len)

@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "rotate"))
 import rotlib  # noqa: E402
 from rotlib import Lab  # noqa: E402
+from azlab import AzureLab  # noqa: E402
 from tests.sim.common.harness import run_unittests  # noqa: E402
 
 # Every command that touches a store or an availability group.
@@ -222,6 +223,50 @@ class Outcomes(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn(f"file:{pwfile}", doc["error"])
         self.assertEqual(err.count("18456"), 1, err)
+
+
+class AzureOutcomes(unittest.TestCase):
+    """The same causes with the DMK password in Azure Key Vault (azuresim):
+    a client secret refused is 1 naming it, Key Vault stopped is 5, a
+    missing secret is "no such secret at" in store check too."""
+
+    def setUp(self):
+        self.lab = AzureLab(nodes=3).__enter__()
+        self.lab.put_dmk_password()
+        rc, out, err = self.lab.agent("register")
+        self.assertEqual(rc, 0, out + err)
+
+    def tearDown(self):
+        self.lab.__exit__(None, None, None)
+
+    def test_client_secret_refused_is_1_and_named(self):
+        lab = self.lab
+        with open(lab.client_secret_file, "w") as f:
+            f.write("Az-wrong-secret-000\n")
+        for cmd in EVERY:
+            with self.subTest(cmd=cmd):
+                rc, out, err = lab.agent(*cmd)
+                self.assertEqual(rc, 1, f"{cmd}: {out}{err}")
+                self.assertIn(f"client_secret = file:{lab.client_secret_file}", out + err)
+                for w in RERUN + BLAME:
+                    self.assertNotIn(w, out + err)
+
+    def test_key_vault_stopped_is_5(self):
+        lab = self.lab
+        lab.azure.stop()
+        for cmd in EVERY:
+            with self.subTest(cmd=cmd):
+                rc, out, err = lab.agent(*cmd)
+                self.assertEqual(rc, 5, f"{cmd}: {out}{err}")
+
+    def test_missing_secret_in_store_check(self):
+        lab = self.lab
+        set_config(lab, "akv:sql-ag1-cm-p01-dmk", "akv:sql-ag1-cm-p0l-dmk")
+        for cmd in (["store", "check"], ["status"], ["rotate"]):
+            with self.subTest(cmd=cmd):
+                rc, out, err = lab.agent(*cmd)
+                self.assertEqual(rc, 1, f"{cmd}: {out}{err}")
+                self.assertIn("no such secret at akv:sql-ag1-cm-p0l-dmk", out + err)
 
 
 if __name__ == "__main__":
