@@ -60,6 +60,20 @@ def vault_versions(lab, path):
     return sorted(int(k) for k in md["versions"])
 
 
+def vault_api(lab, method, path, body):
+    """A call to Vault's HTTP API as root (policies, tokens)."""
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=lab.ca)
+    req = urllib.request.Request(lab.vault.ready["address"] + "/v1/" + path,
+                                 data=json.dumps(body).encode(), method=method,
+                                 headers={"X-Vault-Token": lab.root_token,
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20, context=ctx) as r:
+        txt = r.read()
+        return json.loads(txt) if txt else None
+
+
 def set_config(lab, old, new):
     with open(lab.config) as f:
         text = f.read()
@@ -135,6 +149,29 @@ class Outcomes(unittest.TestCase):
         self.assertEqual((rc, doc["exit"]), (1, 1), (doc, err))
         self.assertIn(f"token = file:{tok}", doc["error"])
         self.assertNoBlame(doc["error"])
+
+    def test_vault_permission_denied_is_1_and_names_the_token(self):
+        """A valid token whose policies do not reach the DMK's path: Vault
+        403 permission denied."""
+        lab = self.lab
+        vault_api(lab, "PUT", "sys/policies/acl/elsewhere",
+                  {"policy": 'path "secret/data/elsewhere/*" { capabilities = ["read"] }'})
+        tok = vault_api(lab, "POST", "auth/token/create",
+                        {"policies": ["elsewhere"], "ttl": "1h"})["auth"]["client_token"]
+        path = os.path.join(lab.dir, "vault-other-token")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(tok)
+        set_config(lab, "token = file:" + os.path.join(lab.dir, "vault-root-token"),
+                   "token = file:" + path)
+        for cmd in [["register"], ["verify"], ["status"], ["rotate"], ["backup"], ["run"]]:
+            with self.subTest(cmd=cmd):
+                rc, out, err = lab.agent(*cmd)
+                self.assertEqual(rc, 1, f"{cmd}: {out}{err}")
+                self.assertIn("permission denied", out + err)
+                self.assertIn(f"token = file:{path}", out + err, "the credential is not named")
+                self.assertNoRerun(out + err)
+                self.assertNoBlame(out + err)
+                self.assertNotIn(tok, out + err)
 
     # ---- a database that is not in the AG ----
     def test_database_not_in_ag_is_1_without_rows(self):
