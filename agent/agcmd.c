@@ -33,11 +33,24 @@ agcmd_worse(int a, int b)
 	return rank(b) > rank(a) ? b : a;
 }
 
+/* Exit 2 says nothing changed: once a changing command's steps ran, a usage
+ * or configuration error is a lasting cause of a partial run (3). */
+static int
+partial_if_stepped(struct agcmd_ctx *c, int code)
+{
+	if (c->changes && c->stepped && dmk_exit_code(code) == DMK_EXIT_USAGE) {
+		c->lasting = 1;
+		return DMK_ERR_INCOMPLETE;
+	}
+	return code;
+}
+
 void
 agcmd_fail(struct agcmd_ctx *c, int code, const struct dmk_err *e)
 {
 	if (code == 0)
 		return;
+	code = partial_if_stepped(c, code);
 	fprintf(stderr, "dmkagent: %s\n", e->msg[0] ? e->msg : dmk_strerror(code));
 	c->nfailed++;
 	if (agcmd_worse(c->worst, code) != c->worst || c->worst == 0) {
@@ -54,6 +67,7 @@ static void keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, v
 static void
 keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, va_list ap)
 {
+	code = partial_if_stepped(c, code);
 	if (code == 0 || (c->worst != 0 && agcmd_worse(c->worst, code) == c->worst))
 		return;
 	c->worst = code;
@@ -254,6 +268,7 @@ one_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 		return;
 	}
 	json_object_set_new(jag, "primary", json_string(run.info.primary));
+	c->stepped = 1;
 	if ((c->cmd->flags & AGCMD_HEADER) && c->a->output == OUTPUT_TEXT)
 		fprintf(c->a->out, "%s: %zu replica(s), primary %s%s\n", ag->name,
 		    run.info.nreplicas, run.info.primary, c->dry_run ? " (dry run: nothing "

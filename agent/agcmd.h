@@ -45,6 +45,10 @@ struct agcmd_ctx {
 	int interrupted;              /* SIGINT/SIGTERM seen and reported */
 	int lasting;                  /* a cause a rerun alone will not fix was seen
 	                                 (agcmd_plans): no "a rerun finishes the rest" */
+	int stepped;                  /* a changing command's steps ran on an opened AG:
+	                                 something may have changed, so a usage or
+	                                 configuration error met now is partial (3),
+	                                 never 2 ("nothing changed") */
 };
 
 enum agcmd_flags {
@@ -91,8 +95,9 @@ int agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, c
  * 2 usage > 1 failed > 4 locked > 5 unreachable > 3 incomplete > 0.  A
  * lasting failure needs a person whatever else happened; a lock means
  * another run is at work; unreachable means try the whole run later;
- * incomplete means the rest can be finished by a rerun.  Between two
- * outcomes of the same rank, the first stays.  Returns the one that wins.
+ * incomplete means the rest can be finished by a rerun when its cause is
+ * temporary (c->lasting says when not).  Between two outcomes of the same
+ * rank, the first stays.  Returns the one that wins.
  */
 int agcmd_worse(int a, int b);
 

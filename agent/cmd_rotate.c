@@ -416,6 +416,7 @@ recover_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 			break;
 		}
 		json_object_set_new(jag, "primary", json_string(run.info.primary));
+		c->stepped = 1;
 		if (ntried < 16)
 			util_strlcpy(tried[ntried++], run.info.primary, sizeof(tried[0]));
 		for (j = 0; j < run.nplans; j++) {

@@ -227,6 +227,7 @@ reopen(struct agcmd_ctx *c, const struct conf_ag *ag, struct ag_run *run, int *o
 		return r;
 	}
 	*opened = 1;
+	c->stepped = 1;
 	json_object_set_new(jag, "primary", json_string(run->info.primary));
 	return 0;
 }

@@ -271,8 +271,10 @@ cmd_store_show(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return r;
 	if ((r = agent_store(a, ref.store, &st, err)) != 0)
 		return r;
-	if ((r = store_list_versions(st, &ref, &v, &n, err)) != 0)
-		return r;
+	if ((r = store_list_versions(st, &ref, &v, &n, err)) == DMK_ERR_NOTFOUND)
+		return dmk_err_prefix(err, "no such secret at %s", ref.text);
+	if (r != 0)
+		return agent_store_cred_hint(a, ref.store, err);
 	if (a->output == OUTPUT_JSON) {
 		json_t *arr = json_array();
 		char *s;

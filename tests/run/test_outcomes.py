@@ -205,7 +205,7 @@ class Outcomes(unittest.TestCase):
         lab = self.lab
         set_config(lab, "hcv:sql/ag1/cm_p01/dmk#password", TYPO)
         before_sql, before_store = sql_state(lab), vault_versions(lab, rotlib.PATH)
-        for cmd in EVERY:
+        for cmd in EVERY + [["store", "show", TYPO]]:
             with self.subTest(cmd=cmd):
                 rc, out, err = lab.agent(*cmd)
                 self.assertEqual(rc, 1, f"{cmd}: {out}{err}")
