@@ -76,6 +76,19 @@ keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, va_list ap)
 	c->err_printed = printed;
 }
 
+static void keep(struct agcmd_ctx *c, int code, int printed, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void
+keep(struct agcmd_ctx *c, int code, int printed, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	keepv(c, code, printed, fmt, ap);
+	va_end(ap);
+}
+
 void
 agcmd_keep(struct agcmd_ctx *c, int code, const char *fmt, ...)
 {
@@ -112,8 +125,9 @@ agcmd_plans(struct agcmd_ctx *c, const struct ag_run *run)
 			continue;
 		if (!dmk_err_is_temporary(p->code))
 			c->lasting = 1;
-		agcmd_keep(c, o, "%s: %s", run->ag->name, p->error[0] ? p->error :
-		    dmk_strerror(o));
+		/* the text report showed it; with JSON the last line on stderr does */
+		keep(c, o, c->a->output == OUTPUT_TEXT, "%s: %s", run->ag->name, p->error[0] ?
+		    p->error : dmk_strerror(o));
 		worst = agcmd_worse(worst, o);
 	}
 	for (i = 0; run->reps != NULL && i < run->nreps; i++)

@@ -120,6 +120,7 @@ class Outcomes(unittest.TestCase):
         rc, doc, err = self.json_of("status")
         self.assertEqual((rc, doc["exit"], doc["complete"]), (5, 5, False), doc)
         self.assertIn("unreachable", doc["error"])
+        self.assertIn("unreachable", err, "stderr says 'reported above' of nothing")
         # rotate: the lease could not be taken because Vault is down, not
         # because another holder has it
         rc, doc, err = self.json_of("rotate")
