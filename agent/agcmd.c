@@ -42,11 +42,24 @@ agcmd_worse(int a, int b)
 	return rank(b) > rank(a) ? b : a;
 }
 
+/* Exit 2 says nothing changed: once a changing command's steps ran, a usage
+ * or configuration error is a lasting cause of a partial run (3). */
+static int
+partial_if_stepped(struct agcmd_ctx *c, int code)
+{
+	if (c->changes && c->stepped && dmk_exit_code(code) == DMK_EXIT_USAGE) {
+		c->lasting = 1;
+		return DMK_ERR_INCOMPLETE;
+	}
+	return code;
+}
+
 void
 agcmd_fail(struct agcmd_ctx *c, int code, const struct dmk_err *e)
 {
 	if (code == 0)
 		return;
+	code = partial_if_stepped(c, code);
 	fprintf(c->errout != NULL ? c->errout : stderr, "dmkagent: %s\n", e->msg[0] ? e->msg :
 	    dmk_strerror(code));
 	c->nfailed++;
@@ -64,12 +77,26 @@ static void keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, v
 static void
 keepv(struct agcmd_ctx *c, int code, int printed, const char *fmt, va_list ap)
 {
+	code = partial_if_stepped(c, code);
 	if (code == 0 || (c->worst != 0 && agcmd_worse(c->worst, code) == c->worst))
 		return;
 	c->worst = code;
 	c->err.code = code;
 	vsnprintf(c->err.msg, sizeof(c->err.msg), fmt, ap);
 	c->err_printed = printed;
+}
+
+static void keep(struct agcmd_ctx *c, int code, int printed, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void
+keep(struct agcmd_ctx *c, int code, int printed, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	keepv(c, code, printed, fmt, ap);
+	va_end(ap);
 }
 
 void
@@ -93,6 +120,38 @@ agcmd_conclude(struct agcmd_ctx *c, int code, const char *fmt, ...)
 	c->worst = 0;             /* the command's own word on its outcome */
 	keepv(c, code, 0, fmt, ap);
 	va_end(ap);
+}
+
+int
+agcmd_plans(struct agcmd_ctx *c, const struct ag_run *run)
+{
+	size_t i;
+	int worst = 0, o;
+
+	for (i = 0; i < run->nplans; i++) {
+		const struct db_plan *p = &run->plans[i];
+
+		if ((o = plan_outcome(p)) == 0)
+			continue;
+		if (!dmk_err_is_temporary(p->code))
+			c->lasting = 1;
+		/* the text report showed it; with JSON the last line on stderr does */
+		keep(c, o, c->a->output == OUTPUT_TEXT, "%s: %s", run->ag->name, p->error[0] ?
+		    p->error : dmk_strerror(o));
+		worst = agcmd_worse(worst, o);
+	}
+	for (i = 0; run->reps != NULL && i < run->nreps; i++)
+		if (!run->reps[i].reached && run->reps[i].code != 0 &&
+		    !dmk_err_is_temporary(run->reps[i].code) &&
+		    run->reps[i].code != DMK_ERR_INCOMPLETE)
+			c->lasting = 1;
+	return worst;
+}
+
+const char *
+agcmd_rerun(const struct agcmd_ctx *c, const char *text)
+{
+	return c->lasting ? "" : text;
 }
 
 int
@@ -359,6 +418,7 @@ one_ag_steps(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 		return;
 	}
 	json_object_set_new(jag, "primary", json_string(run.info.primary));
+	c->stepped = 1;
 	if ((c->cmd->flags & AGCMD_HEADER) && c->a->output == OUTPUT_TEXT)
 		fprintf(c->a->out, "%s: %zu replica(s), primary %s%s\n", ag->name,
 		    run.info.nreplicas, run.info.primary, c->dry_run ? " (dry run: nothing "
@@ -446,6 +506,8 @@ job_merge(struct agcmd_ctx *c, const struct job *j)
 
 	c->nfailed += jc->nfailed;
 	c->interrupted |= jc->interrupted;
+	c->lasting |= jc->lasting;       /* no rerun promise after a lasting cause */
+	c->stepped |= jc->stepped;
 	if (jc->worst != 0 && (c->worst == 0 || agcmd_worse(c->worst, jc->worst) != c->worst)) {
 		c->worst = jc->worst;
 		c->err = jc->err;

@@ -56,6 +56,12 @@ struct agcmd_ctx {
 	unsigned long shard_i, shard_n; /* --shard I/N; shard_n 0: every AG */
 	FILE *errout;                 /* where agcmd_fail prints: NULL stderr; an AG
 	                                 job's buffer, shown when its AG is */
+	int lasting;                  /* a cause a rerun alone will not fix was seen
+	                                 (agcmd_plans): no "a rerun finishes the rest" */
+	int stepped;                  /* a changing command's steps ran on an opened AG:
+	                                 something may have changed, so a usage or
+	                                 configuration error met now is partial (3),
+	                                 never 2 ("nothing changed") */
 };
 
 enum agcmd_flags {
@@ -113,13 +119,27 @@ int agcmd_main(struct agent *a, const struct agcmd *cmd, void *data, int argc, c
  * 2 usage > 1 failed > 4 locked > 5 unreachable > 3 incomplete > 0.  A
  * lasting failure needs a person whatever else happened; a lock means
  * another run is at work; unreachable means try the whole run later;
- * incomplete means the rest can be finished by a rerun.  Between two
- * outcomes of the same rank, the first stays.  Returns the one that wins.
+ * incomplete means the rest can be finished by a rerun when its cause is
+ * temporary (c->lasting says when not).  Between two outcomes of the same
+ * rank, the first stays.  Returns the one that wins.
  */
 int agcmd_worse(int a, int b);
 
 /* Print one failure (once, here), add it to the count, keep the worst. */
 void agcmd_fail(struct agcmd_ctx *c, int code, const struct dmk_err *e);
+/*
+ * After a step's report printed the plans' errors: keep each unusable
+ * plan's outcome (plan_outcome(): exit 1 for a store that refused the
+ * credentials, a missing secret or database; 5 for a store unreachable; 3
+ * for a password that does not open the DMK) with its message, and note a
+ * lasting cause (also a replica refused for good, such as a failed login).
+ * Returns the worst of them.
+ */
+int agcmd_plans(struct agcmd_ctx *c, const struct ag_run *run);
+/* The "; a rerun finishes the rest" of a summary: "" once a lasting cause
+ * was seen, so that only temporary trouble promises a rerun will help. */
+const char *agcmd_rerun(const struct agcmd_ctx *c, const char *text);
+
 /* Keep an outcome whose detail was shown another way (a report line). */
 void agcmd_keep(struct agcmd_ctx *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

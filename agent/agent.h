@@ -74,6 +74,13 @@ void agent_job_free(struct agent *job);
 /* The store named in a reference, opened (authenticated) on first use. */
 int agent_store(struct agent *a, const char *name, struct store **out,
     struct dmk_err *err);
+/*
+ * An authentication or permission failure (DMK_ERR_AUTH, DMK_ERR_DENIED) of
+ * store name: appends which credentials to fix (the [store] section's auth
+ * and the references they come from, never a value).  Returns err->code.
+ * A missing secret is "no such secret at REF" (agent_resolve).
+ */
+int agent_store_cred_hint(struct agent *a, const char *name, struct dmk_err *err);
 
 /*
  * Resolve a reference to its secret.  ver (may be NULL) gets the store's

@@ -134,13 +134,17 @@ static const struct command commands[] = {
 	  "  --no-backup   rotate even without the backup first (refused by default when\n"
 	  "                the backup fails; not with --regenerate)\n"
 	  "With --output json, one JSON document on stdout.  See dmkagent(1), ROTATION.\n" },
-	{ "recover", cmd_recover, 1, "recover [--ag AG] [--database DB] [--dry-run] [--no-backup]",
+	{ "recover", cmd_recover, 1, "recover [--ag AG] [--database DB] [--dry-run] [--no-backup] "
+	  "[--password-unknown]",
 	  "give a DMK whose password nobody knows a new password, kept in the store",
 	  "Finds the replica whose service master key opens the DMK (failing over to it\n"
 	  "if needed), escrows a backup of the certificates and the DMK there, then adds\n"
 	  "a generated password as rotate does.  Nothing is dropped.\n"
 	  "  --dry-run     print the plan; change nothing\n"
 	  "  --no-backup   go on even when the backup first fails\n"
+	  "  --password-unknown  the store has no secret at the reference because nobody\n"
+	  "                knows the password (not a typo): add a new password to the DMK\n"
+	  "                and a credential on every replica; refused without it (exit 1)\n"
 	  "With --output json, one JSON document on stdout.  See dmkagent(1), RECOVERY.\n" },
 	{ "backup", cmd_backup, 1, "backup [--ag AG] [--database DB] [--smk] [--restore-test]",
 	  "escrow certificate, DMK and SMK backups in the store",

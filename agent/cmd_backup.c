@@ -259,8 +259,10 @@ bk_finish(struct agcmd_ctx *c, json_t *root)
 	if (c->a->output == OUTPUT_TEXT)
 		fprintf(c->a->out, "%zu backup(s) escrowed%s\n", nok, nfail ? ", with failures "
 		    "(see above)" : "");
-	/* some backups escrowed, then a failure: partial work */
-	if (c->worst != 0 && nok > 0 && dmk_exit_code(c->worst) == DMK_EXIT_FAILED)
+	/* some backups escrowed, then a failure: partial work (never 2, which
+	 * says nothing changed: --smk without smk_backup_password, say) */
+	if (c->worst != 0 && nok > 0 && (dmk_exit_code(c->worst) == DMK_EXIT_FAILED ||
+	    dmk_exit_code(c->worst) == DMK_EXIT_USAGE))
 		agcmd_conclude(c, DMK_ERR_INCOMPLETE, "incomplete: %zu backup(s) escrowed, then "
 		    "%zu problem(s), reported above", nok, c->nfailed);
 }

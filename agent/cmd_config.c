@@ -167,7 +167,7 @@ cmd_config_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 			const struct conf_db *db = &c->dbs[i];
 			o = json_object();
 			json_object_set_new(o, "ag", json_string(db->ag));
-			json_object_set_new(o, "name", json_string(db->name));
+			json_object_set_new(o, "database", json_string(db->name));
 			json_object_set_new(o, "dmk_password", ref_json(&db->dmk_password));
 			json_object_set_new(o, "cert_backup_password", db->has_cert_backup_password ?
 			    ref_json(&db->cert_backup_password) : json_null());

@@ -292,7 +292,7 @@ report(struct agent *a, struct ag_run *run, json_t *jag)
 
 	for (j = 0; j < run->nplans; j++) {
 		json_t *o = json_object();
-		json_object_set_new(o, "name", json_string(run->plans[j].db->name));
+		json_object_set_new(o, "database", json_string(run->plans[j].db->name));
 		json_object_set_new(o, "reference", json_string(run->plans[j].db->dmk_password.text));
 		json_object_set_new(o, "version", json_string(run->plans[j].ver.id));
 		json_object_set_new(o, "usable", json_boolean(run->plans[j].usable));
@@ -374,9 +374,7 @@ register_steps(struct agcmd_ctx *c, struct ag_run *run, json_t *jag, int prune,
 		}
 	}
 	report(c->a, run, jag);
-	for (j = 0; j < run->nplans; j++)
-		if (!run->plans[j].usable)
-			rc = agcmd_worse(rc, DMK_ERR_INCOMPLETE);
+	rc = agcmd_plans(c, run);
 	/* One hook per database: registered somewhere new, or failed somewhere. */
 	for (k = 0; k < run->nplans; k++) {
 		if (!run->plans[k].usable)
@@ -419,7 +417,7 @@ reg_finish(struct agcmd_ctx *c, json_t *root)
 		    "registered\n");
 	if (c->worst == DMK_ERR_INCOMPLETE)
 		agcmd_conclude(c, c->worst, "incomplete: not every replica or database was done "
-		    "(see above); a rerun finishes the rest");
+		    "(see above)%s", agcmd_rerun(c, "; a rerun finishes the rest"));
 }
 
 static const struct option reg_options[] = {

@@ -31,6 +31,7 @@
 struct opts {
 	const char *ag, *db;
 	int if_due, dry, regenerate, no_backup;
+	int password_unknown;         /* recover: no secret at the reference is really so */
 };
 
 static void
@@ -77,7 +78,7 @@ rot_json(const struct rot *r, int rc, const struct dmk_err *e)
 		    json_string(ref.text) : json_null());
 		json_object_set_new(bk, "version", jstr(r->bkver));
 	}
-	json_object_set_new(o, "name", json_string(r->p->db->name));
+	json_object_set_new(o, "database", json_string(r->p->db->name));
 	json_object_set_new(o, "reference", json_string(r->ref->text));
 	json_object_set_new(o, "mode", json_string(markers_mode_name((enum mk_mode)r->mode)));
 	json_object_set_new(o, "rotation", jstr(r->rep_rid));
@@ -103,7 +104,7 @@ plan_json(const char *name, const char *outcome, const char *error)
 {
 	json_t *o = json_object();
 
-	json_object_set_new(o, "name", json_string(name));
+	json_object_set_new(o, "database", json_string(name));
 	json_object_set_new(o, "outcome", json_string(outcome));
 	json_object_set_new(o, "error", jstr(error));
 	return o;
@@ -113,12 +114,12 @@ plan_json(const char *name, const char *outcome, const char *error)
 static void
 jdb_put(json_t *jdbs, json_t *o)
 {
-	const char *name = json_string_value(json_object_get(o, "name"));
+	const char *name = json_string_value(json_object_get(o, "database"));
 	size_t i;
 	json_t *x;
 
 	json_array_foreach(jdbs, i, x)
-		if (name && strcmp(name, json_string_value(json_object_get(x, "name"))) == 0) {
+		if (name && strcmp(name, json_string_value(json_object_get(x, "database"))) == 0) {
 			json_array_set_new(jdbs, i, o);
 			return;
 		}
@@ -138,6 +139,7 @@ rot_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 		return 0;
 	case 'r': o->regenerate = 1; return 0;
 	case 'B': o->no_backup = 1; return 0;
+	case 'U': o->password_unknown = 1; return 0;
 	}
 	return dmk_errf(err, DMK_ERR_USAGE, "%s: unknown option", c->cmd->name);
 }
@@ -204,10 +206,12 @@ rotate_database(struct agcmd_ctx *c, struct ag_run *run, size_t j, enum rot_when
 	if (outcome != NULL)
 		*outcome = "failed";
 	if (!run->plans[j].in_ag) {
+		/* lasting: no rerun adds it to the AG */
 		jdb_put(jdbs, plan_json(run->plans[j].db->name, "failed", run->plans[j].error));
-		dmk_errf(&e, DMK_ERR_INCOMPLETE, "%s", run->plans[j].error);
-		agcmd_fail(c, DMK_ERR_INCOMPLETE, &e);
-		return DMK_ERR_INCOMPLETE;
+		dmk_errf(&e, DMK_ERR_NOTFOUND, "%s", run->plans[j].error);
+		agcmd_fail(c, DMK_ERR_NOTFOUND, &e);
+		c->lasting = 1;
+		return DMK_ERR_NOTFOUND;
 	}
 	memset(&o, 0, sizeof(o));
 	o.dry = c->dry_run;
@@ -320,11 +324,27 @@ runbook_help(struct agent *a, const char *db)
  * and give it a new password.  *need_node when it does not open here.
  */
 static int
-recover_db(struct rot *r, int *need_node, struct dmk_err *e)
+recover_db(struct rot *r, int *need_node, int password_unknown, struct dmk_err *e)
 {
 	int rc, opens;
 
-	if ((rc = rot_analyse(r, e)) != 0 || (rc = rot_facts(r, e)) != 0)
+	if ((rc = rot_analyse(r, e)) != 0)
+		return rc;
+	/*
+	 * No secret at the reference is most often a typo, and the DMK's
+	 * password is then known, elsewhere: recovering would give the DMK a
+	 * second password and a second credential on every replica.  Only on
+	 * the operator's word that it is really unknown.
+	 */
+	if (r->missing && !password_unknown) {
+		r->outcome = "failed";
+		return dmk_errf(e, DMK_ERR_NOTFOUND, "%s: no such secret at %s (check dmk_password "
+		    "in [database %s/%s]); nothing was changed.  If nobody knows the DMK's password, "
+		    "recover --password-unknown adds a new password to the DMK and a credential for "
+		    "it on every replica", r->p->db->name, r->ref->text, r->p->db->ag,
+		    r->p->db->label);
+	}
+	if ((rc = rot_facts(r, e)) != 0)
 		return rc;
 	if (r->step == STEP_PROVE && r->have_old && (rc = rot_probe(r, r->oldpw, e)) == 0) {
 		rot_versions(r);
@@ -362,6 +382,12 @@ recover_db(struct rot *r, int *need_node, struct dmk_err *e)
 		    r->run->info.nreplicas);
 		return 0;
 	}
+	/* What it is about to add, before it does. */
+	if (!r->a->quiet)
+		fprintf(agcmd_textout(r->a), "%s/%s: recovering on %s (its service master key "
+		    "opens the DMK): adding a new password to the DMK, kept in %s, and a credential "
+		    "for it on each of %zu replica(s); nothing is dropped\n", r->run->ag->name,
+		    r->p->db->name, r->run->info.primary, r->ref->text, r->run->info.nreplicas);
 	rot_free(r);
 	r->recover_ok = 1;
 	return rot_db(r, 0, e);
@@ -390,16 +416,26 @@ recover_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 			break;
 		}
 		json_object_set_new(jag, "primary", json_string(run.info.primary));
+		c->stepped = 1;
 		if (ntried < 16)
 			util_strlcpy(tried[ntried++], run.info.primary, sizeof(tried[0]));
 		for (j = 0; j < run.nplans; j++) {
 			struct rot r;
 
-			if (!run.plans[j].in_ag)
+			if (!run.plans[j].in_ag) {
+				/* lasting: said once, not again after a failover */
+				if (round == 0) {
+					jdb_put(jdbs, plan_json(run.plans[j].db->name, "failed",
+					    run.plans[j].error));
+					dmk_errf(&e, DMK_ERR_NOTFOUND, "%s", run.plans[j].error);
+					agcmd_fail(c, DMK_ERR_NOTFOUND, &e);
+					c->lasting = 1;
+				}
 				continue;
+			}
 			rot_init(&r, a, &run, j, "recover", MODE_RECOVER, o);
 			dmk_err_clear(&e);
-			rc = recover_db(&r, &need_node, &e);
+			rc = recover_db(&r, &need_node, o->password_unknown, &e);
 			jdb_put(jdbs, rot_json(&r, rc, &e));
 			rot_hook(c, &r, rc);
 			rot_free(&r);
@@ -469,6 +505,7 @@ recover_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 
 static const struct option rec_options[] = {
 	{ "no-backup", no_argument, NULL, 'B' },
+	{ "password-unknown", no_argument, NULL, 'U' },
 	{ NULL, 0, NULL, 0 },
 };
 

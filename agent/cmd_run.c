@@ -227,6 +227,7 @@ reopen(struct agcmd_ctx *c, const struct conf_ag *ag, struct ag_run *run, int *o
 		return r;
 	}
 	*opened = 1;
+	c->stepped = 1;
 	json_object_set_new(jag, "primary", json_string(run->info.primary));
 	return 0;
 }
@@ -329,8 +330,8 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	reps_clear(&run);
 	r = register_steps(c, &run, jstep(jsteps, "register"), 0, &o->changes);
 	if (r != 0)
-		agcmd_keep(c, r, "%s: not registered everywhere (see above); a rerun finishes the "
-		    "rest", ag->name);
+		agcmd_keep(c, r, "%s: not registered everywhere (see above)%s", ag->name,
+		    agcmd_rerun(c, "; a rerun finishes the rest"));
 	if (dmk_interrupted())
 		goto stopped;
 
@@ -455,8 +456,8 @@ run_finish(struct agcmd_ctx *c, json_t *root)
 		fprintf(c->a->out, "run: %s%zu change(s)%s\n", c->dry_run ? "dry run, " : "",
 		    o->changes, c->worst == 0 ? "; every replica passes" : "; see above");
 	if (c->worst == DMK_ERR_INCOMPLETE)
-		agcmd_conclude(c, c->worst, "run: incomplete (see above); the next run finishes "
-		    "the rest");
+		agcmd_conclude(c, c->worst, "run: incomplete (see above)%s",
+		    agcmd_rerun(c, "; the next run finishes the rest"));
 }
 
 static int

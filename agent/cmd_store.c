@@ -61,13 +61,58 @@ collect_refs(const struct config *c, const char *store, const struct secret_ref 
 	return n;
 }
 
+/*
+ * Access is not existence: a reference the agent reads (every one but the
+ * audit anchor, which it writes) must name a secret that is there, or a typo
+ * passes the check.  Versions are listed where the store keeps them (no
+ * value is read); else the value is read and wiped at once.  The missing
+ * ones are moved from refs to miss (the store's own check is about access,
+ * and says "ok" of a path it may write) and reported in missing; returns
+ * how many.
+ */
+static size_t
+refs_missing(struct agent *a, struct store *st, const struct secret_ref **refs, size_t *n,
+    const struct secret_ref **miss, struct buf *missing, struct dmk_err *err)
+{
+	struct prov_version *v, ver;
+	struct secret *val;
+	struct dmk_err e;
+	size_t i, k, nv, nmiss = 0;
+	int r;
+
+	for (i = k = 0; i < *n; i++) {
+		r = 0;
+		if (!(a->cfg->has_audit_anchor && refs[i] == &a->cfg->audit_anchor)) {
+			v = NULL;
+			val = NULL;
+			if (store_can(st, PROV_CAP_VERSIONS))
+				r = store_list_versions(st, refs[i], &v, &nv, &e);
+			else
+				r = store_get(st, refs[i], NULL, &val, &ver, &e);
+			free(v);
+			secret_free(val);
+		}
+		if (r != DMK_ERR_NOTFOUND) {
+			refs[k++] = refs[i];   /* present, or the store's check explains why not */
+			continue;
+		}
+		buf_printf(missing, "             %-40s FAIL  no such secret at %s\n", refs[i]->text,
+		    refs[i]->text);
+		miss[nmiss] = refs[i];
+		if (nmiss++ == 0)
+			dmk_errf(err, DMK_ERR_NOTFOUND, "no such secret at %s", refs[i]->text);
+	}
+	*n = k;
+	return nmiss;
+}
+
 int
 cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 {
-	const struct secret_ref *refs[256];
+	const struct secret_ref *refs[256], *miss[256];
 	struct store *st;
-	struct buf report;
-	size_t i, n;
+	struct buf report, missing, mreport;
+	size_t i, n, nmiss;
 	int r, worst = 0;
 
 	if (argc > 2)
@@ -76,7 +121,7 @@ cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return dmk_errf(err, DMK_ERR_USAGE, "no [store %s] in %s", argv[1], a->config_path);
 	for (i = 0; i < a->cfg->nstores; i++) {
 		const char *name = a->cfg->stores[i].name;
-		struct dmk_err e;
+		struct dmk_err e, em;
 		if (argc == 2 && strcmp(argv[1], name) != 0)
 			continue;
 		if ((r = agent_store(a, name, &st, &e)) != 0) {
@@ -89,18 +134,32 @@ cmd_store_check(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		}
 		n = collect_refs(a->cfg, name, refs, 256);
 		buf_init(&report, 0);
+		buf_init(&missing, 0);
+		nmiss = refs_missing(a, st, refs, &n, miss, &missing, &em);
 		r = store_can(st, PROV_CAP_CHECK) ? store_check(st, refs, n, &report, &e) : 0;
+		/* a missing one's access too: shown only when it is refused */
+		buf_init(&mreport, 0);
+		if (r == 0 && nmiss > 0 && store_can(st, PROV_CAP_CHECK) &&
+		    (r = store_check(st, miss, nmiss, &mreport, &e)) != 0)
+			buf_append(&report, mreport.data, mreport.len);
+		buf_free(&mreport);
 		fprintf(a->out, "%-12s %-16s %s  authenticated; %zu reference(s)\n", name,
-		    a->cfg->stores[i].type, r == 0 ? "ok  " : "FAIL", n);
+		    a->cfg->stores[i].type, r == 0 && nmiss == 0 ? "ok  " : "FAIL", n + nmiss);
 		if (report.len)
 			fprintf(a->out, "%s", report.data);
+		if (missing.len)
+			fprintf(a->out, "%s", missing.data);
 		buf_free(&report);
+		buf_free(&missing);
 		if (r != 0) {
 			fprintf(a->out, "             %s\n", e.msg);
 			if (worst == 0) {
 				worst = r;
 				*err = e;
 			}
+		} else if (nmiss > 0 && worst == 0) {
+			worst = DMK_ERR_NOTFOUND;
+			*err = em;
 		}
 	}
 	return worst;
@@ -212,8 +271,10 @@ cmd_store_show(struct agent *a, int argc, char **argv, struct dmk_err *err)
 		return r;
 	if ((r = agent_store(a, ref.store, &st, err)) != 0)
 		return r;
-	if ((r = store_list_versions(st, &ref, &v, &n, err)) != 0)
-		return r;
+	if ((r = store_list_versions(st, &ref, &v, &n, err)) == DMK_ERR_NOTFOUND)
+		return dmk_err_prefix(err, "no such secret at %s", ref.text);
+	if (r != 0)
+		return agent_store_cred_hint(a, ref.store, err);
 	if (a->output == OUTPUT_JSON) {
 		json_t *arr = json_array();
 		char *s;

@@ -445,10 +445,14 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status,
 		}
 		for (j = 0; rr->reached && j < run->nplans; j++) {
 			struct rep_db *d = &rr->dbs[j];
-			json_t *x = json_object();
+			json_t *x;
 			char rver[80], rcred[160];
 			int k;
 
+			/* a database the AG does not list has no rows: its error says so */
+			if (!run->plans[j].in_ag)
+				continue;
+			x = json_object();
 			registered(run, rr, d, rver, sizeof(rver), rcred, sizeof(rcred));
 			json_object_set_new(x, "database", json_string(run->plans[j].db->name));
 			if (d->have_keys) {
@@ -557,9 +561,6 @@ ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, jso
 		db_state_read(c->a, p->db, o->status, &views[j]);
 	}
 	r = ag_each_replica(run, o->status ? status_work : verify_work);
-	for (j = 0; j < run->nplans; j++)
-		if (!run->plans[j].usable && !o->status)
-			r = DMK_ERR_INCOMPLETE;
 	if (o->failover_test && failover_test(c->a, run) != 0)
 		r = DMK_ERR_INCOMPLETE;
 	if (o->failover_test) {
@@ -568,6 +569,9 @@ ver_steps(struct agcmd_ctx *c, const struct ver_opts *o, struct ag_run *run, jso
 	}
 	print_run(c->a, run, jag, o->status, views);
 	free(views);
+	/* status shows what it could read; a store or a database it could not
+	 * is its outcome too (exit 5 or 1), never a silent "-" */
+	r = agcmd_worse(r, agcmd_plans(c, run));
 	return r;
 }
 
@@ -592,9 +596,11 @@ ver_finish(struct agcmd_ctx *c, json_t *root)
 
 	if (!o->status)
 		json_object_set_new(root, "pass", json_boolean(c->worst == 0));
+	/* A store or login that failed is not a replica's gap: say so. */
 	if (c->a->output == OUTPUT_TEXT && !o->status)
 		fprintf(c->a->out, c->worst == 0 ? "verify: every replica passes\n" :
-		    "verify: gaps found (see above)\n");
+		    c->worst == DMK_ERR_INCOMPLETE ? "verify: gaps found (see above)\n" :
+		    "verify: not checked (see above)\n");
 	if (c->worst == DMK_ERR_INCOMPLETE)
 		agcmd_conclude(c, c->worst, o->status ? "some replica was not reached" :
 		    "not every replica can open every DMK after a failover");

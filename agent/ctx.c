@@ -159,6 +159,40 @@ agent_guard(struct agent *a, struct dmk_err *err)
 	return a->guard != NULL ? a->guard(a->guard_ctx, err) : 0;
 }
 
+/*
+ * A store that refused this run's credentials (or what they may do): name
+ * what to fix, the [store] section's auth method and the references its
+ * credentials come from (never a value), so that nobody blames a replica.
+ */
+int
+agent_store_cred_hint(struct agent *a, const char *name, struct dmk_err *err)
+{
+	const struct conf_store *cs = config_store(a->cfg, name);
+	char what[600];
+	size_t i, len = 0;
+
+	if (cs == NULL || (err->code != DMK_ERR_AUTH && err->code != DMK_ERR_DENIED) ||
+	    strstr(err->msg, "; fix the credentials of [store ") != NULL)
+		return err->code;
+	what[0] = '\0';
+	for (i = 0; i < cs->nkv && len < sizeof(what) - 1; i++) {
+		const struct conf_kv *kv = &cs->kv[i];
+		int n;
+
+		if (kv->kind != CK_REF && strcmp(kv->key, "auth") != 0)
+			continue;
+		n = snprintf(what + len, sizeof(what) - len, "%s%s = %s", len ? ", " : "",
+		    kv->key, kv->value);
+		if (n < 0)
+			break;
+		len += (size_t)n < sizeof(what) - len ? (size_t)n : sizeof(what) - len - 1;
+	}
+	snprintf(err->msg + strlen(err->msg), sizeof(err->msg) - strlen(err->msg),
+	    "; fix the credentials of [store %s] in %s%s%s%s", name, a->config_path,
+	    what[0] ? " (" : "", what, what[0] ? ")" : "");
+	return err->code;
+}
+
 int
 agent_store(struct agent *a, const char *name, struct store **out, struct dmk_err *err)
 {
@@ -180,7 +214,7 @@ agent_store(struct agent *a, const char *name, struct store **out, struct dmk_er
 		r = store_open(st, &a->cfg->stores[i], store_bootstrap_resolve, a, err);
 		a->store_state[i] = r == 0 ? 1 : 0;
 		if (r != 0)
-			return r;
+			return agent_store_cred_hint(a, name, err);
 		st->keep = markers_keep;      /* no write drops a version still needed */
 	}
 	*out = &a->stores[i];
@@ -213,8 +247,12 @@ agent_resolve(struct agent *a, const struct secret_ref *ref, int allow_env,
 	case REF_STORE:
 		if ((r = agent_store(a, ref->store, &st, err)) != 0)
 			return r;
-		if ((r = store_get(st, ref, NULL, out, ver, err)) != 0)
-			return dmk_err_prefix(err, "%s", ref->text);
+		if ((r = store_get(st, ref, NULL, out, ver, err)) == DMK_ERR_NOTFOUND)
+			return dmk_err_prefix(err, "no such secret at %s", ref->text);
+		if (r != 0) {
+			dmk_err_prefix(err, "%s", ref->text);
+			return agent_store_cred_hint(a, ref->store, err);
+		}
 		return 0;
 	}
 	return dmk_errf(err, DMK_ERR_INTERNAL, "bad reference kind");

@@ -693,8 +693,8 @@ lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const
 	for (;;) {
 		why[0] = '\0';
 		r = try_take(a, l, why, sizeof(why), err);
-		if (r != DMK_ERR_LOCKED)
-			return r;
+		if (r != DMK_ERR_LOCKED)   /* a store that refused: which credentials */
+			return r != 0 ? agent_store_cred_hint(a, near->store, err) : 0;
 		if (util_now_ms() >= deadline)
 			return dmk_errf(err, DMK_ERR_LOCKED, "%s/%s: another rotation is under way: "
 			    "lease %s %s%s", ag, db, l->ref.text, why, a->wait_seconds ? "" :

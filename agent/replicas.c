@@ -83,8 +83,11 @@ dmk_password_current(struct agent *a, const struct secret_ref *ref, struct secre
 	*out = NULL;
 	if ((r = agent_store(a, ref->store, &st, err)) != 0)
 		return r;
-	if ((r = store_list_versions(st, ref, &v, &n, err)) != 0)
-		return dmk_err_prefix(err, "%s", ref->text);
+	if ((r = store_list_versions(st, ref, &v, &n, err)) != 0) {
+		dmk_err_prefix(err, r == DMK_ERR_NOTFOUND ? "no such secret at %s" : "%s",
+		    ref->text);
+		return agent_store_cred_hint(a, ref->store, err);
+	}
 	if ((k = markers_in_force(v, n)) >= 0)
 		pick = &v[k];
 	if (pick == NULL) {
@@ -422,6 +425,41 @@ primary_checks(struct sql_session *ls, struct ag_run *run, int probe)
 			primary_one(ls, run, &run->plans[i], probe && !probes_ok, !facts_ok);
 }
 
+int
+plan_outcome(const struct db_plan *p)
+{
+	if (p->usable)
+		return 0;
+	if (p->code == 0 || p->code == DMK_ERR_WRONGPASS || p->code == DMK_ERR_INCOMPLETE)
+		return DMK_ERR_INCOMPLETE;
+	return p->code;
+}
+
+/*
+ * SQL Server refused the login (18456 and its kin): say where the password
+ * it tried comes from, or that it is integrated authentication, so that the
+ * fix is found in the configuration and not on the server.
+ */
+void
+ag_login_hint(const struct conf_ag *ag, struct dmk_err *err)
+{
+	size_t len = strlen(err->msg);
+	const char *sep = len > 0 && err->msg[len - 1] == '.' ? " " : "; ";
+
+	if (err->code != DMK_ERR_AUTH || strstr(err->msg, "heck the ") != NULL)
+		return;
+	if (strcmp(ag->login, "integrated") == 0 || ag->login[0] == '\0')
+		snprintf(err->msg + len, sizeof(err->msg) - len, "%sCheck the Kerberos ticket of "
+		    "this process (login = integrated in [ag %s]).", sep, ag->label);
+	else if (ag->has_login_password)
+		snprintf(err->msg + len, sizeof(err->msg) - len, "%sCheck the password of login "
+		    "'%s' at %s (login_password in [ag %s]).", sep, ag->login,
+		    ag->login_password.text, ag->label);
+	else
+		snprintf(err->msg + len, sizeof(err->msg) - len, "%sCheck login '%s' in [ag %s].",
+		    sep, ag->login, ag->label);
+}
+
 /*
  * The store reads of ag_open, on their own thread while the listener
  * connects and discovery runs: with a hundred databases they cost as much
@@ -505,6 +543,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	ag_listener_endpoint(ag, &lep);
 	if ((r = sql_connect(&lep, &run->login, &ls, err)) != 0) {
 		dmk_err_prefix(err, "AG %s", ag->name);
+		ag_login_hint(ag, err);
 		goto out;
 	}
 	if ((r = sql_discover_ag(ls, ag->name, &run->info, err)) != 0) {
@@ -586,6 +625,7 @@ rep_thread(void *arg)
 		fprintf(stderr, "  %s: connecting to %s:%d (%s)\n", rr->rep->name, rr->ep.host,
 		    rr->ep.port, rr->how);
 	if (rep_connect(rr, &s, &e) != 0) {
+		ag_login_hint(rr->run->ag, &e);
 		rr->reached = 0;
 		rr->code = e.code;
 		util_strlcpy(rr->error, e.msg, sizeof(rr->error));

@@ -90,6 +90,18 @@ struct ag_run {
 	int (*work)(struct rep_run *rr, struct sql_session *s);
 };
 
+/*
+ * What an unusable plan makes of a command's outcome: its own error when
+ * that is lasting (the store refused the credentials, the secret or the
+ * database is missing: exit 1) or temporary (the store unreachable: exit
+ * 5); a password that does not open the DMK is a gap (DMK_ERR_INCOMPLETE).
+ * 0 for a usable plan.
+ */
+int plan_outcome(const struct db_plan *p);
+/* A login SQL Server refused (DMK_ERR_AUTH): append where its password
+ * comes from (login_password's reference) or that it is integrated. */
+void ag_login_hint(const struct conf_ag *ag, struct dmk_err *err);
+
 /* Filters: NULL for all. */
 int ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter,
     int probe, struct ag_run *run, struct dmk_err *err);

@@ -180,10 +180,13 @@ rot_analyse(struct rot *r, struct dmk_err *err)
 	if ((rc = store_require(r->st, PROV_CAP_VERSIONS | PROV_CAP_META, "rotation", err)) != 0)
 		return dmk_err_prefix(err, "%s", r->ref->text);
 	rc = store_list_versions(r->st, r->ref, &v, &n, err);
+	r->missing = rc == DMK_ERR_NOTFOUND;
 	if (rc == DMK_ERR_NOTFOUND)
 		n = 0, rc = 0;
-	else if (rc != 0)
-		return dmk_err_prefix(err, "%s", r->ref->text);
+	else if (rc != 0) {
+		dmk_err_prefix(err, "%s", r->ref->text);
+		return agent_store_cred_hint(r->a, r->ref->store, err);
+	}
 	markers_plan(v, n, &mp);
 	if (mp.latest >= 0)
 		util_strlcpy(r->latest, v[mp.latest].id, sizeof(r->latest));
@@ -772,6 +775,12 @@ step_prove(struct rot *r, struct dmk_err *err)
 {
 	int rc;
 
+	/* A missing secret is most likely a typo in the reference: recover would
+	 * give the DMK a second password and credential, so it is not advised. */
+	if (r->missing)
+		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: no such secret at %s (check "
+		    "dmk_password in [database %s/%s]); nothing was changed", r->p->db->name,
+		    r->ref->text, r->p->db->ag, r->p->db->label);
 	if (!r->have_old)
 		return dmk_errf(err, DMK_ERR_NOTFOUND, "%s: %s holds no current password: use "
 		    "dmkagent recover", r->p->db->name, r->ref->text);
@@ -1014,7 +1023,8 @@ rot_db(struct rot *r, int if_due, struct dmk_err *err)
 		if ((rc = lease_take(r->a, r->ref, r->run->ag->name, r->p->db->name, r->cmd, &l,
 		    err)) != 0) {
 			rot_audit(r, "lease", NULL, NULL, "refused", err->msg);
-			r->outcome = "locked";
+			/* locked only when another holder has it; a store that failed is not */
+			r->outcome = rc == DMK_ERR_LOCKED ? "locked" : "failed";
 			return rc;
 		}
 		if (l.held) {

@@ -42,6 +42,7 @@ struct rot {
 	char rid[33];
 	char latest[80];              /* the newest version, for check-and-set */
 	int have_old, have_new;
+	int missing;                    /* the store has no secret at ref (a typo?) */
 	struct secret *oldpw, *newpw;
 	struct prov_version oldv, newv;
 	int have_prev;                /* an older version marked current, behind an unmarked one */

@@ -57,8 +57,13 @@ def cell(group, name, fn):
                      f"{'' if not problems else '  ' + '; '.join(problems)[:600]}\n")
 
 
+def cmd_args(cmd):
+    """recover with no secret at the reference needs --password-unknown."""
+    return [cmd, "--password-unknown"] if cmd == "recover" else [cmd]
+
+
 def kill_at(lab, cmd, boundary):
-    rc, out, err = lab.agent(cmd, env={"DMKAGENT_FAILPOINT": f"{cmd}:{boundary}"})
+    rc, out, err = lab.agent(*cmd_args(cmd), env={"DMKAGENT_FAILPOINT": f"{cmd}:{boundary}"})
     if rc != KILLED:
         return [f"{cmd}:{boundary}: expected SIGKILL, exit {rc}: {out} {err}"]
     return []
@@ -66,7 +71,7 @@ def kill_at(lab, cmd, boundary):
 
 def finish(lab, cmd="rotate", nodes=(0, 1, 2)):
     bad = []
-    rc, out, err = lab.agent(cmd)
+    rc, out, err = lab.agent(*cmd_args(cmd))
     if rc != 0:
         bad.append(f"rerun exit {rc}: {out} {err}")
     return bad + converged(lab, nodes)

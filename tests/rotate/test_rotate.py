@@ -247,7 +247,7 @@ class Rotate(unittest.TestCase):
         [ag] = doc["ags"]
         self.assertEqual(ag["name"], "AG1")
         [db] = ag["databases"]
-        self.assertEqual((db["name"], db["mode"], db["outcome"], db["old_version"],
+        self.assertEqual((db["database"], db["mode"], db["outcome"], db["old_version"],
                           db["new_version"], db["error"], db["stopped_at"]),
                          ("CM_P01", "rotate", "rotated", "1", "2", None, None))
         self.assertEqual(db["steps"], ["lease", "prove", "backup", "pending", "add", "register",
@@ -480,10 +480,12 @@ class Recover(unittest.TestCase):
         lab = self.lab
         lab.failover(1)                      # node 2's SMK cannot open the DMK
         self.assertEqual([r[0] for r in lab.check_query() if r[0]], [])
-        rc, out, err = lab.agent("recover", "--dry-run")
+        # no secret at the reference: recover only on the word that the
+        # password is really unknown (--password-unknown), never on a typo
+        rc, out, err = lab.agent("recover", "--dry-run", "--password-unknown")
         self.assertEqual(rc, 0, out + err)
         self.assertEqual(store_versions(lab), [])
-        rc, out, err = lab.agent("recover")
+        rc, out, err = lab.agent("recover", "--password-unknown")
         self.assertEqual(rc, 0, out + err)
         self.assertIn("failing over to", out)
         num, pw = store_current(lab)
@@ -501,13 +503,14 @@ class Recover(unittest.TestCase):
     def test_recover_backs_up_first_once(self):
         lab = self.lab
         lab.failover(1)                      # node 2's SMK cannot open the DMK
-        rc, out, err = lab.agent("recover", env={"DMKAGENT_FAILPOINT": "recover:after-backup"})
+        rc, out, err = lab.agent("recover", "--password-unknown",
+                                 env={"DMKAGENT_FAILPOINT": "recover:after-backup"})
         self.assertEqual(rc, -9, out + err)
         self.assertEqual(store_versions(lab), [], "recover changed the store before its backup")
         self.assertEqual(escrow_versions(lab), [1])
         bm = markers(lab, DMK_ESCROW, 1)
         self.assertEqual((bm.get("dmkagent-kind"), bm.get("dmkagent-before")), ("dmk-backup", "0"))
-        rc, out, err = lab.agent("--output", "json", "recover")
+        rc, out, err = lab.agent("--output", "json", "recover", "--password-unknown")
         self.assertEqual(rc, 0, out + err)
         doc = json.loads(out)
         self.assertEqual((doc["command"], doc["complete"]), ("recover", True))
@@ -529,10 +532,10 @@ class Recover(unittest.TestCase):
         lab = self.lab
         lab.query("USE CM_P01; ALTER MASTER KEY DROP ENCRYPTION BY SERVICE MASTER KEY")
         st = lab.control("/status")["databases"]["CM_P01"]
-        rc, out, err = lab.agent("recover")
+        rc, out, err = lab.agent("recover", "--password-unknown")
         self.assertNotEqual(rc, 0, out + err)
         self.assertIn("runbook", out)
-        rc, out, err = lab.agent("--output", "json", "recover")
+        rc, out, err = lab.agent("--output", "json", "recover", "--password-unknown")
         self.assertNotEqual(rc, 0, out + err)
         self.assertIn("runbook", err)
         db = json.loads(out)["ags"][0]["databases"][0]
