@@ -113,8 +113,7 @@ rot_free(struct rot *r)
 	secret_free(r->newpw);
 	r->oldpw = r->newpw = NULL;
 	r->have_old = r->have_new = 0;
-	sql_close(r->ps);
-	r->ps = NULL;
+	r->ps = NULL;    /* the run's */
 }
 
 void
@@ -263,16 +262,29 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 
 /* ---- the primary ---- */
 
+/*
+ * The primary, through the listener: the run's session (ag_open's), kept
+ * for every database and step of the run; a lost one is replaced.  r->ps
+ * is borrowed and set again here before each use.
+ */
 static int
 rot_primary(struct rot *r, struct dmk_err *err)
 {
-	const struct conf_ag *ag = r->run->ag;
+	struct ag_run *run = r->run;
 	struct sql_endpoint ep;
+	int rc;
 
-	if (r->ps != NULL)
-		return 0;
-	ag_listener_endpoint(ag, &ep);
-	return sql_connect(&ep, &r->run->login, &r->ps, err);
+	if (!sql_alive(run->ls)) {
+		sql_close(run->ls);
+		run->ls = NULL;
+		ag_listener_endpoint(run->ag, &ep);
+		if ((rc = sql_connect(&ep, &run->login, &run->ls, err)) != 0) {
+			r->ps = NULL;
+			return rc;
+		}
+	}
+	r->ps = run->ls;
+	return 0;
 }
 
 /* 0 opens, DMK_ERR_WRONGPASS does not, other: cannot tell (error set). */
@@ -287,15 +299,19 @@ rot_probe(struct rot *r, const struct secret *pw, struct dmk_err *err)
 }
 
 /* Change the DMK's encryptions by password on the primary (op: sql.h).
- * Returns SQL Server's error number in *num (0 on success). */
+ * Returns SQL Server's error number in *num (0 on success, -1 when the
+ * lease check refused it before anything was sent). */
 static int
 rot_alter(struct rot *r, enum sql_mk_op op, const struct secret *pw, int *num,
     struct dmk_err *err)
 {
 	int rc;
 
+	*num = -1;    /* nothing sent: the lease check stopped it (audited there) */
+	if ((rc = rot_keep(r, err)) != 0)
+		return rc;
 	*num = 0;
-	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_primary(r, err)) != 0)
+	if ((rc = rot_primary(r, err)) != 0)
 		return rc;
 	return sql_alter_master_key(r->ps, r->p->db->name, op, pw, num, err);
 }
@@ -308,9 +324,8 @@ rot_facts(struct rot *r, struct dmk_err *err)
 	struct db_plan *p = r->p;
 	int rc;
 
-	if (p->primary_keys.family_guid[0] && p->cert[0])
-		return 0;
-	if ((rc = rot_primary(r, err)) != 0)
+	if ((rc = rot_primary(r, err)) != 0 ||
+	    (p->primary_keys.family_guid[0] && p->cert[0]))
 		return rc;
 	if (!p->primary_keys.family_guid[0] &&
 	    (rc = sql_db_keys(r->ps, p->db->name, &p->primary_keys, err)) != 0)
@@ -700,6 +715,7 @@ rot_each(struct rot *r, int (*work)(struct rep_run *, struct sql_session *), con
 		return rc;
 	rot_reps_free(r->run);
 	r->run->ctx = r;
+	r->run->keep_sessions = 1;    /* one session per replica for the whole run */
 	rc = ag_each_replica(r->run, work);
 	if (rc == 0)
 		return 0;
@@ -801,7 +817,7 @@ step_prove(struct rot *r, struct dmk_err *err)
 static int
 step_apply(struct rot *r, struct dmk_err *err)
 {
-	int rc, num, o;
+	int rc, num = 0, o;
 
 	rc = rot_probe(r, r->newpw, err);
 	if (rc == 0) {
@@ -835,7 +851,8 @@ step_apply(struct rot *r, struct dmk_err *err)
 			return rc;
 		rot_fp(r, "after-register");
 		rc = rot_alter(r, SQL_MK_REGENERATE, r->newpw, &num, err);
-		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
+		if (num != -1)
+			rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
 		    rc ? err->msg : NULL);
 		if (rc != 0)
 			return rc;
@@ -845,7 +862,9 @@ step_apply(struct rot *r, struct dmk_err *err)
 	rc = rot_alter(r, SQL_MK_ADD_PASSWORD, r->newpw, &num, err);
 	if (rc != 0 && num == 15579)
 		rc = 0;    /* already added */
-	rot_audit(r, "add", NULL, r->newv.id, rc == 0 ? "added" : "failed", rc ? err->msg : NULL);
+	if (num != -1)
+		rot_audit(r, "add", NULL, r->newv.id, rc == 0 ? "added" : "failed",
+		    rc ? err->msg : NULL);
 	if (rc != 0)
 		return rc;
 	rot_fp(r, "after-add");
@@ -877,7 +896,7 @@ step_verify(struct rot *r, struct dmk_err *err)
 static int
 step_drop(struct rot *r, struct dmk_err *err)
 {
-	int rc, num;
+	int rc, num = 0;
 	const char *how;
 
 	if (!r->have_old)
@@ -906,7 +925,9 @@ step_drop(struct rot *r, struct dmk_err *err)
 			dmk_err_prefix(err, "%s: refusing: the old password is the DMK's last one",
 			    r->p->db->name);
 	}
-	rot_audit(r, "drop", NULL, r->oldv.id, rc == 0 ? how : "failed", rc ? err->msg : NULL);
+	if (num != -1)
+		rot_audit(r, "drop", NULL, r->oldv.id, rc == 0 ? how : "failed",
+		    rc ? err->msg : NULL);
 	if (rc != 0)
 		return rc;
 	rot_fp(r, "after-drop-primary");

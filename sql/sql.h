@@ -74,6 +74,9 @@ int sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
  * from different threads, one thread per session at a time.
  */
 void sql_close(struct sql_session *s);
+/* Whether a session can still be used: not lost, not timed out (a kept
+ * session is checked before each use and replaced when not). */
+int sql_alive(const struct sql_session *s);
 /* The last SQL Server error seen on this session (number 0 if none): the
  * first error (severity > 10) of the most recent call that had one. */
 const struct sql_error *sql_last_error(const struct sql_session *s);
