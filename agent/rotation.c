@@ -730,38 +730,216 @@ out:
 	return rc != 0 ? DMK_ERR_INCOMPLETE : 0;
 }
 
-/* One replica's part of a wave: every database of the wave, one after the
- * other, on the replica's kept session. */
+/*
+ * The wave's databases in one request per SQL_DMK_MANY_MAX of them
+ * (sql_dmk_password_many): the same action with each one's password.
+ * ok[k] 1 where the request said nothing against database k: with
+ * expect_all (verify, drop: the new credential must already be there) only
+ * when every one answered 15594; without (register), when no other error
+ * came back.  A chunk that cannot tell is left 0: the caller asks database
+ * by database.  *after: the credentials read after the last chunk (NULL if
+ * not read).  <0 only when the session is lost (errs in e).
+ */
 static int
-wave_each(struct rep_run *rr, struct sql_session *s,
-    int (*one)(struct rep_run *, struct sql_session *, struct rot *))
+many_password(struct sql_session *s, struct rot_wave *w, const char *action, int use_new,
+    int expect_all, char *ok, struct sql_result **after, struct dmk_err *e)
 {
-	struct rot_wave *w = rr->run->ctx;
-	size_t k;
-	int bad = 0;
+	const char *dbs[SQL_DMK_MANY_MAX];
+	const struct secret *pws[SQL_DMK_MANY_MAX];
+	size_t k, c, n;
+	int amb, nexp, rc;
 
-	for (k = 0; k < w->n; k++)
-		if (one(rr, s, w->rs[k]) != 0)
-			bad = 1;
-	return bad ? DMK_ERR_INCOMPLETE : 0;
+	*after = NULL;
+	for (k = 0; k < w->n; k += n) {
+		n = w->n - k < SQL_DMK_MANY_MAX ? w->n - k : SQL_DMK_MANY_MAX;
+		for (c = 0; c < n; c++) {
+			dbs[c] = w->rs[k + c]->p->db->name;
+			pws[c] = use_new ? w->rs[k + c]->newpw : w->rs[k + c]->oldpw;
+		}
+		sql_result_free(*after);
+		*after = NULL;
+		rc = sql_dmk_password_many(s, dbs, pws, n, action, &amb, &nexp,
+		    k + n == w->n ? after : NULL, e);
+		if (rc != 0 && !sql_alive(s))
+			return rc;
+		if (rc != 0 || amb || (expect_all && (size_t)nexp != n))
+			continue;
+		for (c = 0; c < n; c++)
+			ok[k + c] = 1;
+	}
+	return 0;
 }
 
+/* How many credentials of r's family a credential set holds, and their names. */
+static int
+creds_in(const struct sql_result *all, struct rot *r, char names[8][160])
+{
+	memset(names, 0, 8 * 160);
+	return all != NULL ? creds_of(all, r->p->primary_keys.family_guid, names) : -1;
+}
+
+/* register: credentials before, then every add (the last request reads them after). */
 static int
 work_register(struct rep_run *rr, struct sql_session *s)
 {
-	return wave_each(rr, s, register_one);
+	struct rot_wave *w = rr->run->ctx;
+	struct sql_result *before = NULL, *after = NULL;
+	char *ok = calloc(w->n + 1, 1), nb[8][160], na[8][160];
+	struct dmk_err e;
+	size_t k;
+	int bad = 0, i, n1, n2;
+
+	if (ok != NULL && (rep_credentials(s, &before, &e) != 0 ||
+	    many_password(s, w, "add", 1, 0, ok, &after, &e) != 0))
+		memset(ok, 0, w->n);
+	if (after == NULL && ok != NULL && memchr(ok, 1, w->n) != NULL &&
+	    rep_credentials(s, &after, &e) != 0)
+		memset(ok, 0, w->n);
+	for (k = 0; k < w->n; k++) {
+		struct rot *r = w->rs[k];
+		struct rep_db *d = &rr->dbs[r->pi];
+		if (ok == NULL || !ok[k]) {
+			bad |= register_one(rr, s, r) != 0;
+			continue;
+		}
+		n1 = creds_in(before, r, nb);
+		n2 = creds_in(after, r, na);
+		d->outcome = OUT_PRESENT;
+		for (i = 0; i < n2 && i < 8; i++)
+			if (!in_names(nb, n1, na[i])) {
+				util_strlcpy(d->credential, na[i], sizeof(d->credential));
+				d->outcome = OUT_ADDED;
+			}
+		rot_audit(r, "register", rr->rep->name, r->newv.id, d->outcome == OUT_ADDED ?
+		    "added" : "unchanged", NULL);
+	}
+	sql_result_free(before);
+	sql_result_free(after);
+	free(ok);
+	return bad ? DMK_ERR_INCOMPLETE : 0;
 }
 
+/* verify: every new credential proven here (15594) in one request per
+ * chunk, then every auto-open probe in one more. */
 static int
 work_verify(struct rep_run *rr, struct sql_session *s)
 {
-	return wave_each(rr, s, verify_one);
+	struct rot_wave *w = rr->run->ctx;
+	struct sql_result *after = NULL, **sets = NULL;
+	struct sql_stmt *st = NULL;
+	char *ok = calloc(w->n + 1, 1);
+	int *opened = calloc(w->n + 1, sizeof(int));
+	int probing = rr->is_primary || rr->rep->secondary_allow != 0, bad = 0, r0 = 0;
+	struct dmk_err e;
+	size_t k, j, nsets = 0;
+
+	if (ok != NULL && many_password(s, w, "add", 1, 1, ok, &after, &e) != 0)
+		memset(ok, 0, w->n);
+	sql_result_free(after);
+	for (k = 0; k < w->n && opened; k++)
+		opened[k] = -1;
+	if (ok != NULL && opened != NULL && probing && memchr(ok, 1, w->n) != NULL &&
+	    (st = sql_stmt_new()) != NULL) {
+		for (k = 0; k < w->n && r0 == 0; k++)
+			if (ok[k] && w->rs[k]->p->cert[0] != '\0')
+				r0 = sql_add_cert_probe(st, k, w->rs[k]->p->db->name,
+				    w->rs[k]->p->cert, &e);
+		if (r0 != 0 || sql_exec_sets(s, st, &sets, &nsets, &e) != 0)
+			memset(ok, 0, w->n);    /* database by database below */
+		for (j = 0; j < nsets; j++) {
+			const struct sql_value *iv = sql_cell(sets[j], 0, "i");
+			const struct sql_value *ov = sql_cell(sets[j], 0, "opened");
+			if (iv && ov && iv->type == SQLT_INT && ov->type == SQLT_INT && iv->i >= 0 &&
+			    (size_t)iv->i < w->n)
+				opened[iv->i] = ov->i < 0 ? -1 : ov->i != 0;
+		}
+		sql_sets_free(sets, nsets);
+		sql_stmt_free(st);
+	}
+	for (k = 0; k < w->n; k++) {
+		struct rot *r = w->rs[k];
+		struct rep_db *d = &rr->dbs[r->pi];
+		if (ok == NULL || opened == NULL || !ok[k]) {
+			bad |= verify_one(rr, s, r) != 0;
+			continue;
+		}
+		d->auto_open = opened[k];
+		if (opened[k] == 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "%s: the DMK does not open by itself "
+			    "here", rr->rep->name);
+			bad = 1;
+		} else
+			d->outcome = OUT_OK;
+		rot_audit(r, "verify", rr->rep->name, r->newv.id, d->outcome == OUT_OK ? "ok" : "gap",
+		    d->outcome == OUT_OK ? NULL : d->detail);
+		if (d->outcome == OUT_OK)
+			regstate_stage(r->a, r->run->ag->name, rr->rep->name,
+			    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, d->credential, 0);
+	}
+	free(ok);
+	free(opened);
+	return bad ? DMK_ERR_INCOMPLETE : 0;
 }
 
+/* drop: the new credentials proven here (15594), then every old one
+ * dropped; the credentials before and after tell which were dropped. */
 static int
 work_drop(struct rep_run *rr, struct sql_session *s)
 {
-	return wave_each(rr, s, drop_one);
+	struct rot_wave *w = rr->run->ctx;
+	struct sql_result *before = NULL, *after = NULL;
+	char *ok = calloc(w->n + 1, 1), *ok2 = calloc(w->n + 1, 1);
+	char nb[8][160], na[8][160], ver[80], cred[160];
+	struct rot_wave w2;
+	struct rot **sub = calloc(w->n + 1, sizeof(*sub));
+	struct dmk_err e;
+	size_t k, m = 0;
+	int bad = 0, n1, n2;
+
+	if (ok != NULL && (ok2 == NULL || sub == NULL ||
+	    many_password(s, w, "add", 1, 1, ok, &before, &e) != 0))
+		memset(ok, 0, w->n);
+	/* the old passwords of those whose new credential is proven */
+	for (k = 0; ok != NULL && sub != NULL && k < w->n; k++)
+		if (ok[k])
+			sub[m++] = w->rs[k];
+	w2.rs = sub;
+	w2.n = m;
+	if (m > 0 && (before == NULL || many_password(s, &w2, "drop", 0, 0, ok2, &after, &e) != 0 ||
+	    after == NULL))
+		memset(ok2, 0, m);
+	for (k = 0, m = 0; k < w->n; k++) {
+		struct rot *r = w->rs[k];
+		struct rep_db *d = &rr->dbs[r->pi];
+		const char *keep = "";
+		int done = ok != NULL && ok[k] && ok2[m++];
+		if (!done) {
+			bad |= drop_one(rr, s, r) != 0;
+			continue;
+		}
+		n1 = creds_in(before, r, nb);
+		n2 = creds_in(after, r, na);
+		regstate_get(r->a, r->run->ag->name, rr->rep->name, r->p->primary_keys.family_guid,
+		    ver, sizeof(ver), cred, sizeof(cred));
+		if (in_names(na, n2, d->credential))
+			keep = d->credential;
+		else if (in_names(na, n2, cred))
+			keep = cred;
+		else if (n2 == 1)
+			keep = na[0];
+		regstate_stage(r->a, r->run->ag->name, rr->rep->name, r->p->primary_keys.family_guid,
+		    r->ref->text, r->newv.id, keep, 1);
+		d->outcome = n2 < n1 ? OUT_DROPPED : OUT_OK;
+		rot_audit(r, "drop-credential", rr->rep->name, r->oldv.id, d->outcome == OUT_DROPPED ?
+		    "dropped" : "already gone", NULL);
+	}
+	sql_result_free(before);
+	sql_result_free(after);
+	free(ok);
+	free(ok2);
+	free(sub);
+	return bad ? DMK_ERR_INCOMPLETE : 0;
 }
 
 /* Make r the database the lease checks of backup.c (agent_guard) are for. */
@@ -1130,6 +1308,38 @@ static const struct rot_part {
 };
 
 /*
+ * Step 2 for the databases at it (at[k]), in one round trip: every store
+ * password proven on the primary in one batch.  When every one opened,
+ * step_prove needs no probe of its own (r->old_opens); on any error each
+ * database asks again alone and gets its own verdict.
+ */
+static void
+rot_prove_many(struct rot **rs, size_t n, const char *at)
+{
+	struct sql_stmt *st;
+	struct rot *first = NULL;
+	struct dmk_err e;
+	size_t k;
+	int rc = 0;
+
+	for (k = 0; k < n; k++)
+		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens &&
+		    first == NULL)
+			first = rs[k];
+	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		return;
+	for (k = 0; k < n && rc == 0; k++)
+		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens)
+			rc = sql_add_dmk_proof(st, rs[k]->p->db->name, rs[k]->oldpw, &e);
+	if (rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
+	    sql_call_errors(first->ps, NULL, 0) == 0)
+		for (k = 0; k < n; k++)
+			if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL)
+				rs[k]->old_opens = 1;
+	sql_stmt_free(st);
+}
+
+/*
  * The databases rs[k] with go[k] set (and rcs[k] == 0), from each one's
  * r->step to the end, step by step across the batch: every database at the
  * lowest step left takes that step before any goes on to the next, so that
@@ -1171,8 +1381,11 @@ rot_steps_many(struct rot **rs, size_t n, const char *go, int *rcs, struct dmk_e
 			break;
 		}
 		any = 0;
-		for (k = 0; k < n; k++) {
+		for (k = 0; k < n; k++)
 			at[k] = go[k] && rcs[k] == 0 && rs[k]->step == step;
+		if (step == STEP_PROVE)
+			rot_prove_many(rs, n, at);
+		for (k = 0; k < n; k++) {
 			if (!at[k])
 				continue;
 			rot_current(rs[k]);
