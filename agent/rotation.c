@@ -789,7 +789,8 @@ work_register(struct rep_run *rr, struct sql_session *s)
 	size_t k;
 	int bad = 0, i, n1, n2;
 
-	if (ok != NULL && (rep_credentials(s, &before, &e) != 0 ||
+	/* one database: its own RPC, as rot_db always sent it */
+	if (ok != NULL && (w->n < 2 || rep_credentials(s, &before, &e) != 0 ||
 	    many_password(s, w, "add", 1, 0, ok, &after, &e) != 0))
 		memset(ok, 0, w->n);
 	if (after == NULL && ok != NULL && memchr(ok, 1, w->n) != NULL &&
@@ -833,7 +834,7 @@ work_verify(struct rep_run *rr, struct sql_session *s)
 	struct dmk_err e;
 	size_t k, j, nsets = 0;
 
-	if (ok != NULL && many_password(s, w, "add", 1, 1, ok, &after, &e) != 0)
+	if (ok != NULL && (w->n < 2 || many_password(s, w, "add", 1, 1, ok, &after, &e) != 0))
 		memset(ok, 0, w->n);
 	sql_result_free(after);
 	for (k = 0; k < w->n && opened; k++)
@@ -897,7 +898,7 @@ work_drop(struct rep_run *rr, struct sql_session *s)
 	size_t k, m = 0;
 	int bad = 0, n1, n2;
 
-	if (ok != NULL && (ok2 == NULL || sub == NULL ||
+	if (ok != NULL && (ok2 == NULL || sub == NULL || w->n < 2 ||
 	    many_password(s, w, "add", 1, 1, ok, &before, &e) != 0))
 		memset(ok, 0, w->n);
 	/* the old passwords of those whose new credential is proven */
@@ -1314,19 +1315,22 @@ static const struct rot_part {
  * database asks again alone and gets its own verdict.
  */
 static void
-rot_prove_many(struct rot **rs, size_t n, const char *at)
+rot_prove_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
 {
 	struct sql_stmt *st;
 	struct rot *first = NULL;
 	struct dmk_err e;
-	size_t k;
+	size_t k, m = 0;
 	int rc = 0;
 
 	for (k = 0; k < n; k++)
-		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens &&
-		    first == NULL)
-			first = rs[k];
-	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens) {
+			if (first == NULL)
+				first = rs[k];
+			m++;
+		}
+	/* one database: its own probe, as rot_db always sent it */
+	if (m < 2 || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
 		return;
 	for (k = 0; k < n && rc == 0; k++)
 		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens)
@@ -1337,6 +1341,13 @@ rot_prove_many(struct rot **rs, size_t n, const char *at)
 			if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL)
 				rs[k]->old_opens = 1;
 	sql_stmt_free(st);
+	/* The session lost under the proof: every database of it stops here, as
+	 * its own probe would have (the next step of the run connects again). */
+	if (!sql_alive(first->ps))
+		for (k = 0; k < n; k++)
+			if (at[k] && rcs[k] == 0 && rs[k]->have_old && !rs[k]->old_opens)
+				rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: proving "
+				    "the store's password on the primary: %s", rs[k]->p->db->name, e.msg);
 }
 
 /*
@@ -1384,7 +1395,7 @@ rot_steps_many(struct rot **rs, size_t n, const char *go, int *rcs, struct dmk_e
 		for (k = 0; k < n; k++)
 			at[k] = go[k] && rcs[k] == 0 && rs[k]->step == step;
 		if (step == STEP_PROVE)
-			rot_prove_many(rs, n, at);
+			rot_prove_many(rs, n, at, rcs, errs);
 		for (k = 0; k < n; k++) {
 			if (!at[k])
 				continue;
