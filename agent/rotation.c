@@ -1109,6 +1109,13 @@ step_apply(struct rot *r, struct dmk_err *err)
 {
 	int rc, num = 0, o;
 
+	if (r->added_bulk) {    /* rot_add_many did it, after the lease check */
+		r->added_bulk = 0;
+		rot_audit(r, "add", NULL, r->newv.id, "added", NULL);
+		rot_fp(r, "after-add");
+		return 0;
+	}
+
 	rc = rot_probe(r, r->newpw, err);
 	if (rc == 0) {
 		snprintf(r->note, sizeof(r->note), "the new password already opened the DMK");
@@ -1243,8 +1250,11 @@ drop_before(struct rot *r, struct dmk_err *err)
 		return rc == DMK_ERR_WRONGPASS ? dmk_errf(err, DMK_ERR_VERIFY, "%s: the current "
 		    "password (version %s) does not open the DMK on the primary; the old one is "
 		    "kept", r->p->db->name, r->newv.id) : rc;
-	rc = rot_probe(r, r->oldpw, err);
-	if (rc == DMK_ERR_WRONGPASS) {
+	rc = r->dropped_bulk ? 0 : rot_probe(r, r->oldpw, err);
+	if (r->dropped_bulk) {    /* rot_drop_many did it, after the lease check */
+		r->dropped_bulk = 0;
+		how = "dropped";
+	} else if (rc == DMK_ERR_WRONGPASS) {
 		how = "already gone";
 		rc = 0;
 	} else if (rc != 0)
@@ -1350,6 +1360,139 @@ rot_prove_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_e
 				    "the store's password on the primary: %s", rs[k]->p->db->name, e.msg);
 }
 
+/* A fresh rotation's step 4 can go in the batch: new password generated
+ * here, the old one proven, the backup taken. */
+static int
+add_batchable(struct rot *r)
+{
+	return r->mode == MODE_ROTATE && r->have_new && r->new_fresh && r->old_opens &&
+	    r->backed_up;
+}
+
+/*
+ * Step 4 for the fresh rotations at it (at[k]), in one round trip: every
+ * ALTER MASTER KEY ADD in one batch, each after its own lease check.  When
+ * every one succeeded, step_apply only records it (r->added_bulk: audit,
+ * failpoint); on any error each database does its own step 4, asking SQL
+ * Server first (15579 there: already added).  A session lost under the
+ * batch stops its databases, as their own ALTER would have.
+ */
+static void
+rot_add_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
+{
+	struct sql_stmt *st = NULL;
+	struct rot *first = NULL;
+	struct dmk_err e;
+	char *in;
+	size_t k, m = 0;
+	int rc = 0, ok = 0;
+
+	for (k = 0; k < n; k++)
+		if (at[k] && rcs[k] == 0 && add_batchable(rs[k]))
+			m++;
+	if (m < 2 || (in = calloc(n + 1, 1)) == NULL)
+		return;
+	for (k = 0; k < n; k++) {
+		if (!at[k] || rcs[k] != 0 || !add_batchable(rs[k]))
+			continue;
+		rot_current(rs[k]);
+		if ((rcs[k] = rot_keep(rs[k], &errs[k])) != 0)
+			continue;
+		in[k] = 1;
+		if (first == NULL)
+			first = rs[k];
+	}
+	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		goto out;
+	for (k = 0; k < n && rc == 0; k++)
+		if (in[k])
+			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, SQL_MK_ADD_PASSWORD,
+			    rs[k]->newpw, &e);
+	ok = rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
+	    sql_call_errors(first->ps, NULL, 0) == 0;
+	for (k = 0; k < n; k++) {
+		if (!in[k])
+			continue;
+		if (ok) {
+			rs[k]->added_bulk = 1;
+			rs[k]->new_fresh = 0;
+			rs[k]->new_opens = 1;
+		} else if (!sql_alive(first->ps))
+			rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: "
+			    "adding the new password on the primary: %s", rs[k]->p->db->name, e.msg);
+		else
+			rs[k]->new_fresh = 0;    /* some ADDs may have run: ask SQL Server */
+	}
+out:
+	sql_stmt_free(st);
+	free(in);
+}
+
+/* Step 7's drop on the primary can go in the batch: the old version marked
+ * retiring already, both passwords seen opening the DMK in this run. */
+static int
+drop_batchable(struct rot *r)
+{
+	return r->have_old && r->have_new && r->old_opens && r->new_opens &&
+	    strcmp(markers_state(&r->oldv), "retiring") == 0;
+}
+
+/*
+ * Step 7's ALTER MASTER KEY DROP for the databases at it, in one round trip,
+ * each after its own lease check; as rot_add_many.  On any error each
+ * database asks SQL Server again (its probes) and drops alone: 15313 or a
+ * probe that no longer opens is "already gone", 15558 (the last password)
+ * is refused there.
+ */
+static void
+rot_drop_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
+{
+	struct sql_stmt *st = NULL;
+	struct rot *first = NULL;
+	struct dmk_err e;
+	char *in;
+	size_t k, m = 0;
+	int rc = 0, ok = 0;
+
+	for (k = 0; k < n; k++)
+		if (at[k] && rcs[k] == 0 && drop_batchable(rs[k]))
+			m++;
+	if (m < 2 || (in = calloc(n + 1, 1)) == NULL)
+		return;
+	for (k = 0; k < n; k++) {
+		if (!at[k] || rcs[k] != 0 || !drop_batchable(rs[k]))
+			continue;
+		rot_current(rs[k]);
+		if ((rcs[k] = rot_keep(rs[k], &errs[k])) != 0)
+			continue;
+		in[k] = 1;
+		if (first == NULL)
+			first = rs[k];
+	}
+	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		goto out;
+	for (k = 0; k < n && rc == 0; k++)
+		if (in[k])
+			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, SQL_MK_DROP_PASSWORD,
+			    rs[k]->oldpw, &e);
+	ok = rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
+	    sql_call_errors(first->ps, NULL, 0) == 0;
+	for (k = 0; k < n; k++) {
+		if (!in[k])
+			continue;
+		if (ok)
+			rs[k]->dropped_bulk = 1;
+		else if (!sql_alive(first->ps))
+			rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: "
+			    "dropping the old password on the primary: %s", rs[k]->p->db->name, e.msg);
+		else
+			rot_forget(rs[k]);    /* some DROPs may have run: ask SQL Server */
+	}
+out:
+	sql_stmt_free(st);
+	free(in);
+}
+
 /*
  * The databases rs[k] with go[k] set (and rcs[k] == 0), from each one's
  * r->step to the end, step by step across the batch: every database at the
@@ -1396,6 +1539,10 @@ rot_steps_many(struct rot **rs, size_t n, const char *go, int *rcs, struct dmk_e
 			at[k] = go[k] && rcs[k] == 0 && rs[k]->step == step;
 		if (step == STEP_PROVE)
 			rot_prove_many(rs, n, at, rcs, errs);
+		if (step == STEP_APPLY)
+			rot_add_many(rs, n, at, rcs, errs);
+		if (step == STEP_DROP)
+			rot_drop_many(rs, n, at, rcs, errs);
 		for (k = 0; k < n; k++) {
 			if (!at[k])
 				continue;

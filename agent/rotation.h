@@ -56,6 +56,8 @@ struct rot {
 	int old_opens;                /* oldpw opened the DMK in this run */
 	int new_opens;                /* newpw opened it, or this run added it */
 	int new_fresh;                /* newpw generated in this run: not on the DMK */
+	int added_bulk;               /* step 4 done for it by the batch (rot_add_many) */
+	int dropped_bulk;             /* step 7's drop on the primary done by the batch */
 	const char *what;             /* that wave, for messages */
 	int no_backup;                /* --no-backup */
 	enum rot_when when;           /* which rotations this run may carry out */
