@@ -1544,7 +1544,7 @@ rot_steps_many(struct rot **rs, size_t n, const char *go, int *rcs, struct dmk_e
 		if (step == STEP_DROP)
 			rot_drop_many(rs, n, at, rcs, errs);
 		for (k = 0; k < n; k++) {
-			if (!at[k])
+			if (!at[k] || rcs[k] != 0)    /* stopped by a batch's part above */
 				continue;
 			rot_current(rs[k]);
 			rs[k]->wave = 0;
