@@ -122,7 +122,7 @@ static const struct command commands[] = {
 	  "database its DMK (key GUID, encryption by the service master key and by\n"
 	  "passwords), the credentials on each replica and the store's current version.\n" },
 	{ "rotate", cmd_rotate, 1,
-	  "rotate [--ag AG] [--database DB] [--if-due] [--dry-run] [--regenerate] [--no-backup]",
+	  "rotate [--ag AG] [--database DB] [--if-due] [--dry-run] [--regenerate] [--no-backup] [--batch N]",
 	  "rotate DMK passwords without ever losing one (a resumable state machine)",
 	  "Per database: take the store lease, prove the current password on the primary,\n"
 	  "escrow a backup of the certificates and the DMK in the store, write a new\n"

@@ -3,6 +3,7 @@
  * options, the loop over databases, the JSON report; the state machine they
  * drive is rotation.c.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@ struct opts {
 	const char *ag, *db;
 	int if_due, dry, regenerate, no_backup;
 	int password_unknown;         /* recover: no secret at the reference is really so */
+	long batch;                   /* --batch: databases per batch (rot_batch) */
 };
 
 static void
@@ -126,12 +128,13 @@ jdb_put(json_t *jdbs, json_t *o)
 	json_array_append_new(jdbs, o);
 }
 
+enum { OPT_BATCH = 0x200 };
+
 static int
 rot_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 {
 	struct opts *o = c->data;
 
-	(void)arg;
 	switch (ch) {
 	case 'i':
 		o->if_due = 1;
@@ -140,6 +143,16 @@ rot_option(struct agcmd_ctx *c, int ch, const char *arg, struct dmk_err *err)
 	case 'r': o->regenerate = 1; return 0;
 	case 'B': o->no_backup = 1; return 0;
 	case 'U': o->password_unknown = 1; return 0;
+	case OPT_BATCH: {
+		char *end;
+		errno = 0;
+		o->batch = strtol(arg, &end, 10);
+		if (errno == 0 && end != arg && *end == '\0' && o->batch >= 1 &&
+		    o->batch <= ROT_BATCH_MAX)
+			return 0;
+		return dmk_errf(err, DMK_ERR_USAGE, "%s --batch: a number of databases from 1 "
+			    "to %d, not '%s'", c->cmd->name, ROT_BATCH_MAX, arg);
+	}
 	}
 	return dmk_errf(err, DMK_ERR_USAGE, "%s: unknown option", c->cmd->name);
 }
@@ -194,41 +207,99 @@ rot_hook(struct agcmd_ctx *c, const struct rot *r, int rc)
 		    r->rep_new[0] ? r->rep_new : NULL, rc);
 }
 
-int
-rotate_database(struct agcmd_ctx *c, struct ag_run *run, size_t j, enum rot_when when,
-    int regenerate, int no_backup, json_t *jdbs, const char **outcome)
+/*
+ * Databases js[0..n-1] of run, together: rot_batch takes every step for all
+ * of them before the next, over the run's kept sessions.  Each is reported
+ * on its own afterwards, in order, as rotate_database says; outcomes (may
+ * be NULL) gets each one's outcome word.
+ */
+static void
+rotate_some(struct agcmd_ctx *c, struct ag_run *run, const size_t *js, size_t n,
+    enum rot_when when, int regenerate, int no_backup, json_t *jdbs, const char **outcomes,
+    int *rc1)
 {
 	struct opts o;
-	struct rot r;
-	struct dmk_err e;
-	int rc;
+	struct rot *rots = NULL, **rs = NULL;
+	struct dmk_err *errs = NULL, e;
+	int *rcs = NULL;
+	size_t k, m = 0;
 
-	if (outcome != NULL)
-		*outcome = "failed";
-	if (!run->plans[j].in_ag) {
-		/* lasting: no rerun adds it to the AG */
-		jdb_put(jdbs, plan_json(run->plans[j].db->name, "failed", run->plans[j].error));
-		dmk_errf(&e, DMK_ERR_NOTFOUND, "%s", run->plans[j].error);
-		agcmd_fail(c, DMK_ERR_NOTFOUND, &e);
-		c->lasting = 1;
-		return DMK_ERR_NOTFOUND;
+	for (k = 0; k < n; k++)
+		if (outcomes != NULL)
+			outcomes[k] = "failed";
+	if ((rots = calloc(n + 1, sizeof(*rots))) == NULL ||
+	    (rs = calloc(n + 1, sizeof(*rs))) == NULL ||
+	    (errs = calloc(n + 1, sizeof(*errs))) == NULL ||
+	    (rcs = calloc(n + 1, sizeof(*rcs))) == NULL) {
+		dmk_errf(&e, DMK_ERR_NOMEM, "out of memory");
+		agcmd_fail(c, DMK_ERR_NOMEM, &e);
+		goto out;
 	}
 	memset(&o, 0, sizeof(o));
 	o.dry = c->dry_run;
 	o.no_backup = no_backup;
-	rot_init(&r, c->a, run, j, "rotate", regenerate ? MODE_REGENERATE : MODE_ROTATE, &o);
-	r.when = when;
-	dmk_err_clear(&e);
-	rc = rot_db(&r, when == ROT_IF_DUE, &e);
-	if (rc == 0 && r.resumed == 0 && regenerate && r.mode != MODE_REGENERATE)
-		rot_say(&r, "finished an unfinished rotation first; run rotate --regenerate "
-		    "again to regenerate");
-	jdb_put(jdbs, rot_json(&r, rc, &e));
+	for (k = 0; k < n; k++) {
+		if (!run->plans[js[k]].in_ag)
+			continue;
+		rot_init(&rots[k], c->a, run, js[k], "rotate", regenerate ? MODE_REGENERATE :
+		    MODE_ROTATE, &o);
+		rots[k].when = when;
+		rs[m++] = &rots[k];
+	}
+	rot_batch(rs, m, when == ROT_IF_DUE, rcs, errs);
+	for (k = 0, m = 0; k < n; k++) {
+		struct rot *r = &rots[k];
+		int rc;
+
+		if (!run->plans[js[k]].in_ag) {
+			jdb_put(jdbs, plan_json(run->plans[js[k]].db->name, "failed",
+			    run->plans[js[k]].error));
+			/* lasting: no rerun adds it to the AG */
+			dmk_errf(&e, DMK_ERR_NOTFOUND, "%s", run->plans[js[k]].error);
+			agcmd_fail(c, DMK_ERR_NOTFOUND, &e);
+			c->lasting = 1;
+			if (rc1 != NULL)
+				*rc1 = DMK_ERR_NOTFOUND;
+			continue;
+		}
+		rc = rcs[m];
+		if (rc1 != NULL)
+			*rc1 = rc;
+		if (rc == 0 && r->resumed == 0 && regenerate && r->mode != MODE_REGENERATE)
+			rot_say(r, "finished an unfinished rotation first; run rotate --regenerate "
+			    "again to regenerate");
+		jdb_put(jdbs, rot_json(r, rc, &errs[m]));
+		if (outcomes != NULL)
+			outcomes[k] = r->outcome ? r->outcome : rc != 0 ? "stopped" : "unchanged";
+		rot_hook(c, r, rc);
+		rot_free(r);
+		agcmd_fail(c, rc, &errs[m]);
+		m++;
+	}
+out:
+	free(rots);
+	free(rs);
+	free(errs);
+	free(rcs);
+}
+
+void
+rotate_databases(struct agcmd_ctx *c, struct ag_run *run, const size_t *js, size_t n,
+    enum rot_when when, int regenerate, int no_backup, json_t *jdbs, const char **outcomes)
+{
+	rotate_some(c, run, js, n, when, regenerate, no_backup, jdbs, outcomes, NULL);
+}
+
+int
+rotate_database(struct agcmd_ctx *c, struct ag_run *run, size_t j, enum rot_when when,
+    int regenerate, int no_backup, json_t *jdbs, const char **outcome)
+{
+	const char *oc = "failed";
+	int rc = DMK_ERR_NOMEM;
+
+	rotate_some(c, run, &j, 1, when, regenerate, no_backup, jdbs, &oc, &rc);
 	if (outcome != NULL)
-		*outcome = r.outcome ? r.outcome : rc != 0 ? "stopped" : "unchanged";
-	rot_hook(c, &r, rc);
-	rot_free(&r);
-	agcmd_fail(c, rc, &e);
+		*outcome = oc;
 	return rc;
 }
 
@@ -237,11 +308,20 @@ rot_ag(struct agcmd_ctx *c, struct ag_run *run, json_t *jag)
 {
 	struct opts *o = c->data;
 	json_t *jdbs = jdbs_of(jag);
-	size_t j;
+	size_t batch = o->batch > 0 ? (size_t)o->batch : ROT_BATCH_DEFAULT;
+	size_t *js, j, n;
 
-	for (j = 0; j < run->nplans && !agcmd_stopping(c, run->plans[j].db->name); j++)
-		rotate_database(c, run, j, o->if_due ? ROT_IF_DUE : ROT_ALWAYS, o->regenerate,
+	if ((js = calloc(batch, sizeof(*js))) == NULL)
+		return DMK_ERR_NOMEM;
+	for (j = 0; j < run->nplans; j += n) {
+		if (agcmd_stopping(c, run->plans[j].db->name))
+			break;
+		for (n = 0; n < batch && j + n < run->nplans; n++)
+			js[n] = j + n;
+		rotate_databases(c, run, js, n, o->if_due ? ROT_IF_DUE : ROT_ALWAYS, o->regenerate,
 		    o->no_backup, jdbs, NULL);
+	}
+	free(js);
 	return 0;
 }
 
@@ -259,6 +339,7 @@ static const struct option rot_options[] = {
 	{ "if-due", no_argument, NULL, 'i' },
 	{ "regenerate", no_argument, NULL, 'r' },
 	{ "no-backup", no_argument, NULL, 'B' },
+	{ "batch", required_argument, NULL, OPT_BATCH },
 	{ NULL, 0, NULL, 0 },
 };
 

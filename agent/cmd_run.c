@@ -262,7 +262,8 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	struct agent *a = c->a;
 	struct ag_run run;
 	struct db_state *ds = NULL;
-	size_t *before = NULL, j, i, k, escrowed = 0;
+	size_t *before = NULL, *due = NULL, ndue = 0, j, i, k, escrowed = 0;
+	const char **outs = NULL;
 	json_t *jsteps = json_object(), *jfin, *jrot, *jbk;
 	int opened = 0, changed, r, *want = NULL;
 	const char *outcome;
@@ -335,8 +336,15 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 	if (dmk_interrupted())
 		goto stopped;
 
-	/* 3: rotate what is due */
-	for (j = 0, changed = 0; j < run.nplans; j++) {
+	/* 3: rotate what is due, every due database together (rotate_databases) */
+	changed = 0;
+	if ((due = calloc(run.nplans + 1, sizeof(*due))) == NULL ||
+	    (outs = calloc(run.nplans + 1, sizeof(*outs))) == NULL) {
+		dmk_errf(&e, DMK_ERR_NOMEM, "out of memory");
+		agcmd_fail(c, e.code, &e);
+		goto out;
+	}
+	for (j = 0, ndue = 0; j < run.nplans; j++) {
 		size_t x = db_index(a, run.plans[j].db);
 
 		if (!run.plans[j].in_ag || !ds[x].known)
@@ -344,11 +352,18 @@ run_ag(struct agcmd_ctx *c, const struct conf_ag *ag, json_t *jag)
 		dmk_err_clear(&e);
 		if (plan_db(a, run.plans[j].db, &ds[x], &e) != 0 || !ds[x].due)
 			continue;
-		if (changed == 0)
-			stage(c, ag->name, "rotate (due)");
-		before[x] = c->nfailed;
-		rotate_database(c, &run, j, ROT_IF_DUE, 0, 0, jrot, &outcome);
-		if (c->nfailed != before[x])
+		due[ndue++] = j;
+	}
+	if (ndue > 0) {
+		stage(c, ag->name, "rotate (due)");
+		rotate_databases(c, &run, due, ndue, ROT_IF_DUE, 0, 0, jrot, outs);
+	}
+	for (k = 0; k < ndue; k++) {
+		size_t x = db_index(a, run.plans[due[k]].db);
+
+		outcome = outs[k];
+		if (outcome == NULL || strcmp(outcome, "stopped") == 0 ||
+		    strcmp(outcome, "locked") == 0 || strcmp(outcome, "failed") == 0)
 			o->m[x].ok = 0;
 		if (rotated(outcome)) {
 			o->changes++;
@@ -442,6 +457,8 @@ out:
 		ag_close(&run);
 	free(ds);
 	free(before);
+	free(due);
+	free(outs);
 	free(want);
 	return 0;
 }

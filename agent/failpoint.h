@@ -6,7 +6,9 @@
  *   DMKAGENT_FAILPOINT=rotate:after-pending dmkagent rotate
  * kills the process with SIGKILL when it reaches that boundary;
  *   DMKAGENT_FAILPOINT_STOP=rotate:after-add dmkagent rotate
- * stops it there (SIGSTOP) until the test sends SIGCONT.
+ * stops it there (SIGSTOP) until the test sends SIGCONT.  NAME#N picks the
+ * Nth time the process reaches NAME (rotate:after-add#2: the second
+ * database of a batch past its ADD).
  */
 #ifndef DMK_FAILPOINT_H
 #define DMK_FAILPOINT_H

@@ -600,7 +600,10 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 out:
 	if (started)
 		pthread_join(th, NULL);
-	sql_close(ls);
+	if (r == 0 && sql_alive(ls))
+		run->ls = ls;    /* the primary's session for the rest of the run */
+	else
+		sql_close(ls);
 	return r;
 }
 
@@ -608,12 +611,25 @@ static void *
 rep_thread(void *arg)
 {
 	struct rep_run *rr = arg;
+	struct ag_run *run = rr->run;
+	struct rep_slot *slot = run->slots != NULL ? &run->slots[rr - run->reps] : NULL;
 	struct sql_session *s = NULL;
 	struct dmk_err e;
 
-	int progress = isatty(STDERR_FILENO) && !rr->run->a->quiet;
+	int progress = isatty(STDERR_FILENO) && !run->a->quiet;
 
-	if (rep_resolve(rr->run->ag, rr->rep, &rr->ep, rr->how, sizeof(rr->how), &e) != 0) {
+	if (slot != NULL && slot->s != NULL) {
+		if (sql_alive(slot->s)) {
+			/* kept from an earlier wave: no resolve, no connect */
+			s = slot->s;
+			rr->ep = slot->ep;
+			util_strlcpy(rr->how, slot->how, sizeof(rr->how));
+			goto work;
+		}
+		sql_close(slot->s);
+		slot->s = NULL;
+	}
+	if (rep_resolve(run->ag, rr->rep, &rr->ep, rr->how, sizeof(rr->how), &e) != 0) {
 		rr->reached = 0;
 		rr->code = e.code;
 		util_strlcpy(rr->error, e.msg, sizeof(rr->error));
@@ -633,9 +649,18 @@ rep_thread(void *arg)
 			fprintf(stderr, "  %s: not reached\n", rr->rep->name);
 		return NULL;
 	}
+work:
 	rr->reached = 1;
-	rr->code = rr->run->work(rr, s);
-	sql_close(s);
+	rr->code = run->work(rr, s);
+	if (slot != NULL && sql_alive(s)) {
+		slot->s = s;
+		slot->ep = rr->ep;
+		util_strlcpy(slot->how, rr->how, sizeof(slot->how));
+	} else {
+		sql_close(s);
+		if (slot != NULL)
+			slot->s = NULL;
+	}
 	if (progress)
 		fprintf(stderr, "  %s: %s\n", rr->rep->name, rr->code == 0 ? "done" : "done, with problems");
 	return NULL;
@@ -648,6 +673,9 @@ ag_each_replica(struct ag_run *run, int (*work)(struct rep_run *, struct sql_ses
 	int incomplete = 0;
 
 	run->work = work;
+	if (run->keep_sessions && run->slots == NULL &&
+	    (run->slots = calloc(run->info.nreplicas + 1, sizeof(*run->slots))) == NULL)
+		return DMK_ERR_NOMEM;
 	if ((run->reps = calloc(run->info.nreplicas, sizeof(*run->reps))) == NULL)
 		return DMK_ERR_NOMEM;
 	run->nreps = run->info.nreplicas;
@@ -686,6 +714,11 @@ ag_close(struct ag_run *run)
 	for (i = 0; i < run->nreps; i++)
 		free(run->reps[i].dbs);
 	free(run->reps);
+	if (run->slots != NULL)
+		for (i = 0; i < run->info.nreplicas; i++)
+			sql_close(run->slots[i].s);
+	free(run->slots);
+	sql_close(run->ls);
 	sql_ag_free(&run->info);
 	secret_free(run->login_pw);
 	memset(run, 0, sizeof(*run));

@@ -61,6 +61,14 @@ struct rep_db {
 
 struct ag_run;
 
+/* A replica's session kept from one ag_each_replica() to the next
+ * (run->keep_sessions), with the address it was reached at. */
+struct rep_slot {
+	struct sql_session *s;
+	struct sql_endpoint ep;
+	char how[96];
+};
+
 struct rep_run {
 	struct ag_run *run;
 	struct sql_replica *rep;
@@ -88,6 +96,15 @@ struct ag_run {
 	int prune;
 	void *ctx;                      /* the command's own data */
 	int (*work)(struct rep_run *rr, struct sql_session *s);
+	/*
+	 * Sessions kept for the whole run, closed by ag_close(): ls, the
+	 * listener's (the primary's) from ag_open; with keep_sessions set, one
+	 * per replica (slots, by index in info.replicas) reused by every
+	 * ag_each_replica() and replaced when lost.
+	 */
+	struct sql_session *ls;
+	struct rep_slot *slots;
+	int keep_sessions;
 };
 
 /*

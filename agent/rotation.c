@@ -113,8 +113,7 @@ rot_free(struct rot *r)
 	secret_free(r->newpw);
 	r->oldpw = r->newpw = NULL;
 	r->have_old = r->have_new = 0;
-	sql_close(r->ps);
-	r->ps = NULL;
+	r->ps = NULL;    /* the run's */
 }
 
 void
@@ -172,6 +171,7 @@ rot_analyse(struct rot *r, struct dmk_err *err)
 	r->oldpw = r->newpw = NULL;
 	r->have_old = r->have_new = 0;
 	r->latest[0] = r->rid[0] = '\0';
+	r->old_opens = r->new_opens = r->new_fresh = 0;
 	if (r->ref->kind != REF_STORE)
 		return dmk_errf(err, DMK_ERR_UNSUPPORTED, "%s: %s is not in a store: rotation needs "
 		    "a store with versions and markers", r->p->db->name, r->ref->text);
@@ -233,6 +233,8 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 	util_strlcpy(pp.avoid, r->a->cfg->password_avoid, sizeof(pp.avoid));
 	if ((rc = rot_keep(r, err)) != 0 || (rc = genpass(&pp, &r->newpw, err)) != 0)
 		return rc;
+	r->new_opens = 0;
+	r->new_fresh = 1;    /* SQL Server cannot know it before step 4 */
 	if (r->rid[0] == '\0')    /* else the id the backup was tagged with */
 		util_random_id(r->rid, sizeof(r->rid));
 	memset(&m, 0, sizeof(m));
@@ -266,39 +268,78 @@ rot_write_pending(struct rot *r, struct dmk_err *err)
 
 /* ---- the primary ---- */
 
+/*
+ * The primary, through the listener: the run's session (ag_open's), kept
+ * for every database and step of the run; a lost one is replaced.  r->ps
+ * is borrowed and set again here before each use.
+ */
 static int
 rot_primary(struct rot *r, struct dmk_err *err)
 {
-	const struct conf_ag *ag = r->run->ag;
+	struct ag_run *run = r->run;
 	struct sql_endpoint ep;
+	int rc;
 
-	if (r->ps != NULL)
-		return 0;
-	ag_listener_endpoint(ag, &ep);
-	return sql_connect(&ep, &r->run->login, &r->ps, err);
+	if (!sql_alive(run->ls)) {
+		sql_close(run->ls);
+		run->ls = NULL;
+		ag_listener_endpoint(run->ag, &ep);
+		if ((rc = sql_connect(&ep, &run->login, &run->ls, err)) != 0) {
+			r->ps = NULL;
+			return rc;
+		}
+	}
+	r->ps = run->ls;
+	return 0;
 }
 
-/* 0 opens, DMK_ERR_WRONGPASS does not, other: cannot tell (error set). */
+/*
+ * 0 opens, DMK_ERR_WRONGPASS does not, other: cannot tell (error set).
+ * What this run has just proven or done (r->old_opens, new_opens,
+ * new_fresh) is not asked again: a resumed run starts with none of it and
+ * asks SQL Server every time.
+ */
 int
 rot_probe(struct rot *r, const struct secret *pw, struct dmk_err *err)
 {
 	int rc;
 
+	if (pw != NULL && ((pw == r->oldpw && r->old_opens) || (pw == r->newpw && r->new_opens)))
+		return 0;
+	if (pw != NULL && pw == r->newpw && r->new_fresh)
+		return dmk_errf(err, DMK_ERR_WRONGPASS, "%s: the new password was generated in this "
+		    "run and is not on the DMK yet", r->p->db->name);
 	if ((rc = rot_primary(r, err)) != 0)
 		return rc;
-	return sql_dmk_probe(r->ps, r->p->db->name, pw, err);
+	rc = sql_dmk_probe(r->ps, r->p->db->name, pw, err);
+	if (rc == 0 && pw != NULL && pw == r->oldpw)
+		r->old_opens = 1;
+	if (rc == 0 && pw != NULL && pw == r->newpw)
+		r->new_opens = 1;
+	return rc;
+}
+
+/* The passwords change (read again, swapped, regenerated): forget what was seen. */
+static void
+rot_forget(struct rot *r)
+{
+	r->old_opens = r->new_opens = r->new_fresh = 0;
 }
 
 /* Change the DMK's encryptions by password on the primary (op: sql.h).
- * Returns SQL Server's error number in *num (0 on success). */
+ * Returns SQL Server's error number in *num (0 on success, -1 when the
+ * lease check refused it before anything was sent). */
 static int
 rot_alter(struct rot *r, enum sql_mk_op op, const struct secret *pw, int *num,
     struct dmk_err *err)
 {
 	int rc;
 
+	*num = -1;    /* nothing sent: the lease check stopped it (audited there) */
+	if ((rc = rot_keep(r, err)) != 0)
+		return rc;
 	*num = 0;
-	if ((rc = rot_keep(r, err)) != 0 || (rc = rot_primary(r, err)) != 0)
+	if ((rc = rot_primary(r, err)) != 0)
 		return rc;
 	return sql_alter_master_key(r->ps, r->p->db->name, op, pw, num, err);
 }
@@ -311,9 +352,8 @@ rot_facts(struct rot *r, struct dmk_err *err)
 	struct db_plan *p = r->p;
 	int rc;
 
-	if (p->primary_keys.family_guid[0] && p->cert[0])
-		return 0;
-	if ((rc = rot_primary(r, err)) != 0)
+	if ((rc = rot_primary(r, err)) != 0 ||
+	    (p->primary_keys.family_guid[0] && p->cert[0]))
 		return rc;
 	if (!p->primary_keys.family_guid[0] &&
 	    (rc = sql_db_keys(r->ps, p->db->name, &p->primary_keys, err)) != 0)
@@ -598,10 +638,15 @@ ensure_new(struct rep_run *rr, struct sql_session *s, struct rot *r, struct dmk_
 	return 1;
 }
 
+/* The databases of one replica wave (run->ctx while it runs). */
+struct rot_wave {
+	struct rot **rs;
+	size_t n;
+};
+
 static int
-work_register(struct rep_run *rr, struct sql_session *s)
+register_one(struct rep_run *rr, struct sql_session *s, struct rot *r)
 {
-	struct rot *r = rr->run->ctx;
 	struct rep_db *d = &rr->dbs[r->pi];
 	struct dmk_err e;
 	int rc = ensure_new(rr, s, r, &e);
@@ -615,9 +660,8 @@ work_register(struct rep_run *rr, struct sql_session *s)
 }
 
 static int
-work_verify(struct rep_run *rr, struct sql_session *s)
+verify_one(struct rep_run *rr, struct sql_session *s, struct rot *r)
 {
-	struct rot *r = rr->run->ctx;
 	struct rep_db *d = &rr->dbs[r->pi];
 	struct dmk_err e;
 	int rc, o = -1;
@@ -638,16 +682,16 @@ work_verify(struct rep_run *rr, struct sql_session *s)
 		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
 	rot_audit(r, "verify", rr->rep->name, r->newv.id, rc >= 0 ? "ok" : "gap",
 	    rc < 0 ? e.msg : NULL);
-	if (rc >= 0 && regstate_set(r->a, r->run->ag->name, rr->rep->name,
-	    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, d->credential, &e) != 0)
-		log_warn("%s", e.msg);
+	/* staged: the wave writes registered.json once (rot_wave) */
+	if (rc >= 0)
+		regstate_stage(r->a, r->run->ag->name, rr->rep->name,
+		    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, d->credential, 0);
 	return rc < 0 ? DMK_ERR_INCOMPLETE : 0;
 }
 
 static int
-work_drop(struct rep_run *rr, struct sql_session *s)
+drop_one(struct rep_run *rr, struct sql_session *s, struct rot *r)
 {
-	struct rot *r = rr->run->ctx;
 	struct rep_db *d = &rr->dbs[r->pi];
 	char names[8][160], ver[80], cred[160];
 	const char *keep = "";
@@ -678,9 +722,8 @@ work_drop(struct rep_run *rr, struct sql_session *s)
 		keep = cred;
 	else if (n == 1)
 		keep = names[0];
-	if (regstate_set_exact(r->a, r->run->ag->name, rr->rep->name,
-	    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, keep, &e) != 0)
-		log_warn("%s", e.msg);
+	regstate_stage(r->a, r->run->ag->name, rr->rep->name, r->p->primary_keys.family_guid,
+	    r->ref->text, r->newv.id, keep, 1);
 out:
 	d->outcome = rc == 0 ? (dropped ? OUT_DROPPED : OUT_OK) : OUT_FAILED;
 	if (rc != 0)
@@ -690,32 +733,294 @@ out:
 	return rc != 0 ? DMK_ERR_INCOMPLETE : 0;
 }
 
-/* Run one job on every replica; DMK_ERR_INCOMPLETE naming the first gap. */
+/*
+ * The wave's databases in one request per SQL_DMK_MANY_MAX of them
+ * (sql_dmk_password_many): the same action with each one's password.
+ * ok[k] 1 where the request said nothing against database k: with
+ * expect_all (verify, drop: the new credential must already be there) only
+ * when every one answered 15594; without (register), when no other error
+ * came back.  A chunk that cannot tell is left 0: the caller asks database
+ * by database.  *after: the credentials read after the last chunk (NULL if
+ * not read).  <0 only when the session is lost (errs in e).
+ */
 static int
-rot_each(struct rot *r, int (*work)(struct rep_run *, struct sql_session *), const char *what,
-    struct dmk_err *err)
+many_password(struct sql_session *s, struct rot_wave *w, const char *action, int use_new,
+    int expect_all, char *ok, struct sql_result **after, struct dmk_err *e)
 {
-	size_t i;
+	const char *dbs[SQL_DMK_MANY_MAX];
+	const struct secret *pws[SQL_DMK_MANY_MAX];
+	size_t k, c, n;
+	int amb, nexp, rc;
+
+	*after = NULL;
+	for (k = 0; k < w->n; k += n) {
+		n = w->n - k < SQL_DMK_MANY_MAX ? w->n - k : SQL_DMK_MANY_MAX;
+		for (c = 0; c < n; c++) {
+			dbs[c] = w->rs[k + c]->p->db->name;
+			pws[c] = use_new ? w->rs[k + c]->newpw : w->rs[k + c]->oldpw;
+		}
+		sql_result_free(*after);
+		*after = NULL;
+		rc = sql_dmk_password_many(s, dbs, pws, n, action, &amb, &nexp,
+		    k + n == w->n ? after : NULL, e);
+		if (rc != 0 && !sql_alive(s))
+			return rc;
+		if (rc != 0 || amb || (expect_all && (size_t)nexp != n))
+			continue;
+		for (c = 0; c < n; c++)
+			ok[k + c] = 1;
+	}
+	return 0;
+}
+
+/* How many credentials of r's family a credential set holds, and their names. */
+static int
+creds_in(const struct sql_result *all, struct rot *r, char names[8][160])
+{
+	memset(names, 0, 8 * 160);
+	return all != NULL ? creds_of(all, r->p->primary_keys.family_guid, names) : -1;
+}
+
+/* register: credentials before, then every add (the last request reads them after). */
+static int
+work_register(struct rep_run *rr, struct sql_session *s)
+{
+	struct rot_wave *w = rr->run->ctx;
+	struct sql_result *before = NULL, *after = NULL;
+	char *ok = calloc(w->n + 1, 1), nb[8][160], na[8][160];
+	struct dmk_err e;
+	size_t k;
+	int bad = 0, i, n1, n2;
+
+	/* one database: its own RPC, as rot_db always sent it */
+	if (ok != NULL && (w->n < 2 || rep_credentials(s, &before, &e) != 0 ||
+	    many_password(s, w, "add", 1, 0, ok, &after, &e) != 0))
+		memset(ok, 0, w->n);
+	if (after == NULL && ok != NULL && memchr(ok, 1, w->n) != NULL &&
+	    rep_credentials(s, &after, &e) != 0)
+		memset(ok, 0, w->n);
+	for (k = 0; k < w->n; k++) {
+		struct rot *r = w->rs[k];
+		struct rep_db *d = &rr->dbs[r->pi];
+		if (ok == NULL || !ok[k]) {
+			bad |= register_one(rr, s, r) != 0;
+			continue;
+		}
+		n1 = creds_in(before, r, nb);
+		n2 = creds_in(after, r, na);
+		d->outcome = OUT_PRESENT;
+		for (i = 0; i < n2 && i < 8; i++)
+			if (!in_names(nb, n1, na[i])) {
+				util_strlcpy(d->credential, na[i], sizeof(d->credential));
+				d->outcome = OUT_ADDED;
+			}
+		rot_audit(r, "register", rr->rep->name, r->newv.id, d->outcome == OUT_ADDED ?
+		    "added" : "unchanged", NULL);
+	}
+	sql_result_free(before);
+	sql_result_free(after);
+	free(ok);
+	return bad ? DMK_ERR_INCOMPLETE : 0;
+}
+
+/* verify: every new credential proven here (15594) in one request per
+ * chunk, then every auto-open probe in one more. */
+static int
+work_verify(struct rep_run *rr, struct sql_session *s)
+{
+	struct rot_wave *w = rr->run->ctx;
+	struct sql_result *after = NULL, **sets = NULL;
+	struct sql_stmt *st = NULL;
+	char *ok = calloc(w->n + 1, 1);
+	int *opened = calloc(w->n + 1, sizeof(int));
+	int probing = rr->is_primary || rr->rep->secondary_allow != 0, bad = 0, r0 = 0;
+	struct dmk_err e;
+	size_t k, j, nsets = 0;
+
+	if (ok != NULL && (w->n < 2 || many_password(s, w, "add", 1, 1, ok, &after, &e) != 0))
+		memset(ok, 0, w->n);
+	sql_result_free(after);
+	for (k = 0; k < w->n && opened; k++)
+		opened[k] = -1;
+	if (ok != NULL && opened != NULL && probing && memchr(ok, 1, w->n) != NULL &&
+	    (st = sql_stmt_new()) != NULL) {
+		for (k = 0; k < w->n && r0 == 0; k++)
+			if (ok[k] && w->rs[k]->p->cert[0] != '\0')
+				r0 = sql_add_cert_probe(st, k, w->rs[k]->p->db->name,
+				    w->rs[k]->p->cert, &e);
+		if (r0 != 0 || sql_exec_sets(s, st, &sets, &nsets, &e) != 0)
+			memset(ok, 0, w->n);    /* database by database below */
+		for (j = 0; j < nsets; j++) {
+			const struct sql_value *iv = sql_cell(sets[j], 0, "i");
+			const struct sql_value *ov = sql_cell(sets[j], 0, "opened");
+			if (iv && ov && iv->type == SQLT_INT && ov->type == SQLT_INT && iv->i >= 0 &&
+			    (size_t)iv->i < w->n)
+				opened[iv->i] = ov->i < 0 ? -1 : ov->i != 0;
+		}
+		sql_sets_free(sets, nsets);
+		sql_stmt_free(st);
+	}
+	for (k = 0; k < w->n; k++) {
+		struct rot *r = w->rs[k];
+		struct rep_db *d = &rr->dbs[r->pi];
+		if (ok == NULL || opened == NULL || !ok[k]) {
+			bad |= verify_one(rr, s, r) != 0;
+			continue;
+		}
+		d->auto_open = opened[k];
+		if (opened[k] == 0) {
+			d->outcome = OUT_GAP;
+			snprintf(d->detail, sizeof(d->detail), "%s: the DMK does not open by itself "
+			    "here", rr->rep->name);
+			bad = 1;
+		} else
+			d->outcome = OUT_OK;
+		rot_audit(r, "verify", rr->rep->name, r->newv.id, d->outcome == OUT_OK ? "ok" : "gap",
+		    d->outcome == OUT_OK ? NULL : d->detail);
+		if (d->outcome == OUT_OK)
+			regstate_stage(r->a, r->run->ag->name, rr->rep->name,
+			    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, d->credential, 0);
+	}
+	free(ok);
+	free(opened);
+	return bad ? DMK_ERR_INCOMPLETE : 0;
+}
+
+/* drop: the new credentials proven here (15594), then every old one
+ * dropped; the credentials before and after tell which were dropped. */
+static int
+work_drop(struct rep_run *rr, struct sql_session *s)
+{
+	struct rot_wave *w = rr->run->ctx;
+	struct sql_result *before = NULL, *after = NULL;
+	char *ok = calloc(w->n + 1, 1), *ok2 = calloc(w->n + 1, 1);
+	char nb[8][160], na[8][160], ver[80], cred[160];
+	struct rot_wave w2;
+	struct rot **sub = calloc(w->n + 1, sizeof(*sub));
+	struct dmk_err e;
+	size_t k, m = 0;
+	int bad = 0, n1, n2;
+
+	if (ok != NULL && (ok2 == NULL || sub == NULL || w->n < 2 ||
+	    many_password(s, w, "add", 1, 1, ok, &before, &e) != 0))
+		memset(ok, 0, w->n);
+	/* the old passwords of those whose new credential is proven */
+	for (k = 0; ok != NULL && sub != NULL && k < w->n; k++)
+		if (ok[k])
+			sub[m++] = w->rs[k];
+	w2.rs = sub;
+	w2.n = m;
+	if (m > 0 && (before == NULL || many_password(s, &w2, "drop", 0, 0, ok2, &after, &e) != 0 ||
+	    after == NULL))
+		memset(ok2, 0, m);
+	for (k = 0, m = 0; k < w->n; k++) {
+		struct rot *r = w->rs[k];
+		struct rep_db *d = &rr->dbs[r->pi];
+		const char *keep = "";
+		int done = ok != NULL && ok[k] && ok2[m++];
+		if (!done) {
+			bad |= drop_one(rr, s, r) != 0;
+			continue;
+		}
+		n1 = creds_in(before, r, nb);
+		n2 = creds_in(after, r, na);
+		regstate_get(r->a, r->run->ag->name, rr->rep->name, r->p->primary_keys.family_guid,
+		    ver, sizeof(ver), cred, sizeof(cred));
+		if (in_names(na, n2, d->credential))
+			keep = d->credential;
+		else if (in_names(na, n2, cred))
+			keep = cred;
+		else if (n2 == 1)
+			keep = na[0];
+		regstate_stage(r->a, r->run->ag->name, rr->rep->name, r->p->primary_keys.family_guid,
+		    r->ref->text, r->newv.id, keep, 1);
+		d->outcome = n2 < n1 ? OUT_DROPPED : OUT_OK;
+		rot_audit(r, "drop-credential", rr->rep->name, r->oldv.id, d->outcome == OUT_DROPPED ?
+		    "dropped" : "already gone", NULL);
+	}
+	sql_result_free(before);
+	sql_result_free(after);
+	free(ok);
+	free(ok2);
+	free(sub);
+	return bad ? DMK_ERR_INCOMPLETE : 0;
+}
+
+/* Make r the database the lease checks of backup.c (agent_guard) are for. */
+static void
+rot_current(struct rot *r)
+{
+	r->a->guard = r->lease != NULL ? rot_guard : NULL;
+	r->a->guard_ctx = r->lease != NULL ? r : NULL;
+}
+
+/*
+ * One job on every replica for the databases rs[k] with mask[k] set and
+ * rcs[k] == 0, in one wave: each replica's kept session runs it for all of
+ * them.  A database whose lease check fails is left out; after the wave,
+ * rcs[k] gets DMK_ERR_INCOMPLETE naming the first replica where the job
+ * did not succeed for that database (errs[k] says which and why).
+ */
+static void
+rot_wave(struct rot **rs, size_t n, const char *mask,
+    int (*work)(struct rep_run *, struct sql_session *), const char *what, int *rcs,
+    struct dmk_err *errs)
+{
+	struct rot_wave w;
+	struct rot **in;
+	struct ag_run *run;
+	struct dmk_err e;
+	size_t k, i;
 	int rc;
 
-	/* One check for the batch: the replicas change in parallel. */
-	if ((rc = rot_keep(r, err)) != 0)
-		return rc;
-	rot_reps_free(r->run);
-	r->run->ctx = r;
-	rc = ag_each_replica(r->run, work);
-	if (rc == 0)
-		return 0;
-	for (i = 0; i < r->run->nreps; i++) {
-		struct rep_run *rr = &r->run->reps[i];
-		if (!rr->reached)
-			return dmk_errf(err, DMK_ERR_INCOMPLETE, "%s: %s: replica %s not reached: %s",
-			    r->p->db->name, what, rr->rep->name, rr->error);
-		if (rr->code != 0)
-			return dmk_errf(err, DMK_ERR_INCOMPLETE, "%s: %s: replica %s: %s",
-			    r->p->db->name, what, rr->rep->name, rr->dbs ? rr->dbs[r->pi].detail : "");
+	if (n == 0 || (in = calloc(n, sizeof(*in))) == NULL) {
+		for (k = 0; k < n; k++)
+			if (rcs[k] == 0 && mask[k])
+				rcs[k] = dmk_errf(&errs[k], DMK_ERR_NOMEM, "out of memory");
+		return;
 	}
-	return dmk_errf(err, rc, "%s: %s: incomplete", r->p->db->name, what);
+	w.rs = in;
+	w.n = 0;
+	/* One lease check per database for the wave: the replicas change in parallel. */
+	for (k = 0; k < n; k++) {
+		if (rcs[k] != 0 || !mask[k])
+			continue;
+		rot_current(rs[k]);
+		if ((rcs[k] = rot_keep(rs[k], &errs[k])) == 0)
+			in[w.n++] = rs[k];
+	}
+	if (w.n == 0)
+		goto out;
+	run = rs[0]->run;
+	rot_reps_free(run);
+	run->ctx = &w;
+	run->keep_sessions = 1;    /* one session per replica for the whole run */
+	rc = ag_each_replica(run, work);
+	if (regstate_flush(rs[0]->a, &e) != 0)
+		log_warn("%s", e.msg);
+	for (k = 0; k < n; k++) {
+		struct rot *r = rs[k];
+		if (rcs[k] != 0 || !mask[k])
+			continue;
+		if (rc == DMK_ERR_NOMEM) {
+			rcs[k] = dmk_errf(&errs[k], rc, "%s: %s: out of memory", r->p->db->name, what);
+			continue;
+		}
+		for (i = 0; i < run->nreps && rcs[k] == 0; i++) {
+			struct rep_run *rr = &run->reps[i];
+			struct rep_db *d = rr->dbs ? &rr->dbs[r->pi] : NULL;
+			if (!rr->reached)
+				rcs[k] = dmk_errf(&errs[k], DMK_ERR_INCOMPLETE, "%s: %s: replica %s "
+				    "not reached: %s", r->p->db->name, what, rr->rep->name, rr->error);
+			else if (d == NULL || d->outcome == OUT_NONE || d->outcome == OUT_FAILED ||
+			    d->outcome == OUT_GAP)
+				rcs[k] = dmk_errf(&errs[k], DMK_ERR_INCOMPLETE, "%s: %s: replica %s: %s",
+				    r->p->db->name, what, rr->rep->name, d && d->detail[0] ? d->detail :
+				    rr->error);
+		}
+	}
+out:
+	free(in);
 }
 
 /* ---- the steps ---- */
@@ -763,6 +1068,7 @@ adopt_unmarked(struct rot *r, struct dmk_err *err)
 	r->have_new = 1;
 	r->oldpw = prevpw;
 	r->oldv = r->prevv;
+	rot_forget(r);
 	r->have_prev = 0;
 	r->mode = MODE_ROTATE;
 	r->resumed = 1;
@@ -810,7 +1116,14 @@ step_prove(struct rot *r, struct dmk_err *err)
 static int
 step_apply(struct rot *r, struct dmk_err *err)
 {
-	int rc, num, o;
+	int rc, num = 0, o;
+
+	if (r->added_bulk) {    /* rot_add_many did it, after the lease check */
+		r->added_bulk = 0;
+		rot_audit(r, "add", NULL, r->newv.id, "added", NULL);
+		rot_fp(r, "after-add");
+		return 0;
+	}
 
 	rc = rot_probe(r, r->newpw, err);
 	if (rc == 0) {
@@ -820,6 +1133,8 @@ step_apply(struct rot *r, struct dmk_err *err)
 	if (rc != DMK_ERR_WRONGPASS)
 		return rc;
 	if (r->mode == MODE_RECOVER) {
+		if ((rc = rot_primary(r, err)) != 0)
+			return rc;
 		if ((o = probe_auto_open(r->ps, r->p->db->name, r->p->cert, err)) != 1)
 			return o < -1 ? o : dmk_errf(err, DMK_ERR_WRONGPASS, "%s: the DMK does not "
 			    "open by itself on the primary; recover needs a node whose service master "
@@ -839,38 +1154,83 @@ step_apply(struct rot *r, struct dmk_err *err)
 		return rc;
 	if (r->mode == MODE_REGENERATE) {
 		/* The new credential everywhere first: after REGENERATE only the new
-		 * password (and the SMK) opens the DMK. */
-		if ((rc = rot_each(r, work_register, "registering before REGENERATE", err)) != 0)
-			return rc;
-		rot_fp(r, "after-register");
-		rc = rot_alter(r, SQL_MK_REGENERATE, r->newpw, &num, err);
-		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
-		    rc ? err->msg : NULL);
-		if (rc != 0)
-			return rc;
-		rot_fp(r, "after-regenerate");
+		 * password (and the SMK) opens the DMK.  The wave, then apply_after. */
+		r->wave = 1;
+		r->what = "registering before REGENERATE";
 		return 0;
 	}
 	rc = rot_alter(r, SQL_MK_ADD_PASSWORD, r->newpw, &num, err);
 	if (rc != 0 && num == 15579)
 		rc = 0;    /* already added */
-	rot_audit(r, "add", NULL, r->newv.id, rc == 0 ? "added" : "failed", rc ? err->msg : NULL);
+	if (rc == 0) {
+		r->new_fresh = 0;
+		r->new_opens = 1;
+	}
+	if (num != -1)
+		rot_audit(r, "add", NULL, r->newv.id, rc == 0 ? "added" : "failed",
+		    rc ? err->msg : NULL);
 	if (rc != 0)
 		return rc;
 	rot_fp(r, "after-add");
 	return 0;
 }
 
+/* After the wave of a regenerate: REGENERATE on the primary. */
 static int
-step_verify(struct rot *r, struct dmk_err *err)
+apply_after(struct rot *r, struct dmk_err *err)
+{
+	int rc, num = 0;
+
+	rot_fp(r, "after-register");
+	rc = rot_alter(r, SQL_MK_REGENERATE, r->newpw, &num, err);
+	if (num != -1)
+		rot_audit(r, "regenerate", NULL, r->newv.id, rc == 0 ? "regenerated" : "failed",
+		    rc ? err->msg : NULL);
+	if (rc != 0)
+		return rc;
+	rot_forget(r);
+	r->new_opens = 1;    /* REGENERATE took it; the old one no longer opens */
+	rot_fp(r, "after-regenerate");
+	return 0;
+}
+
+static int
+register_before(struct rot *r, struct dmk_err *err)
+{
+	(void)err;
+	r->wave = 1;
+	r->what = "registering";
+	return 0;
+}
+
+static int
+register_after(struct rot *r, struct dmk_err *err)
+{
+	(void)err;
+	if (r->mode != MODE_REGENERATE)
+		rot_fp(r, "after-register");
+	return 0;
+}
+
+static int
+verify_before(struct rot *r, struct dmk_err *err)
 {
 	int rc;
 
 	if ((rc = rot_probe(r, r->newpw, err)) != 0)
 		return rc == DMK_ERR_WRONGPASS ? dmk_errf(err, DMK_ERR_VERIFY, "%s: the new "
 		    "password does not open the DMK on the primary", r->p->db->name) : rc;
-	if ((rc = rot_each(r, work_verify, "verifying", err)) != 0)
-		return rc;
+	r->wave = 1;
+	r->what = "verifying";
+	return 0;
+}
+
+/* After the verify wave: mark the new version current, the old retiring. */
+static int
+verify_after(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
 	rot_fp(r, "after-verify");
 	if ((rc = rot_mark(r, r->newv.id, "current", err)) != 0)
 		return rc;
@@ -884,9 +1244,9 @@ step_verify(struct rot *r, struct dmk_err *err)
 }
 
 static int
-step_drop(struct rot *r, struct dmk_err *err)
+drop_before(struct rot *r, struct dmk_err *err)
 {
-	int rc, num;
+	int rc, num = 0;
 	const char *how;
 
 	if (!r->have_old)
@@ -899,8 +1259,11 @@ step_drop(struct rot *r, struct dmk_err *err)
 		return rc == DMK_ERR_WRONGPASS ? dmk_errf(err, DMK_ERR_VERIFY, "%s: the current "
 		    "password (version %s) does not open the DMK on the primary; the old one is "
 		    "kept", r->p->db->name, r->newv.id) : rc;
-	rc = rot_probe(r, r->oldpw, err);
-	if (rc == DMK_ERR_WRONGPASS) {
+	rc = r->dropped_bulk ? 0 : rot_probe(r, r->oldpw, err);
+	if (r->dropped_bulk) {    /* rot_drop_many did it, after the lease check */
+		r->dropped_bulk = 0;
+		how = "dropped";
+	} else if (rc == DMK_ERR_WRONGPASS) {
 		how = "already gone";
 		rc = 0;
 	} else if (rc != 0)
@@ -915,12 +1278,24 @@ step_drop(struct rot *r, struct dmk_err *err)
 			dmk_err_prefix(err, "%s: refusing: the old password is the DMK's last one",
 			    r->p->db->name);
 	}
-	rot_audit(r, "drop", NULL, r->oldv.id, rc == 0 ? how : "failed", rc ? err->msg : NULL);
+	if (num != -1)
+		rot_audit(r, "drop", NULL, r->oldv.id, rc == 0 ? how : "failed",
+		    rc ? err->msg : NULL);
 	if (rc != 0)
 		return rc;
+	r->old_opens = 0;
 	rot_fp(r, "after-drop-primary");
-	if ((rc = rot_each(r, work_drop, "dropping the old credential", err)) != 0)
-		return rc;
+	r->wave = 1;
+	r->what = "dropping the old credential";
+	return 0;
+}
+
+/* After the drop wave: the old version retired. */
+static int
+drop_after(struct rot *r, struct dmk_err *err)
+{
+	int rc;
+
 	rot_fp(r, "after-drop-replicas");
 	if ((rc = rot_mark(r, r->oldv.id, "retired", err)) != 0)
 		return rc;
@@ -928,46 +1303,292 @@ step_drop(struct rot *r, struct dmk_err *err)
 	return 0;
 }
 
-/* From r->step to the end.  The step a failure happened in stays in r->step;
- * the lease is checked before each change (rot_keep, at the doors). */
+/*
+ * Each step in three parts: before (on the primary and the store, database
+ * by database), the replicas' wave when before asked for one (r->wave: one
+ * wave for every database at this step), after (the same databases, once
+ * the wave succeeded for them).
+ */
 static int
-rot_steps(struct rot *r, struct dmk_err *err)
+prove_before(struct rot *r, struct dmk_err *err)
 {
-	char where[512];
-	int rc = 0, at;
+	return step_prove(r, err);
+}
 
-	while (r->step >= STEP_PROVE && r->step < STEP_DONE) {
+static const struct rot_part {
+	int (*before)(struct rot *, struct dmk_err *);
+	int (*work)(struct rep_run *, struct sql_session *);
+	int (*after)(struct rot *, struct dmk_err *);
+} rot_parts[] = {
+	[STEP_PROVE] = { prove_before, NULL, NULL },
+	[STEP_APPLY] = { step_apply, work_register, apply_after },
+	[STEP_REGISTER] = { register_before, work_register, register_after },
+	[STEP_VERIFY] = { verify_before, work_verify, verify_after },
+	[STEP_DROP] = { drop_before, work_drop, drop_after },
+};
+
+/*
+ * Step 2 for the databases at it (at[k]), in one round trip: every store
+ * password proven on the primary in one batch.  When every one opened,
+ * step_prove needs no probe of its own (r->old_opens); on any error each
+ * database asks again alone and gets its own verdict.
+ */
+static void
+rot_prove_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
+{
+	struct sql_stmt *st;
+	struct rot *first = NULL;
+	struct dmk_err e;
+	size_t k, m = 0;
+	int rc = 0;
+
+	for (k = 0; k < n; k++)
+		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens) {
+			if (first == NULL)
+				first = rs[k];
+			m++;
+		}
+	/* one database: its own probe, as rot_db always sent it */
+	if (m < 2 || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		return;
+	for (k = 0; k < n && rc == 0; k++)
+		if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL && !rs[k]->old_opens)
+			rc = sql_add_dmk_proof(st, rs[k]->p->db->name, rs[k]->oldpw, &e);
+	if (rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
+	    sql_call_errors(first->ps, NULL, 0) == 0)
+		for (k = 0; k < n; k++)
+			if (at[k] && rs[k]->have_old && rs[k]->oldpw != NULL)
+				rs[k]->old_opens = 1;
+	sql_stmt_free(st);
+	/* The session lost under the proof: every database of it stops here, as
+	 * its own probe would have (the next step of the run connects again). */
+	if (!sql_alive(first->ps))
+		for (k = 0; k < n; k++)
+			if (at[k] && rcs[k] == 0 && rs[k]->have_old && !rs[k]->old_opens)
+				rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: proving "
+				    "the store's password on the primary: %s", rs[k]->p->db->name, e.msg);
+}
+
+/* A fresh rotation's step 4 can go in the batch: new password generated
+ * here, the old one proven, the backup taken. */
+static int
+add_batchable(struct rot *r)
+{
+	return r->mode == MODE_ROTATE && r->have_new && r->new_fresh && r->old_opens &&
+	    r->backed_up;
+}
+
+/*
+ * Step 4 for the fresh rotations at it (at[k]), in one round trip: every
+ * ALTER MASTER KEY ADD in one batch, each after its own lease check.  When
+ * every one succeeded, step_apply only records it (r->added_bulk: audit,
+ * failpoint); on any error each database does its own step 4, asking SQL
+ * Server first (15579 there: already added).  A session lost under the
+ * batch stops its databases, as their own ALTER would have.
+ */
+static void
+rot_add_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
+{
+	struct sql_stmt *st = NULL;
+	struct rot *first = NULL;
+	struct dmk_err e;
+	char *in;
+	size_t k, m = 0;
+	int rc = 0, ok = 0;
+
+	for (k = 0; k < n; k++)
+		if (at[k] && rcs[k] == 0 && add_batchable(rs[k]))
+			m++;
+	if (m < 2 || (in = calloc(n + 1, 1)) == NULL)
+		return;
+	for (k = 0; k < n; k++) {
+		if (!at[k] || rcs[k] != 0 || !add_batchable(rs[k]))
+			continue;
+		rot_current(rs[k]);
+		if ((rcs[k] = rot_keep(rs[k], &errs[k])) != 0)
+			continue;
+		in[k] = 1;
+		if (first == NULL)
+			first = rs[k];
+	}
+	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		goto out;
+	for (k = 0; k < n && rc == 0; k++)
+		if (in[k])
+			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, SQL_MK_ADD_PASSWORD,
+			    rs[k]->newpw, &e);
+	ok = rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
+	    sql_call_errors(first->ps, NULL, 0) == 0;
+	for (k = 0; k < n; k++) {
+		if (!in[k])
+			continue;
+		if (ok) {
+			rs[k]->added_bulk = 1;
+			rs[k]->new_fresh = 0;
+			rs[k]->new_opens = 1;
+		} else if (!sql_alive(first->ps))
+			rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: "
+			    "adding the new password on the primary: %s", rs[k]->p->db->name, e.msg);
+		else
+			rs[k]->new_fresh = 0;    /* some ADDs may have run: ask SQL Server */
+	}
+out:
+	sql_stmt_free(st);
+	free(in);
+}
+
+/* Step 7's drop on the primary can go in the batch: the old version marked
+ * retiring already, both passwords seen opening the DMK in this run. */
+static int
+drop_batchable(struct rot *r)
+{
+	return r->have_old && r->have_new && r->old_opens && r->new_opens &&
+	    strcmp(markers_state(&r->oldv), "retiring") == 0;
+}
+
+/*
+ * Step 7's ALTER MASTER KEY DROP for the databases at it, in one round trip,
+ * each after its own lease check; as rot_add_many.  On any error each
+ * database asks SQL Server again (its probes) and drops alone: 15313 or a
+ * probe that no longer opens is "already gone", 15558 (the last password)
+ * is refused there.
+ */
+static void
+rot_drop_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
+{
+	struct sql_stmt *st = NULL;
+	struct rot *first = NULL;
+	struct dmk_err e;
+	char *in;
+	size_t k, m = 0;
+	int rc = 0, ok = 0;
+
+	for (k = 0; k < n; k++)
+		if (at[k] && rcs[k] == 0 && drop_batchable(rs[k]))
+			m++;
+	if (m < 2 || (in = calloc(n + 1, 1)) == NULL)
+		return;
+	for (k = 0; k < n; k++) {
+		if (!at[k] || rcs[k] != 0 || !drop_batchable(rs[k]))
+			continue;
+		rot_current(rs[k]);
+		if ((rcs[k] = rot_keep(rs[k], &errs[k])) != 0)
+			continue;
+		in[k] = 1;
+		if (first == NULL)
+			first = rs[k];
+	}
+	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
+		goto out;
+	for (k = 0; k < n && rc == 0; k++)
+		if (in[k])
+			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, SQL_MK_DROP_PASSWORD,
+			    rs[k]->oldpw, &e);
+	ok = rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
+	    sql_call_errors(first->ps, NULL, 0) == 0;
+	for (k = 0; k < n; k++) {
+		if (!in[k])
+			continue;
+		if (ok)
+			rs[k]->dropped_bulk = 1;
+		else if (!sql_alive(first->ps))
+			rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: "
+			    "dropping the old password on the primary: %s", rs[k]->p->db->name, e.msg);
+		else
+			rot_forget(rs[k]);    /* some DROPs may have run: ask SQL Server */
+	}
+out:
+	sql_stmt_free(st);
+	free(in);
+}
+
+/*
+ * The databases rs[k] with go[k] set (and rcs[k] == 0), from each one's
+ * r->step to the end, step by step across the batch: every database at the
+ * lowest step left takes that step before any goes on to the next, so that
+ * each replica wave carries all of them.  Each database's own order of
+ * steps and boundaries is rot_db's; a failure stops that database only (its
+ * step stays in r->step, its error in rcs[k] and errs[k]).  The lease is
+ * checked before each change (rot_keep, at the doors).
+ */
+static void
+rot_steps_many(struct rot **rs, size_t n, const char *go, int *rcs, struct dmk_err *errs)
+{
+	char where[512], *at = NULL;
+	size_t k;
+	int step, any;
+
+	if ((at = calloc(n + 1, 1)) == NULL) {
+		for (k = 0; k < n; k++)
+			if (go[k] && rcs[k] == 0)
+				rcs[k] = dmk_errf(&errs[k], DMK_ERR_NOMEM, "out of memory");
+		return;
+	}
+	for (;;) {
+		step = STEP_DONE;
+		for (k = 0; k < n; k++)
+			if (go[k] && rcs[k] == 0 && rs[k]->step >= STEP_PROVE && rs[k]->step < step)
+				step = rs[k]->step;
+		if (step == STEP_DONE)
+			break;
 		/* SIGINT/SIGTERM: stop here, between two steps, never inside one. */
 		if (dmk_interrupted()) {
-			snprintf(where, sizeof(where), "at %s/%s, before the step \"%s\"",
-			    r->run->ag->name, r->p->db->name, rot_step_names[r->step]);
-			return dmk_err_interrupted(err, where);
-		}
-		switch ((at = r->step)) {
-		case STEP_PROVE:
-			rc = step_prove(r, err);
-			break;
-		case STEP_APPLY:
-			rc = step_apply(r, err);
-			break;
-		case STEP_REGISTER:
-			if ((rc = rot_each(r, work_register, "registering", err)) == 0 &&
-			    r->mode != MODE_REGENERATE)
-				rot_fp(r, "after-register");
-			break;
-		case STEP_VERIFY:
-			rc = step_verify(r, err);
-			break;
-		case STEP_DROP:
-			rc = step_drop(r, err);
+			for (k = 0; k < n; k++) {
+				if (!go[k] || rcs[k] != 0 || rs[k]->step >= STEP_DONE)
+					continue;
+				snprintf(where, sizeof(where), "at %s/%s, before the step \"%s\"",
+				    rs[k]->run->ag->name, rs[k]->p->db->name,
+				    rot_step_names[rs[k]->step]);
+				rcs[k] = dmk_err_interrupted(&errs[k], where);
+			}
 			break;
 		}
-		if (rc != 0)
-			return rc;
-		if (r->step == at)   /* a step may say where to go on (adopt: to apply) */
-			r->step++;
+		any = 0;
+		for (k = 0; k < n; k++)
+			at[k] = go[k] && rcs[k] == 0 && rs[k]->step == step;
+		if (step == STEP_PROVE)
+			rot_prove_many(rs, n, at, rcs, errs);
+		if (step == STEP_APPLY)
+			rot_add_many(rs, n, at, rcs, errs);
+		if (step == STEP_DROP)
+			rot_drop_many(rs, n, at, rcs, errs);
+		for (k = 0; k < n; k++) {
+			if (!at[k] || rcs[k] != 0)    /* stopped by a batch's part above */
+				continue;
+			rot_current(rs[k]);
+			rs[k]->wave = 0;
+			rcs[k] = rot_parts[step].before(rs[k], &errs[k]);
+			if (rcs[k] == 0 && rs[k]->wave)
+				any = 1;
+		}
+		if (any) {
+			char *w = calloc(n + 1, 1);
+			if (w == NULL) {
+				for (k = 0; k < n; k++)
+					if (at[k] && rcs[k] == 0)
+						rcs[k] = dmk_errf(&errs[k], DMK_ERR_NOMEM, "out of memory");
+			} else {
+				for (k = 0; k < n; k++)
+					w[k] = at[k] && rcs[k] == 0 && rs[k]->wave;
+				/* what: the first's (every database at one step says the same) */
+				for (k = 0; k < n && !w[k]; k++)
+					;
+				rot_wave(rs, n, w, rot_parts[step].work, rs[k]->what, rcs, errs);
+				for (k = 0; k < n; k++) {
+					if (!w[k] || rcs[k] != 0)
+						continue;
+					rot_current(rs[k]);
+					rcs[k] = rot_parts[step].after(rs[k], &errs[k]);
+				}
+				free(w);
+			}
+		}
+		for (k = 0; k < n; k++)
+			/* a step may say where to go on (adopt: to apply) */
+			if (at[k] && rcs[k] == 0 && rs[k]->step == step)
+				rs[k]->step++;
 	}
-	return 0;
+	free(at);
 }
 
 /* Where a resumed rotation stands, by asking the primary (read only). */
@@ -1007,153 +1628,172 @@ rot_versions(struct rot *r)
 		util_strlcpy(r->rep_rid, r->rid, sizeof(r->rep_rid));
 }
 
-/*
- * One database: lease, where it stands, the steps, release.  Returns 0, or
- * an error; a finished resumed rotation does not start another one.
- */
-int
-rot_db(struct rot *r, int if_due, struct dmk_err *err)
+/* The lease, then where the database stands.  A refused lease ends it
+ * there (r->no_end: nothing to release, no stopped record). */
+static int
+rot_begin(struct rot *r, struct dmk_err *err)
 {
-	struct lease l;
-	struct dmk_err e2;
-	int rc, rounds, held;
+	int rc;
 
-	memset(&l, 0, sizeof(l));
+	memset(&r->l, 0, sizeof(r->l));
+	r->lease = NULL;
 	if (!r->dry) {
-		if ((rc = lease_take(r->a, r->ref, r->run->ag->name, r->p->db->name, r->cmd, &l,
+		if ((rc = lease_take(r->a, r->ref, r->run->ag->name, r->p->db->name, r->cmd, &r->l,
 		    err)) != 0) {
 			rot_audit(r, "lease", NULL, NULL, "refused", err->msg);
 			/* locked only when another holder has it; a store that failed is not */
 			r->outcome = rc == DMK_ERR_LOCKED ? "locked" : "failed";
+			r->no_end = 1;
 			return rc;
 		}
-		if (l.held) {
-			r->lease = &l;
-			r->a->guard = rot_guard;
-			r->a->guard_ctx = r;
-		}
-		rot_audit(r, "lease", NULL, l.version, "taken", NULL);
+		if (r->l.held)
+			r->lease = &r->l;
+		rot_current(r);
+		rot_audit(r, "lease", NULL, r->l.version, "taken", NULL);
 		rot_fp(r, "after-lease");
 	}
+	rot_current(r);
 	if ((rc = rot_analyse(r, err)) != 0 || (rc = rot_facts(r, err)) != 0)
-		goto out;
-	for (rounds = 0; rounds < 4; rounds++) {
-		int was_resumed = r->resumed;
+		return rc;
+	return 0;
+}
 
-		if (r->step == STEP_PROVE) {
-			if (rounds > 0)
-				break;    /* finished what was unfinished: that is this run's rotation */
-			if (r->mode == MODE_RECOVER) {
-				if (!r->recover_ok || r->dry)
-					break;
-				/* Nothing in the store opens it: a backup (the DMK opens by
-				 * itself here), then a new password, pending, replacing
-				 * nothing (wrong versions stay as they are). */
-				secret_free(r->oldpw);
-				r->oldpw = NULL;
-				r->have_old = 0;
-				if ((rc = rot_backup(r, err)) != 0 ||
-				    (rc = rot_write_pending(r, err)) != 0)
-					goto out;
-				rot_fp(r, "after-pending");
-				r->step = STEP_APPLY;
-			}
-			if (r->when == ROT_RESUME_ONLY) {
-				rot_versions(r);
-				r->outcome = "unchanged";
-				rot_say(r, "no unfinished rotation");
-				break;
-			}
-			if (r->when == ROT_ADOPT_ONLY) {
-				rot_versions(r);
-				r->outcome = "unchanged";
-				if (!r->have_prev || !r->have_old) {
-					rot_say(r, "no new version written outside dmkagent");
-					break;
-				}
-				if ((rc = rot_probe(r, r->oldpw, err)) == 0) {
-					/* in force already (added by hand): say so in the store */
-					if (!r->dry && (rc = rot_mark(r, r->oldv.id, "current", err)) != 0)
-						goto out;
-					rot_say(r, "store version %s already opens the DMK: nothing to apply%s",
-					    r->oldv.id, r->dry ? "" : "; marked current");
-					break;
-				}
-				if (rc != DMK_ERR_WRONGPASS)
-					goto out;
-				if (r->dry) {
-					r->outcome = "planned";
-					rot_say(r, "would apply store version %s (written outside dmkagent) in "
-					    "place of version %s", r->oldv.id, r->prevv.id);
-					break;
-				}
-				if ((rc = adopt_unmarked(r, err)) < 0)
-					goto out;
-				if (rc == 1) {
-					rc = dmk_errf(err, DMK_ERR_WRONGPASS, "%s: neither store version %s "
-					    "nor version %s opens the DMK on the primary; nothing was changed "
-					    "(dmkagent recover)", r->p->db->name, r->oldv.id, r->prevv.id);
-					goto out;
-				}
-				r->outcome = NULL;
-			}
-			if (if_due) {
-				time_t due = r->oldv.created + (time_t)r->p->db->rotate_every;
-				char t[32];
-				rot_versions(r);
-				r->outcome = "not-due";
-				if (r->p->db->rotate_every <= 0) {
-					rot_say(r, "not due (no rotate_every)");
-					break;
-				}
-				if (r->oldv.created != 0 && due > time(NULL)) {
-					util_rfc3339(due, t, sizeof(t));
-					rot_say(r, "not due until %s (version %s)", t, r->oldv.id);
-					break;
-				}
-				r->outcome = NULL;
-			}
+/*
+ * Round rounds of a database: what it is to do now.  1: the steps from
+ * r->step (the caller runs them), 0: nothing more (the outcome is said),
+ * <0: an error.
+ */
+static int
+rot_prelude(struct rot *r, int rounds, int if_due, struct dmk_err *err)
+{
+	int rc;
+
+	r->was_resumed = r->resumed;
+	if (r->step == STEP_PROVE) {
+		if (rounds > 0)
+			return 0;    /* finished what was unfinished: that is this run's rotation */
+		if (r->mode == MODE_RECOVER) {
+			if (!r->recover_ok || r->dry)
+				return 0;
+			/* Nothing in the store opens it: a backup (the DMK opens by
+			 * itself here), then a new password, pending, replacing
+			 * nothing (wrong versions stay as they are). */
+			secret_free(r->oldpw);
+			r->oldpw = NULL;
+			r->have_old = 0;
+			if ((rc = rot_backup(r, err)) != 0 || (rc = rot_write_pending(r, err)) != 0)
+				return rc;
+			rot_fp(r, "after-pending");
+			r->step = STEP_APPLY;
 		}
-		if (r->dry) {
-			if ((rc = rot_where(r, err)) != 0)
-				goto out;
+		if (r->when == ROT_RESUME_ONLY) {
 			rot_versions(r);
-			r->outcome = "planned";
-			if (r->step == STEP_PROVE)
-				rot_say(r, "would %s: prove store version %s, %s, write a new version "
-				    "pending, %s on the primary, register it on %zu replica(s), verify, "
-				    "mark it current, drop version %s's password and retire it",
-				    markers_mode_name((enum mk_mode)r->mode), r->oldv.id, r->no_backup && r->mode !=
-				    MODE_REGENERATE ? "take no backup (--no-backup)" : "escrow a backup of "
-				    "the certificates and the DMK", r->mode == MODE_REGENERATE ?
-				    "REGENERATE" : "ADD ENCRYPTION BY PASSWORD", r->run->info.nreplicas,
-				    r->oldv.id);
-			else
-				rot_say(r, "would resume %s %s (version %s replacing %s) at step: %s",
-				    markers_mode_name((enum mk_mode)r->mode), r->rid[0] ? r->rid : "-", r->newv.id,
-				    r->have_old ? r->oldv.id : "-", rot_step_names[r->step]);
-			break;
+			r->outcome = "unchanged";
+			rot_say(r, "no unfinished rotation");
+			return 0;
 		}
-		r->rep_resumed |= was_resumed;
-		if (was_resumed)
-			rot_say(r, "resuming %s %s (version %s replacing %s) at step: %s",
+		if (r->when == ROT_ADOPT_ONLY) {
+			rot_versions(r);
+			r->outcome = "unchanged";
+			if (!r->have_prev || !r->have_old) {
+				rot_say(r, "no new version written outside dmkagent");
+				return 0;
+			}
+			if ((rc = rot_probe(r, r->oldpw, err)) == 0) {
+				/* in force already (added by hand): say so in the store */
+				if (!r->dry && (rc = rot_mark(r, r->oldv.id, "current", err)) != 0)
+					return rc;
+				rot_say(r, "store version %s already opens the DMK: nothing to apply%s",
+				    r->oldv.id, r->dry ? "" : "; marked current");
+				return 0;
+			}
+			if (rc != DMK_ERR_WRONGPASS)
+				return rc;
+			if (r->dry) {
+				r->outcome = "planned";
+				rot_say(r, "would apply store version %s (written outside dmkagent) in "
+				    "place of version %s", r->oldv.id, r->prevv.id);
+				return 0;
+			}
+			if ((rc = adopt_unmarked(r, err)) < 0)
+				return rc;
+			if (rc == 1)
+				return dmk_errf(err, DMK_ERR_WRONGPASS, "%s: neither store version %s "
+				    "nor version %s opens the DMK on the primary; nothing was changed "
+				    "(dmkagent recover)", r->p->db->name, r->oldv.id, r->prevv.id);
+			r->outcome = NULL;
+		}
+		if (if_due) {
+			time_t due = r->oldv.created + (time_t)r->p->db->rotate_every;
+			char t[32];
+			rot_versions(r);
+			r->outcome = "not-due";
+			if (r->p->db->rotate_every <= 0) {
+				rot_say(r, "not due (no rotate_every)");
+				return 0;
+			}
+			if (r->oldv.created != 0 && due > time(NULL)) {
+				util_rfc3339(due, t, sizeof(t));
+				rot_say(r, "not due until %s (version %s)", t, r->oldv.id);
+				return 0;
+			}
+			r->outcome = NULL;
+		}
+	}
+	if (r->dry) {
+		if ((rc = rot_where(r, err)) != 0)
+			return rc;
+		rot_versions(r);
+		r->outcome = "planned";
+		if (r->step == STEP_PROVE)
+			rot_say(r, "would %s: prove store version %s, %s, write a new version "
+			    "pending, %s on the primary, register it on %zu replica(s), verify, "
+			    "mark it current, drop version %s's password and retire it",
+			    markers_mode_name((enum mk_mode)r->mode), r->oldv.id, r->no_backup && r->mode !=
+			    MODE_REGENERATE ? "take no backup (--no-backup)" : "escrow a backup of "
+			    "the certificates and the DMK", r->mode == MODE_REGENERATE ?
+			    "REGENERATE" : "ADD ENCRYPTION BY PASSWORD", r->run->info.nreplicas,
+			    r->oldv.id);
+		else
+			rot_say(r, "would resume %s %s (version %s replacing %s) at step: %s",
 			    markers_mode_name((enum mk_mode)r->mode), r->rid[0] ? r->rid : "-", r->newv.id,
 			    r->have_old ? r->oldv.id : "-", rot_step_names[r->step]);
-		r->note[0] = '\0';
-		rc = rot_steps(r, err);
-		rot_versions(r);
-		if (rc != 0)
-			goto out;
-		r->outcome = was_resumed ? "finished" : r->mode == MODE_REGENERATE ? "regenerated" :
-		    r->mode == MODE_RECOVER ? "recovered" : "rotated";
-		rot_say(r, "%s: store version %s is current%s%s%s", was_resumed ? "finished" :
-		    r->mode == MODE_REGENERATE ? "regenerated" : "rotated", r->newv.id,
-		    r->have_old ? ", version " : "", r->have_old ? r->oldv.id : "",
-		    r->have_old ? " retired" : "");
-		if ((rc = rot_analyse(r, err)) != 0)
-			goto out;
+		return 0;
 	}
-out:
+	r->rep_resumed |= r->was_resumed;
+	if (r->was_resumed)
+		rot_say(r, "resuming %s %s (version %s replacing %s) at step: %s",
+		    markers_mode_name((enum mk_mode)r->mode), r->rid[0] ? r->rid : "-", r->newv.id,
+		    r->have_old ? r->oldv.id : "-", rot_step_names[r->step]);
+	r->note[0] = '\0';
+	return 1;
+}
+
+/* After the steps succeeded: say so, and read the store again (another
+ * unfinished rotation behind this one is the next round's). */
+static int
+rot_postlude(struct rot *r, struct dmk_err *err)
+{
+	int was = r->was_resumed;
+
+	r->outcome = was ? "finished" : r->mode == MODE_REGENERATE ? "regenerated" :
+	    r->mode == MODE_RECOVER ? "recovered" : "rotated";
+	rot_say(r, "%s: store version %s is current%s%s%s", was ? "finished" :
+	    r->mode == MODE_REGENERATE ? "regenerated" : "rotated", r->newv.id,
+	    r->have_old ? ", version " : "", r->have_old ? r->oldv.id : "",
+	    r->have_old ? " retired" : "");
+	return rot_analyse(r, err);
+}
+
+/* The end of a database's run: the stopped record, the lease released. */
+static int
+rot_end(struct rot *r, int rc, struct dmk_err *err)
+{
+	struct dmk_err e2;
+	int held;
+
+	if (r->no_end)
+		return rc;
 	if (rc != 0) {
 		r->outcome = rc == DMK_ERR_LOCKED ? "locked" : "stopped";
 		if (r->rep_old[0] == '\0' && r->rep_new[0] == '\0')
@@ -1164,9 +1804,9 @@ out:
 	r->lease = NULL;
 	r->a->guard = NULL;
 	r->a->guard_ctx = NULL;
-	r->renewals = l.renewals;
-	held = l.held;
-	if (lease_release(r->a, &l, &e2) != 0)
+	r->renewals = r->l.renewals;
+	held = r->l.held;
+	if (lease_release(r->a, &r->l, &e2) != 0)
 		log_warn("%s", e2.msg);
 	else if (held)
 		rot_audit(r, "release", NULL, NULL, "released", NULL);
@@ -1175,3 +1815,70 @@ out:
 	return rc;
 }
 
+/*
+ * A batch of databases of one AG run, together: every lease first, then
+ * each step for all of them before the next (rot_steps_many), then every
+ * release.  rcs[k] and errs[k] get each database's result: one database's
+ * failure stops that database only.  A finished resumed rotation does not
+ * start another one.
+ */
+void
+rot_batch(struct rot **rs, size_t n, int if_due, int *rcs, struct dmk_err *errs)
+{
+	char *go, *live;
+	size_t k;
+	int rounds, any, p;
+
+	go = calloc(n + 1, 1);
+	live = calloc(n + 1, 1);
+	for (k = 0; k < n; k++) {
+		dmk_err_clear(&errs[k]);
+		rcs[k] = go && live ? 0 : dmk_errf(&errs[k], DMK_ERR_NOMEM, "out of memory");
+	}
+	if (go == NULL || live == NULL)
+		goto out;
+	for (k = 0; k < n; k++)
+		live[k] = (rcs[k] = rot_begin(rs[k], &errs[k])) == 0;
+	for (rounds = 0; rounds < 4; rounds++) {
+		any = 0;
+		for (k = 0; k < n; k++) {
+			go[k] = 0;
+			if (!live[k] || rcs[k] != 0)
+				continue;
+			rot_current(rs[k]);
+			if ((p = rot_prelude(rs[k], rounds, if_due, &errs[k])) < 0)
+				rcs[k] = p;
+			else if (p == 0)
+				live[k] = 0;
+			else
+				go[k] = any = 1;
+		}
+		if (!any)
+			break;
+		rot_steps_many(rs, n, go, rcs, errs);
+		for (k = 0; k < n; k++) {
+			if (!go[k])
+				continue;
+			rot_versions(rs[k]);
+			if (rcs[k] == 0) {
+				rot_current(rs[k]);
+				rcs[k] = rot_postlude(rs[k], &errs[k]);
+			}
+		}
+	}
+out:
+	for (k = 0; k < n; k++)
+		rcs[k] = rot_end(rs[k], rcs[k], &errs[k]);
+	free(go);
+	free(live);
+}
+
+/* One database: rot_batch of one.  Returns 0, or an error. */
+int
+rot_db(struct rot *r, int if_due, struct dmk_err *err)
+{
+	int rc;
+
+	rot_batch(&r, 1, if_due, &rc, err);
+	return rc;
+}

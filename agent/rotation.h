@@ -10,11 +10,10 @@
 
 #include "core/dmk.h"
 #include "core/secret.h"
+#include "lease.h"
 #include "markers.h"
 #include "replicas.h"
 #include "steps.h"
-
-struct lease;
 
 #define ROT_MAX_STEPS 24
 
@@ -48,7 +47,19 @@ struct rot {
 	int have_prev;                /* an older version marked current, behind an unmarked one */
 	struct prov_version prevv;
 	char note[256];               /* why a step was skipped, for the report */
-	struct lease *lease;          /* NULL: none (dry run, or a file: reference) */
+	struct lease *lease;          /* NULL: none (dry run, or a file: reference); else &l */
+	struct lease l;
+	int no_end;                   /* the lease was refused: nothing to release */
+	int was_resumed;              /* this round's step came from the store's markers */
+	int wave;                     /* the step's part before asks for a replica wave */
+	/* What this run saw or did on the primary, so as not to ask twice
+	 * (rot_probe); reset whenever the passwords are read again. */
+	int old_opens;                /* oldpw opened the DMK in this run */
+	int new_opens;                /* newpw opened it, or this run added it */
+	int new_fresh;                /* newpw generated in this run: not on the DMK */
+	int added_bulk;               /* step 4 done for it by the batch (rot_add_many) */
+	int dropped_bulk;             /* step 7's drop on the primary done by the batch */
+	const char *what;             /* that wave, for messages */
 	int no_backup;                /* --no-backup */
 	enum rot_when when;           /* which rotations this run may carry out */
 	int backed_up;                /* a backup for r->rid is in the store */
@@ -67,6 +78,9 @@ struct rot {
 void rot_reps_free(struct ag_run *run);
 int rot_analyse(struct rot *r, struct dmk_err *err);
 int rot_db(struct rot *r, int if_due, struct dmk_err *err);
+/* Databases of one AG run together, step by step (rotation.c); each gets
+ * its own result in rcs[k], errs[k]. */
+void rot_batch(struct rot **rs, size_t n, int if_due, int *rcs, struct dmk_err *errs);
 int rot_facts(struct rot *r, struct dmk_err *err);
 void rot_free(struct rot *r);
 int rot_probe(struct rot *r, const struct secret *pw, struct dmk_err *err);

@@ -33,6 +33,16 @@ enum rot_when {
  */
 int rotate_database(struct agcmd_ctx *c, struct ag_run *run, size_t j, enum rot_when when,
     int regenerate, int no_backup, json_t *jdbs, const char **outcome);
+/*
+ * Databases run->plans[js[0..n-1]] together, step by step across them
+ * (rotation.c, rot_batch: each step for all before the next, one replica
+ * wave per step), each reported as rotate_database does; outcomes[k] (may
+ * be NULL) gets each one's outcome word.
+ */
+#define ROT_BATCH_DEFAULT 100
+#define ROT_BATCH_MAX 10000
+void rotate_databases(struct agcmd_ctx *c, struct ag_run *run, const size_t *js, size_t n,
+    enum rot_when when, int regenerate, int no_backup, json_t *jdbs, const char **outcomes);
 
 /* register on every replica (--prune: prune); *changed += credentials added. */
 int register_steps(struct agcmd_ctx *c, struct ag_run *run, json_t *jag, int prune,

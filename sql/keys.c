@@ -158,6 +158,23 @@ sql_add_dmk_proof(struct sql_stmt *st, const char *db, const struct secret *pw,
 }
 
 int
+sql_add_alter_master_key(struct sql_stmt *st, const char *db, enum sql_mk_op op,
+    const struct secret *pw, struct dmk_err *err)
+{
+	if (op != SQL_MK_ADD_PASSWORD && op != SQL_MK_DROP_PASSWORD)
+		return dmk_errf(err, DMK_ERR_INTERNAL, "unknown master key change %d", (int)op);
+	sql_stmt_raw(st, "USE ");
+	sql_stmt_ident(st, db, err);
+	if (op == SQL_MK_ADD_PASSWORD)
+		sql_stmt_raw(st, "; ALTER MASTER KEY ADD ENCRYPTION BY PASSWORD = ");
+	else
+		sql_stmt_raw(st, "; ALTER MASTER KEY DROP ENCRYPTION BY PASSWORD = ");
+	sql_stmt_secret(st, pw, err);
+	sql_stmt_raw(st, ";\n");
+	return sql_stmt_error(st, err);
+}
+
+int
 sql_alter_master_key(struct sql_session *s, const char *db, enum sql_mk_op op,
     const struct secret *pw, int *num, struct dmk_err *err)
 {

@@ -307,6 +307,12 @@ sess_error(struct sql_session *s, struct dmk_err *err)
 	return dmk_errf(err, DMK_ERR_SQL, "%s: the statement failed", s->name);
 }
 
+int
+sql_alive(const struct sql_session *s)
+{
+	return s != NULL && !s->dead && !s->timed_out;
+}
+
 /* ---- connect / close ---- */
 
 static void

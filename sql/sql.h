@@ -74,6 +74,9 @@ int sql_connect(const struct sql_endpoint *ep, const struct sql_login *login,
  * from different threads, one thread per session at a time.
  */
 void sql_close(struct sql_session *s);
+/* Whether a session can still be used: not lost, not timed out (a kept
+ * session is checked before each use and replaced when not). */
+int sql_alive(const struct sql_session *s);
 /* The last SQL Server error seen on this session (number 0 if none): the
  * first error (severity > 10) of the most recent call that had one. */
 const struct sql_error *sql_last_error(const struct sql_session *s);
@@ -238,6 +241,9 @@ int sql_add_dmk_proof(struct sql_stmt *st, const char *db, const struct secret *
 enum sql_mk_op { SQL_MK_ADD_PASSWORD = 1, SQL_MK_DROP_PASSWORD, SQL_MK_REGENERATE };
 int sql_alter_master_key(struct sql_session *s, const char *db, enum sql_mk_op op,
     const struct secret *pw, int *num, struct dmk_err *err);
+/* The same as a fragment (ADD or DROP only), for many databases in one batch. */
+int sql_add_alter_master_key(struct sql_stmt *st, const char *db, enum sql_mk_op op,
+    const struct secret *pw, struct dmk_err *err);
 /* USE db; with open_pw, OPEN MASTER KEY for the session (the caller closes
  * it: sql_dmk_backup(close_key) or sql_close_master_key); *res: node
  * (@@SERVERNAME), dmk_key_guid (no row: no DMK). */

@@ -362,7 +362,9 @@ class Rotate(unittest.TestCase):
     def test_lease_renewed_through_a_long_run(self):
         lab = self.lab
         t0 = time.time()
-        p1 = self._slow_run()
+        # 400 ms a round trip: a rotation over kept sessions needs about 20
+        # round trips, and the run must outlast lease_ttl (3 s) by far
+        p1 = self._slow_run(latency=400)
         seen, second = [], None
         while p1.poll() is None:
             v, rec = lease_record(lab)
