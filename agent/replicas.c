@@ -315,33 +315,29 @@ primary_one(struct sql_session *ls, struct ag_run *run, struct db_plan *p, int p
 	}
 }
 
-/* The facts of every database in one round trip; 0 when all were read. */
+/* The facts' statements for every configured database (sql_add_db_list first). */
 static int
-primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
+facts_add(struct sql_stmt *st, struct ag_run *run, int all, struct dmk_err *e)
 {
-	struct sql_result **sets = NULL, *all = NULL;
-	struct sql_stmt *st;
-	struct dmk_err e;
-	size_t i, k, n = 0;
-	int r = 0, got = 0;
+	size_t i;
+	int r = sql_add_db_list(st, e);
 
-	if ((st = sql_stmt_new()) == NULL)
-		return DMK_ERR_NOMEM;
-	r = sql_add_db_list(st, &e);
 	for (i = 0; i < run->nplans && r == 0; i++)
-		if (run->plans[i].usable)
-			r = sql_add_db_facts(st, i, run->plans[i].db->name, &e);
-	if (r != 0 || (r = sql_exec_sets(ls, st, &sets, &n, &e)) != 0)
-		goto out;
-	if (sql_call_errors(ls, NULL, 0) > 0 || n == 0) {
-		r = DMK_ERR_SQL;   /* let the precise path say what went wrong */
-		goto out;
-	}
-	all = sets[0];
+		if (all || run->plans[i].usable)
+			r = sql_add_db_facts(st, i, run->plans[i].db->name, e);
+	return r;
+}
+
+/* The facts from their result sets (the list, then a key and a certificate
+ * per database). */
+static void
+facts_parse(struct ag_run *run, struct sql_result *const *sets, size_t n)
+{
+	const struct sql_result *all = sets[0];
+	size_t i, k;
+
 	for (i = 0; i < run->nplans; i++) {
 		struct db_plan *p = &run->plans[i];
-		if (!p->usable)
-			continue;
 		for (k = 0; k < all->nrows; k++) {
 			const struct sql_value *nm = sql_cell(all, k, "name");
 			const struct sql_value *fg = sql_cell(all, k, "family_guid");
@@ -352,7 +348,6 @@ primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
 					    sizeof(p->primary_keys.family_guid));
 				p->primary_keys.dmk_by_smk = sm && sm->type == SQLT_INT && sm->i;
 				p->primary_keys.readable = 1;
-				got++;
 			}
 		}
 		if (p->db->ncertificates > 0)
@@ -372,13 +367,81 @@ primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
 		if (ce && ce->type == SQLT_STR && p->cert[0] == '\0')
 			util_strlcpy(p->cert, ce->s, sizeof(p->cert));
 	}
+}
+
+/* 0 when every usable database has its facts. */
+static int
+facts_complete(const struct ag_run *run)
+{
+	size_t i;
+
 	for (i = 0; i < run->nplans; i++)
 		if (run->plans[i].usable && run->plans[i].primary_keys.family_guid[0] == '\0')
-			r = DMK_ERR_NOTFOUND;
+			return DMK_ERR_NOTFOUND;
+	return 0;
+}
+
+/* The facts of every database in one round trip; 0 when all were read. */
+static int
+primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
+{
+	struct sql_result **sets = NULL;
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t n = 0;
+	int r = 0;
+
+	if ((st = sql_stmt_new()) == NULL)
+		return DMK_ERR_NOMEM;
+	if ((r = facts_add(st, run, 0, &e)) != 0 || (r = sql_exec_sets(ls, st, &sets, &n, &e)) != 0)
+		goto out;
+	if (sql_call_errors(ls, NULL, 0) > 0 || n == 0) {
+		r = DMK_ERR_SQL;   /* let the precise path say what went wrong */
+		goto out;
+	}
+	facts_parse(run, sets, n);
+	r = facts_complete(run);
 out:
 	sql_sets_free(sets, n);
 	sql_stmt_free(st);
 	return r;
+}
+
+/*
+ * Discovery and the facts of every configured database in one round trip
+ * (the database list comes from the configuration).  *facts: 1 when the
+ * facts were read with it.  When the batch fails (a configured database
+ * that is not there, say), discovery alone as before, and the facts later.
+ */
+static int
+discover_with_facts(struct sql_session *ls, struct ag_run *run, int *facts, struct dmk_err *err)
+{
+	struct sql_result **sets = NULL;
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t n = 0;
+	int r;
+
+	*facts = 0;
+	if (run->nplans == 0 || (st = sql_stmt_new()) == NULL)
+		return sql_discover_ag(ls, run->ag->name, &run->info, err);
+	r = sql_add_discovery(st, &e);
+	if (r == 0)
+		r = facts_add(st, run, 1, &e);
+	if (r == 0)
+		r = sql_exec_sets(ls, st, &sets, &n, &e);
+	sql_stmt_free(st);
+	if (r == 0 && n > 5 && sql_call_errors(ls, NULL, 0) == 0) {
+		if ((r = sql_discovery_from_sets(ls, run->ag->name, sets, 5, &run->info, err)) == 0) {
+			facts_parse(run, sets + 5, n - 5);
+			*facts = 1;
+		}
+		sql_sets_free(sets, n);
+		return r;
+	}
+	sql_sets_free(sets, n);
+	/* the precise path: its own errors, with the permission hint */
+	return sql_discover_ag(ls, run->ag->name, &run->info, err);
 }
 
 /* Every password proven on the primary in one round trip; 0 when all opened. */
@@ -409,9 +472,9 @@ primary_probe_bulk(struct sql_session *ls, struct ag_run *run)
  * that each gets its own verdict.
  */
 static void
-primary_checks(struct sql_session *ls, struct ag_run *run, int probe)
+primary_checks(struct sql_session *ls, struct ag_run *run, int probe, int have_facts)
 {
-	int facts_ok = primary_facts_bulk(ls, run) == 0;
+	int facts_ok = have_facts ? facts_complete(run) == 0 : primary_facts_bulk(ls, run) == 0;
 	int probes_ok = !probe || primary_probe_bulk(ls, run) == 0;
 	size_t i;
 
@@ -436,19 +499,30 @@ static void *
 prefetch_thread(void *arg)
 {
 	struct prefetch *pf = arg;
+	struct prov_version *ver;
 	size_t i;
 
+	if ((ver = malloc(sizeof(*ver))) == NULL) {
+		for (i = 0; i < pf->run->nplans; i++) {
+			pf->run->plans[i].code = DMK_ERR_NOMEM;
+			snprintf(pf->run->plans[i].error, sizeof(pf->run->plans[i].error),
+			    "%s: out of memory", pf->run->plans[i].db->name);
+		}
+		return NULL;
+	}
 	for (i = 0; i < pf->run->nplans; i++) {
 		struct db_plan *p = &pf->run->plans[i];
 		struct dmk_err e;
 		int r;
 
-		if ((r = dmk_password_current(pf->a, &p->db->dmk_password, &p->pw, &p->ver,
+		if ((r = dmk_password_current(pf->a, &p->db->dmk_password, &p->pw, ver,
 		    &e)) != 0) {
 			p->code = r;
 			snprintf(p->error, sizeof(p->error), "%s: %s", p->db->name, e.msg);
-		}
+		} else
+			util_strlcpy(p->ver.id, ver->id, sizeof(p->ver.id));
 	}
+	free(ver);
 	return NULL;
 }
 
@@ -460,7 +534,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	struct sql_session *ls = NULL;
 	struct prefetch pf;
 	pthread_t th;
-	int r, started = 0;
+	int r, started = 0, have_facts = 0;
 	size_t i, j;
 
 	memset(run, 0, sizeof(*run));
@@ -507,7 +581,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		dmk_err_prefix(err, "AG %s", ag->name);
 		goto out;
 	}
-	if ((r = sql_discover_ag(ls, ag->name, &run->info, err)) != 0) {
+	if ((r = discover_with_facts(ls, run, &have_facts, err)) != 0) {
 		dmk_err_prefix(err, "AG %s: discovery through the listener", ag->name);
 		goto out;
 	}
@@ -551,7 +625,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 			p->usable = 1;    /* provisionally: the primary decides below */
 	}
 	if (run->nplans > 0)
-		primary_checks(ls, run, probe);
+		primary_checks(ls, run, probe, have_facts);
 	if (run->nplans == 0) {
 		r = dmk_errf(err, DMK_ERR_USAGE, "AG %s: no configured database%s%s", ag->name,
 		    dbfilter ? " named " : "", dbfilter ? dbfilter : "");

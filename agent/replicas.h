@@ -30,7 +30,9 @@ struct secret;
 struct db_plan {
 	const struct conf_db *db;
 	struct secret *pw;              /* the store's current DMK password */
-	struct prov_version ver;
+	struct {                        /* its version: the id alone (a struct prov_version */
+		char id[80];            /* with its markers is 10 KiB a database) */
+	} ver;
 	char store[64];
 	int in_ag;                      /* the AG lists it */
 	int usable;                     /* the password opens the DMK on the primary */
