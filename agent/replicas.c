@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -538,6 +539,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	size_t i, j;
 
 	memset(run, 0, sizeof(*run));
+	pthread_mutex_init(&run->notes_mu, NULL);
 	run->a = a;
 	run->ag = ag;
 	run->login.user = strcmp(ag->login, "integrated") == 0 ? NULL : ag->login;
@@ -624,6 +626,13 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		if (p->code == 0)
 			p->usable = 1;    /* provisionally: the primary decides below */
 	}
+	/* As when the facts come alone: only the usable databases have them
+	 * (rotation.c's rot_facts reads the others on its own session). */
+	for (i = 0; have_facts && i < run->nplans; i++)
+		if (!run->plans[i].usable) {
+			memset(&run->plans[i].primary_keys, 0, sizeof(run->plans[i].primary_keys));
+			run->plans[i].cert[0] = '\0';
+		}
 	if (run->nplans > 0)
 		primary_checks(ls, run, probe, have_facts);
 	if (run->nplans == 0) {
@@ -706,10 +715,66 @@ ag_each_replica(struct ag_run *run, int (*work)(struct rep_run *, struct sql_ses
 	return incomplete ? DMK_ERR_INCOMPLETE : 0;
 }
 
+/* The notes live in blocks owned by the run: a rep_db array may be freed
+ * anywhere (free()), its texts go with the run. */
+struct note_block {
+	struct note_block *next;
+	size_t used, cap;
+	char data[];
+};
+
+void
+rep_note(struct rep_run *rr, struct rep_db *d, const char *fmt, ...)
+{
+	static const char oom[] = "out of memory (the message was lost)";
+	struct ag_run *run = rr->run;
+	struct note_block *b;
+	char text[DMK_ERR_MSG_MAX];
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	n = strlen(text) + 1;
+	pthread_mutex_lock(&run->notes_mu);
+	b = run->notes;
+	if (b == NULL || b->cap - b->used < n) {
+		size_t cap = n > 16384 ? n : 16384;
+
+		if ((b = malloc(sizeof(*b) + cap)) == NULL) {
+			pthread_mutex_unlock(&run->notes_mu);
+			d->note = oom;
+			return;
+		}
+		b->next = run->notes;
+		b->used = 0;
+		b->cap = cap;
+		run->notes = b;
+	}
+	memcpy(b->data + b->used, text, n);
+	d->note = b->data + b->used;
+	b->used += n;
+	pthread_mutex_unlock(&run->notes_mu);
+}
+
+const char *
+rep_note_text(const struct rep_db *d)
+{
+	return d->note != NULL ? d->note : "";
+}
+
 void
 ag_close(struct ag_run *run)
 {
+	struct note_block *b, *nb;
 	size_t i;
+
+	for (b = run->notes; b != NULL; b = nb) {
+		nb = b->next;
+		free(b);
+	}
+	pthread_mutex_destroy(&run->notes_mu);
 
 	for (i = 0; i < run->nplans; i++) {
 		secret_free(run->plans[i].pw);

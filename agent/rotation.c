@@ -605,7 +605,7 @@ work_register(struct rep_run *rr, struct sql_session *s)
 
 	d->outcome = rc == 1 ? OUT_ADDED : rc == 0 ? OUT_PRESENT : OUT_FAILED;
 	if (rc < 0)
-		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+		rep_note(rr, d, "%s", e.msg);
 	rot_audit(r, "register", rr->rep->name, r->newv.id, rc == 1 ? "added" : rc == 0 ?
 	    "unchanged" : "failed", rc < 0 ? e.msg : NULL);
 	return rc < 0 ? DMK_ERR_INCOMPLETE : 0;
@@ -632,7 +632,7 @@ work_verify(struct rep_run *rr, struct sql_session *s)
 	d->outcome = rc >= 0 ? OUT_OK : OUT_GAP;
 	d->auto_open = o;
 	if (rc < 0)
-		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+		rep_note(rr, d, "%s", e.msg);
 	rot_audit(r, "verify", rr->rep->name, r->newv.id, rc >= 0 ? "ok" : "gap",
 	    rc < 0 ? e.msg : NULL);
 	if (rc >= 0 && regstate_set(r->a, r->run->ag->name, rr->rep->name,
@@ -681,7 +681,7 @@ work_drop(struct rep_run *rr, struct sql_session *s)
 out:
 	d->outcome = rc == 0 ? (dropped ? OUT_DROPPED : OUT_OK) : OUT_FAILED;
 	if (rc != 0)
-		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+		rep_note(rr, d, "%s", e.msg);
 	rot_audit(r, "drop-credential", rr->rep->name, r->oldv.id, rc != 0 ? "failed" :
 	    dropped ? "dropped" : "already gone", rc != 0 ? e.msg : NULL);
 	return rc != 0 ? DMK_ERR_INCOMPLETE : 0;
@@ -710,7 +710,7 @@ rot_each(struct rot *r, int (*work)(struct rep_run *, struct sql_session *), con
 			    r->p->db->name, what, rr->rep->name, rr->error);
 		if (rr->code != 0)
 			return dmk_errf(err, DMK_ERR_INCOMPLETE, "%s: %s: replica %s: %s",
-			    r->p->db->name, what, rr->rep->name, rr->dbs ? rr->dbs[r->pi].detail : "");
+			    r->p->db->name, what, rr->rep->name, rr->dbs ? rep_note_text(&rr->dbs[r->pi]) : "");
 	}
 	return dmk_errf(err, rc, "%s: %s: incomplete", r->p->db->name, what);
 }
