@@ -1178,10 +1178,17 @@ proc_tcp_inode(const char *table, const char *want_local, unsigned lport, const 
 	unsigned long ino;
 	FILE *f;
 	int found = 0;
+	char lps[8];
 
 	if ((f = fopen(table, "re")) == NULL)
 		return -1;
+	/* The table holds every TCP socket of the host (thousands on a busy
+	 * one): read it in large blocks, parse only the lines with our port. */
+	(void)setvbuf(f, NULL, _IOFBF, 64 * 1024);
+	snprintf(lps, sizeof(lps), ":%04X ", lport & 0xffff);
 	while (fgets(line, sizeof(line), f) != NULL) {
+		if (strstr(line, lps) == NULL)
+			continue;
 		if (sscanf(line, " %*u: %64[0-9A-Fa-f]:%x %64[0-9A-Fa-f]:%x %x %*s %*s %*s %*u %*u %lu",
 		    la, &lp, ra, &rp, &st, &ino) != 6)
 			continue;
