@@ -83,7 +83,7 @@ prune_work(struct rep_run *rr, struct sql_session *s)
 			    r == 0 ? NULL : e.msg);
 			if (r == 0) {
 				d->outcome = OUT_DROPPED;
-				snprintf(d->detail, sizeof(d->detail), "%s the credential of store "
+				rep_note(rr, d, "%s the credential of store "
 				    "version %s", run->dry_run ? "would drop" : "dropped", p->stale_ver[j]);
 			}
 		}
@@ -138,7 +138,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		for (i = 0; i < run->nplans; i++)
 			if (run->plans[i].usable) {
 				rr->dbs[i].outcome = OUT_FAILED;
-				util_strlcpy(rr->dbs[i].detail, e.msg, sizeof(rr->dbs[i].detail));
+				rep_note(rr, &rr->dbs[i], "%s", e.msg);
 			}
 		r = DMK_ERR_INCOMPLETE;
 		goto out;
@@ -158,7 +158,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		d->have_keys = 1;
 		if (run->dry_run) {
 			d->outcome = OUT_WOULD_ADD;
-			snprintf(d->detail, sizeof(d->detail), "%d credential(s) for this database "
+			rep_note(rr, d, "%d credential(s) for this database "
 			    "now; SQL Server does not tell which password each holds",
 			    d->keys.ncredentials);
 			continue;
@@ -178,7 +178,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 			struct rep_db *d = &rr->dbs[idx[i + j]];
 			if (r != 0) {
 				d->outcome = OUT_FAILED;
-				util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+				rep_note(rr, d, "%s", e.msg);
 			} else
 				d->outcome = OUT_NONE;   /* the credentials tell, below */
 		}
@@ -235,7 +235,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 				d->outcome = OUT_PRESENT;
 			else {
 				d->outcome = OUT_FAILED;
-				util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+				rep_note(rr, d, "%s", e.msg);
 			}
 		}
 		if (d->outcome == OUT_FAILED)
@@ -254,7 +254,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		ent[nent].keys = k;
 		ent[nent].outcome = d->outcome == OUT_FAILED ? "failed" :
 		    d->outcome == OUT_ADDED ? "added" : "unchanged";
-		ent[nent].error = d->outcome == OUT_FAILED ? d->detail : NULL;
+		ent[nent].error = d->outcome == OUT_FAILED ? rep_note_text(d) : NULL;
 		nent++;
 		if (d->outcome == OUT_FAILED)
 			continue;
@@ -263,7 +263,7 @@ register_work(struct rep_run *rr, struct sql_session *s)
 		{
 			int others = d->keys.ncredentials - (d->outcome == OUT_PRESENT);
 			if (others > 0)
-				snprintf(d->detail, sizeof(d->detail), "%d other credential(s) for this "
+				rep_note(rr, d, "%d other credential(s) for this "
 				    "database%s", others, run->prune ? "" : " (stale? see --prune)");
 		}
 		if (run->prune && rr->is_primary)
@@ -318,14 +318,14 @@ report(struct agent *a, struct ag_run *run, json_t *jag)
 			json_t *x = json_object();
 			json_object_set_new(x, "database", json_string(run->plans[j].db->name));
 			json_object_set_new(x, "outcome", json_string(rep_outcome_name(d->outcome)));
-			json_object_set_new(x, "detail", json_string(d->detail));
+			json_object_set_new(x, "detail", json_string(rep_note_text(d)));
 			if (d->credential[0])
 				json_object_set_new(x, "credential", json_string(d->credential));
 			json_array_append_new(od, x);
 			if (a->output == OUTPUT_TEXT && d->outcome != OUT_SKIPPED)
 				fprintf(a->out, "  %-12s %-24s %s%s%s\n", rr->rep->name,
 				    run->plans[j].db->name, rep_outcome_name(d->outcome),
-				    d->detail[0] ? ": " : "", d->detail);
+				    rep_note_text(d)[0] ? ": " : "", rep_note_text(d));
 		}
 		json_object_set_new(o, "databases", od);
 		json_array_append_new(jreps, o);

@@ -98,7 +98,7 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 		for (i = 0; i < run->nplans; i++)
 			if (run->plans[i].usable) {
 				rr->dbs[i].outcome = OUT_GAP;
-				snprintf(rr->dbs[i].detail, sizeof(rr->dbs[i].detail), "cannot read the "
+				rep_note(rr, &rr->dbs[i], "cannot read the "
 				    "credentials: %s", e.msg);
 			}
 		free(opened);
@@ -122,7 +122,7 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 		d->auto_open = opened[i];
 		if (d->keys.ncredentials == 0) {
 			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "no credential for this database "
+			rep_note(rr, d, "no credential for this database "
 			    "(family %s): after a failover this replica cannot open the DMK; run "
 			    "dmkagent register", p->primary_keys.family_guid);
 			gap = 1;
@@ -131,7 +131,7 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 		if (regstate_get(run->a, run->ag->name, rr->rep->name, p->primary_keys.family_guid,
 		    ver, sizeof(ver), cred, sizeof(cred)) != 0) {
 			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "%d credential(s), none registered by "
+			rep_note(rr, d, "%d credential(s), none registered by "
 			    "dmkagent from %s; run dmkagent register", d->keys.ncredentials,
 			    p->db->dmk_password.text);
 			gap = 1;
@@ -139,7 +139,7 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 		}
 		if (strcmp(ver, p->ver.id) != 0) {
 			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "registered store version %s, but the "
+			rep_note(rr, d, "registered store version %s, but the "
 			    "store's current version is %s; run dmkagent register", ver, p->ver.id);
 			gap = 1;
 			continue;
@@ -149,20 +149,20 @@ verify_work(struct rep_run *rr, struct sql_session *s)
 				found = 1;
 		if (!found) {
 			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "the credential dmkagent registered (%s) "
+			rep_note(rr, d, "the credential dmkagent registered (%s) "
 			    "is gone; run dmkagent register", cred);
 			gap = 1;
 			continue;
 		}
 		if (d->auto_open == 0) {
 			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "the DMK does not open by itself "
+			rep_note(rr, d, "the DMK does not open by itself "
 			    "here: the registered credential does not open it");
 			gap = 1;
 			continue;
 		}
 		d->outcome = OUT_OK;
-		snprintf(d->detail, sizeof(d->detail), "credential registered (store version %s)%s",
+		rep_note(rr, d, "credential registered (store version %s)%s",
 		    ver, d->auto_open == 1 ? "; DMK opens by itself" :
 		    "; not readable here: checked by catalog only");
 	}
@@ -210,8 +210,7 @@ failover_test(struct agent *a, struct ag_run *run)
 			    o == 0 ? "DMK DOES NOT OPEN" : "cannot tell (no certificate under the DMK)");
 			if (o == 0) {
 				rr->dbs[j].outcome = OUT_GAP;
-				snprintf(rr->dbs[j].detail, sizeof(rr->dbs[j].detail),
-				    "after failing over here the DMK did not open");
+				rep_note(rr, &rr->dbs[j], "after failing over here the DMK did not open");
 				bad = 1;
 			}
 		}
@@ -477,7 +476,7 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status,
 			if (!status) {
 				json_object_set_new(x, "result", json_string(d->outcome == OUT_OK ? "pass" :
 				    d->outcome == OUT_SKIPPED ? "skipped" : "gap"));
-				json_object_set_new(x, "detail", json_string(d->detail));
+				json_object_set_new(x, "detail", json_string(rep_note_text(d)));
 			}
 			json_array_append_new(od, x);
 			if (a->output != OUTPUT_TEXT)
@@ -495,7 +494,7 @@ print_run(struct agent *a, struct ag_run *run, json_t *jag, int status,
 				    d->have_keys && d->keys.ncredentials > 1 ? " (EXTRA CREDENTIALS)" : "");
 			else if (d->outcome != OUT_SKIPPED)
 				fprintf(a->out, "    %-24s %s: %s\n", run->plans[j].db->name,
-				    d->outcome == OUT_OK ? "pass" : "GAP", d->detail);
+				    d->outcome == OUT_OK ? "pass" : "GAP", rep_note_text(d));
 		}
 		json_object_set_new(o, "databases", od);
 		json_array_append_new(jreps, o);

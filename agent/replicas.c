@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -318,33 +319,29 @@ primary_one(struct sql_session *ls, struct ag_run *run, struct db_plan *p, int p
 	}
 }
 
-/* The facts of every database in one round trip; 0 when all were read. */
+/* The facts' statements for every configured database (sql_add_db_list first). */
 static int
-primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
+facts_add(struct sql_stmt *st, struct ag_run *run, int all, struct dmk_err *e)
 {
-	struct sql_result **sets = NULL, *all = NULL;
-	struct sql_stmt *st;
-	struct dmk_err e;
-	size_t i, k, n = 0;
-	int r = 0, got = 0;
+	size_t i;
+	int r = sql_add_db_list(st, e);
 
-	if ((st = sql_stmt_new()) == NULL)
-		return DMK_ERR_NOMEM;
-	r = sql_add_db_list(st, &e);
 	for (i = 0; i < run->nplans && r == 0; i++)
-		if (run->plans[i].usable)
-			r = sql_add_db_facts(st, i, run->plans[i].db->name, &e);
-	if (r != 0 || (r = sql_exec_sets(ls, st, &sets, &n, &e)) != 0)
-		goto out;
-	if (sql_call_errors(ls, NULL, 0) > 0 || n == 0) {
-		r = DMK_ERR_SQL;   /* let the precise path say what went wrong */
-		goto out;
-	}
-	all = sets[0];
+		if (all || run->plans[i].usable)
+			r = sql_add_db_facts(st, i, run->plans[i].db->name, e);
+	return r;
+}
+
+/* The facts from their result sets (the list, then a key and a certificate
+ * per database). */
+static void
+facts_parse(struct ag_run *run, struct sql_result *const *sets, size_t n)
+{
+	const struct sql_result *all = sets[0];
+	size_t i, k;
+
 	for (i = 0; i < run->nplans; i++) {
 		struct db_plan *p = &run->plans[i];
-		if (!p->usable)
-			continue;
 		for (k = 0; k < all->nrows; k++) {
 			const struct sql_value *nm = sql_cell(all, k, "name");
 			const struct sql_value *fg = sql_cell(all, k, "family_guid");
@@ -355,7 +352,6 @@ primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
 					    sizeof(p->primary_keys.family_guid));
 				p->primary_keys.dmk_by_smk = sm && sm->type == SQLT_INT && sm->i;
 				p->primary_keys.readable = 1;
-				got++;
 			}
 		}
 		if (p->db->ncertificates > 0)
@@ -375,13 +371,81 @@ primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
 		if (ce && ce->type == SQLT_STR && p->cert[0] == '\0')
 			util_strlcpy(p->cert, ce->s, sizeof(p->cert));
 	}
+}
+
+/* 0 when every usable database has its facts. */
+static int
+facts_complete(const struct ag_run *run)
+{
+	size_t i;
+
 	for (i = 0; i < run->nplans; i++)
 		if (run->plans[i].usable && run->plans[i].primary_keys.family_guid[0] == '\0')
-			r = DMK_ERR_NOTFOUND;
+			return DMK_ERR_NOTFOUND;
+	return 0;
+}
+
+/* The facts of every database in one round trip; 0 when all were read. */
+static int
+primary_facts_bulk(struct sql_session *ls, struct ag_run *run)
+{
+	struct sql_result **sets = NULL;
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t n = 0;
+	int r = 0;
+
+	if ((st = sql_stmt_new()) == NULL)
+		return DMK_ERR_NOMEM;
+	if ((r = facts_add(st, run, 0, &e)) != 0 || (r = sql_exec_sets(ls, st, &sets, &n, &e)) != 0)
+		goto out;
+	if (sql_call_errors(ls, NULL, 0) > 0 || n == 0) {
+		r = DMK_ERR_SQL;   /* let the precise path say what went wrong */
+		goto out;
+	}
+	facts_parse(run, sets, n);
+	r = facts_complete(run);
 out:
 	sql_sets_free(sets, n);
 	sql_stmt_free(st);
 	return r;
+}
+
+/*
+ * Discovery and the facts of every configured database in one round trip
+ * (the database list comes from the configuration).  *facts: 1 when the
+ * facts were read with it.  When the batch fails (a configured database
+ * that is not there, say), discovery alone as before, and the facts later.
+ */
+static int
+discover_with_facts(struct sql_session *ls, struct ag_run *run, int *facts, struct dmk_err *err)
+{
+	struct sql_result **sets = NULL;
+	struct sql_stmt *st;
+	struct dmk_err e;
+	size_t n = 0;
+	int r;
+
+	*facts = 0;
+	if (run->nplans == 0 || (st = sql_stmt_new()) == NULL)
+		return sql_discover_ag(ls, run->ag->name, &run->info, err);
+	r = sql_add_discovery(st, &e);
+	if (r == 0)
+		r = facts_add(st, run, 1, &e);
+	if (r == 0)
+		r = sql_exec_sets(ls, st, &sets, &n, &e);
+	sql_stmt_free(st);
+	if (r == 0 && n > 5 && sql_call_errors(ls, NULL, 0) == 0) {
+		if ((r = sql_discovery_from_sets(ls, run->ag->name, sets, 5, &run->info, err)) == 0) {
+			facts_parse(run, sets + 5, n - 5);
+			*facts = 1;
+		}
+		sql_sets_free(sets, n);
+		return r;
+	}
+	sql_sets_free(sets, n);
+	/* the precise path: its own errors, with the permission hint */
+	return sql_discover_ag(ls, run->ag->name, &run->info, err);
 }
 
 /* Every password proven on the primary in one round trip; 0 when all opened. */
@@ -412,9 +476,9 @@ primary_probe_bulk(struct sql_session *ls, struct ag_run *run)
  * that each gets its own verdict.
  */
 static void
-primary_checks(struct sql_session *ls, struct ag_run *run, int probe)
+primary_checks(struct sql_session *ls, struct ag_run *run, int probe, int have_facts)
 {
-	int facts_ok = primary_facts_bulk(ls, run) == 0;
+	int facts_ok = have_facts ? facts_complete(run) == 0 : primary_facts_bulk(ls, run) == 0;
 	int probes_ok = !probe || primary_probe_bulk(ls, run) == 0;
 	size_t i;
 
@@ -474,19 +538,30 @@ static void *
 prefetch_thread(void *arg)
 {
 	struct prefetch *pf = arg;
+	struct prov_version *ver;
 	size_t i;
 
+	if ((ver = malloc(sizeof(*ver))) == NULL) {
+		for (i = 0; i < pf->run->nplans; i++) {
+			pf->run->plans[i].code = DMK_ERR_NOMEM;
+			snprintf(pf->run->plans[i].error, sizeof(pf->run->plans[i].error),
+			    "%s: out of memory", pf->run->plans[i].db->name);
+		}
+		return NULL;
+	}
 	for (i = 0; i < pf->run->nplans; i++) {
 		struct db_plan *p = &pf->run->plans[i];
 		struct dmk_err e;
 		int r;
 
-		if ((r = dmk_password_current(pf->a, &p->db->dmk_password, &p->pw, &p->ver,
+		if ((r = dmk_password_current(pf->a, &p->db->dmk_password, &p->pw, ver,
 		    &e)) != 0) {
 			p->code = r;
 			snprintf(p->error, sizeof(p->error), "%s: %s", p->db->name, e.msg);
-		}
+		} else
+			util_strlcpy(p->ver.id, ver->id, sizeof(p->ver.id));
 	}
+	free(ver);
 	return NULL;
 }
 
@@ -498,10 +573,11 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 	struct sql_session *ls = NULL;
 	struct prefetch pf;
 	pthread_t th;
-	int r, started = 0;
+	int r, started = 0, have_facts = 0;
 	size_t i, j;
 
 	memset(run, 0, sizeof(*run));
+	pthread_mutex_init(&run->notes_mu, NULL);
 	run->a = a;
 	run->ag = ag;
 	run->login.user = strcmp(ag->login, "integrated") == 0 ? NULL : ag->login;
@@ -546,7 +622,7 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		ag_login_hint(ag, err);
 		goto out;
 	}
-	if ((r = sql_discover_ag(ls, ag->name, &run->info, err)) != 0) {
+	if ((r = discover_with_facts(ls, run, &have_facts, err)) != 0) {
 		dmk_err_prefix(err, "AG %s: discovery through the listener", ag->name);
 		goto out;
 	}
@@ -589,8 +665,15 @@ ag_open(struct agent *a, const struct conf_ag *ag, const char *dbfilter, int pro
 		if (p->code == 0)
 			p->usable = 1;    /* provisionally: the primary decides below */
 	}
+	/* As when the facts come alone: only the usable databases have them
+	 * (rotation.c's rot_facts reads the others on its own session). */
+	for (i = 0; have_facts && i < run->nplans; i++)
+		if (!run->plans[i].usable) {
+			memset(&run->plans[i].primary_keys, 0, sizeof(run->plans[i].primary_keys));
+			run->plans[i].cert[0] = '\0';
+		}
 	if (run->nplans > 0)
-		primary_checks(ls, run, probe);
+		primary_checks(ls, run, probe, have_facts);
 	if (run->nplans == 0) {
 		r = dmk_errf(err, DMK_ERR_USAGE, "AG %s: no configured database%s%s", ag->name,
 		    dbfilter ? " named " : "", dbfilter ? dbfilter : "");
@@ -700,10 +783,66 @@ ag_each_replica(struct ag_run *run, int (*work)(struct rep_run *, struct sql_ses
 	return incomplete ? DMK_ERR_INCOMPLETE : 0;
 }
 
+/* The notes live in blocks owned by the run: a rep_db array may be freed
+ * anywhere (free()), its texts go with the run. */
+struct note_block {
+	struct note_block *next;
+	size_t used, cap;
+	char data[];
+};
+
+void
+rep_note(struct rep_run *rr, struct rep_db *d, const char *fmt, ...)
+{
+	static const char oom[] = "out of memory (the message was lost)";
+	struct ag_run *run = rr->run;
+	struct note_block *b;
+	char text[DMK_ERR_MSG_MAX];
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	n = strlen(text) + 1;
+	pthread_mutex_lock(&run->notes_mu);
+	b = run->notes;
+	if (b == NULL || b->cap - b->used < n) {
+		size_t cap = n > 16384 ? n : 16384;
+
+		if ((b = malloc(sizeof(*b) + cap)) == NULL) {
+			pthread_mutex_unlock(&run->notes_mu);
+			d->note = oom;
+			return;
+		}
+		b->next = run->notes;
+		b->used = 0;
+		b->cap = cap;
+		run->notes = b;
+	}
+	memcpy(b->data + b->used, text, n);
+	d->note = b->data + b->used;
+	b->used += n;
+	pthread_mutex_unlock(&run->notes_mu);
+}
+
+const char *
+rep_note_text(const struct rep_db *d)
+{
+	return d->note != NULL ? d->note : "";
+}
+
 void
 ag_close(struct ag_run *run)
 {
+	struct note_block *b, *nb;
 	size_t i;
+
+	for (b = run->notes; b != NULL; b = nb) {
+		nb = b->next;
+		free(b);
+	}
+	pthread_mutex_destroy(&run->notes_mu);
 
 	for (i = 0; i < run->nplans; i++) {
 		secret_free(run->plans[i].pw);

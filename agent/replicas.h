@@ -30,7 +30,9 @@ struct secret;
 struct db_plan {
 	const struct conf_db *db;
 	struct secret *pw;              /* the store's current DMK password */
-	struct prov_version ver;
+	struct {                        /* its version: the id alone (a struct prov_version */
+		char id[80];            /* with its markers is 10 KiB a database) */
+	} ver;
 	char store[64];
 	int in_ag;                      /* the AG lists it */
 	int usable;                     /* the password opens the DMK on the primary */
@@ -52,7 +54,9 @@ enum rep_outcome {
 /* One database on one replica. */
 struct rep_db {
 	int outcome;
-	char detail[DMK_ERR_MSG_MAX];
+	const char *note;               /* what to say about it: rep_note(), read with
+	                                 * rep_note_text(); the run owns it (1 KiB of
+	                                 * buffer per replica and database before) */
 	struct sql_dbkeys keys;
 	int have_keys;
 	int auto_open;                  /* -1 unknown, 0 no, 1 yes */
@@ -95,6 +99,8 @@ struct ag_run {
 	int dry_run;
 	int prune;
 	void *ctx;                      /* the command's own data */
+	struct note_block *notes;       /* rep_note()'s texts, freed by ag_close() */
+	pthread_mutex_t notes_mu;
 	int (*work)(struct rep_run *rr, struct sql_session *s);
 	/*
 	 * Sessions kept for the whole run, closed by ag_close(): ls, the
@@ -131,6 +137,12 @@ int ag_select(struct agent *a, const char *agfilter, const char *dbfilter,
     const struct conf_ag ***out, size_t *n, struct dmk_err *err);
 
 const char *rep_outcome_name(int o);
+
+/* The note of one database on one replica (any thread of the run); its
+ * text, "" when none. */
+void rep_note(struct rep_run *rr, struct rep_db *d, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+const char *rep_note_text(const struct rep_db *d);
 
 /*
  * The DMK password currently in force: the store's newest version unless

@@ -653,7 +653,7 @@ register_one(struct rep_run *rr, struct sql_session *s, struct rot *r)
 
 	d->outcome = rc == 1 ? OUT_ADDED : rc == 0 ? OUT_PRESENT : OUT_FAILED;
 	if (rc < 0)
-		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+		rep_note(rr, d, "%s", e.msg);
 	rot_audit(r, "register", rr->rep->name, r->newv.id, rc == 1 ? "added" : rc == 0 ?
 	    "unchanged" : "failed", rc < 0 ? e.msg : NULL);
 	return rc < 0 ? DMK_ERR_INCOMPLETE : 0;
@@ -679,7 +679,7 @@ verify_one(struct rep_run *rr, struct sql_session *s, struct rot *r)
 	d->outcome = rc >= 0 ? OUT_OK : OUT_GAP;
 	d->auto_open = o;
 	if (rc < 0)
-		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+		rep_note(rr, d, "%s", e.msg);
 	rot_audit(r, "verify", rr->rep->name, r->newv.id, rc >= 0 ? "ok" : "gap",
 	    rc < 0 ? e.msg : NULL);
 	/* staged: the wave writes registered.json once (rot_wave) */
@@ -727,7 +727,7 @@ drop_one(struct rep_run *rr, struct sql_session *s, struct rot *r)
 out:
 	d->outcome = rc == 0 ? (dropped ? OUT_DROPPED : OUT_OK) : OUT_FAILED;
 	if (rc != 0)
-		util_strlcpy(d->detail, e.msg, sizeof(d->detail));
+		rep_note(rr, d, "%s", e.msg);
 	rot_audit(r, "drop-credential", rr->rep->name, r->oldv.id, rc != 0 ? "failed" :
 	    dropped ? "dropped" : "already gone", rc != 0 ? e.msg : NULL);
 	return rc != 0 ? DMK_ERR_INCOMPLETE : 0;
@@ -870,13 +870,12 @@ work_verify(struct rep_run *rr, struct sql_session *s)
 		d->auto_open = opened[k];
 		if (opened[k] == 0) {
 			d->outcome = OUT_GAP;
-			snprintf(d->detail, sizeof(d->detail), "%s: the DMK does not open by itself "
-			    "here", rr->rep->name);
+			rep_note(rr, d, "%s: the DMK does not open by itself here", rr->rep->name);
 			bad = 1;
 		} else
 			d->outcome = OUT_OK;
 		rot_audit(r, "verify", rr->rep->name, r->newv.id, d->outcome == OUT_OK ? "ok" : "gap",
-		    d->outcome == OUT_OK ? NULL : d->detail);
+		    d->outcome == OUT_OK ? NULL : rep_note_text(d));
 		if (d->outcome == OUT_OK)
 			regstate_stage(r->a, r->run->ag->name, rr->rep->name,
 			    r->p->primary_keys.family_guid, r->ref->text, r->newv.id, d->credential, 0);
@@ -1015,8 +1014,8 @@ rot_wave(struct rot **rs, size_t n, const char *mask,
 			else if (d == NULL || d->outcome == OUT_NONE || d->outcome == OUT_FAILED ||
 			    d->outcome == OUT_GAP)
 				rcs[k] = dmk_errf(&errs[k], DMK_ERR_INCOMPLETE, "%s: %s: replica %s: %s",
-				    r->p->db->name, what, rr->rep->name, d && d->detail[0] ? d->detail :
-				    rr->error);
+				    r->p->db->name, what, rr->rep->name, d && rep_note_text(d)[0] ?
+				    rep_note_text(d) : rr->error);
 		}
 	}
 out:

@@ -295,11 +295,13 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 	p[k].name = "@params";
 	p[k++].type = SQLP_NVARCHAR;
 	/*
-	 * Positional arguments and one @a for the action keep each statement
-	 * short: @stmt and @params travel as nvarchar(4000) (db-lib's limit),
-	 * and the chunk size is what fits.
+	 * Positional arguments, one @a for the action and the procedure's name
+	 * in @s (EXEC @module_name_var) keep each statement short: @stmt and
+	 * @params travel as nvarchar(4000) (db-lib's limit), and the chunk size
+	 * is what fits (the declarations: 28 bytes a database at 3 digits).
 	 */
 	sql_stmt_raw(decl, "@a nvarchar(8)");
+	sql_stmt_raw(text, "DECLARE @s sysname = N'sp_control_dbmasterkey_password';\n");
 	for (i = 0; i < n; i++) {
 		if (!sql_valid_name(dbs[i])) {
 			r = dmk_errf(err, DMK_ERR_BADINPUT, "bad database name");
@@ -309,7 +311,7 @@ sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
 		snprintf(names[2 * i + 1], sizeof(names[0]), "@p%zu", i);
 		/* Parameter names (@d<i>, @p<i>) and keywords only: the values
 		 * travel as parameters. */
-		sql_stmt_raw(text, "EXEC sp_control_dbmasterkey_password @d");
+		sql_stmt_raw(text, "EXEC @s @d");
 		sql_stmt_int(text, (long long)i);
 		sql_stmt_raw(text, ",@p");
 		sql_stmt_int(text, (long long)i);

@@ -176,6 +176,27 @@ out:
 	return rc;
 }
 
+#define Q_ALL Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES ";\n" Q_DBS ";\n"
+
+int
+sql_add_discovery(struct sql_stmt *st, struct dmk_err *err)
+{
+	sql_stmt_raw(st, Q_ALL);
+	return sql_stmt_error(st, err);
+}
+
+int
+sql_discovery_from_sets(struct sql_session *s, const char *ag_name,
+    struct sql_result *const *sets, size_t nsets, struct sql_ag *out, struct dmk_err *err)
+{
+	memset(out, 0, sizeof(*out));
+	if (nsets < 5)
+		return dmk_errf(err, DMK_ERR_PROTOCOL, "%s: discovery answered %zu result sets, "
+		    "not 5", sql_session_name(s), nsets);
+	return sql_ag_from_rows(sql_session_name(s), ag_name, sets[0], sets[1], sets[2], sets[3],
+	    sets[4], out, err);
+}
+
 int
 sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
     struct dmk_err *err)
@@ -194,8 +215,8 @@ sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
 		struct dmk_err e2;
 		size_t ns = 0;
 
-		if (st != NULL && sql_stmt_raw(st, Q_AGS ";\n" Q_REPS ";\n" Q_STATES ";\n" Q_GSTATES
-		    ";\n" Q_DBS ";\n") == 0 && sql_exec_sets(s, st, &sets, &ns, &e2) == 0) {
+		if (st != NULL && sql_stmt_raw(st, Q_ALL) == 0 && sql_exec_sets(s, st, &sets, &ns,
+		    &e2) == 0) {
 			if (ns == 5 && sql_call_errors(s, NULL, 0) == 0) {
 				for (i = 0; i < 5; i++)
 					rs[i] = sets[i];

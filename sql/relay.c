@@ -925,6 +925,94 @@ strict_prelogin(struct relay *r, struct buf *msg, long long deadline)
 	return 0;
 }
 
+/*
+ * The client contexts: one per (CA file as it is now, strict), shared by
+ * every relay of the process (an SSL_CTX is safe to share once set up;
+ * each SSL takes its own reference).  A context per relay cost a CA parse
+ * and ~130 KiB each (bench/README.md).  A CA file that changes (inode,
+ * size or time) gets a new context, so a long-running agent follows it.
+ */
+#define CLIENT_CTX_MAX 4
+static pthread_mutex_t g_cctx_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct cctx {
+	SSL_CTX *ctx;
+	int strict;
+	char ca[512];
+	struct stat st;
+} g_cctx[CLIENT_CTX_MAX];
+
+static int
+cctx_same(const struct cctx *c, const char *ca, int strict, const struct stat *st)
+{
+	if (c->ctx == NULL || c->strict != strict || strcmp(c->ca, ca) != 0)
+		return 0;
+	return ca[0] == '\0' || (c->st.st_ino == st->st_ino && c->st.st_dev == st->st_dev &&
+	    c->st.st_size == st->st_size && c->st.st_mtim.tv_sec == st->st_mtim.tv_sec &&
+	    c->st.st_mtim.tv_nsec == st->st_mtim.tv_nsec);
+}
+
+/* A new reference to the client context for p; NULL with r->err set (or
+ * not: an OpenSSL failure the caller reports). */
+static SSL_CTX *
+client_ctx(struct relay *r, const struct relay_params *p)
+{
+	const char *ca = p->ca_file && *p->ca_file ? p->ca_file : "";
+	struct stat st;
+	SSL_CTX *ctx = NULL;
+	size_t i, slot = 0;
+
+	memset(&st, 0, sizeof(st));
+	if (ca[0] != '\0' && (access(ca, R_OK) != 0 || stat(ca, &st) != 0)) {
+		set_err(r, DMK_ERR_CONFIG, "cannot read CA file %s: %s", ca, strerror(errno));
+		return NULL;
+	}
+	pthread_mutex_lock(&g_cctx_mu);
+	for (i = 0; i < CLIENT_CTX_MAX; i++) {
+		if (cctx_same(&g_cctx[i], ca, p->strict, &st)) {
+			ctx = g_cctx[i].ctx;
+			SSL_CTX_up_ref(ctx);
+			goto out;
+		}
+		if (g_cctx[i].ctx == NULL || (g_cctx[i].strict == p->strict &&
+		    strcmp(g_cctx[i].ca, ca) == 0))
+			slot = i;   /* a free slot, or this CA's older context */
+	}
+	/* TDS 7.x runs TLS 1.2 (FreeTDS's peers); TDS 8.0 allows 1.3 and names
+	 * itself with ALPN */
+	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
+	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+	    !SSL_CTX_set_max_proto_version(ctx, p->strict ? TLS1_3_VERSION : TLS1_2_VERSION) ||
+	    (p->strict && SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x07tds/8.0", 8) != 0))
+		goto fail;
+	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);   /* plaintext buffers freed (wiped) when empty */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
+	if (ca[0] != '\0') {
+		if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+			set_err(r, DMK_ERR_CONFIG, "cannot load CA file %s: %s", ca, ssl_reason());
+			goto fail;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1)
+		goto fail;
+	if (strlen(ca) < sizeof(g_cctx[0].ca)) {
+		/* the cache keeps its own reference; an older one goes when its
+		 * last relay does */
+		SSL_CTX_free(g_cctx[slot].ctx);
+		g_cctx[slot].ctx = ctx;
+		SSL_CTX_up_ref(ctx);
+		g_cctx[slot].strict = p->strict;
+		memcpy(g_cctx[slot].ca, ca, strlen(ca) + 1);
+		g_cctx[slot].st = st;
+	}
+	goto out;
+fail:
+	SSL_CTX_free(ctx);
+	ctx = NULL;
+out:
+	pthread_mutex_unlock(&g_cctx_mu);
+	return ctx;
+}
+
 static int
 outer_setup(struct relay *r, const struct relay_params *p)
 {
@@ -978,29 +1066,11 @@ outer_setup(struct relay *r, const struct relay_params *p)
 			memcpy(r->srv_version, pl.version, 6);
 	}
 
-	/* TDS 7.x runs TLS 1.2 (FreeTDS's peers); TDS 8.0 allows 1.3 and names
-	 * itself with ALPN */
-	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL ||
-	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
-	    !SSL_CTX_set_max_proto_version(ctx, p->strict ? TLS1_3_VERSION : TLS1_2_VERSION) ||
-	    (p->strict && SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x07tds/8.0", 8) != 0))
-		goto tlsfail;
-	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);   /* plaintext buffers freed (wiped) when empty */
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
-	if (p->ca_file && *p->ca_file) {
-		if (access(p->ca_file, R_OK) != 0) {
-			set_err(r, DMK_ERR_CONFIG, "cannot read CA file %s: %s", p->ca_file,
-			    strerror(errno));
-			goto out;
-		}
-		if (SSL_CTX_load_verify_locations(ctx, p->ca_file, NULL) != 1) {
-			set_err(r, DMK_ERR_CONFIG, "cannot load CA file %s: %s", p->ca_file,
-			    ssl_reason());
-			goto out;
-		}
-	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1)
-		goto tlsfail;
+	if ((ctx = client_ctx(r, p)) == NULL) {
+		if (r->err.code == 0)
+			goto tlsfail;
+		goto out;
+	}
 	if (leg_ssl(&r->outer, ctx) != 0)
 		goto tlsfail;
 	SSL_set_app_data(r->outer.ssl, r);
@@ -1108,10 +1178,17 @@ proc_tcp_inode(const char *table, const char *want_local, unsigned lport, const 
 	unsigned long ino;
 	FILE *f;
 	int found = 0;
+	char lps[8];
 
 	if ((f = fopen(table, "re")) == NULL)
 		return -1;
+	/* The table holds every TCP socket of the host (thousands on a busy
+	 * one): read it in large blocks, parse only the lines with our port. */
+	(void)setvbuf(f, NULL, _IOFBF, 64 * 1024);
+	snprintf(lps, sizeof(lps), ":%04X ", lport & 0xffff);
 	while (fgets(line, sizeof(line), f) != NULL) {
+		if (strstr(line, lps) == NULL)
+			continue;
 		if (sscanf(line, " %*u: %64[0-9A-Fa-f]:%x %64[0-9A-Fa-f]:%x %x %*s %*s %*s %*u %*u %lu",
 		    la, &lp, ra, &rp, &st, &ino) != 6)
 			continue;

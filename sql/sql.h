@@ -176,7 +176,7 @@ int sql_dmk_password(struct sql_session *s, const char *db, const struct secret 
  * connection or bad input is an error.  With after != NULL the same request
  * then reads sql_credentials()'s set into *after (NULL if it could not).
  */
-#define SQL_DMK_MANY_MAX 70    /* what fits in @stmt's 4000 bytes (calls.c) */
+#define SQL_DMK_MANY_MAX 140   /* what fits in @params' 4000 bytes (calls.c) */
 int sql_dmk_password_many(struct sql_session *s, const char *const *dbs,
     const struct secret *const *pws, size_t n, const char *action, int *ambiguous,
     int *n_expected, struct sql_result **after, struct dmk_err *err);
@@ -333,6 +333,15 @@ struct sql_ag {
 /* Ask the AG itself (through a session to the listener/primary). */
 int sql_discover_ag(struct sql_session *s, const char *ag_name, struct sql_ag *out,
     struct dmk_err *err);
+/*
+ * The same discovery as the first statements of a batch the caller extends
+ * (the primary's facts: one round trip for both).  sql_add_discovery() adds
+ * the five catalog reads; after sql_exec_sets(), sql_discovery_from_sets()
+ * reads the AG from the first five result sets (the caller's follow).
+ */
+int sql_add_discovery(struct sql_stmt *st, struct dmk_err *err);
+int sql_discovery_from_sets(struct sql_session *s, const char *ag_name,
+    struct sql_result *const *sets, size_t nsets, struct sql_ag *out, struct dmk_err *err);
 void sql_ag_free(struct sql_ag *ag);
 /*
  * SQL Server Browser (SSRP, [MC-SQLR]): the TCP port of named instance

@@ -286,5 +286,33 @@ class Names(unittest.TestCase):
                 self.assertEqual(len(lab.credentials(n)), len(self.NAMES))
 
 
+class RoundTrips(unittest.TestCase):
+    """Requests per session (sqlsim /stats), the round trips the bench measures (bench/README.md):
+    through the listener, discovery with the primary's facts, then the password proofs (2); on each
+    replica, register: the encryption check with the credentials, then every add in one RPC with the
+    credentials after (2, for up to 140 databases); verify: one batch (1)."""
+    D = 80
+
+    def test_requests_per_session(self):
+        with Lab(nodes=2, extra_sql_args=["--extra-databases", str(self.D)]) as lab:
+            lab.write_config(databases=[(f"DB{i:04d}", None) for i in range(1, self.D + 1)])
+            for i in range(1, self.D + 1):
+                lab.put_dmk_password(ref=f"hcv:sql/ag1/db{i:04d}/dmk#password")
+            for job, want_listener, want_replica in (("register", 2, 2), ("verify", 2, 1)):
+                lab.control("/stats/reset", {})
+                rc, out, err = lab.agent(job)
+                self.assertEqual(rc, 0, out + err)
+                conns = lab.control("/stats")["per_connection"]
+                listener = [c for c in conns if c["via_listener"]]
+                replicas = [c for c in conns if not c["via_listener"]]
+                self.assertEqual(len(listener), 1, conns)
+                self.assertEqual(len(replicas), 2, conns)
+                self.assertEqual(listener[0]["requests"], want_listener, f"{job}: {conns}")
+                for c in replicas:
+                    self.assertEqual(c["requests"], want_replica, f"{job}: {conns}")
+            for n in range(2):
+                self.assertEqual(len(lab.credentials(n)), self.D)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)   # None attributes above are not collected

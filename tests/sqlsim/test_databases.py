@@ -102,6 +102,22 @@ class ExtraDatabases(unittest.TestCase):
             self.assertEqual(r, [(None,)])
             self.assertEqual(q(c, f"OPEN MASTER KEY DECRYPTION BY PASSWORD = {qs(DMK_PW)}"), None)
 
+    def test_exec_procedure_named_by_variable(self):
+        """EXEC @module_name_var args (T-SQL's form; sql_dmk_password_many uses it to keep its add RPCs
+        short): the procedure the variable names runs with the arguments, positional or named."""
+        with connect(self.sim.port(2)) as c:
+            q(c, "DECLARE @s sysname = N'sp_control_dbmasterkey_password'; "
+                 f"EXEC @s N'DB0005', {qs(DMK_PW)}, N'add'")
+            num, _sev, _m = sqlerr(c, "DECLARE @s sysname = N'sp_control_dbmasterkey_password'; "
+                                      f"EXEC @s @db_name = N'DB0005', @password = {qs(DMK_PW)}, @action = N'add'")
+            self.assertEqual(num, 15594)          # the same procedure: already there
+            num, _sev, _m = sqlerr(c, "DECLARE @s sysname = N'sp_no_such_proc'; EXEC @s 1")
+            self.assertEqual(num, 2812)
+        with connect(self.sim.port(2), database="DB0005") as c:
+            r = q(c, "SELECT DECRYPTBYCERT(CERT_ID('DMKAGENT_TEST_CERT'), "
+                     "ENCRYPTBYCERT(CERT_ID('DMKAGENT_TEST_CERT'), N'probe'))")
+            self.assertEqual(r[0][0], "probe".encode("utf-16-le"))
+
     def test_writes_only_on_primary(self):
         with connect(self.sim.port(1), database="DB0005") as c:
             num, _s, _m = sqlerr(c, "CREATE CERTIFICATE X WITH SUBJECT = 'x'")
@@ -206,12 +222,19 @@ class LatencyAndStats(unittest.TestCase):
             self.assertEqual(len(pc), 1)
             self.assertEqual(pc[0]["statements"], 3)
             self.assertEqual(pc[0]["round_trips"] - pc[0]["connect_round_trips"], pc[0]["requests"])
+            # service time: sqlsim's own clock, the injected latency left out (bench/README.md)
+            self.assertGreater(pc[0]["service_ms"], 0)
+            self.assertLess(pc[0]["service_ms"], 150)    # two latency sleeps (login, request) were 200 ms
+            self.assertFalse(pc[0]["via_listener"])
+            self.assertAlmostEqual(n1["service_ms"], pc[0]["service_ms"], places=3)
             sim.control("POST", "/faults", {"latency_handshake": True})
             t0 = time.time()
             c = connect(sim.port(1))
             t_conn = time.time() - t0
             c.close()
             self.assertGreaterEqual(t_conn, 0.399)      # every connect round trip pays it
+            pc = [x for x in sim.control("GET", "/stats")["per_connection"] if x["node"] == "SQLNODE2"]
+            self.assertLess(pc[0]["service_ms"], 300)    # not the 400 ms of handshake latency
             sim.control("POST", "/stats/reset")
             self.assertEqual(sim.control("GET", "/stats")["by_node"], {})
 

@@ -44,6 +44,7 @@ def routes(sim):
         s = sim.audit.stats()
         s["tokens_issued"] = sim.tokens.issued
         s["token_generation"] = sim.tokens.generation
+        s.update(sim.service.snapshot())
         return 200, s
 
     def audit(req):
@@ -113,6 +114,7 @@ def routes(sim):
 
     def reset_audit(req):
         sim.audit.clear()
+        sim.service.snapshot(reset=True)
         return 200, {"ok": True}
 
     def expire_tokens(req):

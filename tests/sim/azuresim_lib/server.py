@@ -33,6 +33,7 @@ def derived(*parts):
 class Sim:
     def __init__(self, args):
         self.args = args
+        self.service = httpsd.ServiceClock()     # shared by its HTTPS servers (/stats service_ms)
         self.state = os.path.abspath(args.state)
         os.makedirs(self.state, exist_ok=True)
         self.port = args.port
@@ -179,7 +180,7 @@ class Sim:
             return resp
         ms = self.faults.latency_ms(req)
         if ms:
-            time.sleep(ms / 1000.0)
+            httpsd.latency_sleep(ms / 1000.0)
         if self.faults.take(self.faults.drop_rules, req):
             self.audit.add(surface, req, 0, fault="drop")
             return Response.DROP
@@ -250,6 +251,7 @@ class Handler(httpsd.Handler):
 def https_server(port, sim, ctx, plain=False):
     srv = httpsd.Server(("127.0.0.1", port), Handler, ctx, log=sim.log)
     srv.sim, srv.plain = sim, plain
+    srv.service = sim.service
     return srv
 
 

@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 8 << 20       # far above anything a simulator accepts (Key Vault values: 25 KiB)
@@ -32,12 +33,59 @@ def tls_context(cert, key, client_ca=None, tls12_only=False):
     return ctx
 
 
+_slept = threading.local()
+
+
+def latency_sleep(seconds):
+    """An injected latency: sleep, and keep it out of the request's service time (ServiceClock)."""
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    _slept.s = getattr(_slept, "s", 0.0) + time.monotonic() - t0
+
+
+class ServiceClock:
+    """Time a simulator spent serving requests, from its own clock, without the injected latency
+    sleeps: exposed in the simulators' /stats as service_ms (bench/README.md)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.secs = 0.0
+        self.served = 0
+
+    def add(self, secs):
+        with self.lock:
+            self.secs += max(0.0, secs)
+            self.served += 1
+
+    def snapshot(self, reset=False):
+        with self.lock:
+            out = {"service_ms": round(self.secs * 1000.0, 3), "served": self.served}
+            if reset:
+                self.secs, self.served = 0.0, 0
+            return out
+
+
 class Handler(BaseHTTPRequestHandler):
     # Like the real services (Go's net/http sets TCP_NODELAY): without it the body,
     # sent after the headers, waits for the client's delayed ACK (~40 ms a request).
     disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     max_body = MAX_BODY
+
+    # Service time: from the request line read to the response flushed, minus the injected latency
+    # sleeps (latency_sleep); the waits for the client (and the TLS handshake) are not in it.
+    def parse_request(self):
+        self._t_service = time.monotonic()
+        _slept.s = 0.0
+        return super().parse_request()
+
+    def handle_one_request(self):
+        self._t_service = None
+        try:
+            super().handle_one_request()
+        finally:
+            if self._t_service is not None:
+                self.server.service.add(time.monotonic() - self._t_service - getattr(_slept, "s", 0.0))
 
     def read_body(self):
         """The request body (Content-Length or chunked), or None after a reply of 413
@@ -105,6 +153,7 @@ class Server(ThreadingHTTPServer):
         self.io_timeout = io_timeout
         self.keep_timeout = keep_timeout
         self.thread = None
+        self.service = ServiceClock()
 
     def finish_request(self, request, client_address):
         if self.ctx is not None:

@@ -100,7 +100,13 @@ class FlowMixin:
         self.run_batch(str(text), out, in_proc=(tok == 0xFF))
 
     def x_exec(self, s, out, tok):
-        name = s["name"][-1]
+        if s.get("name_expr") is not None:
+            v = self.eval(s["name_expr"], {})
+            if not isinstance(v, str) or not v:
+                raise SqlError(2812, str(v))
+            name = v.split(".")[-1].strip("[]")
+        else:
+            name = s["name"][-1]
         params = []
         for pname, val, outp in s["params"]:
             v = None if val == ("default",) else self.eval(val, {})

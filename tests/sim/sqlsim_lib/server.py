@@ -107,7 +107,7 @@ class Server:
         with self.stats_lock:
             m = self.stats["by_node"].setdefault(node.name, {"connections": 0, "logins_ok": 0, "requests": 0,
                                                              "statements": 0, "rpcs": 0, "round_trips": 0,
-                                                             "connect_round_trips": 0})
+                                                             "connect_round_trips": 0, "service_ms": 0.0})
             m[k] += n
 
     def stats_json(self):
@@ -323,7 +323,21 @@ class ConnHandler:
         self.logged_in = False
         self.pending_attention = False
         self.cstats = {"node": node.name, "spid": None, "round_trips": 0, "connect_round_trips": 0,
-                       "requests": 0, "statements": 0, "rpcs": 0, "closed": False}
+                       "requests": 0, "statements": 0, "rpcs": 0, "closed": False,
+                       "via_listener": via_listener, "service_ms": 0.0}
+        self.transport.on_busy = self.busy
+
+    def busy(self, secs):
+        """Service time: the transport's busy intervals (between a receive and the next wait), less the
+        injected latency sleeps (slept() subtracts them); per connection and per node."""
+        ms = secs * 1000.0
+        self.cstats["service_ms"] += ms
+        self.server.node_stat(self.node, "service_ms", ms)
+
+    def slept(self, t0):
+        ms = (time.monotonic() - t0) * 1000.0
+        self.cstats["service_ms"] -= ms
+        self.server.node_stat(self.node, "service_ms", -ms)
 
     def round_trip(self, sleep=True):
         """One client message answered: count it and (when latency is set) sleep once."""
@@ -560,7 +574,9 @@ class ConnHandler:
     def latency(self):
         ms = self.server.faults.latency_ms
         if ms:
+            t0 = time.monotonic()
             time.sleep(ms / 1000.0)
+            self.slept(t0)
 
     def check_attention(self, timeout):
         """Poll for an ATTENTION packet while a request is in progress."""
@@ -601,10 +617,13 @@ class ConnHandler:
         ms = srv.faults.latency_ms
         if ms:
             end = time.time() + ms / 1000.0
+            t0 = time.monotonic()
             while time.time() < end:
                 if self.check_attention(min(0.05, max(0, end - time.time()))):
+                    self.slept(t0)
                     self.send_attention_ack()
                     return
+            self.slept(t0)
         try:
             if typ == tds.PT_BATCH:
                 hdr = tds.skip_all_headers(payload, self.ver)

@@ -395,7 +395,13 @@ class Parser:
         if self.peek().kind == "var" and self.is_op("=", k=1):
             retvar = self.next().val
             self.next()
-        name = self.multipart()
+        name_expr = None
+        if self.peek().kind == "var":
+            # EXEC @module_name_var args: the procedure named by a variable's value
+            name_expr = self.expr()
+            name = None
+        else:
+            name = self.multipart()
         params = []
         if not self._at_stmt_end():
             while True:
@@ -412,7 +418,7 @@ class Parser:
                 params.append((pname, val, out))
                 if not self.accept_op(","):
                     break
-        return {"kind": "exec", "name": name, "params": params, "retvar": retvar}
+        return {"kind": "exec", "name": name, "params": params, "retvar": retvar, "name_expr": name_expr}
 
     def _at_stmt_end(self):
         tok = self.peek()

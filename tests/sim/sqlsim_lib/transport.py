@@ -3,6 +3,7 @@ packets (ssl.MemoryBIO), then raw TLS records (tds-notes.md section 3)."""
 import select
 import ssl
 import struct
+import time
 
 from common.httpsd import tls_context
 
@@ -32,13 +33,29 @@ class Transport:
         self.raw = b""          # socket bytes not yet consumed (plain mode)
         self.packet_size = 4096
         self.closed = False
+        # service time (bench/README.md): the time between a receive returning and the next one
+        # starting, reported to on_busy(seconds); the waits for the client are not in it
+        self.on_busy = None
+        self._busy_since = time.monotonic()
+
+    def busy_mark(self, start):
+        """Close the running busy interval (start=False, before a blocking wait) or open one."""
+        now = time.monotonic()
+        if not start and self._busy_since is not None:
+            if self.on_busy:
+                self.on_busy(now - self._busy_since)
+            self._busy_since = None
+        elif start:
+            self._busy_since = now
 
     # -------------------------------------------------------- raw bytes
     def _sock_recv(self):
+        self.busy_mark(False)
         try:
             d = self.sock.recv(65536)
         except OSError:
             d = b""
+        self.busy_mark(True)
         if not d:
             raise Closed()
         return d

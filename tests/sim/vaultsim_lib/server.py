@@ -29,6 +29,7 @@ class Faults:
         self.by_status = collections.Counter()
         self.last = collections.deque(maxlen=100)
         self.total = 0
+        self.service = httpsd.ServiceClock()     # the HTTPS server's (main() shares it)
 
     def take_fail(self, path):
         with self.lock:
@@ -121,7 +122,7 @@ class VaultHandler(httpsd.Handler):
             faults.counts[key] += 1
             faults.by_path[parsed.path] += 1
         if faults.latency_ms:
-            time.sleep(faults.latency_ms / 1000.0)
+            httpsd.latency_sleep(faults.latency_ms / 1000.0)
         status = None
         try:
             if faults.take_drop():
@@ -201,7 +202,7 @@ def control_routes(vault, f):
             return 200, {"total": f.total, "requests": dict(f.counts), "by_path": dict(f.by_path),
                          "by_status": dict(f.by_status), "last": list(f.last),
                          "sealed": vault.sealed, "latency_ms": f.latency_ms, "drop": f.drop,
-                         "fail": f.fail}
+                         "fail": f.fail, **f.service.snapshot()}
 
     def health(req):
         return 200, {"ok": True, "sealed": vault.sealed}
@@ -256,6 +257,7 @@ def control_routes(vault, f):
                 f.by_status.clear()
                 f.last.clear()
                 f.total = 0
+                f.service.snapshot(reset=True)
 
     return {("GET", "/stats"): stats, ("GET", "/health"): health, ("GET", ""): health,
             ("POST", "/seal"): ok(seal), ("POST", "/unseal"): ok(seal), ("POST", "/fail"): ok(fail),
@@ -289,6 +291,7 @@ def main(argv=None):
     # the connection keeps the 30 s handshake timeout: an idle keep-alive connection is closed
     srv = httpsd.Server(("127.0.0.1", a.port), VaultHandler, ctx, log=_log, keep_timeout=True)
     srv.vault, srv.faults = vault, faults
+    srv.service = faults.service
     cport = a.control_port if a.control_port is not None else a.port + 1
     csrv = ControlServer(cport, control_routes(vault, faults),
                          log=lambda msg: sys.stderr.write(f"vaultsim-control: {msg}\n"),
