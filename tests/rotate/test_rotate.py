@@ -362,15 +362,18 @@ class Rotate(unittest.TestCase):
     def test_lease_renewed_through_a_long_run(self):
         lab = self.lab
         t0 = time.time()
-        # 400 ms a round trip: a rotation over kept sessions needs about 20
-        # round trips, and the run must outlast lease_ttl (3 s) by far
-        p1 = self._slow_run(latency=400)
+        # 300 ms a round trip: a rotation over kept sessions needs about 28
+        # round trips (8 s or more), so the run outlasts lease_ttl (4 s) by
+        # far, while no step (at most 5 round trips, 1.5 s) comes near the
+        # renewal's margin (renewed after a third of lease_ttl; the record's
+        # expiry has one-second resolution), even under the sanitizers
+        p1 = self._slow_run(ttl="4s", latency=300)
         seen, second = [], None
         while p1.poll() is None:
             v, rec = lease_record(lab)
             if rec is not None and rec["state"] == "held" and (v, rec) not in seen:
                 seen.append((v, rec))
-            if second is None and time.time() - t0 > 4.0 and p1.poll() is None:
+            if second is None and time.time() - t0 > 5.0 and p1.poll() is None:
                 # past lease_ttl: without renewal the lease would have expired
                 second = subprocess.run([_labmod.DMK, "-c", other_host_config(lab), "rotate"],
                                         capture_output=True, text=True, timeout=60)
@@ -379,7 +382,7 @@ class Rotate(unittest.TestCase):
         o1, e1 = p1.communicate(timeout=60)
         elapsed = time.time() - t0
         self.assertEqual(p1.returncode, 0, o1 + e1)
-        self.assertGreater(elapsed, 4.5, "the run did not outlast lease_ttl: no test")
+        self.assertGreater(elapsed, 5.5, "the run did not outlast lease_ttl: no test")
         self.assertIsNotNone(second, "the second agent never ran")
         self.assertEqual(second.returncode, 4, second.stdout + second.stderr)
         self.assertIn("another rotation is under way", second.stderr)
