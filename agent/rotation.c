@@ -1117,7 +1117,7 @@ step_apply(struct rot *r, struct dmk_err *err)
 {
 	int rc, num = 0, o;
 
-	if (r->added_bulk) {    /* rot_add_many did it, after the lease check */
+	if (r->added_bulk) {    /* rot_alter_many did it, after the lease check */
 		r->added_bulk = 0;
 		rot_audit(r, "add", NULL, r->newv.id, "added", NULL);
 		rot_fp(r, "after-add");
@@ -1259,7 +1259,7 @@ drop_before(struct rot *r, struct dmk_err *err)
 		    "password (version %s) does not open the DMK on the primary; the old one is "
 		    "kept", r->p->db->name, r->newv.id) : rc;
 	rc = r->dropped_bulk ? 0 : rot_probe(r, r->oldpw, err);
-	if (r->dropped_bulk) {    /* rot_drop_many did it, after the lease check */
+	if (r->dropped_bulk) {    /* rot_alter_many did it, after the lease check */
 		r->dropped_bulk = 0;
 		how = "dropped";
 	} else if (rc == DMK_ERR_WRONGPASS) {
@@ -1377,65 +1377,6 @@ add_batchable(struct rot *r)
 	    r->backed_up;
 }
 
-/*
- * Step 4 for the fresh rotations at it (at[k]), in one round trip: every
- * ALTER MASTER KEY ADD in one batch, each after its own lease check.  When
- * every one succeeded, step_apply only records it (r->added_bulk: audit,
- * failpoint); on any error each database does its own step 4, asking SQL
- * Server first (15579 there: already added).  A session lost under the
- * batch stops its databases, as their own ALTER would have.
- */
-static void
-rot_add_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
-{
-	struct sql_stmt *st = NULL;
-	struct rot *first = NULL;
-	struct dmk_err e;
-	char *in;
-	size_t k, m = 0;
-	int rc = 0, ok = 0;
-
-	for (k = 0; k < n; k++)
-		if (at[k] && rcs[k] == 0 && add_batchable(rs[k]))
-			m++;
-	if (m < 2 || (in = calloc(n + 1, 1)) == NULL)
-		return;
-	for (k = 0; k < n; k++) {
-		if (!at[k] || rcs[k] != 0 || !add_batchable(rs[k]))
-			continue;
-		rot_current(rs[k]);
-		if ((rcs[k] = rot_keep(rs[k], &errs[k])) != 0)
-			continue;
-		in[k] = 1;
-		if (first == NULL)
-			first = rs[k];
-	}
-	if (first == NULL || rot_primary(first, &e) != 0 || (st = sql_stmt_new()) == NULL)
-		goto out;
-	for (k = 0; k < n && rc == 0; k++)
-		if (in[k])
-			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, SQL_MK_ADD_PASSWORD,
-			    rs[k]->newpw, &e);
-	ok = rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
-	    sql_call_errors(first->ps, NULL, 0) == 0;
-	for (k = 0; k < n; k++) {
-		if (!in[k])
-			continue;
-		if (ok) {
-			rs[k]->added_bulk = 1;
-			rs[k]->new_fresh = 0;
-			rs[k]->new_opens = 1;
-		} else if (!sql_alive(first->ps))
-			rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: "
-			    "adding the new password on the primary: %s", rs[k]->p->db->name, e.msg);
-		else
-			rs[k]->new_fresh = 0;    /* some ADDs may have run: ask SQL Server */
-	}
-out:
-	sql_stmt_free(st);
-	free(in);
-}
-
 /* Step 7's drop on the primary can go in the batch: the old version marked
  * retiring already, both passwords seen opening the DMK in this run. */
 static int
@@ -1446,15 +1387,22 @@ drop_batchable(struct rot *r)
 }
 
 /*
- * Step 7's ALTER MASTER KEY DROP for the databases at it, in one round trip,
- * each after its own lease check; as rot_add_many.  On any error each
- * database asks SQL Server again (its probes) and drops alone: 15313 or a
- * probe that no longer opens is "already gone", 15558 (the last password)
- * is refused there.
+ * Step 4's ALTER MASTER KEY ADD (op SQL_MK_ADD_PASSWORD: the fresh
+ * rotations at it, at[k]) or step 7's DROP (SQL_MK_DROP_PASSWORD) for the
+ * batch, in one round trip: every ALTER in one batch, each after its own
+ * lease check.  When every one succeeded, the step only records it
+ * (r->added_bulk, r->dropped_bulk: audit, failpoint); on any error each
+ * database does its own step, asking SQL Server first (ADD: 15579, already
+ * added; DROP: its probes, 15313 or a probe that no longer opens is
+ * "already gone", 15558, the last password, is refused there).  A session
+ * lost under the batch stops its databases, as their own ALTER would have.
  */
 static void
-rot_drop_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_err *errs)
+rot_alter_many(struct rot **rs, size_t n, const char *at, enum sql_mk_op op, int *rcs,
+    struct dmk_err *errs)
 {
+	int add = op == SQL_MK_ADD_PASSWORD;
+	int (*batchable)(struct rot *) = add ? add_batchable : drop_batchable;
 	struct sql_stmt *st = NULL;
 	struct rot *first = NULL;
 	struct dmk_err e;
@@ -1463,12 +1411,12 @@ rot_drop_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_er
 	int rc = 0, ok = 0;
 
 	for (k = 0; k < n; k++)
-		if (at[k] && rcs[k] == 0 && drop_batchable(rs[k]))
+		if (at[k] && rcs[k] == 0 && batchable(rs[k]))
 			m++;
 	if (m < 2 || (in = calloc(n + 1, 1)) == NULL)
 		return;
 	for (k = 0; k < n; k++) {
-		if (!at[k] || rcs[k] != 0 || !drop_batchable(rs[k]))
+		if (!at[k] || rcs[k] != 0 || !batchable(rs[k]))
 			continue;
 		rot_current(rs[k]);
 		if ((rcs[k] = rot_keep(rs[k], &errs[k])) != 0)
@@ -1481,20 +1429,27 @@ rot_drop_many(struct rot **rs, size_t n, const char *at, int *rcs, struct dmk_er
 		goto out;
 	for (k = 0; k < n && rc == 0; k++)
 		if (in[k])
-			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, SQL_MK_DROP_PASSWORD,
-			    rs[k]->oldpw, &e);
+			rc = sql_add_alter_master_key(st, rs[k]->p->db->name, op,
+			    add ? rs[k]->newpw : rs[k]->oldpw, &e);
 	ok = rc == 0 && sql_exec(first->ps, st, NULL, &e) == 0 &&
 	    sql_call_errors(first->ps, NULL, 0) == 0;
 	for (k = 0; k < n; k++) {
 		if (!in[k])
 			continue;
-		if (ok)
+		if (ok && add) {
+			rs[k]->added_bulk = 1;
+			rs[k]->new_fresh = 0;
+			rs[k]->new_opens = 1;
+		} else if (ok)
 			rs[k]->dropped_bulk = 1;
 		else if (!sql_alive(first->ps))
 			rcs[k] = dmk_errf(&errs[k], e.code < 0 ? e.code : DMK_ERR_UNREACHABLE, "%s: "
-			    "dropping the old password on the primary: %s", rs[k]->p->db->name, e.msg);
+			    "%s on the primary: %s", rs[k]->p->db->name, add ? "adding the new "
+			    "password" : "dropping the old password", e.msg);
+		else if (add)
+			rs[k]->new_fresh = 0;    /* some ADDs may have run: ask SQL Server */
 		else
-			rot_forget(rs[k]);    /* some DROPs may have run: ask SQL Server */
+			rot_forget(rs[k]);       /* some DROPs may have run: ask SQL Server */
 	}
 out:
 	sql_stmt_free(st);
@@ -1548,9 +1503,9 @@ rot_steps_many(struct rot **rs, size_t n, const char *go, int *rcs, struct dmk_e
 		if (step == STEP_PROVE)
 			rot_prove_many(rs, n, at, rcs, errs);
 		if (step == STEP_APPLY)
-			rot_add_many(rs, n, at, rcs, errs);
+			rot_alter_many(rs, n, at, SQL_MK_ADD_PASSWORD, rcs, errs);
 		if (step == STEP_DROP)
-			rot_drop_many(rs, n, at, rcs, errs);
+			rot_alter_many(rs, n, at, SQL_MK_DROP_PASSWORD, rcs, errs);
 		for (k = 0; k < n; k++) {
 			if (!at[k] || rcs[k] != 0)    /* stopped by a batch's part above */
 				continue;

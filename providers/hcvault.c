@@ -1371,24 +1371,21 @@ key_limit(struct store *st, json_t *md)
 	return k > 0 ? k : mount_max_versions(st);
 }
 
-/* POST MOUNT/metadata/PATH {"max_versions": n}: Vault keeps the other fields. */
+/* POST MOUNT/KIND/PATH with a small JSON body that names no secret; 200 or
+ * 204 is success, anything else Vault's error about what. */
 static int
-set_max_versions(struct store *st, const struct secret_ref *ref, long long n,
-    struct dmk_err *err)
+kv_post(struct store *st, const char *kind, const struct secret_ref *ref, const char *json,
+    const char *what, struct dmk_err *err)
 {
 	struct hcv *h = st->priv;
 	struct http_response resp;
 	struct buf path, body;
-	char plain[800], what[1000], num[64];
 	int r;
 
 	http_response_init(&resp);
 	buf_init(&path, HCV_URL_MAX);
 	buf_init(&body, 256);
-	kv_plain(h, "metadata", ref->path, plain, sizeof(plain));
-	snprintf(what, sizeof(what), "setting max_versions = %lld on %s (%s)", n, ref->text, plain);
-	snprintf(num, sizeof(num), "{\"max_versions\":%lld}", n);
-	if ((r = buf_puts(&body, num)) != 0 || (r = kv_path(h, "metadata", ref->path, &path)) != 0) {
+	if ((r = kv_path(h, kind, ref->path, &path)) != 0 || (r = buf_puts(&body, json)) != 0) {
 		r = dmk_errf(err, r, "%s: path too long", what);
 		goto out;
 	}
@@ -1401,6 +1398,19 @@ out:
 	buf_free(&path);
 	http_response_free(&resp);
 	return r;
+}
+
+/* POST MOUNT/metadata/PATH {"max_versions": n}: Vault keeps the other fields. */
+static int
+set_max_versions(struct store *st, const struct secret_ref *ref, long long n,
+    struct dmk_err *err)
+{
+	char plain[800], what[1000], num[64];
+
+	kv_plain(st->priv, "metadata", ref->path, plain, sizeof(plain));
+	snprintf(what, sizeof(what), "setting max_versions = %lld on %s (%s)", n, ref->text, plain);
+	snprintf(num, sizeof(num), "{\"max_versions\":%lld}", n);
+	return kv_post(st, "metadata", ref, num, what, err);
 }
 
 /*
@@ -1627,34 +1637,16 @@ static int
 hcvault_delete_version(struct store *st, const struct secret_ref *ref, const char *version,
     struct dmk_err *err)
 {
-	struct hcv *h = st->priv;
-	struct http_response resp;
-	struct buf path, body;
-	char plain[800], what[1000];
+	char plain[800], what[1000], body[64];
 	long long vnum;
 	int r;
 
 	if ((r = kv2_version(st, ref, version, "keeps no versions to delete", &vnum, err)) != 0)
 		return r;
-	http_response_init(&resp);
-	buf_init(&path, HCV_URL_MAX);
-	buf_init_locked(&body, 256);
-	kv_plain(h, "delete", ref->path, plain, sizeof(plain));
+	kv_plain(st->priv, "delete", ref->path, plain, sizeof(plain));
 	snprintf(what, sizeof(what), "deleting version %lld of %s (%s)", vnum, ref->text, plain);
-	if ((r = kv_path(h, "delete", ref->path, &path)) != 0 ||
-	    (r = buf_printf(&body, "{\"versions\":[%lld]}", vnum)) != 0) {
-		r = dmk_errf(err, r, "path too long");
-		goto out;
-	}
-	if ((r = hcv_request(st, "POST", path.data, &body, REQ_TOKEN, NULL, &resp, err)) != 0)
-		goto out;
-	if (resp.status != 204 && resp.status != 200)
-		r = hcv_vault_fail(&resp, what, CTX_DATA, err);
-out:
-	buf_free(&body);
-	buf_free(&path);
-	http_response_free(&resp);
-	return r;
+	snprintf(body, sizeof(body), "{\"versions\":[%lld]}", vnum);
+	return kv_post(st, "delete", ref, body, what, err);
 }
 
 /* Does a capability list grant any of the wanted ones (or root/sudo-less root)? */
