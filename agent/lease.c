@@ -671,8 +671,12 @@ try_take(struct agent *a, struct lease *l, char *why, size_t wl, struct dmk_err 
 	return 0;
 }
 
-int
-lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const char *db,
+/*
+ * Take the lease of database db of AG ag, or with db NULL the AG's own
+ * claim (lease_take_ag), waiting up to --wait for another holder.
+ */
+static int
+acquire(struct agent *a, const struct secret_ref *near, const char *ag, const char *db,
     const char *command, struct lease *l, struct dmk_err *err)
 {
 	long long deadline = util_now_ms() + a->wait_seconds * 1000;
@@ -696,42 +700,29 @@ lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const
 		if (r != DMK_ERR_LOCKED)   /* a store that refused: which credentials */
 			return r != 0 ? agent_store_cred_hint(a, near->store, err) : 0;
 		if (util_now_ms() >= deadline)
-			return dmk_errf(err, DMK_ERR_LOCKED, "%s/%s: another rotation is under way: "
-			    "lease %s %s%s", ag, db, l->ref.text, why, a->wait_seconds ? "" :
-			    "; use --wait SECONDS to wait");
+			break;
 		util_sleep_ms(1000);
 	}
+	if (db == NULL)
+		return dmk_errf(err, DMK_ERR_LOCKED, "%s: another run is working on this "
+		    "availability group (another shard?): lease %s %s; left to it", ag,
+		    l->ref.text, why);
+	return dmk_errf(err, DMK_ERR_LOCKED, "%s/%s: another rotation is under way: lease %s %s%s",
+	    ag, db, l->ref.text, why, a->wait_seconds ? "" : "; use --wait SECONDS to wait");
+}
+
+int
+lease_take(struct agent *a, const struct secret_ref *near, const char *ag, const char *db,
+    const char *command, struct lease *l, struct dmk_err *err)
+{
+	return acquire(a, near, ag, db, command, l, err);
 }
 
 int
 lease_take_ag(struct agent *a, const struct secret_ref *near, const char *ag,
     const char *command, struct lease *l, struct dmk_err *err)
 {
-	long long deadline = util_now_ms() + a->wait_seconds * 1000;
-	char why[600] = "";
-	int r;
-
-	memset(l, 0, sizeof(*l));
-	if (near->kind != REF_STORE)
-		return 0;
-	util_strlcpy(l->command, command, sizeof(l->command));
-	if ((r = agent_store(a, near->store, &l->st, err)) != 0 ||
-	    (r = lease_ref(l->st, near, ag, NULL, &l->ref, err)) != 0)
-		return r;
-	if (l->st->ops->lease == PROV_LEASE_READBACK &&
-	    (r = store_require(l->st, PROV_CAP_VERSIONS, "a lease without check-and-set", err)) != 0)
-		return r;
-	for (;;) {
-		why[0] = '\0';
-		r = try_take(a, l, why, sizeof(why), err);
-		if (r != DMK_ERR_LOCKED)
-			return r;
-		if (util_now_ms() >= deadline)
-			return dmk_errf(err, DMK_ERR_LOCKED, "%s: another run is working on this "
-			    "availability group (another shard?): lease %s %s; left to it", ag,
-			    l->ref.text, why);
-		util_sleep_ms(1000);
-	}
+	return acquire(a, near, ag, NULL, command, l, err);
 }
 
 /* Does the holder h (of version hv) name this run's lease? */

@@ -64,10 +64,12 @@ def vault_get(lab, path):
         return json.loads(r.read().decode())
 
 
-def store_versions(lab):
-    """[(num, state, password)] of every live version, oldest first."""
+def store_versions(lab, path=None):
+    """[(num, state, password)] of every live version (of the lab's DMK
+    password, or of KV/path), oldest first."""
+    path = path or PATH
     try:
-        md = vault_get(lab, f"{KV}/metadata/{PATH}")["data"]
+        md = vault_get(lab, f"{KV}/metadata/{path}")["data"]
     except urllib.error.HTTPError as e:
         if e.code == 404:
             return []
@@ -77,7 +79,7 @@ def store_versions(lab):
     for k, v in sorted(md["versions"].items(), key=lambda kv: int(kv[0])):
         if v.get("deletion_time") or v.get("destroyed"):
             continue
-        d = vault_get(lab, f"{KV}/data/{PATH}?version={k}")["data"]["data"]
+        d = vault_get(lab, f"{KV}/data/{path}?version={k}")["data"]["data"]
         out.append((int(k), cm.get(f"v{k}.dmkagent-state", ""), d["password"]))
     return out
 

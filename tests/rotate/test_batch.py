@@ -13,7 +13,6 @@ replica and one to the listener."""
 import os
 import sys
 import unittest
-import urllib.error
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rotlib  # noqa: E402
@@ -31,20 +30,7 @@ def path(db):
 
 def versions(lab, db):
     """[(num, state, password)] of every live version of db's password, oldest first."""
-    try:
-        md = vault_get(lab, f"secret/metadata/{path(db)}")["data"]
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return []
-        raise
-    cm = md.get("custom_metadata") or {}
-    out = []
-    for k, v in sorted(md["versions"].items(), key=lambda kv: int(kv[0])):
-        if v.get("deletion_time") or v.get("destroyed"):
-            continue
-        d = vault_get(lab, f"secret/data/{path(db)}?version={k}")["data"]["data"]
-        out.append((int(k), cm.get(f"v{k}.dmkagent-state", ""), d["password"]))
-    return out
+    return rotlib.store_versions(lab, path(db))
 
 
 def opens(lab, db, pw, node=None):
